@@ -1,0 +1,160 @@
+"""The ``sera`` command: the command-line adapter over the core.
+
+Expected failures (bad audio, bad config, missing model) print one line on stderr and exit with
+status 2; a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from bot import __version__
+from bot.config import Config, load
+from bot.errors import SeraError
+
+log = logging.getLogger("sera")
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    try:
+        return args.handler(args)
+    except SeraError as error:
+        print(f"sera: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sera", description="Hear emotion in speech.")
+    parser.add_argument("--version", action="version", version=f"sera {__version__}")
+    parser.add_argument("-c", "--config", help="YAML config file (default: $SERA_CONFIG, else built-in defaults)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
+    commands = parser.add_subparsers(metavar="COMMAND")
+
+    def command(name: str, handler: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    analyze = command("analyze", cmd_analyze, "analyse audio files and print the emotion heard in them")
+    analyze.add_argument("files", nargs="+", metavar="FILE", help="any audio ffmpeg reads")
+    output = analyze.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print one JSON object per file")
+    output.add_argument("--reporter", default="text", help="render with this reporter plugin (default: text)")
+
+    command("plugins", cmd_plugins, "list the plugins found, whether each is enabled, and why one failed")
+
+    evaluate = command("evaluate", cmd_evaluate, "measure the model on labelled audio (a corpus or a CSV manifest)")
+    source = evaluate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--corpus", help="a corpus name, with --data (e.g. ravdess)")
+    source.add_argument("--manifest", help="a CSV with columns path,label[,speaker]; paths relative to it")
+    evaluate.add_argument("--data", help="the corpus folder, with --corpus")
+    evaluate.add_argument("--speakers", help="only these speakers, comma-separated (e.g. 19,20,21)")
+    evaluate.add_argument("--opus", metavar="BITRATE", help="re-encode each clip as an Opus voice note first (e.g. 24k)")
+    evaluate.add_argument("--only-present-labels", action="store_true", help="restrict the argmax to labels in the data")
+    evaluate.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+
+    train = command("train", cmd_train, "train the emotion CNN, export it to ONNX and write its model card")
+    try:
+        from training.cli import add_arguments
+    except ImportError:  # the [train] extra is not installed; cmd_train says how to get it
+        train.add_argument("rest", nargs=argparse.REMAINDER)
+    else:
+        add_arguments(train)
+    return parser
+
+
+def config_of(args: argparse.Namespace) -> Config:
+    return load(args.config)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from bot.pipeline import Pipeline
+
+    pipeline = Pipeline(config_of(args))
+    try:
+        for failed in pipeline.plugins.failures():
+            print(f"sera: plugin {failed.name} is not loaded: {failed.error}", file=sys.stderr)
+        reporter = pipeline.plugins.reporter("json" if args.json else args.reporter)
+        status = EXIT_OK
+        for path in args.files:
+            try:
+                report = pipeline.analyze(path)
+            except SeraError as error:
+                log.info("could not analyse %s: %s", path, error)
+                print(f"sera: {path}: {error}", file=sys.stderr)
+                if args.json:
+                    print(json.dumps({"source": path, "error": str(error)}))
+                status = EXIT_BAD_INPUT
+                continue
+            print(reporter.render(report), flush=True)
+        return status
+    finally:
+        pipeline.close()
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from bot.audio import SAMPLE_RATE
+    from bot.registry import PluginSet
+
+    plugins = PluginSet(config_of(args), SAMPLE_RATE)
+    try:
+        rows = [("NAME", "KIND", "ORIGIN", "ENABLED", "STATUS")]
+        rows += [(i.name, i.kind, i.origin, "yes" if i.enabled else "no", i.status) for i in plugins.infos]
+        widths = [max(len(row[col]) for row in rows) for col in range(4)]
+        for row in rows:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
+        return EXIT_OK
+    finally:
+        plugins.close()
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bot.audio import SAMPLE_RATE
+    from bot.evaluate import EMOTION_PLUGIN, evaluate, format_text, from_corpus, from_manifest, terminal_progress
+    from bot.pipeline import Pipeline
+    from bot.registry import PluginSet
+
+    if args.corpus and not args.data:
+        raise SeraError("--corpus needs --data, the corpus folder")
+    items = from_corpus(args.corpus, Path(args.data)) if args.corpus else from_manifest(Path(args.manifest))
+    if args.speakers:
+        wanted = {s.strip() for s in args.speakers.split(",")}
+        items = [i for i in items if i.speaker in wanted]
+        if not items:
+            raise SeraError(f"no clips of speakers {sorted(wanted)}")
+    config = config_of(args)
+    pipeline = Pipeline(config, PluginSet(config, SAMPLE_RATE, only={EMOTION_PLUGIN}))
+    try:
+        result = evaluate(pipeline, items, args.only_present_labels, args.opus, terminal_progress)
+    finally:
+        pipeline.close()
+    print(json.dumps(result.to_dict()) if args.json else format_text(result))
+    return EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    try:
+        from training.cli import main as train_main
+    except ImportError as exc:
+        raise SeraError(f"training needs the [train] extra (pip install -e '.[train]'): {exc}") from None
+    return train_main(args, config_of(args))

@@ -1,0 +1,86 @@
+"""The emotion model file: an ONNX graph from log-Mel windows to class logits, plus its metadata.
+
+The metadata carries what serving needs to reproduce training exactly: the feature parameters
+(``bot.features.FeatureParams``), the label names in output order and the calibration temperature.
+A file without them is refused with a clear message rather than run with guessed numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from bot.errors import ModelError
+from bot.features import METADATA_KEY, FeatureParams, log_mel, windows
+from bot.audio import normalize_loudness
+from bot.speech import session_options
+
+LABELS_KEY = "sera.labels"
+TEMPERATURE_KEY = "sera.temperature"
+INPUT_NAME = "mel"  # (batch, n_mels, frames) float32
+OUTPUT_NAME = "logits"  # (batch, n_labels) float32
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The metadata sera writes into every emotion model it exports."""
+
+    features: FeatureParams
+    labels: tuple[str, ...]
+    temperature: float = 1.0
+
+    def metadata(self) -> dict[str, str]:
+        return {
+            METADATA_KEY: self.features.to_json(),
+            LABELS_KEY: json.dumps(list(self.labels)),
+            TEMPERATURE_KEY: repr(self.temperature),
+        }
+
+    @classmethod
+    def from_metadata(cls, values: dict[str, str], path: Path) -> ModelInfo:
+        try:
+            return cls(
+                features=FeatureParams.from_json(values[METADATA_KEY]),
+                labels=tuple(json.loads(values[LABELS_KEY])),
+                temperature=float(values.get(TEMPERATURE_KEY, "1.0")),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ModelError(f"{path} is not a sera emotion model: its metadata is missing or bad ({exc})") from None
+
+
+def model_input(utterance: np.ndarray, params: FeatureParams) -> np.ndarray:
+    """What the model sees of one utterance: loudness-normalised, windowed log-Mel, ``(n, mels, frames)``."""
+    return log_mel(windows(normalize_loudness(utterance, params.loudness_dbfs), params), params)
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    scaled = logits / temperature
+    scaled = scaled - scaled.max(axis=-1, keepdims=True)
+    exp = np.exp(scaled)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+class EmotionModel:
+    """An onnxruntime session created once and reused; safe to call from several threads."""
+
+    def __init__(self, path: Path) -> None:
+        if not path.is_file():
+            raise ModelError(f"model file not found: {path}")
+        try:
+            self.session = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
+            raise ModelError(f"cannot load model {path}: {exc}") from None
+        self.path = path
+        self.info = ModelInfo.from_metadata(self.session.get_modelmeta().custom_metadata_map, path)
+
+    def logits(self, mel: np.ndarray) -> np.ndarray:
+        """Raw logits for a batch of windows, all in one onnxruntime call."""
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: mel})[0]
+
+    def probabilities(self, mel: np.ndarray) -> np.ndarray:
+        """Calibrated class probabilities for a batch of windows."""
+        return softmax(self.logits(mel), self.info.temperature)

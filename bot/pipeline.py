@@ -1,0 +1,121 @@
+"""The core pipeline: audio in -> decode -> speech segments -> analyzers -> a ``Report``.
+
+It knows nothing of Discord. The CLI calls ``analyze``; the bot awaits ``analyze_async``, which runs
+the same work on a small thread pool so that the asyncio loop (and Discord's heartbeat) never waits on
+ffmpeg, librosa or onnxruntime, all of which release the GIL for their heavy parts.
+
+Each analyzer runs isolated: one that raises, overruns ``plugin_timeout_seconds`` or returns something
+that is not a list of ``Result`` objects is logged under its name and reported to the user as a short
+notice, and the other analyzers' results are kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
+
+import numpy as np
+
+from bot.audio import SAMPLE_RATE, decode
+from bot.config import Config
+from bot.plugin import Analyzer, PluginOutput, Report, Result, Segment
+from bot.registry import PluginSet
+from bot.speech import SpeechDetector
+
+log = logging.getLogger(__name__)
+
+VAD_MODEL = "silero_vad.onnx"
+
+
+class PluginFailure(Exception):
+    """An analyzer misbehaved; the message is safe to show to the user."""
+
+
+class Pipeline:
+    """Loads the speech detector and plugins once; analyses many sources, from many threads."""
+
+    def __init__(self, config: Config, plugins: PluginSet | None = None) -> None:
+        self.config = config
+        self.detector = SpeechDetector(config.models_dir / VAD_MODEL, config.speech)
+        self.plugins = plugins or PluginSet(config, SAMPLE_RATE)
+        self.limits = config.audio.limits()
+        self._workers = ThreadPoolExecutor(config.workers, thread_name_prefix="sera-worker")
+        # Analyzer calls get threads of their own so that a hung plugin can be timed out, not waited on.
+        self._plugin_threads = ThreadPoolExecutor(config.workers * 2, thread_name_prefix="sera-plugin")
+
+    def analyze(self, source: bytes | str | Path, name: str | None = None) -> Report:
+        """Decode and analyse one source; raises ``AudioError`` for input that cannot be used."""
+        if name is None:
+            name = Path(source).name if isinstance(source, (str, Path)) else "audio"
+        return self.analyze_samples(decode(source, self.limits, SAMPLE_RATE), name)
+
+    async def analyze_async(self, source: bytes | str | Path, name: str | None = None) -> Report:
+        """``analyze`` on the worker pool, awaited without blocking the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._workers, self.analyze, source, name)
+
+    def analyze_samples(self, samples: np.ndarray, name: str, speaker: str | None = None) -> Report:
+        spans = self.detector.segments(samples)
+        segments = [Segment(samples[a:b], SAMPLE_RATE, a / SAMPLE_RATE, b / SAMPLE_RATE, speaker) for a, b in spans]
+        outputs: dict[str, PluginOutput] = {}
+        notices: list[str] = []
+        if segments:
+            for analyzer in self.plugins.analyzers:
+                try:
+                    outputs[analyzer.name] = self._run(analyzer, segments)
+                except PluginFailure as failure:
+                    notices.append(f"{analyzer.name} failed ({failure}); its results are left out")
+        return Report(
+            source=name,
+            duration=samples.size / SAMPLE_RATE,
+            segments=[(s.start, s.end) for s in segments],
+            outputs=outputs,
+            notices=notices,
+        )
+
+    def _run(self, analyzer: Analyzer, segments: Sequence[Segment]) -> PluginOutput:
+        future = self._plugin_threads.submit(_call, analyzer, segments)
+        try:
+            return future.result(timeout=self.config.plugin_timeout_seconds)
+        except FutureTimeout:
+            log.error("analyzer %s timed out after %.1f s", analyzer.name, self.config.plugin_timeout_seconds)
+            raise PluginFailure("it took too long") from None
+        except PluginFailure as failure:
+            log.error("analyzer %s returned garbage: %s", analyzer.name, failure)
+            raise
+        except Exception as exc:
+            log.error("analyzer %s raised", analyzer.name, exc_info=exc)
+            raise PluginFailure("it raised an error") from exc
+
+    def close(self) -> None:
+        """Finish running work and release the plugins."""
+        self._workers.shutdown(wait=True)
+        self._plugin_threads.shutdown(wait=False, cancel_futures=True)
+        self.plugins.close()
+
+
+def _call(analyzer: Analyzer, segments: Sequence[Segment]) -> PluginOutput:
+    results = list(analyzer.analyze(segments))
+    if len(results) != len(segments):
+        raise PluginFailure(f"it gave {len(results)} results for {len(segments)} segments")
+    for result in results:
+        _check(result)
+    overall = analyzer.summarize([r for r in results if r is not None])
+    _check(overall)
+    return PluginOutput(segments=results, overall=overall)
+
+
+def _check(result: object) -> None:
+    if result is None:
+        return
+    if not isinstance(result, Result):
+        raise PluginFailure(f"it returned a {type(result).__name__}, not a Result")
+    try:
+        json.dumps(result.to_dict(), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise PluginFailure(f"its result cannot be serialised: {exc}") from None

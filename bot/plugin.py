@@ -1,0 +1,205 @@
+"""The public plugin API: everything a plugin (built-in or third-party) may import.
+
+A plugin is a small class with a clear life cycle, as in Errbot and Red-DiscordBot:
+``__init__(options, context)`` is cheap, ``setup()`` loads what is heavy (a model) once, ``teardown()``
+releases it. An **Analyzer** turns speech segments into typed ``Result`` objects; a **Reporter** turns a
+finished ``Report`` into output (text, a JSON-able dict, an embed-ready structure, a chart, a log row).
+
+Plugins are found through the ``sera.plugins`` entry-point group and configured by name in the YAML
+``plugins:`` section; the keys a plugin accepts are the fields of its ``Options`` dataclass.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+__all__ = [
+    "Analyzer",
+    "EmotionResult",
+    "NoOptions",
+    "Plugin",
+    "PluginContext",
+    "PluginOutput",
+    "Report",
+    "Reporter",
+    "Result",
+    "Segment",
+]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One stretch of speech: mono float32 samples and where they sit in the source."""
+
+    samples: np.ndarray
+    sample_rate: int
+    start: float  # seconds from the start of the source
+    end: float
+    speaker: str | None = None  # known in voice channels, None for a voice note
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class Result:
+    """What an analyzer says about one segment (or, from ``summarize``, about the whole source).
+
+    Subclass it for richer results; ``to_dict`` must stay JSON-serialisable, since ``--json`` prints it.
+    """
+
+    start: float
+    end: float
+
+    kind: ClassVar[str] = "result"
+
+    def headline(self) -> str:
+        """A few words for a person: what a timeline row shows."""
+        return self.kind
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        start, end = values.pop("start"), values.pop("end")
+        return {"type": self.kind, "start_s": round(start, 3), "end_s": round(end, 3), **values}
+
+
+@dataclass(frozen=True)
+class EmotionResult(Result):
+    """Calibrated class probabilities; ``label`` is "unsure" when the top one is below the threshold."""
+
+    label: str = ""
+    confidence: float = 0.0
+    probabilities: Mapping[str, float] = field(default_factory=dict)
+
+    kind: ClassVar[str] = "emotion"
+    UNSURE: ClassVar[str] = "unsure"
+
+    @property
+    def unsure(self) -> bool:
+        return self.label == self.UNSURE
+
+    def ranked(self) -> list[tuple[str, float]]:
+        return sorted(self.probabilities.items(), key=lambda item: item[1], reverse=True)
+
+    def headline(self) -> str:
+        if self.unsure:
+            top = ", ".join(f"{name} {p:.0%}" for name, p in self.ranked()[:2])
+            return f"unsure ({top})"
+        return f"{self.label} {self.confidence:.0%}"
+
+    def to_dict(self) -> dict[str, Any]:
+        values = super().to_dict()
+        values["unsure"] = self.unsure
+        values["confidence"] = round(self.confidence, 4)
+        values["probabilities"] = {k: round(v, 4) for k, v in self.probabilities.items()}
+        return values
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """For plugins that take no settings."""
+
+
+@dataclass(frozen=True)
+class PluginContext:
+    """What the host offers every plugin."""
+
+    models_dir: Path  # where bundled model files live; relative model paths are resolved here
+    sample_rate: int  # the rate of every Segment's samples
+
+
+class Plugin:
+    """Base of all plugins. ``name`` is the entry-point name, set when the plugin is loaded."""
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, options: Any, context: PluginContext) -> None:
+        self.options = options
+        self.context = context
+        self.log = logging.getLogger(f"sera.plugin.{self.name or type(self).__name__}")
+
+    def setup(self) -> None:
+        """Load heavy resources; called once before first use. Raising here disables the plugin."""
+
+    def teardown(self) -> None:
+        """Release what ``setup`` took."""
+
+
+class Analyzer(Plugin, ABC):
+    """Turns speech segments into results: one ``Result`` (or None) per segment, in order."""
+
+    @abstractmethod
+    def analyze(self, segments: Sequence[Segment]) -> Sequence[Result | None]:
+        """Segments come in a batch so that a model can run them in one call."""
+
+    def summarize(self, results: Sequence[Result]) -> Result | None:
+        """One result for the whole source (a voice note), or None where that makes no sense."""
+        return None
+
+
+@dataclass(frozen=True)
+class PluginOutput:
+    """One analyzer's results for one source."""
+
+    segments: Sequence[Result | None]
+    overall: Result | None
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything known about one analysed source; what reporters render."""
+
+    source: str
+    duration: float
+    segments: Sequence[tuple[float, float]]  # speech (start, end) in seconds
+    outputs: Mapping[str, PluginOutput]  # analyzer name -> its results
+    notices: Sequence[str] = ()  # short, user-safe messages about plugins that failed
+
+    @property
+    def speech_detected(self) -> bool:
+        return bool(self.segments)
+
+    @property
+    def speech_seconds(self) -> float:
+        return sum(end - start for start, end in self.segments)
+
+    def emotion(self) -> EmotionResult | None:
+        """The overall emotion from the first analyzer that gave one, for reporters that headline it."""
+        for output in self.outputs.values():
+            if isinstance(output.overall, EmotionResult):
+                return output.overall
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "duration_s": round(self.duration, 3),
+            "speech_s": round(self.speech_seconds, 3),
+            "speech_detected": self.speech_detected,
+            "segments": [{"start_s": round(s, 3), "end_s": round(e, 3)} for s, e in self.segments],
+            "analyzers": {
+                name: {
+                    "overall": output.overall.to_dict() if output.overall else None,
+                    "segments": [r.to_dict() if r else None for r in output.segments],
+                }
+                for name, output in self.outputs.items()
+            },
+            "notices": list(self.notices),
+        }
+
+
+class Reporter(Plugin, ABC):
+    """Turns a finished report into output for a person or a machine."""
+
+    @abstractmethod
+    def render(self, report: Report) -> Any:
+        """Return the output; what type depends on the reporter (str for text, dict for JSON...)."""

@@ -1,0 +1,12 @@
+"""The JSON reporter: one JSON object per source, with the stable field names the README documents."""
+
+from __future__ import annotations
+
+import json
+
+from bot.plugin import Report, Reporter
+
+
+class JsonReporter(Reporter):
+    def render(self, report: Report) -> str:
+        return json.dumps(report.to_dict(), ensure_ascii=False)

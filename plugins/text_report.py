@@ -1,0 +1,43 @@
+"""The text reporter: what ``sera analyze`` prints for a person.
+
+A headline, every class probability as a bar, and for notes with more than one segment a timeline.
+Results of analyzers it does not know are shown by their ``headline()``, so third-party analyzers
+appear without any change here.
+"""
+
+from __future__ import annotations
+
+from bot.plugin import EmotionResult, Report, Reporter
+
+BAR_WIDTH = 20
+
+
+def bar(fraction: float, width: int = BAR_WIDTH) -> str:
+    filled = round(max(0.0, min(fraction, 1.0)) * width)
+    return "█" * filled + "·" * (width - filled)
+
+
+def span(start: float, end: float) -> str:
+    return f"{start:.1f}-{end:.1f} s".rjust(13)
+
+
+class TextReporter(Reporter):
+    def render(self, report: Report) -> str:
+        lines = [f"{report.source}  ({report.duration:.1f} s audio, {report.speech_seconds:.1f} s speech)"]
+        if not report.speech_detected:
+            lines.append("  no speech detected")
+        emotion = report.emotion()
+        if emotion:
+            lines.append(f"  emotion: {emotion.headline()}")
+            width = max(len(name) for name in emotion.probabilities)
+            lines += [f"    {name:<{width}}  {bar(p)} {p:6.1%}" for name, p in emotion.ranked()]
+        for name, output in report.outputs.items():
+            if output.overall and not isinstance(output.overall, EmotionResult):
+                lines.append(f"  {name}: {output.overall.headline()}")
+        if len(report.segments) > 1:
+            lines.append("  timeline:")
+            for i, (start, end) in enumerate(report.segments):
+                parts = [r.headline() for o in report.outputs.values() if (r := o.segments[i]) is not None]
+                lines.append(f"    {span(start, end)}  " + " | ".join(parts))
+        lines += [f"  note: {notice}" for notice in report.notices]
+        return "\n".join(lines)

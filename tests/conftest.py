@@ -1,0 +1,58 @@
+"""Audio the tests make themselves: numpy tones and noise, espeak-ng speech, encoded by real ffmpeg."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bot.config import Config
+from bot.pipeline import Pipeline
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_NOTE = ROOT / "examples" / "voice-note.ogg"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def encode(samples: np.ndarray, rate: int, path: Path, *codec: str, channels: int = 1) -> Path:
+    """Write float samples (``(n,)`` or ``(n, channels)``) to ``path`` with real ffmpeg."""
+    pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+    subprocess.run(
+        ["ffmpeg", "-y", "-loglevel", "error", "-f", "s16le", "-ar", str(rate), "-ac", str(channels), "-i", "-", *codec, str(path)],
+        input=pcm, check=True,
+    )  # fmt: skip
+    return path
+
+
+def tone(seconds: float, rate: int = 16_000, freq: float = 440.0, level: float = 0.3) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (level * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def noise(seconds: float, rate: int = 16_000, level: float = 0.1, seed: int = 0) -> np.ndarray:
+    return (level * np.random.default_rng(seed).standard_normal(int(seconds * rate))).astype(np.float32)
+
+
+def say(text: str, path: Path, voice: str = "en-us", speed: int = 150) -> Path:
+    """Real synthetic speech from espeak-ng (installed by .ci/run)."""
+    if shutil.which("espeak-ng") is None:
+        pytest.fail("espeak-ng is not installed; .ci/run installs it (apt-get install espeak-ng)")
+    subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(path), text], check=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """About three seconds of espeak-ng speech, 22.05 kHz mono WAV."""
+    return say("Kids are talking by the door, and dogs are sitting by the door.", tmp_path_factory.mktemp("speech") / "speech.wav")
+
+
+@pytest.fixture(scope="session")
+def pipeline() -> Pipeline:
+    """One pipeline for the session, on the shipped models and built-in plugins."""
+    p = Pipeline(Config())
+    yield p
+    p.close()

@@ -1,0 +1,72 @@
+"""The YAML config: the example is valid, and every mistake names the file and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.config import Config, load
+from bot.errors import ConfigError
+from tests.conftest import ROOT
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "sera.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_example_config_is_valid_and_matches_the_defaults() -> None:
+    config = load(ROOT / "config.example.yaml")
+    defaults = Config()
+    assert config.audio == defaults.audio
+    assert config.speech == defaults.speech
+    assert config.discord == defaults.discord
+    assert config.workers == defaults.workers
+    assert config.plugins["emotion_cnn"]["unsure_below"] == 0.4
+
+
+def test_no_path_gives_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SERA_CONFIG", raising=False)
+    assert load(None) == Config()
+
+
+def test_env_variable_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SERA_CONFIG", str(write(tmp_path, "workers: 3\n")))
+    assert load(None).workers == 3
+
+
+def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
+    config = load(write(tmp_path, "models_dir: my-models\n"))
+    assert config.models_dir == tmp_path / "my-models"
+    assert config.path("sera.db") == tmp_path / "sera.db"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("audio:\n  max_fle_mb: 3\n", r"unknown key 'audio.max_fle_mb'"),
+        ("workers: many\n", r"'workers' must be a whole number, not 'many'"),
+        ("workers: true\n", r"'workers' must be a whole number"),
+        ("speech:\n  threshold: high\n", r"'speech.threshold' must be a number"),
+        ("audio: 5\n", r"audio must be a mapping"),
+        ("plugins:\n  prosody: [1, 2]\n", r"'plugins.prosody' must be a mapping"),
+        ("- just\n- a list\n", r"the top level must be a mapping"),
+        ("workers: [unclosed\n", r"not valid YAML"),
+    ],
+)
+def test_mistakes_name_the_file_and_key(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=message) as error:
+        load(path)
+    assert str(path) in str(error.value)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match="config file not found: /nope/sera.yaml"):
+        load("/nope/sera.yaml")
+
+
+def test_empty_file_gives_defaults(tmp_path: Path) -> None:
+    assert load(write(tmp_path, "")).audio == Config().audio

@@ -1,0 +1,48 @@
+"""The speech gate: Silero VAD finds speech, and refuses silence, tones and noise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bot.audio import SAMPLE_RATE, decode
+from bot.config import DEFAULT_MODELS_DIR
+from bot.speech import SpeechDetector, split_long
+from tests.conftest import noise, tone
+
+
+@pytest.fixture(scope="module")
+def detector() -> SpeechDetector:
+    return SpeechDetector(DEFAULT_MODELS_DIR / "silero_vad.onnx")
+
+
+def test_finds_speech_where_it_is(detector: SpeechDetector, speech_wav: Path) -> None:
+    speech = decode(speech_wav)
+    gap = np.zeros(SAMPLE_RATE * 2, dtype=np.float32)
+    samples = np.concatenate([gap, speech, gap])
+    spans = detector.segments(samples)
+    assert spans, "espeak-ng speech was not heard"
+    first, last = spans[0][0] / SAMPLE_RATE, spans[-1][1] / SAMPLE_RATE
+    assert 1.6 < first < 2.4
+    end_of_speech = (gap.size + speech.size) / SAMPLE_RATE
+    assert end_of_speech - 0.6 < last < end_of_speech + 0.4
+
+
+@pytest.mark.parametrize(
+    "signal",
+    [
+        np.zeros(SAMPLE_RATE * 3, dtype=np.float32),
+        tone(3.0, freq=440.0),
+        tone(3.0, freq=150.0, level=0.8),
+        noise(3.0, level=0.2),
+    ],
+    ids=["silence", "tone-440", "loud-tone-150", "white-noise"],
+)
+def test_no_speech_in_non_speech(detector: SpeechDetector, signal: np.ndarray) -> None:
+    assert detector.segments(signal) == []
+
+
+def test_split_long_makes_equal_parts() -> None:
+    assert split_long([(0, 100), (200, 240)], 40) == [(0, 33), (33, 67), (67, 100), (200, 240)]

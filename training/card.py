@@ -1,0 +1,164 @@
+"""The model card, written by the training run from the numbers it measured (never by hand)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bot.evaluate import Evaluation
+
+CARD_FILE = "MODEL_CARD.md"
+CONFUSION_FILE = "confusion.png"
+
+LICENCES = {
+    "ravdess": (
+        "RAVDESS (Livingstone & Russo 2018, PLoS ONE 13(5): e0196391, doi:10.5281/zenodo.1188976), "
+        "licensed **CC BY-NC-SA 4.0**. This model is trained on it and carries the same terms: "
+        "attribution, non-commercial use only, share-alike."
+    ),
+}
+
+
+def confusion_png(evaluation: Evaluation, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels = evaluation.scores.labels
+    matrix = np.array(evaluation.scores.confusion, dtype=float)
+    rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5), dpi=110)
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, int(matrix[i, j]), ha="center", va="center", color="white" if rates[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def write(out_dir: Path, results: dict, clean: Evaluation | None, opus: Evaluation | None, command: str) -> Path:
+    r = results
+    lines = [
+        "# sera emotion model",
+        "",
+        "*Written by `sera train` from the numbers it measured; rerun the command below to reproduce it.*",
+        "",
+        "## Summary",
+        "",
+        f"- File: `{r['model_file']}` ({r['size_mb']:.2f} MB, {r['parameters']:,} parameters), ONNX opset {r['opset']}.",
+        f"- Task: {len(r['labels'])}-class speech emotion: {', '.join(r['labels'])}.",
+        f"- Input: log-Mel windows, parameters in the file's metadata: `{r['features']}`.",
+        f"- Calibration: temperature {r['temperature']:.3f} (fitted on the validation speakers).",
+        f"- Inference: {r['ms_per_window']:.2f} ms per {r['features']['window_seconds']:.0f} s window on one CPU core "
+        "(onnxruntime, one thread, median of 200 runs).",
+        f"- torch vs onnxruntime logits, max abs diff over the test windows: {r['parity_max_abs_diff']:.2e}.",
+        "",
+        "## Data and split",
+        "",
+        f"- Corpus: {r['corpus']} ({r['clips']} clips), read from `{r['data_root']}`.",
+        f"- Speaker-independent split (whole actors): train {', '.join(r['speakers']['train'])}; "
+        f"validation {', '.join(r['speakers']['val'])}; test {', '.join(r['speakers']['test'])}.",
+        f"- Clips: train {r['split_sizes']['train']}, validation {r['split_sizes']['val']}, test {r['split_sizes']['test']}.",
+        "- Validation speakers choose the epoch and the temperature; test speakers are used once, below.",
+        "",
+        "## Results on the held-out test speakers",
+        "",
+        "Measured with `sera evaluate` (the shipped pipeline: decode, speech detection, windows, ONNX, mean over segments).",
+        "",
+    ]
+    if clean and opus:
+        cs, os_ = clean.scores, opus.scores
+        lines += [
+            "| condition | clips | accuracy | macro-F1 | ECE |",
+            "|---|---|---|---|---|",
+            f"| clean (FLAC, 16 kHz) | {cs.n} | {pct(cs.accuracy)} | {cs.macro_f1:.3f} | {cs.ece:.3f} |",
+            f"| Opus 24 kbit/s voice note | {os_.n} | {pct(os_.accuracy)} | {os_.macro_f1:.3f} | {os_.ece:.3f} |",
+            "",
+            "Per-class recall (clean / Opus):",
+            "",
+            "| emotion | recall clean | recall Opus | support |",
+            "|---|---|---|---|",
+            *(
+                f"| {k} | {pct(v['recall'])} | {pct(os_.per_class[k]['recall'])} | {v['support']} |"
+                for k, v in cs.per_class.items()
+            ),
+            "",
+            "Per-speaker accuracy (clean): " + ", ".join(f"actor {k} {pct(v)}" for k, v in clean.per_speaker.items()),
+            "",
+            "Per-gender accuracy (clean): "
+            + ", ".join(f"{k} {pct(v)}" for k, v in clean.accuracy_by(lambda item: item.gender).items()),
+            "",
+            f"Confusion matrix (clean): ![confusion]({CONFUSION_FILE})",
+            "",
+        ]
+        if clean.no_speech or clean.unreadable:
+            lines += [f"No speech heard in {len(clean.no_speech)} clips, {len(clean.unreadable)} unreadable.", ""]
+    else:
+        lines += ["No test speakers were held out in this run, so there are no test figures.", ""]
+    calib = r["val_before_after_calibration"]
+    if calib["ece_raw"] is not None:
+        lines += [f"Validation ECE before / after temperature scaling: {calib['ece_raw']:.3f} / {calib['ece_calibrated']:.3f}.", ""]
+    if r["ablation"]:
+        lines += [
+            "## Ablation",
+            "",
+            f"Each row adds one idea to the row above; trained for {r['ablation'][0]['epochs']} epochs with the same seed and",
+            "split, scored on the test speakers at feature level (one centred window per clip, no calibration), clean",
+            "and after an Opus round trip.",
+            "",
+            "| recipe | acc clean | F1 clean | acc Opus | F1 Opus | minutes |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in r["ablation"]:
+            c, o = row.get("clean", {}), row.get("opus24", {})
+            lines.append(
+                f"| {row['recipe']} | {pct(c.get('accuracy'))} | {c.get('macro_f1', 0):.3f} | "
+                f"{pct(o.get('accuracy'))} | {o.get('macro_f1', 0):.3f} | {row['minutes']:.1f} |"
+            )
+        lines.append("")
+    rec = r["recipe"]
+    lines += [
+        "## Architecture and training",
+        "",
+        f"- Four conv blocks (3x3 conv, batch norm, ELU, 2x2 max-pool, dropout {rec['dropout']}), channels {rec['channels']},",
+        f"  head `{rec['head']}` (statistics pooling: mean and std over time), per-window standardisation inside the graph.",
+        f"- AdamW, lr {rec['lr']} (one-cycle), weight decay {rec['weight_decay']}, batch {rec['batch_size']}, "
+        f"{rec['epochs']} epochs, categorical cross-entropy; best epoch by validation macro-F1.",
+        f"- Augmentation: time shift {rec['shift']}, Opus 24 kbit/s round trip {rec['opus']}, "
+        f"SpecAugment {rec['specaugment']}, mixup alpha {rec['mixup']}.",
+        f"- Seed {r['seed']}; features took {r['feature_minutes']:.1f} min, training {r['train_minutes']:.1f} min on {r['machine']}.",
+        "",
+        "## Reproduce",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        "## Limits",
+        "",
+        "- Trained on acted English speech from 24 North-American actors reading two sentences: real, spontaneous",
+        "  voices are harder, and confidence on them is lower than these figures suggest. Below the configured",
+        "  confidence the bot answers \"unsure\" rather than naming an emotion.",
+        "- Emotion recognition is not a measure of anyone's state of mind; do not use it to judge people.",
+        "",
+        "## Licence",
+        "",
+        LICENCES.get(r["corpus"], "See the corpus's own licence."),
+        "",
+    ]
+    path = out_dir / CARD_FILE
+    path.write_text("\n".join(lines))
+    if clean:
+        confusion_png(clean, out_dir / CONFUSION_FILE, "held-out speakers, clean")
+    return path

@@ -1,0 +1,115 @@
+"""What ``sera train`` runs: the recipe, the parity check, the held-out evaluation and the model card.
+
+Importing this module must stay cheap and torch-free: ``sera``'s argument parser reads ``add_arguments``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bot.audio import SAMPLE_RATE
+from bot.config import Config
+from bot.corpora import EMOTIONS, load_corpus
+from bot.evaluate import Item, evaluate, terminal_progress
+from bot.model import EmotionModel
+from bot.pipeline import Pipeline
+from bot.registry import PluginSet
+from training import card
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE = "training-results.json"
+TIMING_RUNS = 200
+
+
+def speakers(text: str) -> set[str]:
+    return {f"{int(s):02d}" if s.strip().isdigit() else s.strip() for s in text.split(",") if s.strip()}
+
+
+def ms_per_window(path: Path) -> float:
+    """Median onnxruntime latency of one window, one thread (the model's session is single-threaded)."""
+    model = EmotionModel(path)
+    params = model.info.features
+    mel = np.random.default_rng(0).normal(-40, 10, (1, params.n_mels, params.window_frames)).astype(np.float32)
+    for _ in range(10):
+        model.logits(mel)
+    times = []
+    for _ in range(TIMING_RUNS):
+        start = time.perf_counter()
+        model.logits(mel)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)
+
+
+def main(args: argparse.Namespace, config: Config) -> int:
+    from training.train import MODEL_FILE, OPSET, run  # torch: imported only when training
+
+    data = Path(args.data)
+    clips = load_corpus(args.corpus, data)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    val, test = speakers(args.val_speakers), speakers(args.test_speakers)
+    model, split, results = run(
+        clips,
+        out,
+        config.models_dir,
+        val,
+        test,
+        EMOTIONS,
+        None if args.no_cache else Path(args.cache).expanduser(),
+        seed=args.seed,
+        epochs=1 if args.smoke else args.epochs,
+        ablation_epochs=args.ablation_epochs,
+        corpus=args.corpus,
+        data_root=str(data),
+    )
+    model_path = out / MODEL_FILE
+    results.update(
+        model_file=MODEL_FILE,
+        size_mb=model_path.stat().st_size / 1e6,
+        opset=OPSET,
+        ms_per_window=ms_per_window(model_path),
+    )
+    clean = opus = None
+    if len(split.test):
+        plugin_config = Config(models_dir=config.models_dir, plugins={"emotion_cnn": {"model": str(model_path.resolve())}})
+        pipeline = Pipeline(plugin_config, PluginSet(plugin_config, SAMPLE_RATE, only={"emotion_cnn"}))
+        try:
+            items = [Item(clips[i].path, clips[i].label, clips[i].speaker, clips[i].gender) for i in split.test]
+            clean = evaluate(pipeline, items, progress=terminal_progress)
+            opus = evaluate(pipeline, items, opus_bitrate="24k", progress=terminal_progress)
+        finally:
+            pipeline.close()
+        results["test_clean"] = clean.to_dict()
+        results["test_opus24"] = opus.to_dict()
+    command = "sera " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["train"] else "sera train ..."
+    (out / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str) + "\n")
+    card_path = card.write(out, results, clean, opus, command)
+    print(f"model: {model_path}\ncard:  {card_path}")
+    if clean and opus:
+        print(f"held-out speakers {sorted(test)}: accuracy {clean.scores.accuracy:.1%} clean, {opus.scores.accuracy:.1%} Opus 24k")
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--corpus", default="ravdess", help="corpus name (see ../shared/data/README.md)")
+    parser.add_argument("--data", required=True, help="the corpus folder, e.g. ../shared/data/ravdess")
+    parser.add_argument("--out", default="models", help="where the .onnx, the card and the results go")
+    parser.add_argument("--val-speakers", default="17,18", help="held-out validation speakers (default 17,18)")
+    parser.add_argument("--test-speakers", default="19,20,21", help="held-out test speakers (default 19,20,21)")
+    parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epoch count")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--ablation-epochs", type=int, metavar="N", help="first train and score every ablation step for N epochs each"
+    )
+    parser.add_argument("--cache", default="~/.cache/sera", help="feature cache folder")
+    parser.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
+    parser.add_argument("--smoke", action="store_true", help="one epoch: checks that the recipe runs end to end")

@@ -1,0 +1,83 @@
+"""Turning a corpus into training tensors with the runtime's own functions.
+
+Each clip is decoded (``bot.audio.decode``), trimmed to its speech by the same speech detector the
+pipeline uses, and featurised with ``bot.features`` at several time offsets, as it is and after an Opus
+round trip at voice-note bitrate (Discord voice notes are Opus). Training then draws one of those
+variants per clip and epoch. The result is cached on disk, keyed by everything it depends on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from bot.audio import SAMPLE_RATE, Limits, decode, ffmpeg_binary, normalize_loudness
+from bot.corpora import Clip
+from bot.features import FeatureParams, log_mel, windows
+from bot.speech import SpeechDetector
+
+log = logging.getLogger(__name__)
+
+OPUS_BITRATE = "24k"
+OFFSETS_PER_CONDITION = 3  # centred, then random placements of the speech in its window
+
+
+def opus_round_trip(samples: np.ndarray, bitrate: str = OPUS_BITRATE) -> np.ndarray:
+    """What the model hears of ``samples`` sent as an Opus voice note."""
+    pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+    ffmpeg = ffmpeg_binary()
+    raw = ["-f", "s16le", "-ar", str(SAMPLE_RATE), "-ac", "1"]
+    encoded = subprocess.run(
+        [ffmpeg, "-nostdin", "-loglevel", "error", *raw, "-i", "-", "-c:a", "libopus", "-b:a", bitrate, "-f", "ogg", "-"],
+        input=pcm, capture_output=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    return decode(encoded, Limits(max_bytes=1 << 30, max_seconds=3600))[: samples.size]
+
+
+def speech_span(samples: np.ndarray, detector: SpeechDetector) -> tuple[int, int]:
+    """From the first to the last speech sample; the whole clip when the detector hears none."""
+    spans = detector.segments(samples)
+    return (spans[0][0], spans[-1][1]) if spans else (0, samples.size)
+
+
+def clip_features(clip: Clip, params: FeatureParams, detector: SpeechDetector, seed: int) -> np.ndarray:
+    """``(2 * OFFSETS_PER_CONDITION, n_mels, frames)``: clean variants first, then Opus ones."""
+    rng = np.random.default_rng(seed)
+    samples = decode(clip.path)
+    start, end = speech_span(samples, detector)
+    variants = []
+    for audio in (samples, opus_round_trip(samples)):
+        utterance = normalize_loudness(audio[start:end], params.loudness_dbfs)
+        free = max(params.window_samples - utterance.size, 0)
+        for k in range(OFFSETS_PER_CONDITION):
+            offset = -1 if k == 0 else int(rng.integers(0, free + 1))
+            batch = windows(utterance, params, offset)
+            pick = batch[len(batch) // 2] if k == 0 else batch[rng.integers(len(batch))]
+            variants.append(pick)
+    return log_mel(np.stack(variants), params).astype(np.float16)
+
+
+def build_features(
+    clips: list[Clip], params: FeatureParams, vad_model: Path, cache_dir: Path | None, seed: int, workers: int = 2
+) -> np.ndarray:
+    """Features of every clip, ``(clips, variants, n_mels, frames)`` float16, cached by content key."""
+    key = hashlib.sha256(
+        "|".join([params.to_json(), OPUS_BITRATE, str(OFFSETS_PER_CONDITION), str(seed)] + [str(c.path) for c in clips]).encode()
+    ).hexdigest()[:16]
+    cache = cache_dir / f"features-{key}.npy" if cache_dir else None
+    if cache and cache.is_file():
+        log.info("features from cache %s", cache)
+        return np.load(cache)
+    detector = SpeechDetector(vad_model)
+    with ThreadPoolExecutor(workers) as pool:
+        done = list(pool.map(lambda ic: clip_features(ic[1], params, detector, seed + ic[0]), enumerate(clips)))
+    features = np.stack(done)
+    if cache:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache, features)
+    return features

@@ -1,0 +1,71 @@
+"""The emotion CNN, in two shapes: the paper's and sera's.
+
+Both are four conv blocks (3x3 conv, batch norm, ELU, max-pool, dropout), as in arXiv 2503.19677.
+The paper flattens the last feature map into a dense layer, which ties the model to one input length
+and to where in the window the speech sits; sera's head pools statistics over time (mean and standard
+deviation of each channel), which is shift-invariant and has a tenth of the parameters.
+
+Each window is standardised inside the network, so the ONNX file takes the plain dB log-Mel that
+``bot.features.log_mel`` produces and nothing else needs to agree on a mean and scale.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+EPS = 1e-5
+
+
+class ConvBlock(nn.Sequential):
+    def __init__(self, c_in: int, c_out: int, dropout: float) -> None:
+        super().__init__(
+            nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ELU(),
+            nn.MaxPool2d(2),
+            nn.Dropout(dropout),
+        )
+
+
+class EmotionNet(nn.Module):
+    """``(batch, n_mels, frames)`` dB log-Mel -> ``(batch, n_labels)`` logits."""
+
+    def __init__(
+        self,
+        n_labels: int,
+        n_mels: int,
+        frames: int,
+        channels: tuple[int, ...] = (32, 64, 96, 128),
+        dropout: float = 0.2,
+        head: str = "stats",
+    ) -> None:
+        super().__init__()
+        widths = (1, *channels)
+        self.blocks = nn.Sequential(*(ConvBlock(a, b, dropout) for a, b in zip(widths, widths[1:])))
+        self.head_kind = head
+        last = channels[-1]
+        if head == "stats":
+            self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(2 * last, n_labels))
+        elif head == "flatten":
+            shrink = 2 ** len(channels)
+            self.head = nn.Sequential(
+                nn.Flatten(),
+                nn.Linear(last * (n_mels // shrink) * (frames // shrink), 256),
+                nn.ELU(),
+                nn.Dropout(0.3),
+                nn.Linear(256, n_labels),
+            )
+        else:
+            raise ValueError(f"unknown head {head!r}")
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        mean = mel.mean(dim=(1, 2), keepdim=True)
+        std = torch.sqrt(((mel - mean) ** 2).mean(dim=(1, 2), keepdim=True) + EPS)
+        x = self.blocks(((mel - mean) / std).unsqueeze(1))
+        if self.head_kind == "flatten":
+            return self.head(x)
+        x = x.mean(dim=2)  # over frequency: (batch, channels, time)
+        mu = x.mean(dim=2)
+        sigma = torch.sqrt(((x - mu.unsqueeze(2)) ** 2).mean(dim=2) + EPS)
+        return self.head(torch.cat([mu, sigma], dim=1))

@@ -1,0 +1,272 @@
+"""``sera train``: the training recipe, its ablation, the ONNX export and the model card.
+
+The split is by speaker, as ``../shared/data/README.md`` requires: test speakers and validation
+speakers are whole actors that never appear in training. Model selection (best epoch) and calibration
+(temperature scaling) use the validation speakers only; the test speakers are touched once, at the end,
+through the shipped pipeline (``bot.evaluate``), clean and re-encoded as a 24 kbit/s Opus voice note.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import platform
+import time
+import warnings
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+
+from bot.corpora import Clip
+from bot.features import FeatureParams
+from bot.metrics import score
+from bot.model import INPUT_NAME, OUTPUT_NAME, ModelInfo
+from bot.pipeline import VAD_MODEL
+from training.data import OFFSETS_PER_CONDITION, build_features
+from training.net import EmotionNet
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "sera-emotion.onnx"
+OPSET = 17
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One way to train; the ablation is a list of these, each adding one idea to the last."""
+
+    name: str
+    head: str = "stats"
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    dropout: float = 0.2
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-2
+    shift: bool = True  # train on the speech at random places in its window
+    opus: bool = True  # train on Opus round-trips too
+    specaugment: bool = True
+    mixup: float = 0.2  # Beta(alpha, alpha) mixing; 0 turns it off
+
+
+FINAL = Recipe("sera: stats pooling + shift + SpecAugment + mixup + Opus")
+ABLATION = (
+    Recipe("paper: 4 conv + flatten/dense, Adam", head="flatten", shift=False, opus=False, specaugment=False,
+           mixup=0.0, weight_decay=0.0, lr=1e-3),
+    Recipe("+ statistics pooling head, AdamW", shift=False, opus=False, specaugment=False, mixup=0.0),
+    Recipe("+ time-shift", opus=False, specaugment=False, mixup=0.0),
+    Recipe("+ SpecAugment", opus=False, mixup=0.0),
+    Recipe("+ mixup", opus=False),
+    FINAL,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Split:
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def split_by_speaker(clips: list[Clip], val: set[str], test: set[str]) -> Split:
+    speakers = np.array([c.speaker for c in clips])
+    if val & test:
+        raise ValueError("a speaker cannot be both validation and test")
+    in_val, in_test = np.isin(speakers, list(val)), np.isin(speakers, list(test))
+    return Split(np.flatnonzero(~in_val & ~in_test), np.flatnonzero(in_val), np.flatnonzero(in_test))
+
+
+def spec_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Two frequency masks (up to 8 bands) and two time masks (up to 30 frames) per example."""
+    x = x.clone()
+    n, bands, frames = x.shape
+    fill = x.mean(dim=(1, 2))
+    for axis, size, width in ((1, bands, 8), (2, frames, 30)):
+        for _ in range(2):
+            w = torch.randint(0, width + 1, (n,), generator=generator)
+            start = (torch.rand(n, generator=generator) * (size - w)).long()
+            for i in range(n):
+                index = [i, slice(None), slice(None)]
+                index[axis] = slice(int(start[i]), int(start[i] + w[i]))
+                x[tuple(index)] = fill[i]
+    return x
+
+
+def variants_of(recipe: Recipe) -> list[int]:
+    """Which precomputed variants (see ``training.data.clip_features``) a recipe may draw from."""
+    offsets = range(OFFSETS_PER_CONDITION) if recipe.shift else range(1)
+    conditions = (0, 1) if recipe.opus else (0,)
+    return [c * OFFSETS_PER_CONDITION + k for c in conditions for k in offsets]
+
+
+def predict(model: EmotionNet, x: np.ndarray, batch: int = 128) -> np.ndarray:
+    model.eval()
+    with torch.no_grad():
+        return np.concatenate([model(torch.from_numpy(x[i : i + batch].astype(np.float32))).numpy() for i in range(0, len(x), batch)])
+
+
+def train_one(
+    recipe: Recipe, features: np.ndarray, y: np.ndarray, split: Split, n_labels: int, seed: int
+) -> tuple[EmotionNet, list[dict]]:
+    """Train, keeping the epoch with the best validation macro-F1."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
+    _, _, n_mels, frames = features.shape
+    model = EmotionNet(n_labels, n_mels, frames, recipe.channels, recipe.dropout, recipe.head)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    steps = recipe.epochs * -(-len(split.train) // recipe.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=recipe.lr, total_steps=steps)
+    allowed = variants_of(recipe)
+    val_x = features[split.val, 0]
+    best, best_f1, history = None, -1.0, []
+    for epoch in range(recipe.epochs):
+        model.train()
+        order = rng.permutation(split.train)
+        chosen = rng.choice(allowed, size=len(order))
+        losses = []
+        for i in range(0, len(order), recipe.batch_size):
+            idx = order[i : i + recipe.batch_size]
+            x = torch.from_numpy(features[idx, chosen[i : i + len(idx)]].astype(np.float32))
+            target = F.one_hot(torch.from_numpy(y[idx]), n_labels).float()
+            if recipe.specaugment:
+                x = spec_augment(x, generator)
+            if recipe.mixup > 0:
+                lam = float(rng.beta(recipe.mixup, recipe.mixup))
+                perm = torch.randperm(len(idx), generator=generator)
+                x = lam * x + (1 - lam) * x[perm]
+                target = lam * target + (1 - lam) * target[perm]
+            loss = torch.sum(-target * F.log_softmax(model(x), dim=1), dim=1).mean()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            losses.append(loss.item())
+        val = score(y[split.val], softmax(predict(model, val_x)), range(n_labels))
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_acc": val.accuracy, "val_f1": val.macro_f1})
+        log.info("%s epoch %d: loss %.3f val acc %.3f f1 %.3f", recipe.name, epoch + 1, history[-1]["loss"], val.accuracy, val.macro_f1)
+        if val.macro_f1 > best_f1:
+            best_f1, best = val.macro_f1, copy.deepcopy(model.state_dict())
+    model.load_state_dict(best)
+    model.eval()
+    return model, history
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logits / temperature
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def fit_temperature(logits: np.ndarray, truth: np.ndarray) -> float:
+    """Temperature minimising validation negative log-likelihood (Guo et al. 2017), by grid search."""
+    grid = np.exp(np.linspace(np.log(0.25), np.log(8.0), 200))
+    nll = [-np.mean(np.log(softmax(logits, t)[np.arange(len(truth)), truth] + 1e-12)) for t in grid]
+    return float(grid[int(np.argmin(nll))])
+
+
+def export_onnx(model: EmotionNet, info: ModelInfo, path: Path) -> None:
+    """ONNX with a dynamic batch axis and sera's metadata (features, labels, temperature)."""
+    dummy = torch.zeros(1, info.features.n_mels, info.features.window_frames)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(
+            model, (dummy,), str(path), dynamo=False, opset_version=OPSET,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        )  # fmt: skip
+    graph = onnx.load(str(path))
+    for key, value in info.metadata().items():
+        graph.metadata_props.add(key=key, value=value)
+    graph.producer_name = "sera"
+    onnx.save(graph, str(path))
+
+
+def held_out_scores(model: EmotionNet, features: np.ndarray, y: np.ndarray, idx: np.ndarray, n_labels: int) -> dict:
+    """Quick feature-level figures (centred window, clean and Opus) used for the ablation table."""
+    out = {}
+    for name, variant in (("clean", 0), ("opus24", OFFSETS_PER_CONDITION)):
+        s = score(y[idx], softmax(predict(model, features[idx, variant])), range(n_labels))
+        out[name] = {"accuracy": s.accuracy, "macro_f1": s.macro_f1}
+    return out
+
+
+def run(
+    clips: list[Clip],
+    out_dir: Path,
+    models_dir: Path,
+    val_speakers: set[str],
+    test_speakers: set[str],
+    labels: tuple[str, ...],
+    cache_dir: Path | None,
+    seed: int = 0,
+    epochs: int | None = None,
+    ablation_epochs: int | None = None,
+    corpus: str = "ravdess",
+    data_root: str = "",
+) -> tuple[EmotionNet, Split, dict]:
+    """Features, training and export; returns the model, the split and the numbers for the card."""
+    started = time.perf_counter()
+    params = FeatureParams()
+    features = build_features(clips, params, models_dir / VAD_MODEL, cache_dir, seed)
+    y = np.array([labels.index(c.label) for c in clips])
+    split = split_by_speaker(clips, val_speakers, test_speakers)
+    feature_seconds = time.perf_counter() - started
+    recipe = replace(FINAL, epochs=epochs) if epochs else FINAL
+    final, history = train_one(recipe, features, y, split, len(labels), seed)
+    table = []
+    for step in ABLATION if ablation_epochs else ():
+        t0 = time.perf_counter()
+        model, _ = train_one(replace(step, epochs=ablation_epochs), features, y, split, len(labels), seed)
+        row = {"recipe": step.name, "epochs": ablation_epochs, "minutes": (time.perf_counter() - t0) / 60}
+        row.update(held_out_scores(model, features, y, split.test, len(labels)))
+        table.append(row)
+        log.info("ablation: %s", row)
+    val_logits = predict(final, features[split.val, 0])
+    temperature = fit_temperature(val_logits, y[split.val]) if len(split.val) else 1.0
+    info = ModelInfo(features=params, labels=labels, temperature=temperature)
+    model_path = out_dir / MODEL_FILE
+    export_onnx(final, info, model_path)
+    return final, split, {
+        "corpus": corpus,
+        "data_root": data_root,
+        "clips": len(clips),
+        "speakers": {
+            "train": sorted({clips[i].speaker for i in split.train}),
+            "val": sorted(val_speakers),
+            "test": sorted(test_speakers),
+        },
+        "split_sizes": {"train": len(split.train), "val": len(split.val), "test": len(split.test)},
+        "recipe": asdict(recipe),
+        "features": asdict(params),
+        "labels": list(labels),
+        "temperature": temperature,
+        "val_before_after_calibration": {
+            "ece_raw": score(y[split.val], softmax(val_logits), labels).ece if len(split.val) else None,
+            "ece_calibrated": score(y[split.val], softmax(val_logits, temperature), labels).ece if len(split.val) else None,
+        },
+        "parameters": sum(p.numel() for p in final.parameters()),
+        "history": history,
+        "ablation": table,
+        "seed": seed,
+        "feature_minutes": feature_seconds / 60,
+        "train_minutes": (time.perf_counter() - started - feature_seconds) / 60,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "parity_max_abs_diff": parity(final, model_path, features[split.test if len(split.test) else split.train, 0]),
+    }
+
+
+def parity(model: EmotionNet, onnx_path: Path, mel: np.ndarray) -> float:
+    """Largest absolute difference between torch's and onnxruntime's logits on the same windows."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    ours = session.run([OUTPUT_NAME], {INPUT_NAME: mel.astype(np.float32)})[0]
+    return float(np.abs(ours - predict(model, mel)).max())
+
+
