@@ -35,6 +35,8 @@ class EmotionCNN(Analyzer):
         rate = self.model.info.features.sample_rate
         if rate != self.context.sample_rate:
             raise ModelError(f"{path} expects {rate} Hz audio but sera decodes at {self.context.sample_rate} Hz")
+        # librosa builds its filters and JIT-compiles on first use (seconds): pay that now, not on a user's note.
+        self.analyze([Segment(np.zeros(rate, dtype=np.float32), rate, 0.0, 1.0)])
 
     @property
     def labels(self) -> tuple[str, ...]:

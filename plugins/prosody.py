@@ -52,6 +52,11 @@ def _clean(value: object) -> object:
 class Prosody(Analyzer):
     Options = NoOptions
 
+    def setup(self) -> None:
+        """Warm librosa's YIN and onset code, which compile on first use."""
+        rate = self.context.sample_rate
+        measure(Segment(np.zeros(rate, dtype=np.float32), rate, 0.0, 1.0))
+
     def analyze(self, segments: Sequence[Segment]) -> list[ProsodyResult]:
         return [measure(segment) for segment in segments]
 

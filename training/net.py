@@ -3,7 +3,8 @@
 Both are four conv blocks (3x3 conv, batch norm, ELU, max-pool, dropout), as in arXiv 2503.19677.
 The paper flattens the last feature map into a dense layer, which ties the model to one input length
 and to where in the window the speech sits; sera's head pools statistics over time (mean and standard
-deviation of each channel), which is shift-invariant and has a tenth of the parameters.
+deviation of each channel and frequency band), which is shift-invariant and has a tenth of the
+parameters.
 
 Each window is standardised inside the network, so the ONNX file takes the plain dB log-Mel that
 ``bot.features.log_mel`` produces and nothing else needs to agree on a mean and scale.
@@ -46,7 +47,8 @@ class EmotionNet(nn.Module):
         self.head_kind = head
         last = channels[-1]
         if head == "stats":
-            self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(2 * last, n_labels))
+            pooled = last * (n_mels // 2 ** len(channels))
+            self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(2 * pooled, n_labels))
         elif head == "flatten":
             shrink = 2 ** len(channels)
             self.head = nn.Sequential(
@@ -65,7 +67,7 @@ class EmotionNet(nn.Module):
         x = self.blocks(((mel - mean) / std).unsqueeze(1))
         if self.head_kind == "flatten":
             return self.head(x)
-        x = x.mean(dim=2)  # over frequency: (batch, channels, time)
+        x = x.flatten(1, 2)  # channels x frequency bands: (batch, features, time)
         mu = x.mean(dim=2)
         sigma = torch.sqrt(((x - mu.unsqueeze(2)) ** 2).mean(dim=2) + EPS)
         return self.head(torch.cat([mu, sigma], dim=1))

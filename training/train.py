@@ -42,11 +42,11 @@ class Recipe:
     name: str
     head: str = "stats"
     channels: tuple[int, ...] = (16, 32, 64, 128)
-    dropout: float = 0.2
+    dropout: float = 0.1
     epochs: int = 30
-    batch_size: int = 32
-    lr: float = 2e-3
-    weight_decay: float = 1e-2
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-3
     shift: bool = True  # train on the speech at random places in its window
     opus: bool = True  # train on Opus round-trips too
     specaugment: bool = True
@@ -56,7 +56,7 @@ class Recipe:
 FINAL = Recipe("sera: stats pooling + shift + SpecAugment + mixup + Opus")
 ABLATION = (
     Recipe("paper: 4 conv + flatten/dense, Adam", head="flatten", shift=False, opus=False, specaugment=False,
-           mixup=0.0, weight_decay=0.0, lr=1e-3),
+           mixup=0.0, weight_decay=0.0),
     Recipe("+ statistics pooling head, AdamW", shift=False, opus=False, specaugment=False, mixup=0.0),
     Recipe("+ time-shift", opus=False, specaugment=False, mixup=0.0),
     Recipe("+ SpecAugment", opus=False, mixup=0.0),

@@ -1,0 +1,127 @@
+"""The training recipe end to end on a tiny corpus the test makes (``sera train --smoke``), the model
+metadata contract, and ``sera evaluate`` on corpora and manifests; plus the shipped model on the real
+held-out RAVDESS actors when ../shared/data is there."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+from bot.corpora import EMOTIONS, RAVDESS_EMOTIONS, ravdess
+from bot.errors import ModelError
+from bot.model import EmotionModel
+from tests.conftest import SHARED_DATA, say
+
+CODES = {label: code for code, label in RAVDESS_EMOTIONS.items()}
+
+
+def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bot", *args], capture_output=True, text=True, timeout=600, env=env)
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three 'actors' x 8 emotions of espeak-ng speech, named as RAVDESS names its files."""
+    root = tmp_path_factory.mktemp("tiny-ravdess")
+    for actor in (1, 2, 3):
+        folder = root / f"Actor_{actor:02d}"
+        folder.mkdir()
+        for i, label in enumerate(EMOTIONS):
+            name = f"03-01-{CODES[label]}-01-01-01-{actor:02d}.wav"
+            say("Kids are talking by the door.", folder / name, speed=120 + 15 * i)
+    (root / "Actor_01" / "README.txt").write_text("stray files are ignored")
+    return root
+
+
+def test_ravdess_loader_parses_names(tiny_corpus: Path) -> None:
+    clips = ravdess(tiny_corpus)
+    assert len(clips) == 24
+    assert {c.speaker for c in clips} == {"01", "02", "03"}
+    assert {c.gender for c in clips if c.speaker == "02"} == {"female"}
+    assert sorted({c.label for c in clips}) == sorted(EMOTIONS)
+
+
+@pytest.fixture(scope="module")
+def smoke_model(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("model")
+    done = run(
+        "train", "--corpus", "ravdess", "--data", str(tiny_corpus), "--out", str(out), "--smoke",
+        "--val-speakers", "02", "--test-speakers", "03", "--no-cache",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def test_smoke_training_writes_model_card_and_metadata(smoke_model: Path) -> None:
+    model = EmotionModel(smoke_model / "sera-emotion.onnx")
+    assert model.info.labels == EMOTIONS
+    assert model.info.features.sample_rate == 16_000
+    assert model.info.temperature > 0
+    graph = onnx.load(str(smoke_model / "sera-emotion.onnx"))
+    assert graph.opset_import[0].version >= 17
+    card = (smoke_model / "MODEL_CARD.md").read_text()
+    assert "CC BY-NC-SA 4.0" in card
+    assert "train 01; validation 02; test 03" in card
+    assert (smoke_model / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    results = json.loads((smoke_model / "training-results.json").read_text())
+    assert results["parity_max_abs_diff"] < 1e-3
+    assert results["test_clean"]["n"] == 8
+
+
+def test_evaluate_corpus_and_manifest(smoke_model: Path, tiny_corpus: Path, tmp_path: Path) -> None:
+    config = tmp_path / "sera.yaml"
+    config.write_text(
+        f"models_dir: {Path(__file__).parent.parent / 'models'}\n"
+        f"plugins:\n  emotion_cnn:\n    model: {smoke_model / 'sera-emotion.onnx'}\n"
+    )
+    done = run("--config", str(config), "evaluate", "--corpus", "ravdess", "--data", str(tiny_corpus), "--speakers", "03", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["n"] == 8 and result["labels"] == list(EMOTIONS)
+    assert set(result) >= {"n", "accuracy", "macro_f1", "ece", "per_class", "confusion", "labels"}
+    assert sum(map(sum, result["confusion"])) == 8
+    assert list(result["per_speaker_accuracy"]) == ["03"]
+
+    manifest = tmp_path / "mine.csv"
+    angry = next((tiny_corpus / "Actor_03").glob("03-01-05-*"))
+    sad = next((tiny_corpus / "Actor_03").glob("03-01-04-*"))
+    (tmp_path / "broken.ogg").write_bytes(b"not audio")
+    manifest.write_text(f"path,label,speaker\n{angry},angry,me\n{sad},sad,me\nbroken.ogg,sad,me\n")
+    done = run("--config", str(config), "evaluate", "--manifest", str(manifest), "--only-present-labels", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["n"] == 2
+    assert list(result["unreadable"]) == [str(tmp_path / "broken.ogg")]
+    # with --only-present-labels the argmax can only be angry or sad
+    predicted = [j for row in result["confusion"] for j, count in enumerate(row) if count]
+    assert set(predicted) <= {EMOTIONS.index("angry"), EMOTIONS.index("sad")}
+    text = run("--config", str(config), "evaluate", "--manifest", str(manifest))
+    assert "accuracy:" in text.stdout and "could not be read" in text.stdout
+
+    manifest.write_text(f"path,label\n{angry},furious\n")
+    bad = run("--config", str(config), "evaluate", "--manifest", str(manifest))
+    assert bad.returncode == 2 and "labels ['furious'] are not among the model's labels" in bad.stderr
+
+
+def test_model_without_metadata_is_refused(tmp_path: Path) -> None:
+    bare = onnx.load(str(Path(__file__).parent.parent / "models" / "sera-emotion.onnx"))
+    del bare.metadata_props[:]
+    path = tmp_path / "bare.onnx"
+    onnx.save(bare, str(path))
+    with pytest.raises(ModelError, match="not a sera emotion model"):
+        EmotionModel(path)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "ravdess").is_dir(), reason="../shared/data/ravdess is not here")
+def test_shipped_model_on_held_out_actors() -> None:
+    """The shipped model against chance on the actors it never heard (the card has the full figures)."""
+    done = run("evaluate", "--corpus", "ravdess", "--data", str(SHARED_DATA / "ravdess"), "--speakers", "21", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["n"] == 60
+    assert result["accuracy"] > 0.35  # chance is 0.125
