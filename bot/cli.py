@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--only-present-labels", action="store_true", help="restrict the argmax to labels in the data")
     evaluate.add_argument("--json", action="store_true", help="print the figures as one JSON object")
 
+    command("run", cmd_run, "start the Discord bot (token from $DISCORD_TOKEN or discord.token_env)")
+    command("doctor", cmd_doctor, "check ffmpeg, Opus, models, config, token and database, with fixes")
+
     train = command("train", cmd_train, "train the emotion CNN, export it to ONNX and write its model card")
     try:
         from training.cli import add_arguments
@@ -90,9 +93,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     pipeline = Pipeline(config_of(args))
     try:
-        for failed in pipeline.plugins.failures():
-            print(f"sera: plugin {failed.name} is not loaded: {failed.error}", file=sys.stderr)
         reporter = pipeline.plugins.reporter("json" if args.json else args.reporter)
+        for failed in pipeline.plugins.failures():
+            if failed.kind != "reporter":  # a reporter this command does not use is no concern of its user
+                print(f"sera: plugin {failed.name} is not loaded: {failed.error}", file=sys.stderr)
         status = EXIT_OK
         for path in args.files:
             try:
@@ -158,3 +162,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise SeraError(f"training needs the [train] extra (pip install -e '.[train]'): {exc}") from None
     return train_main(args, config_of(args))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bot.discordbot.app import run
+
+    if not args.verbose:
+        logging.getLogger().setLevel(logging.INFO)  # the operator's log: one line per start, failure, stop
+    logging.getLogger("discord").setLevel(logging.WARNING)
+    return run(config_of(args))
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from bot.doctor import report, run_checks
+
+    checks = run_checks(args.config)
+    print(report(checks))
+    return EXIT_OK if all(c.ok for c in checks) else EXIT_BAD_INPUT

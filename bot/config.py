@@ -53,7 +53,8 @@ class DiscordOptions:
     database: str = "sera.db"
     queue_size: int = 16  # analyses waiting or running at once; more are told to retry
     user_rate_per_minute: int = 6
-    chart: bool = False  # attach a PNG chart by default (needs matplotlib)
+    chart: bool = False  # attach a PNG chart in DMs (needs matplotlib); servers choose with /sera style
+    message_content: bool = False  # privileged intent: analyse notes in enabled channels without being asked
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
@@ -48,24 +48,33 @@ class Pipeline:
         # Analyzer calls get threads of their own so that a hung plugin can be timed out, not waited on.
         self._plugin_threads = ThreadPoolExecutor(config.workers * 2, thread_name_prefix="sera-plugin")
 
-    def analyze(self, source: bytes | str | Path, name: str | None = None) -> Report:
-        """Decode and analyse one source; raises ``AudioError`` for input that cannot be used."""
+    def analyze(
+        self, source: bytes | str | Path, name: str | None = None, skip: Collection[str] = frozenset()
+    ) -> Report:
+        """Decode and analyse one source; raises ``AudioError`` for input that cannot be used.
+
+        ``skip`` names analyzers not to run (a guild can turn plugins off for itself).
+        """
         if name is None:
             name = Path(source).name if isinstance(source, (str, Path)) else "audio"
-        return self.analyze_samples(decode(source, self.limits, SAMPLE_RATE), name)
+        return self.analyze_samples(decode(source, self.limits, SAMPLE_RATE), name, skip=skip)
 
-    async def analyze_async(self, source: bytes | str | Path, name: str | None = None) -> Report:
+    async def analyze_async(
+        self, source: bytes | str | Path, name: str | None = None, skip: Collection[str] = frozenset()
+    ) -> Report:
         """``analyze`` on the worker pool, awaited without blocking the event loop."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._workers, self.analyze, source, name)
+        return await loop.run_in_executor(self._workers, self.analyze, source, name, skip)
 
-    def analyze_samples(self, samples: np.ndarray, name: str, speaker: str | None = None) -> Report:
+    def analyze_samples(
+        self, samples: np.ndarray, name: str, speaker: str | None = None, skip: Collection[str] = frozenset()
+    ) -> Report:
         spans = self.detector.segments(samples)
         segments = [Segment(samples[a:b], SAMPLE_RATE, a / SAMPLE_RATE, b / SAMPLE_RATE, speaker) for a, b in spans]
         outputs: dict[str, PluginOutput] = {}
         notices: list[str] = []
         if segments:
-            for analyzer in self.plugins.analyzers:
+            for analyzer in (a for a in self.plugins.analyzers if a.name not in skip):
                 try:
                     outputs[analyzer.name] = self._run(analyzer, segments)
                 except PluginFailure as failure:

@@ -1,0 +1,95 @@
+"""``sera run``: the Discord bot process, its start-up checks and its graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+import aiohttp
+import discord
+from discord.ext import commands
+
+from bot.config import Config
+from bot.discordbot.cog import VoiceNotes
+from bot.discordbot.store import Store
+from bot.errors import SeraError
+from bot.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+
+def intents(message_content: bool) -> discord.Intents:
+    """Default intents; message content (privileged) only when the operator enabled it in the portal."""
+    chosen = discord.Intents.default()
+    chosen.message_content = message_content
+    return chosen
+
+
+class SeraBot(commands.Bot):
+    def __init__(self, config: Config, pipeline: Pipeline, store: Store) -> None:
+        super().__init__(command_prefix=commands.when_mentioned, intents=intents(config.discord.message_content), help_command=None)
+        self.config = config
+        self.pipeline = pipeline
+        self.store = store
+        self.closing = False
+
+    async def setup_hook(self) -> None:
+        await self.add_cog(VoiceNotes(self, self.pipeline, self.store, self.config.discord))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, lambda: asyncio.ensure_future(self.close()))
+            except (NotImplementedError, RuntimeError):  # not on this platform, or not the main thread
+                pass
+        synced = await self.tree.sync()
+        log.info("synced %d application commands", len(synced))
+
+    async def on_ready(self) -> None:
+        plugins = ", ".join(a.name for a in self.pipeline.plugins.analyzers) or "none"
+        log.info("sera is online as %s in %d guilds; analyzers: %s", self.user, len(self.guilds), plugins)
+
+    async def close(self) -> None:
+        """Finish (or apologise for) in-flight analyses, then disconnect and close the database."""
+        if self.closing:
+            return
+        self.closing = True
+        cog = self.get_cog("VoiceNotes")
+        if isinstance(cog, VoiceNotes):
+            await cog.drain()
+        await super().close()
+        self.store.close()
+        self.pipeline.close()
+        log.info("sera stopped cleanly")
+
+
+def token(config: Config) -> str:
+    value = os.environ.get(config.discord.token_env, "").strip()
+    if not value:
+        raise SeraError(
+            f"no Discord token: set the environment variable {config.discord.token_env} "
+            "(its name is discord.token_env in the config)"
+        )
+    return value
+
+
+def run(config: Config) -> int:
+    secret = token(config)
+    store = Store(config.path(config.discord.database))
+    bot = SeraBot(config, Pipeline(config), store)
+    try:
+        bot.run(secret, log_handler=None)
+    except discord.LoginFailure:
+        raise SeraError(
+            f"Discord refused the token in {config.discord.token_env}: is it the bot token from the "
+            "Developer Portal's Bot page, and still current?"
+        ) from None
+    except (aiohttp.ClientError, OSError) as error:
+        raise SeraError(f"cannot reach Discord: {error}") from None
+    except discord.PrivilegedIntentsRequired:
+        raise SeraError(
+            "discord.message_content is true, but the Message Content intent is not enabled for this bot "
+            "in the Developer Portal (Bot page, Privileged Gateway Intents)"
+        ) from None
+    return 0

@@ -1,0 +1,359 @@
+"""Voice notes in, emotion feedback out: the cog that talks to Discord users.
+
+Every path (a voice note in an enabled channel or a DM, ``/emotion analyse``, the "Analyse emotion"
+message menu) goes through ``analyse``, which applies the limits before downloading anything, runs the
+core pipeline off the event loop and stores the result. Failures become one friendly sentence for the
+user and one log line for the operator; slash-command failures are answered ephemerally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import PurePath
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.config import DiscordOptions
+from bot.discordbot.limits import RateLimiter, Slots
+from bot.discordbot.store import GuildSettings, Store
+from bot.errors import AudioError, SeraError
+from bot.pipeline import Pipeline
+from bot.plugin import Report
+from plugins.embed_report import emoji
+
+log = logging.getLogger(__name__)
+
+AUDIO_SUFFIXES = {".ogg", ".oga", ".opus", ".mp3", ".wav", ".m4a", ".aac", ".webm", ".flac", ".mp4"}
+MAX_NOTES_PER_MESSAGE = 3
+SHUTDOWN_GRACE_SECONDS = 20.0
+
+PRIVACY = (
+    "**What sera does with your audio**\n"
+    "• It analyses voice notes you send in DMs or in channels a server's admins enabled, and audio you ask it "
+    "to analyse with `/emotion analyse` or *Analyse emotion*.\n"
+    "• The audio is decoded in memory and thrown away once analysed. **No audio is stored.**\n"
+    "• Stored per analysis, until you delete it: your user id, the server, channel and message ids, the time, "
+    "the note's length and the result (emotion probabilities and the other analyzers' numbers).\n"
+    "• Server settings (enabled channels, reply style) are stored per server.\n"
+    "• `/forget` deletes everything stored about you, at once and for good.\n"
+    "• Emotion recognition from voice is uncertain; results are a hint, not a judgement about anyone."
+)
+
+
+def is_audio(attachment: discord.Attachment) -> bool:
+    if attachment.is_voice_message():
+        return True
+    if attachment.content_type and attachment.content_type.split(";")[0].startswith("audio/"):
+        return True
+    return PurePath(attachment.filename).suffix.lower() in AUDIO_SUFFIXES
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A report, or the sentence that tells the user why there is none."""
+
+    report: Report | None = None
+    error: str | None = None
+
+
+class VoiceNotes(commands.Cog):
+    emotion = app_commands.Group(name="emotion", description="Hear the emotion in a voice note")
+    admin = app_commands.Group(
+        name="sera",
+        description="Server settings for sera",
+        guild_only=True,
+        default_permissions=discord.Permissions(manage_guild=True),
+    )
+
+    def __init__(self, bot: commands.Bot, pipeline: Pipeline, store: Store, options: DiscordOptions) -> None:
+        self.bot = bot
+        self.pipeline = pipeline
+        self.store = store
+        self.options = options
+        self.rate = RateLimiter(options.user_rate_per_minute)
+        self.slots = Slots(options.queue_size)
+        self.embed = pipeline.plugins.reporter("embed")
+        self._handlers: set[asyncio.Task] = set()
+        self._work: set[asyncio.Future] = set()
+        self.menu = app_commands.ContextMenu(name="Analyse emotion", callback=self.analyse_message)
+
+    async def cog_load(self) -> None:
+        self.bot.tree.add_command(self.menu)
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
+
+    # -- the one road every note takes ---------------------------------------------------------------
+
+    async def analyse(
+        self,
+        attachment: discord.Attachment,
+        user_id: int,
+        guild_id: int | None,
+        channel_id: int | None,
+        message_id: int | None,
+        settings: GuildSettings,
+    ) -> Outcome:
+        limits = self.pipeline.limits
+        if attachment.size > limits.max_bytes:
+            return Outcome(error=f"That file is {attachment.size / 1e6:.1f} MB; I can listen to files up to "
+                                 f"{limits.max_bytes / 1e6:.0f} MB.")  # fmt: skip
+        if attachment.duration is not None and attachment.duration > limits.max_seconds:
+            return Outcome(error=f"That note is {attachment.duration:.0f} s long; I can listen to up to "
+                                 f"{limits.max_seconds:.0f} s.")  # fmt: skip
+        wait = self.rate.retry_after(user_id)
+        if wait:
+            return Outcome(error=f"You're sending notes faster than I can listen 🙂 Try again in {wait:.0f} s.")
+        if not self.slots.take():
+            log.warning("analysis queue full (%d); refusing a note from user %s", self.slots.size, user_id)
+            return Outcome(error="I'm busy with a lot of notes right now. Please try again in a minute.")
+        try:
+            data = await attachment.read()
+            work = asyncio.ensure_future(
+                self.pipeline.analyze_async(data, attachment.filename, skip=settings.disabled_plugins)
+            )
+            self._work.add(work)
+            work.add_done_callback(self._work.discard)
+            report = await work
+            await asyncio.to_thread(self.store.record, report, user_id, guild_id, channel_id, message_id)
+            return Outcome(report=report)
+        except AudioError as error:
+            log.info("note %s from user %s: %s", attachment.filename, user_id, error)
+            return Outcome(error=f"😕 I couldn't use this audio: {error}.")
+        except asyncio.CancelledError:
+            if self.bot.is_closed() or self._closing():
+                return Outcome(error="I'm restarting and couldn't finish this one. Please send it again in a minute.")
+            raise
+        except (discord.HTTPException, SeraError) as error:
+            log.warning("note %s from user %s failed: %s", attachment.filename, user_id, error)
+            return Outcome(error="I couldn't fetch that file from Discord. Please try again.")
+        except Exception:
+            log.exception("analysing %s for user %s failed", attachment.filename, user_id)
+            return Outcome(error="Something went wrong on my side; the operator has been told.")
+        finally:
+            self.slots.give()
+
+    def _closing(self) -> bool:
+        return getattr(self.bot, "closing", False)
+
+    def render(self, outcome: Outcome, settings: GuildSettings) -> dict:
+        """``send``/``reply`` keyword arguments for an outcome."""
+        if outcome.error:
+            return {"content": outcome.error}
+        kwargs: dict = {"embed": discord.Embed.from_dict(self.embed.render(outcome.report))}
+        if settings.chart and outcome.report.emotion():
+            png = self._chart(outcome.report)
+            if png:
+                kwargs["file"] = discord.File(io.BytesIO(png), filename="emotion.png")
+        return kwargs
+
+    def _chart(self, report: Report) -> bytes | None:
+        try:
+            return self.pipeline.plugins.reporter("chart").render(report)
+        except SeraError as error:
+            log.warning("no chart: %s", error)
+            return None
+
+    def _track(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+
+    async def drain(self, timeout: float = SHUTDOWN_GRACE_SECONDS) -> None:
+        """Let in-flight analyses finish; past ``timeout`` cancel them so their users get an apology."""
+        pending = {t for t in self._handlers if t is not asyncio.current_task()}
+        if not pending:
+            return
+        log.info("waiting for %d analyses to finish", len(pending))
+        _, late = await asyncio.wait(pending, timeout=timeout)
+        if late:
+            log.warning("cancelling %d analyses at shutdown", len(late))
+            for work in list(self._work):
+                work.cancel()
+            await asyncio.wait(late, timeout=5.0)
+
+    # -- voice notes in messages ----------------------------------------------------------------------
+
+    @commands.Cog.listener()
+    async def on_message(self, message: discord.Message) -> None:
+        if message.author.bot:
+            return
+        notes = [a for a in message.attachments if is_audio(a)][:MAX_NOTES_PER_MESSAGE]
+        if not notes:
+            return
+        if message.guild is not None:
+            settings = await asyncio.to_thread(self.store.settings, message.guild.id)
+            if message.channel.id not in settings.channels:
+                return
+        else:
+            settings = GuildSettings(chart=self.options.chart)
+        self._track()
+        guild_id = message.guild.id if message.guild else None
+        for note in notes:
+            outcome = await self.analyse(note, message.author.id, guild_id, message.channel.id, message.id, settings)
+            await self._answer_message(message, outcome, settings)
+
+    async def _answer_message(self, message: discord.Message, outcome: Outcome, settings: GuildSettings) -> None:
+        try:
+            emotion = outcome.report.emotion() if outcome.report else None
+            if emotion and settings.reaction:
+                await message.add_reaction(emoji(emotion.label))
+            if outcome.error or settings.reply:
+                await message.reply(**self.render(outcome, settings), mention_author=False)
+        except discord.HTTPException as error:
+            log.warning("could not answer message %s in channel %s: %s", message.id, message.channel.id, error)
+
+    # -- slash command and message menu ---------------------------------------------------------------
+
+    @emotion.command(name="analyse", description="Analyse the emotion in an audio file or voice note")
+    @app_commands.describe(file="A voice note or audio file (ogg, mp3, wav, m4a, webm, flac...)")
+    async def analyse_file(self, interaction: discord.Interaction, file: discord.Attachment) -> None:
+        await self._answer_interaction(interaction, file)
+
+    async def analyse_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
+        """The "Analyse emotion" message menu: works without the message-content intent."""
+        note = next((a for a in message.attachments if is_audio(a)), None)
+        await self._answer_interaction(interaction, note, message.id)
+
+    async def _answer_interaction(
+        self, interaction: discord.Interaction, note: discord.Attachment | None, message_id: int | None = None
+    ) -> None:
+        self._track()
+        if note is None or not is_audio(note):
+            await interaction.response.send_message("I can only listen to audio files and voice notes.", ephemeral=True)
+            return
+        guild_id = interaction.guild_id
+        settings = await asyncio.to_thread(self.store.settings, guild_id) if guild_id else GuildSettings(chart=self.options.chart)
+        await interaction.response.defer(thinking=True, ephemeral=settings.ephemeral)
+        outcome = await self.analyse(note, interaction.user.id, guild_id, interaction.channel_id, message_id, settings)
+        try:
+            if outcome.error and not settings.ephemeral:
+                await interaction.delete_original_response()  # the "thinking" notice was public
+            await interaction.followup.send(**self.render(outcome, settings), ephemeral=settings.ephemeral or bool(outcome.error))
+        except discord.HTTPException as error:
+            log.warning("could not answer interaction %s: %s", interaction.id, error)
+
+    # -- everyone: privacy -------------------------------------------------------------------------------
+
+    @app_commands.command(name="privacy", description="What sera processes and stores, and for how long")
+    async def privacy(self, interaction: discord.Interaction) -> None:
+        await interaction.response.send_message(PRIVACY, ephemeral=True)
+
+    @app_commands.command(name="forget", description="Delete everything sera has stored about you")
+    async def forget(self, interaction: discord.Interaction) -> None:
+        count = await asyncio.to_thread(self.store.analyses_of, interaction.user.id)
+        view = ForgetView(self.store, interaction.user.id)
+        await interaction.response.send_message(
+            f"This deletes all {count} analyses stored about you. There is no undo.", view=view, ephemeral=True
+        )
+
+    # -- admins: server settings ---------------------------------------------------------------------------
+
+    async def _admin_only(self, interaction: discord.Interaction) -> bool:
+        if interaction.guild_id is None:
+            await interaction.response.send_message("Server settings can only be changed in a server.", ephemeral=True)
+            return False
+        if not interaction.permissions.manage_guild:
+            log.info("user %s without Manage Server tried a settings command", interaction.user.id)
+            await interaction.response.send_message("You need the **Manage Server** permission for this.", ephemeral=True)
+            return False
+        return True
+
+    @admin.command(name="channel", description="Analyse voice notes in a channel automatically, or stop")
+    @app_commands.describe(enabled="Analyse voice notes posted here", channel="Default: this channel")
+    async def set_channel(
+        self, interaction: discord.Interaction, enabled: bool, channel: discord.TextChannel | None = None
+    ) -> None:
+        if not await self._admin_only(interaction):
+            return
+        channel_id = channel.id if channel else interaction.channel_id
+        current = await asyncio.to_thread(self.store.settings, interaction.guild_id)
+        channels = current.channels | {channel_id} if enabled else current.channels - {channel_id}
+        await asyncio.to_thread(self.store.update_settings, interaction.guild_id, channels=frozenset(channels))
+        state = "now analyses" if enabled else "no longer analyses"
+        await interaction.response.send_message(f"sera {state} voice notes in <#{channel_id}>.", ephemeral=True)
+
+    @admin.command(name="style", description="How sera answers in this server")
+    @app_commands.describe(
+        reply="Answer with an embed", reaction="React with the emotion's emoji",
+        chart="Attach a chart", ephemeral="Slash-command answers only visible to the caller",
+    )  # fmt: skip
+    async def set_style(
+        self,
+        interaction: discord.Interaction,
+        reply: bool | None = None,
+        reaction: bool | None = None,
+        chart: bool | None = None,
+        ephemeral: bool | None = None,
+    ) -> None:
+        if not await self._admin_only(interaction):
+            return
+        changes = {k: v for k, v in dict(reply=reply, reaction=reaction, chart=chart, ephemeral=ephemeral).items() if v is not None}
+        settings = await asyncio.to_thread(self.store.update_settings, interaction.guild_id, **changes)
+        await interaction.response.send_message(describe(settings), ephemeral=True)
+
+    @admin.command(name="plugin", description="Turn an analyzer plugin on or off in this server")
+    async def set_plugin(self, interaction: discord.Interaction, name: str, enabled: bool) -> None:
+        if not await self._admin_only(interaction):
+            return
+        known = [a.name for a in self.pipeline.plugins.analyzers]
+        if name not in known:
+            await interaction.response.send_message(f"No analyzer called `{name}`. Known: {', '.join(known)}.", ephemeral=True)
+            return
+        current = await asyncio.to_thread(self.store.settings, interaction.guild_id)
+        disabled = current.disabled_plugins - {name} if enabled else current.disabled_plugins | {name}
+        settings = await asyncio.to_thread(self.store.update_settings, interaction.guild_id, disabled_plugins=frozenset(disabled))
+        await interaction.response.send_message(describe(settings), ephemeral=True)
+
+    @set_plugin.autocomplete("name")
+    async def _plugin_names(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        names = [a.name for a in self.pipeline.plugins.analyzers]
+        return [app_commands.Choice(name=n, value=n) for n in names if current.lower() in n.lower()][:25]
+
+    @admin.command(name="settings", description="Show sera's settings for this server")
+    async def show_settings(self, interaction: discord.Interaction) -> None:
+        if not await self._admin_only(interaction):
+            return
+        settings = await asyncio.to_thread(self.store.settings, interaction.guild_id)
+        await interaction.response.send_message(describe(settings), ephemeral=True)
+
+
+def describe(settings: GuildSettings) -> str:
+    channels = ", ".join(f"<#{c}>" for c in sorted(settings.channels)) or "none (use /sera channel)"
+    onoff = {True: "on", False: "off"}
+    return (
+        f"**Channels:** {channels}\n"
+        f"**Reply:** {onoff[settings.reply]} · **Reaction:** {onoff[settings.reaction]} · "
+        f"**Chart:** {onoff[settings.chart]} · **Ephemeral:** {onoff[settings.ephemeral]}\n"
+        f"**Plugins off:** {', '.join(sorted(settings.disabled_plugins)) or 'none'}"
+    )
+
+
+class ForgetView(discord.ui.View):
+    """Confirm or cancel ``/forget``; only the user who asked can press the buttons."""
+
+    def __init__(self, store: Store, user_id: int) -> None:
+        super().__init__(timeout=120)
+        self.store = store
+        self.user_id = user_id
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        return interaction.user.id == self.user_id
+
+    @discord.ui.button(label="Delete my data", style=discord.ButtonStyle.danger)
+    async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        deleted = await asyncio.to_thread(self.store.forget, self.user_id)
+        log.info("user %s deleted their data (%d analyses)", self.user_id, deleted)
+        self.stop()
+        await interaction.response.edit_message(content=f"Done: {deleted} analyses deleted.", view=None)
+
+    @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary)
+    async def cancel(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        self.stop()
+        await interaction.response.edit_message(content="Nothing was deleted.", view=None)

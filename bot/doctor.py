@@ -1,0 +1,107 @@
+"""``sera doctor``: check what a deployment needs and say how to fix what is missing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bot.audio import ffmpeg_binary
+from bot.config import Config, load
+from bot.errors import SeraError
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def _ffmpeg() -> Check:
+    try:
+        path = ffmpeg_binary()
+        version = subprocess.run([path, "-version"], capture_output=True, text=True, timeout=10).stdout.split("\n")[0]
+        return Check("ffmpeg", True, version)
+    except (SeraError, OSError, subprocess.SubprocessError) as exc:
+        return Check("ffmpeg", False, str(exc), "apt-get install ffmpeg")
+
+
+def _opus() -> Check:
+    try:
+        listing = subprocess.run([ffmpeg_binary(), "-hide_banner", "-decoders"], capture_output=True, text=True, timeout=10).stdout
+    except (SeraError, OSError, subprocess.SubprocessError) as exc:
+        return Check("Opus decoder", False, str(exc), "apt-get install ffmpeg")
+    found = " opus " in listing or "libopus" in listing
+    return Check("Opus decoder", found, "ffmpeg decodes Opus voice notes" if found else "ffmpeg lacks Opus",
+                 "" if found else "install an ffmpeg built with libopus (Debian's is)")  # fmt: skip
+
+
+def _models(config: Config) -> list[Check]:
+    from bot.model import EmotionModel
+    from bot.speech import SpeechDetector
+
+    checks = []
+    model_name = config.plugins.get("emotion_cnn", {}).get("model", "sera-emotion.onnx")
+    path = Path(model_name) if Path(model_name).is_absolute() else config.models_dir / model_name
+    try:
+        info = EmotionModel(path).info
+        checks.append(Check("emotion model", True, f"{path}: {len(info.labels)} labels, {info.features.sample_rate} Hz, "
+                                                   f"temperature {info.temperature:.2f}"))  # fmt: skip
+    except SeraError as exc:
+        checks.append(Check("emotion model", False, str(exc), "run `sera train` or restore models/ from git"))
+    vad = config.models_dir / "silero_vad.onnx"
+    try:
+        SpeechDetector(vad)
+        checks.append(Check("speech detector", True, str(vad)))
+    except Exception as exc:  # onnxruntime's own error types
+        checks.append(Check("speech detector", False, f"{vad}: {exc}", "restore models/silero_vad.onnx from git"))
+    return checks
+
+
+def _token(config: Config) -> Check:
+    present = bool(os.environ.get(config.discord.token_env, "").strip())
+    return Check("Discord token", present, f"${config.discord.token_env} is {'set' if present else 'not set'}",
+                 "" if present else f"export {config.discord.token_env}=<the bot token from the Developer Portal>")  # fmt: skip
+
+
+def _database(config: Config) -> Check:
+    from bot.discordbot.store import Store
+
+    path = config.path(config.discord.database)
+    try:
+        store = Store(path)
+        store.close()
+        probe = tempfile.NamedTemporaryFile(dir=path.parent, prefix=".sera-doctor-")
+        probe.close()
+        return Check("database", True, f"{path} is writable (WAL)")
+    except (SeraError, OSError) as exc:
+        return Check("database", False, str(exc), "point discord.database at a writable path")
+
+
+def run_checks(config_path: str | None) -> list[Check]:
+    try:
+        config = load(config_path)
+    except SeraError as exc:
+        return [Check("config", False, str(exc), "fix the key named above; see config.example.yaml")]
+    checks: list[Check] = [Check("config", True, config.source), _ffmpeg(), _opus()]
+    steps: list[Callable[[Config], Check | list[Check]]] = [_models, _token, _database]
+    for step in steps:
+        result = step(config)
+        checks.extend(result if isinstance(result, list) else [result])
+    return checks
+
+
+def report(checks: list[Check]) -> str:
+    lines = []
+    for check in checks:
+        lines.append(f"{'✔' if check.ok else '✘'} {check.name}: {check.detail}")
+        if not check.ok and check.fix:
+            lines.append(f"    fix: {check.fix}")
+    failed = sum(not c.ok for c in checks)
+    lines.append("all good" if not failed else f"{failed} problem{'s' if failed > 1 else ''} to fix")
+    return "\n".join(lines)

@@ -1,0 +1,76 @@
+"""The embed reporter: a report as a Discord embed, in Discord's own JSON shape.
+
+It returns a plain dict (``discord.Embed.from_dict`` takes it), so it needs no Discord import and the
+core stays free of Discord; the Discord adapter only converts and sends it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bot.plugin import EmotionResult, Report, Reporter
+
+EMOJI = {
+    "neutral": "😐",
+    "calm": "😌",
+    "happy": "😄",
+    "sad": "😢",
+    "angry": "😠",
+    "fearful": "😨",
+    "disgust": "🤢",
+    "surprised": "😲",
+    EmotionResult.UNSURE: "🤔",
+}
+COLOURS = {"happy": 0xF1C40F, "calm": 0x1ABC9C, "neutral": 0x95A5A6, "sad": 0x3498DB, "angry": 0xE74C3C,
+           "fearful": 0x9B59B6, "disgust": 0x27AE60, "surprised": 0xE67E22}  # fmt: skip
+BAR_WIDTH = 12
+MAX_TIMELINE_ROWS = 12  # Discord caps a field at 1024 characters
+
+
+def emoji(label: str) -> str:
+    return EMOJI.get(label, "🎙️")
+
+
+def bars(result: EmotionResult) -> str:
+    width = max(len(name) for name in result.probabilities)
+    rows = []
+    for name, p in result.ranked():
+        filled = round(p * BAR_WIDTH)
+        rows.append(f"{name:<{width}} {'█' * filled}{'░' * (BAR_WIDTH - filled)} {p:4.0%}")
+    return "```\n" + "\n".join(rows) + "\n```"
+
+
+def timeline(report: Report, name: str) -> str:
+    rows = []
+    for (start, end), result in zip(report.segments, report.outputs[name].segments):
+        if isinstance(result, EmotionResult):
+            rows.append(f"`{start:4.1f}–{end:4.1f} s` {emoji(result.label)} {result.label}")
+    if len(rows) > MAX_TIMELINE_ROWS:
+        rows = rows[:MAX_TIMELINE_ROWS] + [f"… and {len(rows) - MAX_TIMELINE_ROWS} more"]
+    return "\n".join(rows)
+
+
+class EmbedReporter(Reporter):
+    def render(self, report: Report) -> dict[str, Any]:
+        if not report.speech_detected:
+            return {"title": "🔇 No speech detected", "description": "I couldn't hear anyone speaking in this audio.",
+                    "color": COLOURS["neutral"]}  # fmt: skip
+        fields: list[dict[str, Any]] = []
+        emotion = report.emotion()
+        embed: dict[str, Any] = {"fields": fields}
+        if emotion:
+            embed["title"] = f"{emoji(emotion.label)} {emotion.headline()}"
+            embed["description"] = bars(emotion)
+            embed["color"] = COLOURS.get(emotion.label, COLOURS["neutral"])
+        else:
+            embed["title"] = "🎙️ Speech analysed"
+        for name, output in report.outputs.items():
+            if isinstance(output.overall, EmotionResult) and len(report.segments) > 1:
+                fields.append({"name": "Timeline", "value": timeline(report, name), "inline": False})
+            elif output.overall is not None and not isinstance(output.overall, EmotionResult):
+                fields.append({"name": name, "value": output.overall.headline(), "inline": False})
+        footer = f"{report.duration:.1f} s audio · {report.speech_seconds:.1f} s speech"
+        if report.notices:
+            footer += " · " + "; ".join(report.notices)
+        embed["footer"] = {"text": footer[:2048]}
+        return embed

@@ -1,0 +1,210 @@
+"""A faithful, offline stand-in for the parts of Discord sera touches; reusable by plugin authors.
+
+Attachments are real ``discord.Attachment`` objects built from the gateway's JSON payload (so
+``is_voice_message()``, ``size``, ``duration`` and ``read()`` behave as in production); ``read()``
+fetches from an in-memory CDN instead of Discord's. Messages and interactions are small fakes with the
+same method signatures as discord.py's, recording every reply, reaction, deferral and follow-up.
+Application commands are invoked through their callbacks, as Discord would after its own checks.
+
+    harness = Harness(tmp_path)            # a real SeraBot, Pipeline and SQLite store
+    await harness.start()
+    note = harness.voice_note(ogg_bytes)
+    message = harness.message(note, guild=None)
+    await harness.cog.on_message(message)
+    message.replies[0]["embed"].title
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import discord
+
+from bot.config import Config, DiscordOptions
+from bot.discordbot.app import SeraBot
+from bot.discordbot.cog import VoiceNotes
+from bot.discordbot.store import Store
+from bot.pipeline import Pipeline
+
+_ids = itertools.count(1_000_000_000_000_000)
+
+
+def snowflake() -> int:
+    return next(_ids)
+
+
+class FakeCDN:
+    """What ``Attachment.read()`` downloads from; counts downloads so tests can see none happened."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.downloads = 0
+
+    async def get_from_cdn(self, url: str) -> bytes:
+        self.downloads += 1
+        if url not in self.files:
+            raise discord.NotFound(_Response(404), "Unknown attachment")
+        return self.files[url]
+
+
+class _Response:
+    def __init__(self, status: int) -> None:
+        self.status = status
+        self.reason = "Not Found"
+
+
+@dataclass
+class FakeState:
+    http: FakeCDN
+
+
+@dataclass(frozen=True)
+class FakeUser:
+    id: int = field(default_factory=snowflake)
+    name: str = "someone"
+    bot: bool = False
+
+    @property
+    def mention(self) -> str:
+        return f"<@{self.id}>"
+
+
+@dataclass(frozen=True)
+class FakeGuild:
+    id: int = field(default_factory=snowflake)
+    name: str = "study group"
+
+
+@dataclass(frozen=True)
+class FakeChannel:
+    id: int = field(default_factory=snowflake)
+
+
+@dataclass
+class FakeMessage:
+    author: FakeUser
+    channel: FakeChannel
+    guild: FakeGuild | None
+    attachments: list[discord.Attachment]
+    id: int = field(default_factory=snowflake)
+    replies: list[dict[str, Any]] = field(default_factory=list)
+    reactions: list[str] = field(default_factory=list)
+
+    async def reply(self, content: str | None = None, **kwargs: Any) -> None:
+        self.replies.append({"content": content, **kwargs})
+
+    async def add_reaction(self, emoji: str) -> None:
+        self.reactions.append(emoji)
+
+
+@dataclass
+class FakeInteraction:
+    """Records what the bot does with an interaction, in order, as (kind, kwargs) pairs."""
+
+    user: FakeUser
+    guild_id: int | None
+    channel_id: int
+    permissions: discord.Permissions = field(default_factory=discord.Permissions.none)
+    id: int = field(default_factory=snowflake)
+    log: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.response = _Response_(self)
+        self.followup = _Followup(self)
+
+    async def delete_original_response(self) -> None:
+        self.log.append(("delete_original", {}))
+
+    def sent(self) -> list[dict[str, Any]]:
+        """Everything shown to the user: messages, follow-ups and edits."""
+        return [kw for kind, kw in self.log if kind in {"send_message", "followup", "edit_message"}]
+
+
+class _Response_:
+    def __init__(self, interaction: FakeInteraction) -> None:
+        self._interaction = interaction
+        self._done = False
+
+    def is_done(self) -> bool:
+        return self._done
+
+    def _respond(self, kind: str, kwargs: dict[str, Any]) -> None:
+        if self._done:
+            raise discord.InteractionResponded(self._interaction)  # Discord allows one response
+        self._done = True
+        self._interaction.log.append((kind, kwargs))
+
+    async def send_message(self, content: str | None = None, **kwargs: Any) -> None:
+        self._respond("send_message", {"content": content, **kwargs})
+
+    async def defer(self, *, ephemeral: bool = False, thinking: bool = False) -> None:
+        self._respond("defer", {"ephemeral": ephemeral, "thinking": thinking})
+
+    async def edit_message(self, **kwargs: Any) -> None:
+        self._respond("edit_message", kwargs)
+
+
+class _Followup:
+    def __init__(self, interaction: FakeInteraction) -> None:
+        self._interaction = interaction
+
+    async def send(self, content: str | None = None, **kwargs: Any) -> None:
+        if not self._interaction.response.is_done():
+            raise discord.NotFound(_Response(404), "Unknown Webhook")  # a follow-up needs a response first
+        self._interaction.log.append(("followup", {"content": content, **kwargs}))
+
+
+class Harness:
+    """A real SeraBot (never connected), real Pipeline and real SQLite store, with a fake CDN."""
+
+    def __init__(self, folder: Path, config: Config | None = None, pipeline: Pipeline | None = None, **discord_options: Any) -> None:
+        base = config or Config()
+        options = DiscordOptions(**{**base.discord.__dict__, **discord_options})
+        self.config = Config(**{**base.__dict__, "discord": options})
+        self.db_path = folder / "sera.db"
+        self.cdn = FakeCDN()
+        self.state = FakeState(self.cdn)
+        self.pipeline = pipeline or Pipeline(self.config)
+        self.store = Store(self.db_path)
+        self.bot = SeraBot(self.config, self.pipeline, self.store)
+        self.cog: VoiceNotes
+
+    async def start(self) -> VoiceNotes:
+        self.cog = VoiceNotes(self.bot, self.pipeline, self.store, self.config.discord)
+        await self.bot.add_cog(self.cog)
+        return self.cog
+
+    def attachment(
+        self, data: bytes, filename: str = "voice-message.ogg", content_type: str | None = "audio/ogg",
+        voice: bool = True, size: int | None = None, duration: float | None = None,
+    ) -> discord.Attachment:  # fmt: skip
+        """A real ``discord.Attachment``; a voice message carries ``duration_secs`` and ``waveform`` as Discord sends them."""
+        attachment_id = snowflake()
+        url = f"https://cdn.discordapp.com/attachments/1/{attachment_id}/{filename}"
+        self.cdn.files[url] = data
+        payload: dict[str, Any] = {
+            "id": attachment_id, "filename": filename, "size": len(data) if size is None else size,
+            "url": url, "proxy_url": url,
+        }  # fmt: skip
+        if content_type:
+            payload["content_type"] = content_type
+        if voice:
+            payload["duration_secs"] = duration if duration is not None else 5.0
+            payload["waveform"] = base64.b64encode(bytes(range(0, 256, 4))).decode()
+        return discord.Attachment(data=payload, state=self.state)  # type: ignore[arg-type]
+
+    def message(self, *attachments: discord.Attachment, guild: FakeGuild | None = None,
+                channel: FakeChannel | None = None, author: FakeUser | None = None) -> FakeMessage:  # fmt: skip
+        return FakeMessage(author or FakeUser(), channel or FakeChannel(), guild, list(attachments))
+
+    def interaction(self, guild: FakeGuild | None = None, channel: FakeChannel | None = None,
+                    user: FakeUser | None = None, admin: bool = False) -> FakeInteraction:  # fmt: skip
+        permissions = discord.Permissions(manage_guild=True) if admin else discord.Permissions.none()
+        return FakeInteraction(user or FakeUser(), guild.id if guild else None, (channel or FakeChannel()).id, permissions)
+
+    def close(self) -> None:
+        self.store.close()

@@ -1,0 +1,335 @@
+"""The Discord adapter through the offline harness: real audio, real pipeline, real SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import discord
+import numpy as np
+import pytest
+
+from bot.audio import decode
+from bot.config import Config
+from bot.discordbot.cog import PRIVACY, ForgetView
+from bot.pipeline import Pipeline
+from tests.conftest import SAMPLE_NOTE, encode, tone
+from tests.discord_harness import FakeChannel, FakeGuild, FakeUser, Harness
+
+LABELS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
+NOTE = SAMPLE_NOTE.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def shared_pipeline() -> Pipeline:
+    pipeline = Pipeline(Config())
+    yield pipeline
+    pipeline.close()
+
+
+@pytest.fixture
+def harness(tmp_path: Path, shared_pipeline: Pipeline) -> Harness:
+    h = Harness(tmp_path, pipeline=shared_pipeline)
+    asyncio.run(h.start())
+    yield h
+    h.close()
+
+
+def assert_emotion_embed(embed: discord.Embed) -> None:
+    assert isinstance(embed, discord.Embed)
+    assert any(label in embed.title for label in (*LABELS, "unsure"))
+    for label in LABELS:
+        assert label in embed.description  # every class with its bar
+    assert "s speech" in embed.footer.text
+
+
+def test_voice_note_in_dm_gets_a_reply_reaction_and_a_row(harness: Harness) -> None:
+    message = harness.message(harness.attachment(NOTE))
+    asyncio.run(harness.cog.on_message(message))
+    (reply,) = message.replies
+    assert_emotion_embed(reply["embed"])
+    assert reply["mention_author"] is False
+    assert [f.name for f in reply["embed"].fields][:1] == ["Timeline"]  # a 9 s note has several segments
+    assert len(message.reactions) == 1
+    assert harness.store.analyses_of(message.author.id) == 1
+
+
+def test_audio_attachment_that_is_not_a_voice_message(harness: Harness, tmp_path: Path, speech_wav: Path) -> None:
+    attachment = harness.attachment(speech_wav.read_bytes(), "speech.wav", "audio/x-wav", voice=False)
+    message = harness.message(attachment)
+    asyncio.run(harness.cog.on_message(message))
+    assert_emotion_embed(message.replies[0]["embed"])
+
+
+def test_other_messages_are_ignored(harness: Harness) -> None:
+    image = harness.attachment(b"\x89PNG....", "cat.png", "image/png", voice=False)
+    from_bot = harness.message(harness.attachment(NOTE), author=FakeUser(bot=True))
+    for message in (harness.message(image), harness.message(), from_bot):
+        asyncio.run(harness.cog.on_message(message))
+        assert message.replies == [] and message.reactions == []
+    assert harness.cdn.downloads == 0
+
+
+def test_guild_channels_need_enabling_by_an_admin(harness: Harness) -> None:
+    guild, channel = FakeGuild(), FakeChannel()
+    before = harness.message(harness.attachment(NOTE), guild=guild, channel=channel)
+    asyncio.run(harness.cog.on_message(before))
+    assert before.replies == []
+
+    refused = harness.interaction(guild, channel, admin=False)
+    asyncio.run(harness.cog.set_channel.callback(harness.cog, refused, True))
+    assert "Manage Server" in refused.sent()[0]["content"] and refused.sent()[0]["ephemeral"] is True
+    assert harness.store.settings(guild.id).channels == frozenset()
+
+    admin = harness.interaction(guild, channel, admin=True)
+    asyncio.run(harness.cog.set_channel.callback(harness.cog, admin, True))
+    assert f"<#{channel.id}>" in admin.sent()[0]["content"]
+
+    after = harness.message(harness.attachment(NOTE), guild=guild, channel=channel)
+    asyncio.run(harness.cog.on_message(after))
+    assert_emotion_embed(after.replies[0]["embed"])
+
+
+def test_settings_survive_a_restart(tmp_path: Path, shared_pipeline: Pipeline) -> None:
+    guild, channel = FakeGuild(), FakeChannel()
+    first = Harness(tmp_path, pipeline=shared_pipeline)
+    asyncio.run(first.start())
+    admin = first.interaction(guild, channel, admin=True)
+    asyncio.run(first.cog.set_channel.callback(first.cog, admin, True))
+    asyncio.run(first.cog.set_style.callback(first.cog, first.interaction(guild, channel, admin=True), reaction=False, ephemeral=True))
+    asyncio.run(first.cog.set_plugin.callback(first.cog, first.interaction(guild, channel, admin=True), "prosody", False))
+    first.close()
+
+    second = Harness(tmp_path, pipeline=shared_pipeline)
+    asyncio.run(second.start())
+    settings = second.store.settings(guild.id)
+    assert settings.channels == {channel.id} and not settings.reaction and settings.ephemeral
+    assert settings.disabled_plugins == {"prosody"}
+    message = second.message(second.attachment(NOTE), guild=guild, channel=channel)
+    asyncio.run(second.cog.on_message(message))
+    assert message.reactions == []  # reaction turned off
+    assert all(f.name != "prosody" for f in message.replies[0]["embed"].fields)  # plugin turned off here
+    second.close()
+
+
+def test_admin_commands_refuse_non_admins_and_dms(harness: Harness) -> None:
+    guild = FakeGuild()
+    cog = harness.cog
+    for command, args in [(cog.set_style, {"chart": True}), (cog.set_plugin, {"name": "prosody", "enabled": False}), (cog.show_settings, {})]:
+        interaction = harness.interaction(guild)
+        asyncio.run(command.callback(cog, interaction, **args))
+        assert "Manage Server" in interaction.sent()[0]["content"]
+        in_dm = harness.interaction(None)
+        asyncio.run(command.callback(cog, in_dm, **args))
+        assert "only be changed in a server" in in_dm.sent()[0]["content"]
+    assert harness.store.settings(guild.id).chart is False
+    unknown = harness.interaction(guild, admin=True)
+    asyncio.run(cog.set_plugin.callback(cog, unknown, "nope", False))
+    assert "No analyzer called `nope`" in unknown.sent()[0]["content"]
+
+
+def test_slash_command_analyses_a_file(harness: Harness) -> None:
+    interaction = harness.interaction(FakeGuild())
+    asyncio.run(harness.cog.analyse_file.callback(harness.cog, interaction, harness.attachment(NOTE, voice=False)))
+    kinds = [kind for kind, _ in interaction.log]
+    assert kinds == ["defer", "followup"]
+    assert interaction.log[0][1]["thinking"] is True
+    assert_emotion_embed(interaction.sent()[0]["embed"])
+
+
+def test_context_menu_works_on_any_message_with_audio(harness: Harness) -> None:
+    target = harness.message(harness.attachment(b"\x89PNG", "cat.png", "image/png", voice=False), harness.attachment(NOTE))
+    interaction = harness.interaction(FakeGuild())
+    asyncio.run(harness.cog.menu.callback(interaction, target))
+    assert_emotion_embed(interaction.sent()[0]["embed"])
+    no_audio = harness.interaction(FakeGuild())
+    asyncio.run(harness.cog.menu.callback(no_audio, harness.message()))
+    assert no_audio.sent() == [{"content": "I can only listen to audio files and voice notes.", "ephemeral": True}]
+    assert harness.cog.menu.name == "Analyse emotion"
+    assert harness.bot.tree.get_command("Analyse emotion", type=discord.AppCommandType.message) is harness.cog.menu
+
+
+def test_commands_are_registered_on_the_tree(harness: Harness) -> None:
+    names = {c.qualified_name for c in harness.bot.tree.walk_commands()}
+    assert {"emotion analyse", "sera channel", "sera style", "sera plugin", "sera settings", "privacy", "forget"} <= names
+    admin = harness.bot.tree.get_command("sera")
+    assert admin.default_permissions.manage_guild and admin.guild_only
+
+
+@pytest.fixture(scope="module")
+def bad_notes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    folder = tmp_path_factory.mktemp("notes")
+    silent = encode(np.zeros(16_000 * 3, dtype=np.float32), 16_000, folder / "silent.ogg", "-c:a", "libopus")
+    beep = encode(tone(2.0), 16_000, folder / "beep.ogg", "-c:a", "libopus")
+    return {"silent": silent.read_bytes(), "beep": beep.read_bytes(), "corrupt": NOTE[:150] + bytes(500)}
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("corrupt", "I couldn't use this audio: could not read this audio"), ("silent", "No speech detected"), ("beep", "No speech detected")],
+)
+def test_bad_notes_get_friendly_answers(harness: Harness, bad_notes: dict[str, bytes], name: str, expected: str) -> None:
+    message = harness.message(harness.attachment(bad_notes[name]))
+    asyncio.run(harness.cog.on_message(message))
+    (reply,) = message.replies
+    shown = reply.get("content") or reply["embed"].title
+    assert expected in shown
+    assert message.reactions == []  # no emotion, no emoji
+
+
+def test_limits_are_checked_before_download(harness: Harness) -> None:
+    oversized = harness.message(harness.attachment(NOTE, size=200 * 1024 * 1024))
+    too_long = harness.message(harness.attachment(NOTE, duration=3600.0))
+    for message, expected in [(oversized, "I can listen to files up to"), (too_long, "I can listen to up to 600 s")]:
+        asyncio.run(harness.cog.on_message(message))
+        assert expected in message.replies[0]["content"]
+    assert harness.cdn.downloads == 0
+
+    interaction = harness.interaction(FakeGuild())
+    asyncio.run(harness.cog.analyse_file.callback(harness.cog, interaction, harness.attachment(NOTE, size=10**9)))
+    # a failed slash command is answered ephemerally, and its public "thinking" notice is removed
+    assert [k for k, _ in interaction.log] == ["defer", "delete_original", "followup"]
+    assert interaction.sent()[0]["ephemeral"] is True
+
+
+def test_per_user_rate_limit(tmp_path: Path, shared_pipeline: Pipeline) -> None:
+    harness = Harness(tmp_path, pipeline=shared_pipeline, user_rate_per_minute=2)
+    asyncio.run(harness.start())
+    user = FakeUser()
+    answers = []
+    for _ in range(3):
+        message = harness.message(harness.attachment(NOTE), author=user)
+        asyncio.run(harness.cog.on_message(message))
+        answers.append(message.replies[0])
+    assert "embed" in answers[0] and "embed" in answers[1]
+    assert "faster than I can listen" in answers[2]["content"]
+    other = harness.message(harness.attachment(NOTE))
+    asyncio.run(harness.cog.on_message(other))
+    assert "embed" in other.replies[0]  # the limit is per user
+    harness.close()
+
+
+async def _with_lag_probe(work) -> tuple[object, float]:
+    """Run ``work`` while a heartbeat-like task measures how late the event loop wakes it."""
+    worst = 0.0
+    stop = asyncio.Event()
+
+    async def heartbeat() -> None:
+        nonlocal worst
+        interval = 0.02
+        while not stop.is_set():
+            start = time.perf_counter()
+            await asyncio.sleep(interval)
+            worst = max(worst, time.perf_counter() - start - interval)
+
+    probe = asyncio.create_task(heartbeat())
+    try:
+        return await work, worst
+    finally:
+        stop.set()
+        await probe
+
+
+def test_fifty_notes_at_once_are_all_answered_without_stalling_the_loop(tmp_path: Path, shared_pipeline: Pipeline) -> None:
+    harness = Harness(tmp_path, pipeline=shared_pipeline, queue_size=64)
+    asyncio.run(harness.start())
+    messages = [harness.message(harness.attachment(NOTE)) for _ in range(50)]
+
+    async def burst() -> None:
+        await asyncio.gather(*(harness.cog.on_message(m) for m in messages))
+
+    started = time.perf_counter()
+    _, worst_lag = asyncio.run(_with_lag_probe(burst()))
+    elapsed = time.perf_counter() - started
+    assert all(len(m.replies) == 1 and "embed" in m.replies[0] for m in messages)
+    print(f"\n50 voice notes: {elapsed:.1f} s, worst event-loop lag {worst_lag * 1000:.1f} ms")
+    assert worst_lag < 0.100
+    assert harness.store.analyses_of(messages[0].author.id) == 1
+    harness.close()
+
+
+def test_full_queue_asks_to_retry(tmp_path: Path, shared_pipeline: Pipeline) -> None:
+    harness = Harness(tmp_path, pipeline=shared_pipeline, queue_size=2)
+    asyncio.run(harness.start())
+    messages = [harness.message(harness.attachment(NOTE)) for _ in range(5)]
+
+    async def burst() -> None:
+        await asyncio.gather(*(harness.cog.on_message(m) for m in messages))
+
+    asyncio.run(burst())
+    answers = [m.replies[0] for m in messages]
+    assert sum("embed" in a for a in answers) == 2
+    assert sum("try again in a minute" in (a.get("content") or "") for a in answers) == 3
+    assert harness.cog.slots.used == 0
+    harness.close()
+
+
+def test_privacy_and_forget(harness: Harness) -> None:
+    user = FakeUser()
+    for _ in range(2):
+        asyncio.run(harness.cog.on_message(harness.message(harness.attachment(NOTE), author=user)))
+    assert harness.store.analyses_of(user.id) == 2
+
+    privacy = harness.interaction(user=user)
+    asyncio.run(harness.cog.privacy.callback(harness.cog, privacy))
+    assert privacy.sent() == [{"content": PRIVACY, "ephemeral": True}]
+    assert "No audio is stored" in PRIVACY
+
+    ask = harness.interaction(user=user)
+    asyncio.run(harness.cog.forget.callback(harness.cog, ask))
+    prompt = ask.sent()[0]
+    assert "all 2 analyses" in prompt["content"] and prompt["ephemeral"] is True
+    view: ForgetView = prompt["view"]
+
+    async def press(button_label: str, presser: FakeUser):
+        button = next(b for b in view.children if b.label == button_label)
+        click = harness.interaction(user=presser)
+        if await view.interaction_check(click):
+            await button.callback(click)
+        return click
+
+    stranger = asyncio.run(press("Delete my data", FakeUser()))
+    assert stranger.sent() == [] and harness.store.analyses_of(user.id) == 2
+    done = asyncio.run(press("Delete my data", user))
+    assert done.sent()[0]["content"] == "Done: 2 analyses deleted." and done.sent()[0]["view"] is None
+    assert harness.store.analyses_of(user.id) == 0
+
+
+def test_shutdown_apologises_for_unfinished_work(tmp_path: Path, shared_pipeline: Pipeline) -> None:
+    speech = np.tile(decode(SAMPLE_NOTE), 12)  # about two minutes of speech: seconds of work
+    long_note = encode(speech, 16_000, tmp_path / "long.ogg", "-c:a", "libopus").read_bytes()
+    harness = Harness(tmp_path, pipeline=shared_pipeline)
+    asyncio.run(harness.start())
+    message = harness.message(harness.attachment(long_note, duration=120.0))
+
+    async def scenario() -> None:
+        handler = asyncio.create_task(harness.cog.on_message(message))
+        await asyncio.sleep(0.05)  # the note is being analysed
+        harness.bot.closing = True
+        await harness.cog.drain(timeout=0.01)
+        await handler
+
+    asyncio.run(scenario())
+    assert "I'm restarting" in message.replies[0]["content"]
+    assert harness.cog.slots.used == 0
+    harness.close()
+
+
+def test_run_without_a_network_is_one_clear_error_and_never_shows_the_token(tmp_path: Path) -> None:
+    secret = "MTIzNDU2Nzg5MDEyMzQ1Njc4.GAbCdE.super-secret-token-value"
+    env = dict(os.environ, DISCORD_TOKEN=secret)
+    config = tmp_path / "sera.yaml"
+    config.write_text("discord:\n  database: bot.db\n")
+    done = subprocess.run([sys.executable, "-m", "bot", "--config", str(config), "run"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "sera: cannot reach Discord" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert secret not in done.stderr + done.stdout
+    assert "super-secret" not in done.stderr + done.stdout
+    missing = subprocess.run([sys.executable, "-m", "bot", "run"], env={k: v for k, v in env.items() if k != "DISCORD_TOKEN"},
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert missing.returncode == 2 and "no Discord token: set the environment variable DISCORD_TOKEN" in missing.stderr
