@@ -32,7 +32,7 @@ INT16_SCALE = 32_768.0
 class Limits:
     """What the pipeline accepts before it spends any work on a file."""
 
-    max_bytes: int = 25 * 1024 * 1024
+    max_bytes: int = 25_000_000
     max_seconds: float = 600.0
     timeout_seconds: float = 30.0
 

@@ -39,7 +39,7 @@ class AudioOptions:
 
     def limits(self) -> Limits:
         return Limits(
-            max_bytes=int(self.max_file_mb * 1024 * 1024),
+            max_bytes=int(self.max_file_mb * 1_000_000),
             max_seconds=self.max_duration_seconds,
             timeout_seconds=self.decode_timeout_seconds,
         )

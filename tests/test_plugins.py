@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -147,9 +148,10 @@ def test_configured_but_not_installed() -> None:
 def example_installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """The example package installed for real (pip, no network) into a private folder."""
     target = tmp_path_factory.mktemp("site")
+    source = shutil.copytree(ROOT / "examples" / "sera-plugin-example", tmp_path_factory.mktemp("src") / "pkg")
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
-         "--target", str(target), str(ROOT / "examples" / "sera-plugin-example")],
+         "--target", str(target), str(source)],
         check=True,
     )  # fmt: skip
     config = target / "sera.yaml"
