@@ -108,10 +108,23 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                     print(json.dumps({"source": path, "error": str(error)}))
                 status = EXIT_BAD_INPUT
                 continue
-            print(reporter.render(report), flush=True)
+            emit(reporter.render(report))
         return status
     finally:
         pipeline.close()
+
+
+def emit(output: object) -> None:
+    """Print a reporter's output: text as is, bytes (a PNG chart) raw for redirecting, the rest as JSON."""
+    if output is None:
+        return
+    if isinstance(output, bytes):
+        sys.stdout.buffer.write(output)
+        sys.stdout.buffer.flush()
+    elif isinstance(output, str):
+        print(output, flush=True)
+    else:
+        print(json.dumps(output, ensure_ascii=False), flush=True)
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:

@@ -137,7 +137,8 @@ def write(out_dir: Path, results: dict, clean: Evaluation | None, opus: Evaluati
         f"{rec['epochs']} epochs, categorical cross-entropy; best epoch by validation macro-F1.",
         f"- Augmentation: time shift {rec['shift']}, Opus 24 kbit/s round trip {rec['opus']}, "
         f"SpecAugment {rec['specaugment']}, mixup alpha {rec['mixup']}.",
-        f"- Seed {r['seed']}; features took {r['feature_minutes']:.1f} min, training {r['train_minutes']:.1f} min on {r['machine']}.",
+        f"- Seed {r['seed']}; on {r['machine']}: features {r['feature_minutes']:.1f} min (cached after the first run), "
+        f"training {r['train_minutes']:.1f} min, the whole run with the ablation {r['total_minutes']:.1f} min.",
         "",
         "## Reproduce",
         "",

@@ -9,7 +9,6 @@ import argparse
 import json
 import logging
 import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -90,13 +89,26 @@ def main(args: argparse.Namespace, config: Config) -> int:
             pipeline.close()
         results["test_clean"] = clean.to_dict()
         results["test_opus24"] = opus.to_dict()
-    command = "sera " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["train"] else "sera train ..."
+    command = reproduce(args)
     (out / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str) + "\n")
     card_path = card.write(out, results, clean, opus, command)
     print(f"model: {model_path}\ncard:  {card_path}")
     if clean and opus:
         print(f"held-out speakers {sorted(test)}: accuracy {clean.scores.accuracy:.1%} clean, {opus.scores.accuracy:.1%} Opus 24k")
     return 0
+
+
+def reproduce(args: argparse.Namespace) -> str:
+    """The command line that reruns this training, for the model card."""
+    words = ["sera", "train", "--corpus", args.corpus, "--data", args.data, "--out", args.out,
+             "--val-speakers", args.val_speakers, "--test-speakers", args.test_speakers, "--seed", str(args.seed)]  # fmt: skip
+    if args.smoke:
+        words.append("--smoke")
+    elif args.epochs:
+        words += ["--epochs", str(args.epochs)]
+    if args.ablation_epochs:
+        words += ["--ablation-epochs", str(args.ablation_epochs)]
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

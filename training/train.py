@@ -43,7 +43,7 @@ class Recipe:
     head: str = "stats"
     channels: tuple[int, ...] = (16, 32, 64, 128)
     dropout: float = 0.1
-    epochs: int = 30
+    epochs: int = 60
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 1e-3
@@ -219,6 +219,7 @@ def run(
     feature_seconds = time.perf_counter() - started
     recipe = replace(FINAL, epochs=epochs) if epochs else FINAL
     final, history = train_one(recipe, features, y, split, len(labels), seed)
+    final_seconds = time.perf_counter() - started - feature_seconds
     table = []
     for step in ABLATION if ablation_epochs else ():
         t0 = time.perf_counter()
@@ -255,7 +256,8 @@ def run(
         "ablation": table,
         "seed": seed,
         "feature_minutes": feature_seconds / 60,
-        "train_minutes": (time.perf_counter() - started - feature_seconds) / 60,
+        "train_minutes": final_seconds / 60,
+        "total_minutes": (time.perf_counter() - started) / 60,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
         "parity_max_abs_diff": parity(final, model_path, features[split.test if len(split.test) else split.train, 0]),
     }
