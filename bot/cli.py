@@ -109,6 +109,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                 status = EXIT_BAD_INPUT
                 continue
             emit(reporter.render(report))
+            if not report.speech_detected:
+                print(f"sera: {path}: no speech detected", file=sys.stderr)
+                status = EXIT_BAD_INPUT
         return status
     finally:
         pipeline.close()

@@ -1,6 +1,6 @@
 """The text reporter: what ``sera analyze`` prints for a person.
 
-A headline, every class probability as a bar, and for notes with more than one segment a timeline.
+A headline, every class probability as a bar, and a timeline with one row per speech segment.
 Results of analyzers it does not know are shown by their ``headline()``, so third-party analyzers
 appear without any change here.
 """
@@ -34,7 +34,7 @@ class TextReporter(Reporter):
         for name, output in report.outputs.items():
             if output.overall and not isinstance(output.overall, EmotionResult):
                 lines.append(f"  {name}: {output.overall.headline()}")
-        if len(report.segments) > 1:
+        if report.segments:
             lines.append("  timeline:")
             for i, (start, end) in enumerate(report.segments):
                 parts = [r.headline() for o in report.outputs.values() if (r := o.segments[i]) is not None]

@@ -106,7 +106,8 @@ def test_one_bad_file_does_not_stop_the_others(bad_files: dict[str, Path]) -> No
 def test_no_speech_never_gets_an_emotion(tmp_path: Path, make) -> None:
     path = make(tmp_path)
     done = run("analyze", "--json", str(path))
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 2  # like any input that cannot be analysed
+    assert done.stderr.strip() == f"sera: {path}: no speech detected"
     report = json.loads(done.stdout)
     assert report["speech_detected"] is False
     assert report["analyzers"] == {}

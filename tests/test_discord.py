@@ -333,3 +333,33 @@ def test_run_without_a_network_is_one_clear_error_and_never_shows_the_token(tmp_
     missing = subprocess.run([sys.executable, "-m", "bot", "run"], env={k: v for k, v in env.items() if k != "DISCORD_TOKEN"},
                              capture_output=True, text=True, timeout=60)  # fmt: skip
     assert missing.returncode == 2 and "no Discord token: set the environment variable DISCORD_TOKEN" in missing.stderr
+
+
+def test_store_is_wal_and_keeps_rows_across_connections(tmp_path: Path, harness: Harness) -> None:
+    import sqlite3
+
+    message = harness.message(harness.attachment(NOTE))
+    asyncio.run(harness.cog.on_message(message))
+    other = sqlite3.connect(harness.db_path)  # another process's view, before any clean close
+    assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    row = other.execute("SELECT user_id, label, result FROM analyses").fetchone()
+    assert row[0] == message.author.id and row[1] in (*LABELS, "unsure")
+    assert '"probabilities"' in row[2] and "samples" not in row[2]  # results, never audio
+    other.close()
+
+
+def test_doctor_checklist(tmp_path: Path) -> None:
+    config = tmp_path / "sera.yaml"
+    config.write_text("discord:\n  database: data/bot.db\n")
+    env = dict(os.environ, DISCORD_TOKEN="x.y.z")
+    ok = subprocess.run([sys.executable, "-m", "bot", "--config", str(config), "doctor"], env=env, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stdout
+    for name in ("config", "ffmpeg", "Opus decoder", "emotion model", "speech detector", "Discord token", "database"):
+        assert f"✔ {name}:" in ok.stdout
+    assert ok.stdout.strip().endswith("all good") and "x.y.z" not in ok.stdout
+    env.pop("DISCORD_TOKEN")
+    config.write_text("discord:\n  database: /proc/nope/bot.db\n")
+    bad = subprocess.run([sys.executable, "-m", "bot", "--config", str(config), "doctor"], env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2
+    assert "✘ Discord token: $DISCORD_TOKEN is not set" in bad.stdout and "fix: export DISCORD_TOKEN=" in bad.stdout
+    assert "✘ database:" in bad.stdout and "2 problems to fix" in bad.stdout
