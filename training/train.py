@@ -228,6 +228,9 @@ def run(
         row.update(held_out_scores(model, features, y, split.test, len(labels)))
         table.append(row)
         log.info("ablation: %s", row)
+    if table:
+        shipped = {"recipe": f"shipped: {recipe.name}", "epochs": recipe.epochs, "minutes": final_seconds / 60}
+        table.append(shipped | held_out_scores(final, features, y, split.test, len(labels)))
     val_logits = predict(final, features[split.val, 0])
     temperature = fit_temperature(val_logits, y[split.val]) if len(split.val) else 1.0
     info = ModelInfo(features=params, labels=labels, temperature=temperature)
