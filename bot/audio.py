@@ -105,6 +105,26 @@ def _run_ffmpeg(path: Path, limits: Limits, sample_rate: int) -> np.ndarray:
     return samples
 
 
+def encode_opus(source: np.ndarray | Path, bitrate: str, sample_rate: int = SAMPLE_RATE, timeout: float = 60.0) -> bytes:
+    """``source`` (samples at ``sample_rate``, or an audio file) as a voice note would arrive: Opus in Ogg.
+
+    Training uses it to hear what Discord users send; ``sera evaluate --opus`` to measure it.
+    """
+    if isinstance(source, np.ndarray):
+        data = (np.clip(source, -1, 1) * 32767).astype("<i2").tobytes()
+        inputs = ["-f", "s16le", "-ar", str(sample_rate), "-ac", "1", "-i", "-"]
+    else:
+        data, inputs = None, ["-i", str(source)]
+    command = [ffmpeg_binary(), "-nostdin", "-loglevel", "error", *inputs, "-c:a", "libopus", "-b:a", bitrate, "-f", "ogg", "-"]
+    try:
+        done = subprocess.run(command, input=data, capture_output=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise AudioError("could not encode it as Opus: ffmpeg took too long") from None
+    if done.returncode != 0:
+        raise AudioError("could not encode it as Opus")
+    return done.stdout
+
+
 def rms_dbfs(samples: np.ndarray) -> float:
     """Root-mean-square level in dB relative to full scale (-inf for digital silence)."""
     rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) if samples.size else 0.0

@@ -9,7 +9,6 @@ be read is counted and named, never fatal; a clip in which no speech is heard co
 from __future__ import annotations
 
 import csv
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from bot.audio import ffmpeg_binary
+from bot.audio import encode_opus
 from bot.corpora import load_corpus
 from bot.errors import SeraError
 from bot.metrics import Scores, score
@@ -87,17 +86,6 @@ def from_corpus(name: str, root: Path) -> list[Item]:
     return [Item(c.path, c.label, c.speaker, c.gender) for c in load_corpus(name, root)]
 
 
-def reencode_opus(path: Path, bitrate: str) -> bytes:
-    """The clip as a voice note would arrive: Opus in Ogg at ``bitrate``."""
-    done = subprocess.run(
-        [ffmpeg_binary(), "-nostdin", "-loglevel", "error", "-i", str(path), "-c:a", "libopus", "-b:a", bitrate, "-f", "ogg", "-"],
-        capture_output=True, timeout=60, check=False,
-    )  # fmt: skip
-    if done.returncode != 0:
-        raise SeraError("could not re-encode it as Opus")
-    return done.stdout
-
-
 def evaluate(
     pipeline: Pipeline,
     items: Sequence[Item],
@@ -120,7 +108,7 @@ def evaluate(
     truth, rows = [], []
     for done, item in enumerate(items, 1):
         try:
-            source = reencode_opus(item.path, opus_bitrate) if opus_bitrate else item.path
+            source = encode_opus(item.path, opus_bitrate) if opus_bitrate else item.path
             report = pipeline.analyze(source, item.path.name)
         except SeraError as error:
             evaluation.unreadable[str(item.path)] = str(error)

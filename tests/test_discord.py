@@ -363,3 +363,15 @@ def test_doctor_checklist(tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert "✘ Discord token: $DISCORD_TOKEN is not set" in bad.stdout and "fix: export DISCORD_TOKEN=" in bad.stdout
     assert "✘ database:" in bad.stdout and "2 problems to fix" in bad.stdout
+
+
+def test_chart_is_attached_when_the_guild_asks(harness: Harness) -> None:
+    guild, channel = FakeGuild(), FakeChannel()
+    asyncio.run(harness.cog.set_channel.callback(harness.cog, harness.interaction(guild, channel, admin=True), True))
+    asyncio.run(harness.cog.set_style.callback(harness.cog, harness.interaction(guild, channel, admin=True), chart=True))
+    message = harness.message(harness.attachment(NOTE), guild=guild, channel=channel)
+    asyncio.run(harness.cog.on_message(message))
+    attached: discord.File = message.replies[0]["file"]
+    assert attached.filename == "emotion.png"
+    assert attached.fp.read(4) == b"\x89PNG"
+    assert_emotion_embed(message.replies[0]["embed"])

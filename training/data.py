@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from bot.audio import SAMPLE_RATE, Limits, decode, ffmpeg_binary, normalize_loudness
+from bot.audio import Limits, decode, encode_opus, normalize_loudness
 from bot.corpora import Clip
 from bot.features import FeatureParams, log_mel, windows
 from bot.speech import SpeechDetector
@@ -29,14 +28,7 @@ OFFSETS_PER_CONDITION = 3  # centred, then random placements of the speech in it
 
 def opus_round_trip(samples: np.ndarray, bitrate: str = OPUS_BITRATE) -> np.ndarray:
     """What the model hears of ``samples`` sent as an Opus voice note."""
-    pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
-    ffmpeg = ffmpeg_binary()
-    raw = ["-f", "s16le", "-ar", str(SAMPLE_RATE), "-ac", "1"]
-    encoded = subprocess.run(
-        [ffmpeg, "-nostdin", "-loglevel", "error", *raw, "-i", "-", "-c:a", "libopus", "-b:a", bitrate, "-f", "ogg", "-"],
-        input=pcm, capture_output=True, check=True, timeout=60,
-    ).stdout  # fmt: skip
-    return decode(encoded, Limits(max_bytes=1 << 30, max_seconds=3600))[: samples.size]
+    return decode(encode_opus(samples, bitrate), Limits(max_bytes=1 << 30, max_seconds=3600))[: samples.size]
 
 
 def speech_span(samples: np.ndarray, detector: SpeechDetector) -> tuple[int, int]:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from bot.corpora import Clip
 from bot.features import FeatureParams
 from bot.metrics import score
-from bot.model import INPUT_NAME, OUTPUT_NAME, ModelInfo
+from bot.model import INPUT_NAME, OUTPUT_NAME, ModelInfo, softmax
 from bot.pipeline import VAD_MODEL
 from training.data import OFFSETS_PER_CONDITION, build_features
 from training.net import EmotionNet
@@ -154,12 +154,6 @@ def train_one(
     model.load_state_dict(best)
     model.eval()
     return model, history
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = logits / temperature
-    z = np.exp(z - z.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
 
 
 def fit_temperature(logits: np.ndarray, truth: np.ndarray) -> float:

@@ -129,9 +129,12 @@ class VoiceNotes(commands.Cog):
             if self.bot.is_closed() or self._closing():
                 return Outcome(error="I'm restarting and couldn't finish this one. Please send it again in a minute.")
             raise
-        except (discord.HTTPException, SeraError) as error:
-            log.warning("note %s from user %s failed: %s", attachment.filename, user_id, error)
+        except discord.HTTPException as error:
+            log.warning("could not download note %s for user %s: %s", attachment.filename, user_id, error)
             return Outcome(error="I couldn't fetch that file from Discord. Please try again.")
+        except SeraError as error:
+            log.warning("note %s from user %s failed: %s", attachment.filename, user_id, error)
+            return Outcome(error=f"😕 {error}")
         except Exception:
             log.exception("analysing %s for user %s failed", attachment.filename, user_id)
             return Outcome(error="Something went wrong on my side; the operator has been told.")
@@ -141,13 +144,13 @@ class VoiceNotes(commands.Cog):
     def _closing(self) -> bool:
         return getattr(self.bot, "closing", False)
 
-    def render(self, outcome: Outcome, settings: GuildSettings) -> dict:
-        """``send``/``reply`` keyword arguments for an outcome."""
+    async def render(self, outcome: Outcome, settings: GuildSettings) -> dict:
+        """``send``/``reply`` keyword arguments for an outcome; the chart is drawn off the event loop."""
         if outcome.error:
             return {"content": outcome.error}
         kwargs: dict = {"embed": discord.Embed.from_dict(self.embed.render(outcome.report))}
         if settings.chart and outcome.report.emotion():
-            png = self._chart(outcome.report)
+            png = await asyncio.to_thread(self._chart, outcome.report)
             if png:
                 kwargs["file"] = discord.File(io.BytesIO(png), filename="emotion.png")
         return kwargs
@@ -205,7 +208,7 @@ class VoiceNotes(commands.Cog):
             if emotion and settings.reaction:
                 await message.add_reaction(emoji(emotion.label))
             if outcome.error or settings.reply:
-                await message.reply(**self.render(outcome, settings), mention_author=False)
+                await message.reply(**await self.render(outcome, settings), mention_author=False)
         except discord.HTTPException as error:
             log.warning("could not answer message %s in channel %s: %s", message.id, message.channel.id, error)
 
@@ -235,7 +238,9 @@ class VoiceNotes(commands.Cog):
         try:
             if outcome.error and not settings.ephemeral:
                 await interaction.delete_original_response()  # the "thinking" notice was public
-            await interaction.followup.send(**self.render(outcome, settings), ephemeral=settings.ephemeral or bool(outcome.error))
+            await interaction.followup.send(
+                **await self.render(outcome, settings), ephemeral=settings.ephemeral or bool(outcome.error)
+            )
         except discord.HTTPException as error:
             log.warning("could not answer interaction %s: %s", interaction.id, error)
 
