@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import PurePath
 
 import discord
@@ -278,9 +278,12 @@ class VoiceNotes(commands.Cog):
         if not await self._admin_only(interaction):
             return
         channel_id = channel.id if channel else interaction.channel_id
-        current = await asyncio.to_thread(self.store.settings, interaction.guild_id)
-        channels = current.channels | {channel_id} if enabled else current.channels - {channel_id}
-        await asyncio.to_thread(self.store.update_settings, interaction.guild_id, channels=frozenset(channels))
+
+        def edit(current: GuildSettings) -> GuildSettings:
+            channels = current.channels | {channel_id} if enabled else current.channels - {channel_id}
+            return replace(current, channels=frozenset(channels))
+
+        await asyncio.to_thread(self.store.update_settings, interaction.guild_id, edit)
         state = "now analyses" if enabled else "no longer analyses"
         await interaction.response.send_message(f"sera {state} voice notes in <#{channel_id}>.", ephemeral=True)
 
@@ -300,7 +303,7 @@ class VoiceNotes(commands.Cog):
         if not await self._admin_only(interaction):
             return
         changes = {k: v for k, v in dict(reply=reply, reaction=reaction, chart=chart, ephemeral=ephemeral).items() if v is not None}
-        settings = await asyncio.to_thread(self.store.update_settings, interaction.guild_id, **changes)
+        settings = await asyncio.to_thread(self.store.update_settings, interaction.guild_id, lambda s: replace(s, **changes))
         await interaction.response.send_message(describe(settings), ephemeral=True)
 
     @admin.command(name="plugin", description="Turn an analyzer plugin on or off in this server")
@@ -311,9 +314,12 @@ class VoiceNotes(commands.Cog):
         if name not in known:
             await interaction.response.send_message(f"No analyzer called `{name}`. Known: {', '.join(known)}.", ephemeral=True)
             return
-        current = await asyncio.to_thread(self.store.settings, interaction.guild_id)
-        disabled = current.disabled_plugins - {name} if enabled else current.disabled_plugins | {name}
-        settings = await asyncio.to_thread(self.store.update_settings, interaction.guild_id, disabled_plugins=frozenset(disabled))
+
+        def edit(current: GuildSettings) -> GuildSettings:
+            disabled = current.disabled_plugins - {name} if enabled else current.disabled_plugins | {name}
+            return replace(current, disabled_plugins=frozenset(disabled))
+
+        settings = await asyncio.to_thread(self.store.update_settings, interaction.guild_id, edit)
         await interaction.response.send_message(describe(settings), ephemeral=True)
 
     @set_plugin.autocomplete("name")

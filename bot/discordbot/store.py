@@ -10,7 +10,8 @@ import json
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bot.errors import SeraError
@@ -80,20 +81,22 @@ class Store:
 
     def settings(self, guild_id: int) -> GuildSettings:
         with self._lock:
-            row = self._db.execute("SELECT settings FROM guild_settings WHERE guild_id = ?", (guild_id,)).fetchone()
-        return GuildSettings.from_json(row[0]) if row else GuildSettings()
+            return self._load(guild_id)
 
-    def update_settings(self, guild_id: int, **changes: object) -> GuildSettings:
+    def update_settings(self, guild_id: int, edit: Callable[[GuildSettings], GuildSettings]) -> GuildSettings:
+        """Apply ``edit`` to the guild's settings and save them, as one step under the lock."""
         with self._lock:
-            row = self._db.execute("SELECT settings FROM guild_settings WHERE guild_id = ?", (guild_id,)).fetchone()
-            current = GuildSettings.from_json(row[0]) if row else GuildSettings()
-            updated = replace(current, **changes)
+            updated = edit(self._load(guild_id))
             self._db.execute(
                 "INSERT INTO guild_settings (guild_id, settings) VALUES (?, ?) "
                 "ON CONFLICT (guild_id) DO UPDATE SET settings = excluded.settings",
                 (guild_id, updated.to_json()),
             )
         return updated
+
+    def _load(self, guild_id: int) -> GuildSettings:
+        row = self._db.execute("SELECT settings FROM guild_settings WHERE guild_id = ?", (guild_id,)).fetchone()
+        return GuildSettings.from_json(row[0]) if row else GuildSettings()
 
     def record(self, report: Report, user_id: int, guild_id: int | None, channel_id: int | None, message_id: int | None) -> int:
         emotion = report.emotion()
