@@ -8,6 +8,7 @@ A file without them is refused with a clear message rather than run with guessed
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,3 +85,16 @@ class EmotionModel:
     def probabilities(self, mel: np.ndarray) -> np.ndarray:
         """Calibrated class probabilities for a batch of windows."""
         return softmax(self.logits(mel), self.info.temperature)
+
+    def window_latency_ms(self, runs: int = 200) -> float:
+        """Median latency of one window through the session (single-threaded: one CPU core), after a warm-up."""
+        params = self.info.features
+        mel = np.random.default_rng(0).normal(-40, 10, (1, params.n_mels, params.window_frames)).astype(np.float32)
+        for _ in range(10):
+            self.logits(mel)
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            self.logits(mel)
+            times.append(time.perf_counter() - start)
+        return float(np.median(times) * 1000)

@@ -9,10 +9,8 @@ import argparse
 import json
 import logging
 import shlex
-import time
 from pathlib import Path
 
-import numpy as np
 
 from bot.audio import SAMPLE_RATE
 from bot.config import Config
@@ -26,26 +24,10 @@ from training import card
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "training-results.json"
-TIMING_RUNS = 200
 
 
 def speakers(text: str) -> set[str]:
     return {f"{int(s):02d}" if s.strip().isdigit() else s.strip() for s in text.split(",") if s.strip()}
-
-
-def ms_per_window(path: Path) -> float:
-    """Median onnxruntime latency of one window, one thread (the model's session is single-threaded)."""
-    model = EmotionModel(path)
-    params = model.info.features
-    mel = np.random.default_rng(0).normal(-40, 10, (1, params.n_mels, params.window_frames)).astype(np.float32)
-    for _ in range(10):
-        model.logits(mel)
-    times = []
-    for _ in range(TIMING_RUNS):
-        start = time.perf_counter()
-        model.logits(mel)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)
 
 
 def main(args: argparse.Namespace, config: Config) -> int:
@@ -75,7 +57,7 @@ def main(args: argparse.Namespace, config: Config) -> int:
         model_file=MODEL_FILE,
         size_mb=model_path.stat().st_size / 1e6,
         opset=OPSET,
-        ms_per_window=ms_per_window(model_path),
+        ms_per_window=EmotionModel(model_path).window_latency_ms(),
     )
     clean = opus = None
     if len(split.test):
