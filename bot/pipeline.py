@@ -66,11 +66,9 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._workers, self.analyze, source, name, skip)
 
-    def analyze_samples(
-        self, samples: np.ndarray, name: str, speaker: str | None = None, skip: Collection[str] = frozenset()
-    ) -> Report:
+    def analyze_samples(self, samples: np.ndarray, name: str, skip: Collection[str] = frozenset()) -> Report:
         spans = self.detector.segments(samples)
-        segments = [Segment(samples[a:b], SAMPLE_RATE, a / SAMPLE_RATE, b / SAMPLE_RATE, speaker) for a, b in spans]
+        segments = [Segment(samples[a:b], SAMPLE_RATE, a / SAMPLE_RATE, b / SAMPLE_RATE) for a, b in spans]
         outputs: dict[str, PluginOutput] = {}
         notices: list[str] = []
         if segments:
