@@ -213,6 +213,11 @@ def test_per_user_rate_limit(tmp_path: Path, shared_pipeline: Pipeline) -> None:
     harness.close()
 
 
+async def deliver_at_once(harness: Harness, messages: list) -> None:
+    """Every message reaches the bot at the same moment, as a burst on the gateway would."""
+    await asyncio.gather(*(harness.cog.on_message(m) for m in messages))
+
+
 async def _with_lag_probe(work) -> tuple[object, float]:
     """Run ``work`` while a heartbeat-like task measures how late the event loop wakes it."""
     worst = 0.0
@@ -238,12 +243,8 @@ def test_fifty_notes_at_once_are_all_answered_without_stalling_the_loop(tmp_path
     harness = Harness(tmp_path, pipeline=shared_pipeline, queue_size=64)
     asyncio.run(harness.start())
     messages = [harness.message(harness.attachment(NOTE)) for _ in range(50)]
-
-    async def burst() -> None:
-        await asyncio.gather(*(harness.cog.on_message(m) for m in messages))
-
     started = time.perf_counter()
-    _, worst_lag = asyncio.run(_with_lag_probe(burst()))
+    _, worst_lag = asyncio.run(_with_lag_probe(deliver_at_once(harness, messages)))
     elapsed = time.perf_counter() - started
     assert all(len(m.replies) == 1 and "embed" in m.replies[0] for m in messages)
     print(f"\n50 voice notes: {elapsed:.1f} s, worst event-loop lag {worst_lag * 1000:.1f} ms")
@@ -256,11 +257,7 @@ def test_full_queue_asks_to_retry(tmp_path: Path, shared_pipeline: Pipeline) -> 
     harness = Harness(tmp_path, pipeline=shared_pipeline, queue_size=2)
     asyncio.run(harness.start())
     messages = [harness.message(harness.attachment(NOTE)) for _ in range(5)]
-
-    async def burst() -> None:
-        await asyncio.gather(*(harness.cog.on_message(m) for m in messages))
-
-    asyncio.run(burst())
+    asyncio.run(deliver_at_once(harness, messages))
     answers = [m.replies[0] for m in messages]
     assert sum("embed" in a for a in answers) == 2
     assert sum("try again in a minute" in (a.get("content") or "") for a in answers) == 3
