@@ -58,6 +58,18 @@ class DiscordOptions:
 
 
 @dataclass(frozen=True)
+class LiveOptions:
+    """The ``live:`` section of the config: listening in voice channels (experimental)."""
+
+    enabled: bool = False  # off unless the operator turns it on for this deployment
+    max_session_minutes: float = 120.0
+    max_utterance_seconds: float = 8.0  # a speaker who never pauses is still analysed in pieces
+    speaker_buffer_seconds: float = 20.0  # queued audio per speaker before the oldest is shed
+    tick_seconds: float = 0.5  # how often queued audio is processed
+    feedback_seconds: float = 30.0  # live mood message edited at most this often (when a server turns it on)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; see ``config.example.yaml`` for every key, commented."""
 
@@ -68,6 +80,7 @@ class Config:
     speech: SpeechOptions = field(default_factory=SpeechOptions)
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
     discord: DiscordOptions = field(default_factory=DiscordOptions)
+    live: LiveOptions = field(default_factory=LiveOptions)
     source: str = "built-in defaults"  # where it was read from, for messages
 
     def path(self, value: str | Path) -> Path:

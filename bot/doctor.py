@@ -83,13 +83,28 @@ def _database(config: Config) -> Check:
         return Check("database", False, str(exc), "point discord.database at a writable path")
 
 
+def _voice(config: Config) -> Check:
+    """Only where listening is enabled: libopus (to decode received voice) and davey (DAVE decryption)."""
+    if not config.live.enabled:
+        return Check("voice channels", True, "off (live.enabled: false)")
+    try:
+        import davey
+        import discord.opus
+        from discord.ext import voice_recv  # noqa: F401
+    except ImportError as exc:
+        return Check("voice channels", False, f"missing {exc.name}", "pip install -e . (brings discord.py[voice] and discord-ext-voice-recv)")
+    if not discord.opus.is_loaded() and not discord.opus._load_default():
+        return Check("voice channels", False, "libopus not found", "apt-get install libopus0")
+    return Check("voice channels", True, f"experimental; libopus loaded, davey {davey.__version__} (DAVE protocol {davey.DAVE_PROTOCOL_VERSION})")
+
+
 def run_checks(config_path: str | None) -> list[Check]:
     try:
         config = load(config_path)
     except SeraError as exc:
         return [Check("config", False, str(exc), "fix the key named above; see config.example.yaml")]
     checks: list[Check] = [Check("config", True, config.source), _ffmpeg(), _opus()]
-    steps: list[Callable[[Config], Check | list[Check]]] = [_models, _token, _database]
+    steps: list[Callable[[Config], Check | list[Check]]] = [_models, _token, _database, _voice]
     for step in steps:
         result = step(config)
         checks.extend(result if isinstance(result, list) else [result])

@@ -44,7 +44,7 @@ class Pipeline:
         self.detector = SpeechDetector(config.models_dir / VAD_MODEL, config.speech)
         self.plugins = plugins or PluginSet(config, SAMPLE_RATE)
         self.limits = config.audio.limits()
-        self._workers = ThreadPoolExecutor(config.workers, thread_name_prefix="sera-worker")
+        self.workers = ThreadPoolExecutor(config.workers, thread_name_prefix="sera-worker")
         # Analyzer calls get threads of their own so that a hung plugin can be timed out, not waited on.
         self._plugin_threads = ThreadPoolExecutor(config.workers * 2, thread_name_prefix="sera-plugin")
 
@@ -64,19 +64,12 @@ class Pipeline:
     ) -> Report:
         """``analyze`` on the worker pool, awaited without blocking the event loop."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._workers, self.analyze, source, name, skip)
+        return await loop.run_in_executor(self.workers, self.analyze, source, name, skip)
 
     def analyze_samples(self, samples: np.ndarray, name: str, skip: Collection[str] = frozenset()) -> Report:
         spans = self.detector.segments(samples)
         segments = [Segment(samples[a:b], SAMPLE_RATE, a / SAMPLE_RATE, b / SAMPLE_RATE) for a, b in spans]
-        outputs: dict[str, PluginOutput] = {}
-        notices: list[str] = []
-        if segments:
-            for analyzer in (a for a in self.plugins.analyzers if a.name not in skip):
-                try:
-                    outputs[analyzer.name] = self._run(analyzer, segments)
-                except PluginFailure as failure:
-                    notices.append(f"{analyzer.name} failed ({failure}); its results are left out")
+        outputs, notices = self.analyze_segments(segments, skip) if segments else ({}, [])
         return Report(
             source=name,
             duration=samples.size / SAMPLE_RATE,
@@ -84,6 +77,19 @@ class Pipeline:
             outputs=outputs,
             notices=notices,
         )
+
+    def analyze_segments(
+        self, segments: Sequence[Segment], skip: Collection[str] = frozenset()
+    ) -> tuple[dict[str, PluginOutput], list[str]]:
+        """Every enabled analyzer on segments already cut (a voice note's, or a live speaker's utterances)."""
+        outputs: dict[str, PluginOutput] = {}
+        notices: list[str] = []
+        for analyzer in (a for a in self.plugins.analyzers if a.name not in skip):
+            try:
+                outputs[analyzer.name] = self._run(analyzer, segments)
+            except PluginFailure as failure:
+                notices.append(f"{analyzer.name} failed ({failure}); its results are left out")
+        return outputs, notices
 
     def _run(self, analyzer: Analyzer, segments: Sequence[Segment]) -> PluginOutput:
         future = self._plugin_threads.submit(_call, analyzer, segments)
@@ -101,7 +107,7 @@ class Pipeline:
 
     def close(self) -> None:
         """Finish running work and release the plugins."""
-        self._workers.shutdown(wait=True)
+        self.workers.shutdown(wait=True)
         self._plugin_threads.shutdown(wait=False, cancel_futures=True)
         self.plugins.close()
 

@@ -5,6 +5,11 @@ A plugin is a small class with a clear life cycle, as in Errbot and Red-DiscordB
 releases it. An **Analyzer** turns speech segments into typed ``Result`` objects; a **Reporter** turns a
 finished ``Report`` into output (text, a JSON-able dict, an embed-ready structure, a chart, a log row).
 
+Voice-channel sessions reach plugins through the same classes: each utterance is a ``Segment`` with
+its ``speaker``, analysed like a voice note's; every plugin hears ``session_started`` and
+``session_ended`` (with the ``SessionSummary``), and a reporter may render that summary
+(``render_session``). A "talk-time balance" or "study timer" plugin needs no Discord code.
+
 Plugins are found through the ``sera.plugins`` entry-point group and configured by name in the YAML
 ``plugins:`` section; the keys a plugin accepts are the fields of its ``Options`` dataclass.
 """
@@ -20,6 +25,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from bot.summary import SessionInfo, SessionSummary, Utterance
+
 __all__ = [
     "Analyzer",
     "EmotionResult",
@@ -31,6 +38,9 @@ __all__ = [
     "Reporter",
     "Result",
     "Segment",
+    "SessionInfo",
+    "SessionSummary",
+    "Utterance",
 ]
 
 
@@ -133,6 +143,12 @@ class Plugin:
     def teardown(self) -> None:
         """Release what ``setup`` took."""
 
+    def session_started(self, session: SessionInfo) -> None:
+        """A live session began (a voice channel is being listened to)."""
+
+    def session_ended(self, session: SessionInfo, summary: SessionSummary) -> None:
+        """A live session ended (or was cut short: ``summary.status == "interrupted"``)."""
+
 
 class Analyzer(Plugin, ABC):
     """Turns speech segments into results: one ``Result`` (or None) per segment, in order."""
@@ -203,3 +219,7 @@ class Reporter(Plugin, ABC):
     @abstractmethod
     def render(self, report: Report) -> Any:
         """Return the output; what type depends on the reporter (str for text, dict for JSON...)."""
+
+    def render_session(self, summary: SessionSummary) -> Any:
+        """The same for a live session's summary; None where the reporter has nothing to say about it."""
+        return None

@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 from importlib.metadata import EntryPoint, entry_points
 
 from bot.config import Config, build
 from bot.errors import SeraError
-from bot.plugin import Analyzer, Plugin, PluginContext, Reporter
+from bot.plugin import Analyzer, Plugin, PluginContext, Reporter, SessionSummary
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,10 @@ class PluginSet:
             self.infos.append(PluginInfo(name, "config", enabled=True, error="not installed"))
 
     @property
+    def loaded(self) -> list[Plugin]:
+        return [i.plugin for i in self.infos if i.plugin is not None]
+
+    @property
     def analyzers(self) -> list[Analyzer]:
         return [i.plugin for i in self.infos if isinstance(i.plugin, Analyzer)]
 
@@ -63,6 +68,19 @@ class PluginSet:
                 return info.plugin
         reason = next((i.status for i in self.infos if i.name == name), "not installed")
         raise SeraError(f"reporter {name!r} is not available ({reason})")
+
+    def render_session(self, summary: SessionSummary) -> dict[str, Any]:
+        """Every reporter's rendering of a session summary; one that raises is logged and left out."""
+        out = {}
+        for reporter in (p for p in self.loaded if isinstance(p, Reporter)):
+            try:
+                rendered = reporter.render_session(summary)
+            except Exception:
+                log.exception("reporter %s failed to render session %d", reporter.name, summary.session.id)
+                continue
+            if rendered is not None:
+                out[reporter.name] = rendered
+        return out
 
     def failures(self) -> list[PluginInfo]:
         return [i for i in self.infos if i.enabled and i.error]

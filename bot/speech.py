@@ -46,50 +46,102 @@ class SpeechDetector:
         self._session = ort.InferenceSession(str(model_path), session_options(), providers=["CPUExecutionProvider"])
         self._rate = np.array(VAD_SAMPLE_RATE, dtype=np.int64)
 
-    def probabilities(self, samples: np.ndarray) -> np.ndarray:
-        """Speech probability of each 32 ms chunk."""
-        count = -(-samples.size // CHUNK)
-        padded = np.zeros(CONTEXT + count * CHUNK, dtype=np.float32)
-        padded[CONTEXT : CONTEXT + samples.size] = samples
-        state = np.zeros(STATE_SHAPE, dtype=np.float32)
-        probs = np.empty(count, dtype=np.float32)
-        for i in range(count):
-            chunk = padded[i * CHUNK : i * CHUNK + CONTEXT + CHUNK][None, :]
-            out, state = self._session.run(None, {"input": chunk, "state": state, "sr": self._rate})
-            probs[i] = out[0, 0]
-        return probs
-
     def segments(self, samples: np.ndarray) -> list[tuple[int, int]]:
         """Speech as (start, end) sample indices, with the hysteresis Silero recommends."""
-        opts = self.options
-        probs = self.probabilities(samples)
-        chunks_per_second = VAD_SAMPLE_RATE / CHUNK
-        stop_below = max(opts.threshold - 0.15, 0.01)
-        runs: list[list[int]] = []
-        speaking = False
-        for i, p in enumerate(probs):
-            if not speaking and p >= opts.threshold:
-                speaking = True
-                runs.append([i, i + 1])
-            elif speaking:
-                if p >= stop_below:
-                    runs[-1][1] = i + 1
-                else:
-                    speaking = False
-        merged: list[list[int]] = []
-        min_gap = opts.min_silence_seconds * chunks_per_second
-        for run in runs:
-            if merged and run[0] - merged[-1][1] < min_gap:
-                merged[-1][1] = run[1]
+        stream = self.stream()
+        found = stream.push(samples) + stream.flush()
+        return split_long(found, round(self.options.max_segment_seconds * VAD_SAMPLE_RATE))
+
+    def stream(self, max_seconds: float | None = None) -> SpeechStream:
+        """A detector for audio that arrives in pieces, as a voice-channel speaker's does."""
+        return SpeechStream(self, max_seconds)
+
+    def _step(self, chunk: np.ndarray, state: np.ndarray) -> tuple[float, np.ndarray]:
+        out, state = self._session.run(None, {"input": chunk[None, :], "state": state, "sr": self._rate})
+        return float(out[0, 0]), state
+
+
+class SpeechStream:
+    """Speech spans of one signal fed in pieces; the same rules as ``SpeechDetector.segments``.
+
+    A span is known once ``min_silence_seconds`` of non-speech follow it, so ``push`` returns spans
+    about that late. ``max_seconds`` closes a span that grows longer (a live speaker who never pauses
+    must not hold an ever-growing buffer); ``flush`` closes the one still open at the end.
+    """
+
+    def __init__(self, detector: SpeechDetector, max_seconds: float | None = None) -> None:
+        opts = detector.options
+        self._detector = detector
+        self._chunks_per_second = VAD_SAMPLE_RATE / CHUNK
+        self._start_at = opts.threshold
+        self._stop_below = max(opts.threshold - 0.15, 0.01)
+        self._min_gap = opts.min_silence_seconds * self._chunks_per_second
+        self._min_chunks = opts.min_speech_seconds * self._chunks_per_second
+        self._max_chunks = max_seconds * self._chunks_per_second if max_seconds else None
+        self._pad = round(opts.pad_seconds * VAD_SAMPLE_RATE)
+        self._state = np.zeros(STATE_SHAPE, dtype=np.float32)
+        self._buffer = np.zeros(CONTEXT, dtype=np.float32)  # the model's context, then samples not yet a chunk
+        self._chunk = 0  # index of the next chunk
+        self._speaking = False
+        self._run: list[int] | None = None  # [first, end) chunks of the span being built
+        self.samples_seen = 0
+
+    def push(self, samples: np.ndarray) -> list[tuple[int, int]]:
+        """Feed the next samples; returns the spans that are now complete."""
+        self.samples_seen += samples.size
+        self._buffer = np.concatenate([self._buffer, samples.astype(np.float32, copy=False)])
+        found: list[tuple[int, int]] = []
+        while self._buffer.size >= CONTEXT + CHUNK:
+            probability, self._state = self._detector._step(self._buffer[: CONTEXT + CHUNK], self._state)
+            self._buffer = self._buffer[CHUNK:]
+            found += self._advance(probability)
+        return found
+
+    def flush(self) -> list[tuple[int, int]]:
+        """The end of the signal: the last partial chunk is heard, the open span closed."""
+        found: list[tuple[int, int]] = []
+        if self._buffer.size > CONTEXT:
+            chunk = np.zeros(CONTEXT + CHUNK, dtype=np.float32)
+            chunk[: self._buffer.size] = self._buffer
+            probability, self._state = self._detector._step(chunk, self._state)
+            found += self._advance(probability)
+        self._buffer = self._buffer[-CONTEXT:]
+        return found + self._close()
+
+    def earliest_open(self) -> int:
+        """The first sample a span not yet returned may include: what a caller must still keep."""
+        first = self._run[0] if self._run is not None else self._chunk
+        return max(first * CHUNK - self._pad, 0)
+
+    def _advance(self, probability: float) -> list[tuple[int, int]]:
+        i = self._chunk
+        self._chunk += 1
+        found: list[tuple[int, int]] = []
+        if not self._speaking and probability >= self._start_at:
+            self._speaking = True
+            if self._run is not None and i - self._run[1] < self._min_gap:
+                self._run[1] = i + 1  # a short pause does not split an utterance
             else:
-                merged.append(run)
-        pad = round(opts.pad_seconds * VAD_SAMPLE_RATE)
-        found = []
-        for first, last in merged:
-            if (last - first) / chunks_per_second < opts.min_speech_seconds:
-                continue
-            found.append((max(first * CHUNK - pad, 0), min(last * CHUNK + pad, samples.size)))
-        return split_long(found, round(opts.max_segment_seconds * VAD_SAMPLE_RATE))
+                found += self._close()
+                self._run = [i, i + 1]
+        elif self._speaking:
+            if probability >= self._stop_below:
+                self._run[1] = i + 1
+            else:
+                self._speaking = False
+        if self._run is not None and not self._speaking and i + 1 - self._run[1] >= self._min_gap:
+            found += self._close()  # no later speech can join this span any more
+        elif self._run is not None and self._max_chunks and self._run[1] - self._run[0] >= self._max_chunks:
+            found += self._close()
+            if self._speaking:
+                self._run = [i + 1, i + 1]
+        return found
+
+    def _close(self) -> list[tuple[int, int]]:
+        run, self._run = self._run, None
+        if run is None or run[1] - run[0] < self._min_chunks:
+            return []
+        return [(max(run[0] * CHUNK - self._pad, 0), min(run[1] * CHUNK + self._pad, self.samples_seen))]
 
 
 def split_long(spans: list[tuple[int, int]], max_len: int) -> list[tuple[int, int]]:

@@ -1,11 +1,18 @@
-"""The chart reporter: a PNG bar chart of the emotion probabilities (needs matplotlib, the [chart] extra)."""
+"""The chart reporter (needs matplotlib, the [chart] extra): PNG charts.
+
+For a voice note, a bar chart of the emotion probabilities; for a live session, a timeline with one
+row per speaker and each utterance coloured by its emotion.
+"""
 
 from __future__ import annotations
 
 import io
 
 from bot.errors import SeraError
-from bot.plugin import Report, Reporter
+from bot.plugin import Report, Reporter, SessionSummary
+from plugins.embed_report import COLOURS
+
+UNSURE_COLOUR = "#d0d0d0"
 
 
 class ChartReporter(Reporter):
@@ -29,8 +36,45 @@ class ChartReporter(Reporter):
         ax.set_xlim(0, 1)
         ax.set_xlabel("probability")
         ax.set_title(f"{report.source}: {emotion.headline()}")
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png")
-        plt.close(fig)
-        return buffer.getvalue()
+        return png(fig)
+
+    def render_session(self, summary: SessionSummary) -> bytes | None:
+        """PNG timeline, or None when nobody's speech was analysed."""
+        import matplotlib.pyplot as plt
+        from matplotlib.patches import Patch
+
+        if not summary.timeline:
+            return None
+        speakers = [s.speaker for s in summary.speakers]
+        names = {s.speaker: s.name for s in summary.speakers}
+        minutes = max(summary.duration, 1.0) / 60
+        fig, ax = plt.subplots(figsize=(8, 1.0 + 0.5 * len(speakers)), dpi=100)
+        used = set()
+        for row, speaker in enumerate(speakers):
+            own = [u for u in summary.timeline if u.speaker == speaker]
+            colours = [colour(u.label) for u in own]
+            used.update(u.label for u in own)
+            ax.broken_barh([(u.start / 60, u.duration / 60) for u in own], (row - 0.4, 0.8), facecolors=colours)
+        ax.set_yticks(range(len(speakers)), [names[s] for s in speakers])
+        ax.set_ylim(len(speakers) - 0.5, -0.5)
+        ax.set_xlim(0, minutes)
+        ax.set_xlabel("minutes")
+        ax.set_title(f"session {summary.session.id}: who spoke, and how it sounded")
+        handles = [Patch(color=colour(label), label=label or "no emotion") for label in sorted(used, key=str)]
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small", frameon=False)
+        return png(fig)
+
+
+def colour(label: str | None) -> str:
+    value = COLOURS.get(label or "")
+    return f"#{value:06x}" if value is not None else UNSURE_COLOUR
+
+
+def png(fig: object) -> bytes:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.plugin import EmotionResult, Report, Reporter
+from bot.plugin import EmotionResult, Report, Reporter, SessionSummary
+from bot.summary import clock
 
 EMOJI = {
     "neutral": "😐",
@@ -74,3 +75,26 @@ class EmbedReporter(Reporter):
             footer += " · " + "; ".join(report.notices)
         embed["footer"] = {"text": footer[:2048]}
         return embed
+
+    def render_session(self, summary: SessionSummary) -> dict[str, Any]:
+        """Speakers are shown as Discord mentions (``<@id>``): the adapter's speaker ids are user ids."""
+        title = f"📋 Session summary · {clock(summary.duration)}"
+        if summary.status != "ended":
+            title += f" ({summary.status})"
+        rows = []
+        for s in summary.speakers:
+            mood = f"{emoji(s.dominant)} {s.dominant}" if s.dominant else "—"
+            rows.append(f"<@{s.speaker}> · {clock(s.talk_seconds)} ({s.share:.0%}) · {s.utterances} utterances · {mood}")
+        fields: list[dict[str, Any]] = [
+            {"name": "Talk time", "value": "\n".join(rows)[:1024] or "Nobody who opted in spoke.", "inline": False}
+        ]
+        if summary.group:
+            group = ", ".join(f"{emoji(k)} {k} {v:.0%}" for k, v in list(summary.group.items())[:4])
+            fields.append({"name": "The group", "value": group, "inline": False})
+        if summary.moments:
+            fields.append({"name": "Notable moments", "value": "\n".join(f"• {m.text}" for m in summary.moments)[:1024], "inline": False})
+        footer = "Emotion from voice is a hint, not a judgement. No audio was recorded."
+        if summary.shed:
+            footer = f"{summary.shed} pieces of audio were skipped because analysis fell behind. " + footer
+        colour = COLOURS.get(next(iter(summary.group), "neutral"), COLOURS["neutral"])
+        return {"title": title, "fields": fields, "color": colour, "footer": {"text": footer}}

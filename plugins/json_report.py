@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
-from bot.plugin import Report, Reporter
+from bot.plugin import Report, Reporter, SessionSummary
 
 
 class JsonReporter(Reporter):
     def render(self, report: Report) -> str:
         return json.dumps(report.to_dict(), ensure_ascii=False)
+
+    def render_session(self, summary: SessionSummary) -> str:
+        return json.dumps(summary.to_dict(), ensure_ascii=False)

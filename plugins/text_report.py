@@ -7,7 +7,8 @@ appear without any change here.
 
 from __future__ import annotations
 
-from bot.plugin import EmotionResult, Report, Reporter
+from bot.plugin import EmotionResult, Report, Reporter, SessionSummary
+from bot.summary import clock
 
 BAR_WIDTH = 20
 
@@ -40,4 +41,21 @@ class TextReporter(Reporter):
                 parts = [r.headline() for o in report.outputs.values() if (r := o.segments[i]) is not None]
                 lines.append(f"    {span(start, end)}  " + " | ".join(parts))
         lines += [f"  note: {notice}" for notice in report.notices]
+        return "\n".join(lines)
+
+    def render_session(self, summary: SessionSummary) -> str:
+        status = "" if summary.status == "ended" else f" ({summary.status})"
+        lines = [
+            f"session {summary.session.id}{status}: {clock(summary.duration)} long, "
+            f"{clock(summary.talk_seconds)} of speech from {len(summary.speakers)} speakers"
+        ]
+        width = max((len(s.name) for s in summary.speakers), default=0)
+        for s in summary.speakers:
+            mood = f"{s.dominant} {s.emotions[s.dominant]:.0%}" if s.dominant else "no emotion"
+            lines.append(f"  {s.name:<{width}}  {bar(s.share, 10)} {s.share:4.0%} of talk, {s.utterances} utterances, mostly {mood}")
+        if summary.group:
+            lines.append("  group: " + ", ".join(f"{k} {v:.0%}" for k, v in list(summary.group.items())[:4]))
+        lines += [f"  • {m.text}" for m in summary.moments]
+        if summary.shed:
+            lines.append(f"  note: {summary.shed} pieces of audio were skipped because analysis fell behind")
         return "\n".join(lines)

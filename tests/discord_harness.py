@@ -208,3 +208,4 @@ class Harness:
 
     def close(self) -> None:
         self.store.close()
+        self.bot.sessions.close()

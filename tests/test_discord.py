@@ -292,7 +292,8 @@ def test_privacy_and_forget(harness: Harness) -> None:
     stranger = asyncio.run(press("Delete my data", FakeUser()))
     assert stranger.sent() == [] and harness.store.analyses_of(user.id) == 2
     done = asyncio.run(press("Delete my data", user))
-    assert done.sent()[0]["content"] == "Done: 2 analyses deleted." and done.sent()[0]["view"] is None
+    assert done.sent()[0]["content"] == "Done: 2 analyses and 0 voice-channel utterances deleted."
+    assert done.sent()[0]["view"] is None
     assert harness.store.analyses_of(user.id) == 0
 
 
@@ -347,11 +348,12 @@ def test_store_is_wal_and_keeps_rows_across_connections(tmp_path: Path, harness:
 
 def test_doctor_checklist(tmp_path: Path) -> None:
     config = tmp_path / "sera.yaml"
-    config.write_text("discord:\n  database: data/bot.db\n")
+    config.write_text("discord:\n  database: data/bot.db\nlive:\n  enabled: true\n")
     env = dict(os.environ, DISCORD_TOKEN="x.y.z")
     ok = subprocess.run([sys.executable, "-m", "bot", "--config", str(config), "doctor"], env=env, capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stdout
-    for name in ("config", "ffmpeg", "Opus decoder", "emotion model", "speech detector", "Discord token", "database"):
+    for name in ("config", "ffmpeg", "Opus decoder", "emotion model", "speech detector", "Discord token", "database",
+                 "voice channels"):  # fmt: skip
         assert f"✔ {name}:" in ok.stdout
     assert ok.stdout.strip().endswith("all good") and "x.y.z" not in ok.stdout
     env.pop("DISCORD_TOKEN")

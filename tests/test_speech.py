@@ -46,3 +46,34 @@ def test_no_speech_in_non_speech(detector: SpeechDetector, signal: np.ndarray) -
 
 def test_split_long_makes_equal_parts() -> None:
     assert split_long([(0, 100), (200, 240)], 40) == [(0, 33), (33, 67), (67, 100), (200, 240)]
+
+
+def test_a_stream_fed_in_20_ms_pieces_finds_the_same_speech_as_the_whole_signal(detector: SpeechDetector, speech_wav: Path) -> None:
+    """Live speakers arrive 20 ms at a time; the spans must not depend on how the audio was cut."""
+    speech = decode(speech_wav)
+    gap = np.zeros(SAMPLE_RATE, dtype=np.float32)
+    samples = np.concatenate([gap, speech, gap, speech[: SAMPLE_RATE // 2], gap])
+    stream = detector.stream()
+    found = []
+    for i in range(0, samples.size, 320):
+        found += stream.push(samples[i : i + 320])
+    found += stream.flush()
+    assert len(found) >= 2
+    assert split_long(found, round(detector.options.max_segment_seconds * SAMPLE_RATE)) == detector.segments(samples)
+
+
+def test_a_stream_reports_each_span_soon_after_it_ends(detector: SpeechDetector, speech_wav: Path) -> None:
+    speech = decode(speech_wav)
+    stream = detector.stream()
+    closed = stream.push(speech)  # spans before a pause in the sentence may close already
+    closed += stream.push(np.zeros(round(0.5 * SAMPLE_RATE), dtype=np.float32))
+    assert closed and closed[-1][1] <= speech.size + round(0.15 * SAMPLE_RATE)
+    assert stream.flush() == []  # half a second of silence was enough to report everything
+
+
+def test_a_stream_closes_a_span_at_the_length_limit(detector: SpeechDetector, speech_wav: Path) -> None:
+    speech = decode(speech_wav)
+    stream = detector.stream(max_seconds=1.0)
+    spans = stream.push(np.concatenate([speech, speech])) + stream.flush()
+    assert len(spans) >= 4
+    assert all((b - a) / SAMPLE_RATE <= 1.0 + 0.25 for a, b in spans)

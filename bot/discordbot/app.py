@@ -16,6 +16,7 @@ from bot.discordbot.cog import VoiceNotes
 from bot.discordbot.store import Store
 from bot.errors import SeraError
 from bot.pipeline import Pipeline
+from bot.sessions import SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +34,16 @@ class SeraBot(commands.Bot):
         self.config = config
         self.pipeline = pipeline
         self.store = store
+        self.sessions = SessionStore(store.path)  # live sessions and consent, in the same SQLite file
         self.closing = False
+        self._summarised_interrupted = False
 
     async def setup_hook(self) -> None:
         await self.add_cog(VoiceNotes(self, self.pipeline, self.store, self.config.discord))
+        if self.config.live.enabled:
+            from bot.discordbot.listen import Listening  # experimental; only loaded where the operator enabled it
+
+            await self.add_cog(Listening(self, self.pipeline, self.sessions, self.store, self.config.live))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
@@ -49,6 +56,10 @@ class SeraBot(commands.Bot):
     async def on_ready(self) -> None:
         plugins = ", ".join(a.name for a in self.pipeline.plugins.analyzers) or "none"
         log.info("sera is online as %s in %d guilds; analyzers: %s", self.user, len(self.guilds), plugins)
+        listening = self.get_cog("Listening")
+        if listening is not None and not self._summarised_interrupted:
+            self._summarised_interrupted = True
+            await listening.summarise_interrupted()
 
     async def close(self) -> None:
         """Finish (or apologise for) in-flight analyses, then disconnect and close the database."""
@@ -58,8 +69,12 @@ class SeraBot(commands.Bot):
         cog = self.get_cog("VoiceNotes")
         if isinstance(cog, VoiceNotes):
             await cog.drain()
+        listening = self.get_cog("Listening")
+        if listening is not None:
+            await listening.close()
         await super().close()
         self.store.close()
+        self.sessions.close()
         self.pipeline.close()
         log.info("sera stopped cleanly")
 

@@ -24,6 +24,7 @@ from bot.discordbot.store import GuildSettings, Store
 from bot.errors import AudioError, SeraError
 from bot.pipeline import Pipeline
 from bot.plugin import Report
+from bot.sessions import SessionStore
 from plugins.embed_report import emoji
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,9 @@ PRIVACY = (
     "• The audio is decoded in memory and thrown away once analysed. **No audio is stored.**\n"
     "• Stored per analysis, until you delete it: your user id, the server, channel and message ids, the time, "
     "the note's length and the result (emotion probabilities and the other analyzers' numbers).\n"
-    "• Server settings (enabled channels, reply style) are stored per server.\n"
+    "• In voice channels (`/listen`), only members who opted in are analysed; everyone else's audio is "
+    "dropped unheard. Stored per utterance: who spoke, when, and the analysis; never the audio.\n"
+    "• Server settings (enabled channels, reply style) and your opt-in are stored per server.\n"
     "• `/forget` deletes everything stored about you, at once and for good.\n"
     "• Emotion recognition from voice is uncertain; results are a hint, not a judgement about anyone."
 )
@@ -253,9 +256,12 @@ class VoiceNotes(commands.Cog):
     @app_commands.command(name="forget", description="Delete everything sera has stored about you")
     async def forget(self, interaction: discord.Interaction) -> None:
         count = await asyncio.to_thread(self.store.analyses_of, interaction.user.id)
-        view = ForgetView(self.store, interaction.user.id)
+        view = ForgetView(self.store, self.bot.sessions, interaction.user.id)
         await interaction.response.send_message(
-            f"This deletes all {count} analyses stored about you. There is no undo.", view=view, ephemeral=True
+            f"This deletes all {count} analyses stored about you, your voice-channel utterances and your "
+            "opt-ins. There is no undo.",
+            view=view,
+            ephemeral=True,
         )
 
     # -- admins: server settings ---------------------------------------------------------------------------
@@ -291,6 +297,7 @@ class VoiceNotes(commands.Cog):
     @app_commands.describe(
         reply="Answer with an embed", reaction="React with the emotion's emoji",
         chart="Attach a chart", ephemeral="Slash-command answers only visible to the caller",
+        live_feedback="While listening in voice (/listen), keep a live mood message up to date",
     )  # fmt: skip
     async def set_style(
         self,
@@ -299,10 +306,12 @@ class VoiceNotes(commands.Cog):
         reaction: bool | None = None,
         chart: bool | None = None,
         ephemeral: bool | None = None,
+        live_feedback: bool | None = None,
     ) -> None:
         if not await self._admin_only(interaction):
             return
-        changes = {k: v for k, v in dict(reply=reply, reaction=reaction, chart=chart, ephemeral=ephemeral).items() if v is not None}
+        chosen = dict(reply=reply, reaction=reaction, chart=chart, ephemeral=ephemeral, live_feedback=live_feedback)
+        changes = {k: v for k, v in chosen.items() if v is not None}
         settings = await asyncio.to_thread(self.store.update_settings, interaction.guild_id, lambda s: replace(s, **changes))
         await interaction.response.send_message(describe(settings), ephemeral=True)
 
@@ -341,7 +350,8 @@ def describe(settings: GuildSettings) -> str:
     return (
         f"**Channels:** {channels}\n"
         f"**Reply:** {onoff[settings.reply]} · **Reaction:** {onoff[settings.reaction]} · "
-        f"**Chart:** {onoff[settings.chart]} · **Ephemeral:** {onoff[settings.ephemeral]}\n"
+        f"**Chart:** {onoff[settings.chart]} · **Ephemeral:** {onoff[settings.ephemeral]} · "
+        f"**Live feedback:** {onoff[settings.live_feedback]}\n"
         f"**Plugins off:** {', '.join(sorted(settings.disabled_plugins)) or 'none'}"
     )
 
@@ -349,9 +359,10 @@ def describe(settings: GuildSettings) -> str:
 class ForgetView(discord.ui.View):
     """Confirm or cancel ``/forget``; only the user who asked can press the buttons."""
 
-    def __init__(self, store: Store, user_id: int) -> None:
+    def __init__(self, store: Store, sessions: SessionStore, user_id: int) -> None:
         super().__init__(timeout=120)
         self.store = store
+        self.sessions = sessions
         self.user_id = user_id
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
@@ -360,9 +371,12 @@ class ForgetView(discord.ui.View):
     @discord.ui.button(label="Delete my data", style=discord.ButtonStyle.danger)
     async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
         deleted = await asyncio.to_thread(self.store.forget, self.user_id)
-        log.info("user %s deleted their data (%d analyses)", self.user_id, deleted)
+        utterances = await asyncio.to_thread(self.sessions.forget_speaker, str(self.user_id))
+        log.info("user %s deleted their data (%d analyses, %d utterances)", self.user_id, deleted, utterances)
         self.stop()
-        await interaction.response.edit_message(content=f"Done: {deleted} analyses deleted.", view=None)
+        await interaction.response.edit_message(
+            content=f"Done: {deleted} analyses and {utterances} voice-channel utterances deleted.", view=None
+        )
 
     @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary)
     async def cancel(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:

@@ -48,6 +48,7 @@ class GuildSettings:
     reaction: bool = True  # put the emotion's emoji on the note
     chart: bool = False  # attach a PNG chart
     ephemeral: bool = False  # slash-command answers visible only to the caller
+    live_feedback: bool = False  # while listening in voice, keep a "live mood" message up to date
     disabled_plugins: frozenset[str] = field(default_factory=frozenset)
 
     def to_json(self) -> str:

@@ -1,11 +1,14 @@
 """An example third-party sera plugin package.
 
 ``MicCheck`` tells a speaker whether their microphone clips or is too quiet; ``OneLine`` renders a
-report as a single line. Both use only ``bot.plugin``; enable them in the sera config:
+report as a single line; ``TalkBalance`` says, at the end of a voice-channel session, whether one
+person did most of the talking. All use only ``bot.plugin`` (no Discord code); enable them in the
+sera config:
 
     plugins:
       mic_check: {enabled: true, clip_warning_percent: 1.0}
       oneline: {enabled: true}
+      talk_balance: {enabled: true, dominant_share: 0.6}
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from bot.plugin import Analyzer, Report, Reporter, Result, Segment
+from bot.plugin import Analyzer, Report, Reporter, Result, Segment, SessionInfo, SessionSummary
 
 CLIP_LEVEL = 0.99  # samples at or above this magnitude count as clipped
 QUIET_PEAK_DBFS = -30.0
@@ -70,3 +73,28 @@ class OneLine(Reporter):
         emotion = report.emotion()
         mood = emotion.headline() if emotion else "no speech detected"
         return f"{report.source}: {mood}"
+
+
+@dataclass(frozen=True)
+class BalanceOptions:
+    dominant_share: float = 0.6  # one speaker above this share of the talk time "dominates"
+
+
+class TalkBalance(Reporter):
+    """A study-group helper built only on the session hooks: who talked how much."""
+
+    Options = BalanceOptions
+
+    def session_started(self, session: SessionInfo) -> None:
+        self.log.info("session %d started: timing who talks", session.id)
+
+    def render(self, report: Report) -> None:
+        return None  # nothing to say about a single voice note
+
+    def render_session(self, summary: SessionSummary) -> str | None:
+        if not summary.speakers:
+            return None
+        top = summary.speakers[0]  # speakers come sorted by talk time
+        if len(summary.speakers) > 1 and top.share > self.options.dominant_share:
+            return f"{top.name} did {top.share:.0%} of the talking: maybe let the others in."
+        return "Talk time was balanced: " + ", ".join(f"{s.name} {s.share:.0%}" for s in summary.speakers)

@@ -1,0 +1,378 @@
+"""Study-group voice channels: ``/listen`` joins, analyses those who opted in, and summarises at the end.
+
+Consent comes first: the notice posted on ``/listen start`` says who started it, what is analysed and
+that nothing is recorded, with buttons to opt in or out (remembered per server; ``/listen optout``
+works too). Audio of anyone who has not opted in is dropped in the receive sink before it is even
+decrypted. A session ends with ``/listen stop``, when the channel empties, after
+``live.max_session_minutes``, or when the voice connection drops (then it is marked interrupted);
+each way ends in the same summary. Sessions a crash left open are summarised when the bot is back.
+
+Experimental until tried on a real server: the cog is only loaded when ``live.enabled`` is true.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import discord
+from discord import app_commands
+from discord.ext import commands, voice_recv
+
+from bot.config import LiveOptions
+from bot.discordbot.receive import SeraSink
+from bot.discordbot.store import Store
+from bot.errors import SeraError
+from bot.live import LiveSession
+from bot.pipeline import Pipeline
+from bot.sessions import ENDED, INTERRUPTED, SessionStore
+from bot.summary import SessionSummary, Utterance, clock, summarize
+from plugins.embed_report import emoji
+
+log = logging.getLogger(__name__)
+
+OPT_IN_ID = "sera:listen:optin"
+OPT_OUT_ID = "sera:listen:optout"
+CONNECT_TIMEOUT_SECONDS = 20.0
+SESSIONS_LISTED = 10
+BUILTIN_TEXT_REPORTERS = {"text", "json"}  # the embed already says what they would
+
+
+def notice(starter: discord.abc.User, channel: discord.abc.GuildChannel, minutes: float) -> discord.Embed:
+    embed = discord.Embed(
+        title=f"🎧 sera is listening in {channel.mention}",
+        description=(
+            f"{starter.mention} started a session.\n\n"
+            "**What is analysed:** how the voices of members who **opted in** sound (emotion, pitch, "
+            "loudness), utterance by utterance, and who talks how much.\n"
+            "**Nothing is recorded:** audio is analysed in memory and thrown away; only the results are kept.\n"
+            "**Everyone else is ignored:** audio of members who did not opt in is dropped unheard.\n\n"
+            "Opt in or out below (remembered in this server; `/listen optout` works too). "
+            f"The session ends with `/listen stop`, when the channel empties, or after {minutes:.0f} minutes."
+        ),
+        color=0x5865F2,
+    )
+    embed.set_footer(text="Experimental. Emotion from voice is a hint, not a judgement about anyone.")
+    return embed
+
+
+class ConsentView(discord.ui.View):
+    """The opt-in/opt-out buttons; persistent (fixed custom ids), so they keep working after a restart."""
+
+    def __init__(self, cog: Listening) -> None:
+        super().__init__(timeout=None)
+        self.cog = cog
+
+    @discord.ui.button(label="Analyse me", style=discord.ButtonStyle.success, custom_id=OPT_IN_ID)
+    async def opt_in(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        await self.cog.set_consent(interaction, True)
+
+    @discord.ui.button(label="Don't analyse me", style=discord.ButtonStyle.secondary, custom_id=OPT_OUT_ID)
+    async def opt_out(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        await self.cog.set_consent(interaction, False)
+
+
+@dataclass
+class Active:
+    """A session in progress in one guild."""
+
+    live: LiveSession
+    voice: voice_recv.VoiceRecvClient
+    channel: discord.abc.Messageable  # where the notice, feedback and summary go
+    guild: discord.Guild
+    consenting: set[str]
+    loop: asyncio.AbstractEventLoop  # receive and worker threads hand results back to it
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task | None = None
+    moods: dict[str, tuple[str, float]] = field(default_factory=dict)
+    feedback: discord.Message | None = None
+    last_feedback: float = 0.0
+    ending: bool = False
+
+
+class Listening(commands.Cog):
+    listen = app_commands.Group(name="listen", description="Listen to this server's voice channel", guild_only=True)
+    history = app_commands.Group(name="sessions", description="Past listening sessions in this server", guild_only=True)
+
+    def __init__(self, bot: commands.Bot, pipeline: Pipeline, sessions: SessionStore, store: Store, options: LiveOptions) -> None:
+        self.bot = bot
+        self.pipeline = pipeline
+        self.sessions = sessions
+        self.store = store
+        self.options = options
+        self.active: dict[int, Active] = {}
+        self.view = ConsentView(self)
+
+    async def cog_load(self) -> None:
+        self.bot.add_view(self.view)
+
+    # -- starting ------------------------------------------------------------------------------------------
+
+    async def connect(self, channel: discord.VoiceChannel | discord.StageChannel) -> voice_recv.VoiceRecvClient:
+        """Join with the receiving voice client (the seam the tests replace: there is no Discord here)."""
+        return await channel.connect(cls=voice_recv.VoiceRecvClient, timeout=CONNECT_TIMEOUT_SECONDS, self_deaf=False)
+
+    @listen.command(name="start", description="Join your voice channel and analyse members who opt in")
+    async def start(self, interaction: discord.Interaction) -> None:
+        guild = interaction.guild
+        voice = getattr(interaction.user, "voice", None)
+        channel = voice.channel if voice else None
+        if guild is None or channel is None:
+            await interaction.response.send_message("Join a voice channel first, then run `/listen start`.", ephemeral=True)
+            return
+        if guild.id in self.active:
+            running = self.active[guild.id].voice.channel
+            await interaction.response.send_message(f"I'm already listening in {running.mention}.", ephemeral=True)
+            return
+        if not channel.permissions_for(guild.me).connect:
+            await interaction.response.send_message(f"I need the **Connect** permission in {channel.mention}.", ephemeral=True)
+            return
+        await interaction.response.defer(thinking=True)
+        space = str(guild.id)
+        consenting = await asyncio.to_thread(self.sessions.consenting, space)
+        settings = await asyncio.to_thread(self.store.settings, guild.id)
+        info = await asyncio.to_thread(self.sessions.start, space, str(channel.id), str(interaction.user.id), str(interaction.channel_id))
+        loop = asyncio.get_running_loop()
+        live = LiveSession(
+            self.pipeline, self.sessions, info, self.options, consents=consenting.__contains__,
+            skip=settings.disabled_plugins, on_results=self._results_callback(loop, guild.id),
+        )  # fmt: skip
+        try:
+            voice_client = await self.connect(channel)
+        except (asyncio.TimeoutError, discord.ClientException, RuntimeError, OSError) as error:
+            log.warning("could not join voice channel %s in guild %s: %s", channel.id, guild.id, error)
+            await asyncio.to_thread(live.finish, INTERRUPTED)
+            await interaction.followup.send(f"I couldn't join {channel.mention}: {error}. Please try again.")
+            return
+        active = Active(live, voice_client, interaction.channel, guild, consenting, loop)
+        self.active[guild.id] = active
+        voice_client.listen(
+            SeraSink(live, lambda: voice_client._connection.dave_session),
+            after=lambda error: self._receive_stopped(loop, guild.id, error),
+        )
+        active.task = asyncio.create_task(self._run(guild.id, active))
+        log.info("session %d: listening in channel %s of guild %s", info.id, channel.id, guild.id)
+        await interaction.followup.send(embed=notice(interaction.user, channel, self.options.max_session_minutes), view=self.view)
+
+    async def _run(self, guild_id: int, active: Active) -> None:
+        await active.live.run(active.stopped)
+        if not active.stopped.is_set():  # the time limit
+            await self.end(guild_id, ENDED, "the session reached its time limit")
+
+    def _receive_stopped(self, loop: asyncio.AbstractEventLoop, guild_id: int, error: Exception | None) -> None:
+        """The receive thread stopped (called on it): end the session as interrupted unless we stopped it."""
+        if error is not None:
+            log.error("voice receive failed in guild %s: %s", guild_id, error)
+            loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self.end(guild_id, INTERRUPTED, "voice receive failed")))
+
+    # -- during --------------------------------------------------------------------------------------------
+
+    def _results_callback(self, loop: asyncio.AbstractEventLoop, guild_id: int) -> Callable[[list[Utterance]], None]:
+        """Called on a worker thread with each batch of stored utterances; hands them to the loop."""
+
+        def arrived(rows: list[Utterance]) -> None:
+            loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._feedback(guild_id, rows)))
+
+        return arrived
+
+    async def _feedback(self, guild_id: int, rows: list[Utterance]) -> None:
+        active = self.active.get(guild_id)
+        if active is None or active.ending:
+            return
+        for row in rows:
+            if row.label is not None:
+                active.moods[row.speaker] = (row.label, row.confidence or 0.0)
+        settings = await asyncio.to_thread(self.store.settings, guild_id)
+        now = time.monotonic()
+        if not settings.live_feedback or not active.moods or now - active.last_feedback < self.options.feedback_seconds:
+            return
+        active.last_feedback = now
+        text = "**Live mood** (updates every few seconds)\n" + "\n".join(
+            f"<@{speaker}>: {emoji(label)} {label} {confidence:.0%}" for speaker, (label, confidence) in active.moods.items()
+        )
+        try:
+            if active.feedback is None:
+                active.feedback = await active.channel.send(text, allowed_mentions=discord.AllowedMentions.none())
+            else:
+                await active.feedback.edit(content=text)
+        except discord.HTTPException as error:
+            log.warning("could not post live feedback in guild %s: %s", guild_id, error)
+
+    @commands.Cog.listener()
+    async def on_voice_state_update(self, member: discord.Member, before: discord.VoiceState, after: discord.VoiceState) -> None:
+        active = self.active.get(member.guild.id)
+        if active is None:
+            return
+        if member.id == member.guild.me.id:
+            if after.channel is None:
+                await self.end(member.guild.id, INTERRUPTED, "I was disconnected from the voice channel")
+            return
+        channel = active.voice.channel
+        if before.channel is not None and before.channel.id == channel.id and not any(not m.bot for m in channel.members):
+            await self.end(member.guild.id, ENDED, "everyone left the voice channel")
+
+    # -- ending --------------------------------------------------------------------------------------------
+
+    @listen.command(name="stop", description="Stop listening and post the session summary")
+    async def stop(self, interaction: discord.Interaction) -> None:
+        if interaction.guild_id not in self.active:
+            await interaction.response.send_message("I'm not listening in this server.", ephemeral=True)
+            return
+        await interaction.response.send_message(f"Stopping; {interaction.user.mention} ended the session. Summary coming up.")
+        await self.end(interaction.guild_id, ENDED, None)
+
+    async def end(self, guild_id: int, status: str, reason: str | None) -> None:
+        """Stop receiving, analyse what is left, close the session and post its summary; runs once."""
+        active = self.active.get(guild_id)
+        if active is None or active.ending:
+            return
+        active.ending = True
+        active.stopped.set()
+        try:
+            if active.task is not None and active.task is not asyncio.current_task():
+                await active.task
+            active.voice.stop_listening()
+            if active.voice.is_connected():
+                await active.voice.disconnect(force=True)
+        except Exception:
+            log.exception("leaving the voice channel in guild %s failed", guild_id)
+        finally:
+            self.active.pop(guild_id, None)
+        names = self._names(active.guild, active.live.tracks)
+        summary = await asyncio.to_thread(active.live.finish, status, names)
+        log.info("session %d %s (%s): %d utterances, %d frames shed", summary.session.id, status, reason or "stopped",
+                 len(summary.timeline), summary.shed)  # fmt: skip
+        await self.post_summary(active.channel, summary, reason)
+
+    def _names(self, guild: discord.Guild, speakers: object) -> dict[str, str]:
+        names = {}
+        for speaker in speakers:
+            member = guild.get_member(int(speaker))
+            names[speaker] = member.display_name if member else speaker
+        return names
+
+    async def post_summary(self, channel: discord.abc.Messageable, summary: SessionSummary, reason: str | None) -> None:
+        rendered = await asyncio.to_thread(self.pipeline.plugins.render_session, summary)
+        embed = rendered.get("embed") or {"title": f"Session {summary.session.id}"}
+        if reason:
+            embed["description"] = f"Ended: {reason}."
+        for name, text in rendered.items():  # other reporters (third-party ones too) that answer in words
+            if isinstance(text, str) and name not in BUILTIN_TEXT_REPORTERS:
+                embed.setdefault("fields", []).append({"name": name, "value": text[:1024], "inline": False})
+        png = rendered.get("chart")
+        kwargs: dict = {"embed": discord.Embed.from_dict(embed), "allowed_mentions": discord.AllowedMentions.none()}
+        if isinstance(png, bytes):
+            kwargs["file"] = discord.File(io.BytesIO(png), filename=f"session-{summary.session.id}.png")
+        try:
+            await channel.send(**kwargs)
+        except discord.HTTPException as error:
+            log.warning("could not post the summary of session %d: %s", summary.session.id, error)
+
+    def _chart(self, summary: SessionSummary) -> bytes | None:
+        try:
+            return self.pipeline.plugins.reporter("chart").render_session(summary)
+        except SeraError as error:
+            log.warning("no session chart: %s", error)
+            return None
+
+    async def summarise_interrupted(self) -> None:
+        """Sessions a crash left open: mark them interrupted and post their summaries where they began."""
+        for session_id in await asyncio.to_thread(self.sessions.interrupted_sessions):
+            summary = await asyncio.to_thread(self.stored_summary, session_id)
+            known = await asyncio.to_thread(self.sessions.info, session_id)
+            channel = self.bot.get_channel(int(known[4])) if known and known[4] else None
+            if summary is not None and channel is not None:
+                await self.post_summary(channel, summary, "sera restarted during this session")
+
+    def stored_summary(self, session_id: int, guild: discord.Guild | None = None) -> SessionSummary | None:
+        known = self.sessions.info(session_id)
+        if known is None:
+            return None
+        info, status, duration, shed, _ = known
+        rows = self.sessions.utterances(session_id)
+        guild = guild or self.bot.get_guild(int(info.space))
+        names = self._names(guild, {r.speaker for r in rows}) if guild else {}
+        return summarize(info, status, duration, rows, names, shed)
+
+    # -- consent -------------------------------------------------------------------------------------------
+
+    async def set_consent(self, interaction: discord.Interaction, consents: bool) -> None:
+        if interaction.guild_id is None:
+            await interaction.response.send_message("Consent is per server; use this in a server.", ephemeral=True)
+            return
+        speaker = str(interaction.user.id)
+        await asyncio.to_thread(self.sessions.set_consent, str(interaction.guild_id), speaker, consents)
+        active = self.active.get(interaction.guild_id)
+        if active is not None:
+            (active.consenting.add if consents else active.consenting.discard)(speaker)
+        log.info("user %s opted %s in guild %s", speaker, "in" if consents else "out", interaction.guild_id)
+        text = (
+            "You're in: when sera listens in this server, how your voice sounds is analysed (never recorded). "
+            "`/listen optout` undoes it."
+            if consents
+            else "You're out: sera ignores your voice in this server from now on."
+        )
+        await interaction.response.send_message(text, ephemeral=True)
+
+    @listen.command(name="optin", description="Let sera analyse your voice when it listens in this server")
+    async def optin(self, interaction: discord.Interaction) -> None:
+        await self.set_consent(interaction, True)
+
+    @listen.command(name="optout", description="Stop sera analysing your voice in this server")
+    async def optout(self, interaction: discord.Interaction) -> None:
+        await self.set_consent(interaction, False)
+
+    # -- history -------------------------------------------------------------------------------------------
+
+    @history.command(name="list", description="The latest listening sessions in this server")
+    async def list_sessions(self, interaction: discord.Interaction) -> None:
+        found = await asyncio.to_thread(self.sessions.sessions, str(interaction.guild_id), SESSIONS_LISTED)
+        if not found:
+            await interaction.response.send_message("No sessions yet. Start one with `/listen start`.", ephemeral=True)
+            return
+        lines = [
+            f"`#{info.id}` <t:{int(info.started_at)}:f> in <#{info.room}> · {clock(duration)} · {status}"
+            for info, status, duration in found
+        ]
+        await interaction.response.send_message("\n".join(lines), ephemeral=True)
+
+    async def _own_session(self, interaction: discord.Interaction, session_id: int) -> bool:
+        known = await asyncio.to_thread(self.sessions.info, session_id)
+        if known is None or known[0].space != str(interaction.guild_id):
+            await interaction.response.send_message(f"No session #{session_id} in this server.", ephemeral=True)
+            return False
+        return True
+
+    @history.command(name="show", description="The summary of a past session")
+    async def show(self, interaction: discord.Interaction, session_id: int) -> None:
+        if not await self._own_session(interaction, session_id):
+            return
+        await interaction.response.defer(thinking=True, ephemeral=True)
+        summary = await asyncio.to_thread(self.stored_summary, session_id, interaction.guild)
+        embed = discord.Embed.from_dict(self.pipeline.plugins.reporter("embed").render_session(summary))
+        kwargs: dict = {"embed": embed, "ephemeral": True}
+        png = await asyncio.to_thread(self._chart, summary)
+        if png:
+            kwargs["file"] = discord.File(io.BytesIO(png), filename=f"session-{session_id}.png")
+        await interaction.followup.send(**kwargs)
+
+    @history.command(name="export", description="A past session's utterances as CSV and JSON")
+    async def export(self, interaction: discord.Interaction, session_id: int) -> None:
+        if not await self._own_session(interaction, session_id):
+            return
+        csv_text = await asyncio.to_thread(self.sessions.export_csv, session_id)
+        json_text = await asyncio.to_thread(self.sessions.export_json, session_id)
+        files = [
+            discord.File(io.BytesIO(csv_text.encode()), filename=f"session-{session_id}.csv"),
+            discord.File(io.BytesIO(json_text.encode()), filename=f"session-{session_id}.json"),
+        ]
+        await interaction.response.send_message(f"Session #{session_id}: one row per utterance.", files=files, ephemeral=True)
+
+    async def close(self) -> None:
+        """Bot shutdown: every running session ends (and is summarised) before Discord closes."""
+        for guild_id in list(self.active):
+            await self.end(guild_id, INTERRUPTED, "sera is shutting down")

@@ -1,0 +1,255 @@
+"""Live sessions: many speakers' audio streams in, utterances analysed and stored as they finish.
+
+This is the voice-channel half of the core; it knows nothing of Discord. An adapter calls ``feed``
+from whatever thread its audio arrives on (Discord's receive thread) with 20 ms frames of 48 kHz
+stereo 16-bit PCM, the format voice chats decode to. ``feed`` only checks consent and queues; all
+the work (resampling, speech detection per speaker, analysis, storage) happens in ``process``, which
+``run`` calls on the pipeline's worker pool every ``tick_seconds``, never on the receive thread and
+never on the event loop.
+
+Memory is bounded: each speaker's queue holds at most ``speaker_buffer_seconds`` of audio (older
+audio is shed, counted and logged, when analysis falls behind), and an utterance is closed after
+``max_utterance_seconds`` even if its speaker never pauses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Collection
+
+import numpy as np
+import soxr
+
+from bot.audio import SAMPLE_RATE
+from bot.config import LiveOptions
+from bot.pipeline import Pipeline
+from bot.plugin import EmotionResult, Segment
+from bot.sessions import ENDED, SessionStore
+from bot.speech import SpeechStream
+from bot.summary import SessionInfo, SessionSummary, Utterance, summarize
+
+log = logging.getLogger(__name__)
+
+SOURCE_RATE = 48_000  # what voice chats decode Opus to
+SOURCE_CHANNELS = 2
+FRAME_SAMPLES = SOURCE_RATE // 50  # 20 ms
+MAX_GAP_FILL_SECONDS = 1.0  # a longer silence (no packets) starts the speaker's stream afresh
+IDLE_SECONDS = 0.6  # no packets from a speaker for this long: they stopped talking, close their utterance
+SHED_LOG_INTERVAL_SECONDS = 10.0
+
+
+def pcm_to_float(pcm: bytes) -> np.ndarray:
+    """48 kHz interleaved stereo int16 bytes -> mono float32 at 48 kHz."""
+    frames = np.frombuffer(pcm, dtype="<i2")
+    frames = frames[: frames.size - frames.size % SOURCE_CHANNELS].reshape(-1, SOURCE_CHANNELS)
+    return frames.mean(axis=1, dtype=np.float32) / 32768.0
+
+
+class SpeakerTrack:
+    """One speaker's audio on the session's timeline: queue, resampler, speech detector, kept samples."""
+
+    def __init__(self, speaker: str, stream: Callable[[], SpeechStream], max_queue_frames: int) -> None:
+        self.speaker = speaker
+        self._new_stream = stream
+        self.queue: deque[tuple[float, bytes]] = deque()  # (time in session, PCM) from the receive thread
+        self.max_queue_frames = max_queue_frames
+        self._reset(0)
+
+    def _reset(self, origin: int) -> None:
+        self.origin = origin  # session sample (16 kHz) where the current stream began
+        self.vad = self._new_stream()
+        self.resampler = soxr.ResampleStream(SOURCE_RATE, SAMPLE_RATE, 1, dtype="float32")
+        self.kept = np.zeros(0, dtype=np.float32)  # stream samples from ``kept_from`` on
+        self.kept_from = 0
+
+    @property
+    def position(self) -> int:
+        """Session sample just after the last one heard."""
+        return self.origin + self.vad.samples_seen
+
+    def drain(self, final: bool = False) -> list[tuple[int, int, np.ndarray]]:
+        """Everything queued so far -> the speech spans it completed: (start, end) session samples, audio.
+
+        ``final`` also closes the span still open (the session is ending).
+        """
+        spans: list[tuple[int, int, np.ndarray]] = []
+        while self.queue:
+            at, pcm = self.queue.popleft()
+            target = round(at * SAMPLE_RATE)
+            gap = target - self.position
+            if gap > MAX_GAP_FILL_SECONDS * SAMPLE_RATE:
+                spans += self._cut(self.vad.flush())
+                self._reset(target)
+            elif gap > SAMPLE_RATE // 100:  # packets stop while a speaker is silent: that time was silence
+                spans += self._cut(self._push(np.zeros(gap, dtype=np.float32)))
+            spans += self._cut(self._push(self.resampler.resample_chunk(pcm_to_float(pcm))))
+        if final:
+            spans += self._cut(self.vad.flush())
+        return spans
+
+    def close_if_idle(self, now: float) -> list[tuple[int, int, np.ndarray]]:
+        """Voice clients stop sending when their user stops talking, so silence never arrives to end
+        the utterance: after ``IDLE_SECONDS`` without packets, close it."""
+        if self.vad.samples_seen == 0 or now - self.position / SAMPLE_RATE < IDLE_SECONDS:
+            return []
+        spans = self._cut(self.vad.flush())
+        self._reset(self.position)
+        return spans
+
+    def _push(self, samples: np.ndarray) -> list[tuple[int, int]]:
+        self.kept = np.concatenate([self.kept, samples])
+        return self.vad.push(samples)
+
+    def _cut(self, spans: list[tuple[int, int]]) -> list[tuple[int, int, np.ndarray]]:
+        """Samples of finished spans; then drop the samples no later span can include."""
+        lo = self.kept_from
+        out = [(self.origin + a, self.origin + b, self.kept[a - lo : b - lo].copy()) for a, b in spans]
+        keep_from = max(lo, self.vad.earliest_open())
+        self.kept = self.kept[keep_from - lo :]
+        self.kept_from = keep_from
+        return out
+
+
+class LiveSession:
+    """One listening session: consent-gated input, per-speaker segmentation, analysis, storage."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        store: SessionStore,
+        info: SessionInfo,
+        options: LiveOptions,
+        consents: Callable[[str], bool],
+        skip: Collection[str] = frozenset(),
+        on_results: Callable[[list[Utterance]], None] | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.store = store
+        self.info = info
+        self.options = options
+        self.consents = consents
+        self.skip = skip
+        self.on_results = on_results
+        self.started = time.monotonic()
+        self.active = True
+        self.tracks: dict[str, SpeakerTrack] = {}
+        self.shed = 0  # frames dropped because processing fell behind
+        self.dropped_without_consent = 0
+        self.latest = 0.0  # session time of the newest frame (ahead of the clock when fed faster than real time)
+        self._tracks_lock = threading.Lock()
+        self._process_lock = threading.Lock()
+        self._last_shed_log = 0.0
+        self._max_queue_frames = round(options.speaker_buffer_seconds * 50)
+        self._notify("session_started", info)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def feed(self, speaker: str, pcm: bytes, at: float | None = None) -> bool:
+        """Queue one frame of a speaker's audio (any thread); False when it was dropped unprocessed.
+
+        ``at`` is the frame's time in seconds from the start of the session (from the packet's
+        timestamp where the adapter has one; now otherwise).
+        """
+        if not self.active:
+            return False
+        if not self.consents(speaker):
+            self.dropped_without_consent += 1
+            return False
+        track = self.tracks.get(speaker)
+        if track is None:
+            with self._tracks_lock:
+                track = self.tracks.setdefault(speaker, SpeakerTrack(speaker, self._stream, self._max_queue_frames))
+        at = self.elapsed() if at is None else at
+        self.latest = max(self.latest, at)
+        track.queue.append((at, pcm))
+        if len(track.queue) > track.max_queue_frames:
+            track.queue.popleft()
+            self.shed += 1
+            now = time.monotonic()
+            if now - self._last_shed_log > SHED_LOG_INTERVAL_SECONDS:
+                self._last_shed_log = now
+                log.warning("session %d: analysis is behind, %d frames of audio shed so far", self.info.id, self.shed)
+        return True
+
+    def _stream(self) -> SpeechStream:
+        return self.pipeline.detector.stream(self.options.max_utterance_seconds)
+
+    def process(self, final: bool = False) -> list[Utterance]:
+        """Segment what is queued, analyse finished utterances, store them; one caller at a time."""
+        with self._process_lock:
+            found: list[Utterance] = []
+            samples: list[np.ndarray] = []
+            for track in list(self.tracks.values()):
+                if not self.consents(track.speaker):
+                    track.queue.clear()  # opted out mid-session: what was queued is dropped, not analysed
+                    continue
+                now = max(self.latest, self.elapsed())
+                for start, end, audio in track.drain(final) + track.close_if_idle(now):
+                    found.append(Utterance(track.speaker, start / SAMPLE_RATE, end / SAMPLE_RATE, None, None))
+                    samples.append(audio)
+            if not found:
+                return []
+            rows = self._analyse(found, samples)
+            self.store.add(self.info.id, rows)
+        if self.on_results:
+            self.on_results(rows)
+        return rows
+
+    def _analyse(self, found: list[Utterance], samples: list[np.ndarray]) -> list[Utterance]:
+        segments = [Segment(s, SAMPLE_RATE, u.start, u.end, u.speaker) for u, s in zip(found, samples)]
+        outputs, notices = self.pipeline.analyze_segments(segments, self.skip)
+        for notice in notices:
+            log.warning("session %d: %s", self.info.id, notice)
+        rows = []
+        for i, utterance in enumerate(found):
+            results = {name: out.segments[i] for name, out in outputs.items() if out.segments[i] is not None}
+            emotion = next((r for r in results.values() if isinstance(r, EmotionResult)), None)
+            rows.append(
+                Utterance(
+                    utterance.speaker, utterance.start, utterance.end,
+                    emotion.label if emotion else None,
+                    emotion.confidence if emotion else None,
+                    dict(emotion.probabilities) if emotion else {},
+                    {name: r.to_dict() for name, r in results.items()},
+                )
+            )  # fmt: skip
+        return rows
+
+    async def run(self, stopped: asyncio.Event) -> None:
+        """Process queued audio every tick until ``stopped`` is set or the session is too long."""
+        loop = asyncio.get_running_loop()
+        limit = self.options.max_session_minutes * 60
+        while not stopped.is_set() and self.elapsed() < limit:
+            try:
+                await asyncio.wait_for(stopped.wait(), self.options.tick_seconds)
+            except asyncio.TimeoutError:
+                pass
+            try:
+                await loop.run_in_executor(self.pipeline.workers, self.process)
+            except Exception:
+                log.exception("session %d: processing failed; the audio queued so far is lost", self.info.id)
+
+    def finish(self, status: str = ENDED, names: dict[str, str] | None = None) -> SessionSummary:
+        """Stop taking audio, analyse what is left, close the session in the store, summarise it."""
+        self.active = False
+        try:
+            self.process(final=True)
+        finally:
+            self.store.finish(self.info.id, status, self.shed)
+        summary = summarize(
+            self.info, status, self.elapsed(), self.store.utterances(self.info.id), names, shed=self.shed
+        )
+        self._notify("session_ended", self.info, summary)
+        return summary
+
+    def _notify(self, hook: str, *args: object) -> None:
+        for plugin in self.pipeline.plugins.loaded:
+            try:
+                getattr(plugin, hook)(*args)
+            except Exception:
+                log.exception("plugin %s failed in %s", plugin.name, hook)

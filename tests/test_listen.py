@@ -1,0 +1,366 @@
+"""``/listen`` and ``/sessions`` through the offline harness, with DAVE-encrypted voice from four members.
+
+The cog is the real one; only joining the channel is replaced (there is no Discord here) by a voice
+client whose receive side is discord-ext-voice-recv's own ``AudioReader``, fed real encrypted RTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import davey
+import discord
+import numpy as np
+import pytest
+from discord.opus import Encoder
+
+from bot.config import Config, LiveOptions
+from bot.discordbot.cog import ForgetView
+from bot.discordbot.listen import Listening
+from bot.pipeline import Pipeline
+from bot.sessions import INTERRUPTED
+from bot.summary import Utterance
+from tests.conftest import say
+from tests.dave_harness import FakeVoiceClient, Speaker, VoiceServer
+from tests.discord_harness import FakeInteraction, Harness
+from tests.voice_sim import Turn, frames, load_speech
+
+CHANNEL = 880_000_000_000_000_001
+BOT, ALICE, BOB, CAROL, DAVE = 1, 1001, 1002, 1003, 1004
+LINES = {
+    ALICE: "We should go through the practice exam before Friday, question by question.",
+    BOB: "I am so tired of this course, nothing I study ever seems to stick.",
+    CAROL: "I will not be analysed, I am only here to listen to the others.",
+    DAVE: "Can someone share the slides from the lecture on Monday please?",
+}
+
+
+@dataclass
+class SentMessage:
+    content: str | None
+    kwargs: dict[str, Any]
+    edits: list[str] = field(default_factory=list)
+
+    async def edit(self, content: str | None = None, **kwargs: Any) -> None:
+        self.edits.append(content)
+
+
+@dataclass
+class TextChannel:
+    id: int = 770
+    sent: list[SentMessage] = field(default_factory=list)
+
+    async def send(self, content: str | None = None, **kwargs: Any) -> SentMessage:
+        self.sent.append(SentMessage(content, kwargs))
+        return self.sent[-1]
+
+
+@dataclass
+class VoiceChannel:
+    id: int = CHANNEL
+    members: list[Any] = field(default_factory=list)
+    connect: bool = True
+
+    @property
+    def mention(self) -> str:
+        return f"<#{self.id}>"
+
+    def permissions_for(self, member: Any) -> discord.Permissions:
+        return discord.Permissions(connect=self.connect)
+
+
+@dataclass(eq=False)
+class Member:
+    id: int
+    display_name: str
+    bot: bool = False
+    voice: Any = None
+    guild: Any = None
+
+    @property
+    def mention(self) -> str:
+        return f"<@{self.id}>"
+
+
+@dataclass
+class VoiceState:
+    channel: VoiceChannel | None
+
+
+class Guild:
+    def __init__(self, voice: VoiceChannel) -> None:
+        self.id = 555
+        self.name = "study group"
+        self.me = Member(BOT, "sera", bot=True, guild=self)
+        self.by_id: dict[int, Member] = {BOT: self.me}
+        for user, name in ((ALICE, "Alice"), (BOB, "Bob"), (CAROL, "Carol"), (DAVE, "Dave")):
+            self.by_id[user] = Member(user, name, voice=VoiceState(voice), guild=self)
+        voice.members = list(self.by_id.values())
+
+    def get_member(self, user_id: int) -> Member | None:
+        return self.by_id.get(user_id)
+
+
+class OfflineListening(Listening):
+    """The real cog; joining a channel gives a voice client fed by the test instead of Discord."""
+
+    def __init__(self, *args: Any, server_dave: davey.DaveSession, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.server_dave = server_dave
+        self.clients: list[FakeVoiceClient] = []
+
+    async def connect(self, channel: VoiceChannel) -> FakeVoiceClient:
+        client = FakeVoiceClient(guild=self.guild, channel=channel, dave=self.server_dave)
+        self.clients.append(client)
+        return client
+
+
+@pytest.fixture(scope="module")
+def shared_pipeline() -> Pipeline:
+    pipeline = Pipeline(Config())
+    yield pipeline
+    pipeline.close()
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> dict[int, np.ndarray]:
+    folder = tmp_path_factory.mktemp("voices")
+    return {user: load_speech(str(say(text, folder / f"{user}.wav"))) for user, text in LINES.items()}
+
+
+class World:
+    """A harness, a guild with a voice and a text channel, DAVE sessions for everyone, the cog."""
+
+    def __init__(self, tmp_path: Path, pipeline: Pipeline, **live: Any) -> None:
+        config = Config(live=LiveOptions(enabled=True, tick_seconds=0.1, **live))
+        self.harness = Harness(tmp_path, config=config, pipeline=pipeline)
+        self.voice = VoiceChannel()
+        self.text = TextChannel()
+        self.guild = Guild(self.voice)
+        server = VoiceServer(CHANNEL)
+        self.bot_dave = davey.DaveSession(davey.DAVE_PROTOCOL_VERSION, BOT, CHANNEL)
+        members = {u: davey.DaveSession(davey.DAVE_PROTOCOL_VERSION, u, CHANNEL) for u in LINES}
+        server.establish(self.bot_dave, list(members.values()))
+        self.speakers = {u: Speaker(u, 100 + i, members[u]) for i, u in enumerate(LINES)}
+        self.cog: OfflineListening
+
+    async def start(self) -> OfflineListening:
+        bot = self.harness.bot
+        self.cog = OfflineListening(bot, self.harness.pipeline, bot.sessions, self.harness.store, self.harness.config.live,
+                                    server_dave=self.bot_dave)  # fmt: skip
+        self.cog.guild = self.guild
+        await bot.add_cog(self.cog)
+        return self.cog
+
+    def interaction(self, user: int) -> FakeInteraction:
+        interaction = self.harness.interaction(user=self.guild.by_id[user])
+        interaction.guild_id = self.guild.id
+        interaction.guild = self.guild
+        interaction.channel = self.text
+        interaction.channel_id = self.text.id
+        return interaction
+
+    async def talk(self, turns: list[Turn]) -> None:
+        """Send the turns as DAVE-encrypted RTP through the voice client, about ten times real time."""
+        client = self.cog.clients[-1]
+        for speaker in self.speakers.values():
+            client.speaking(speaker)
+        encoder = Encoder()
+        for i, (_, user, pcm) in enumerate(frames(turns)):
+            speaker = self.speakers[int(user)]
+            client.deliver(speaker.packet(encoder.encode(pcm, 960), client.secret_key))
+            if i % 10 == 9:
+                await asyncio.sleep(0.002)
+        await asyncio.sleep(1.0)  # the router thread and the session's ticks catch up
+
+
+def sent_texts(interaction: FakeInteraction) -> str:
+    return " ".join(str(kw.get("content")) for kw in interaction.sent())
+
+
+def test_a_study_session_from_start_to_summary(tmp_path: Path, shared_pipeline: Pipeline, speech) -> None:
+    world = World(tmp_path, shared_pipeline)
+
+    async def scenario() -> None:
+        cog = await world.start()
+        alice_starts = world.interaction(ALICE)
+        await cog.start.callback(cog, alice_starts)
+        (notice,) = [kw for kind, kw in alice_starts.log if kind == "followup"]
+        embed = notice["embed"]
+        assert "listening" in embed.title and "<@1001>" in embed.description
+        assert "Nothing is recorded" in embed.description and "opted in" in embed.description
+        buttons = {item.custom_id: item for item in notice["view"].children}
+        assert set(buttons) == {"sera:listen:optin", "sera:listen:optout"}
+
+        for user in (ALICE, BOB, DAVE):  # Carol never opts in; Dave opts in, then out
+            await buttons["sera:listen:optin"].callback(world.interaction(user))
+        dave_out = world.interaction(DAVE)
+        await cog.optout.callback(cog, dave_out)
+        assert "ignores your voice" in sent_texts(dave_out)
+
+        turns = [Turn(str(ALICE), 0.3, speech[ALICE]), Turn(str(BOB), 2.0, speech[BOB]),
+                 Turn(str(CAROL), 5.0, speech[CAROL]), Turn(str(DAVE), 9.0, speech[DAVE])]  # fmt: skip
+        await world.talk(turns)
+        stored_before_stop = world.harness.bot.sessions.utterances(1)
+        assert stored_before_stop  # written while the session runs, not at the end
+
+        stop = world.interaction(BOB)
+        await cog.stop.callback(cog, stop)
+        assert "Summary coming up" in sent_texts(stop)
+        assert cog.active == {} and not cog.clients[-1].connected
+
+        summary = world.text.sent[-1].kwargs
+        assert summary["embed"].title.startswith("📋 Session summary")
+        talk = summary["embed"].fields[0].value
+        assert "<@1001>" in talk and "<@1002>" in talk and "<@1003>" not in talk and "<@1004>" not in talk
+        assert summary["file"].filename == "session-1.png"
+        rows = world.harness.bot.sessions.utterances(1)
+        assert {r.speaker for r in rows} == {str(ALICE), str(BOB)}
+
+        listed = world.interaction(ALICE)
+        await cog.list_sessions.callback(cog, listed)
+        assert "`#1`" in sent_texts(listed) and "ended" in sent_texts(listed)
+        shown = world.interaction(ALICE)
+        await cog.show.callback(cog, shown, 1)
+        assert shown.sent()[-1]["embed"].title.startswith("📋")
+        exported = world.interaction(ALICE)
+        await cog.export.callback(cog, exported, 1)
+        names = [f.filename for f in exported.sent()[-1]["files"]]
+        assert names == ["session-1.csv", "session-1.json"]
+        elsewhere = world.interaction(ALICE)
+        elsewhere.guild_id = 999
+        await cog.show.callback(cog, elsewhere, 1)
+        assert "No session #1 in this server" in sent_texts(elsewhere)
+
+        forget = world.interaction(BOB)
+        view = ForgetView(world.harness.store, world.harness.bot.sessions, BOB)
+        await view.confirm.callback(forget)
+        assert "voice-channel utterances deleted" in sent_texts(forget)
+        assert {r.speaker for r in world.harness.bot.sessions.utterances(1)} == {str(ALICE)}
+        assert str(BOB) not in world.harness.bot.sessions.consenting(str(world.guild.id))
+
+    asyncio.run(scenario())
+    world.harness.close()
+
+
+def test_start_needs_the_caller_in_a_voice_channel_and_the_connect_permission(tmp_path: Path, shared_pipeline: Pipeline) -> None:
+    world = World(tmp_path, shared_pipeline)
+
+    async def scenario() -> None:
+        cog = await world.start()
+        outside = world.interaction(ALICE)
+        world.guild.by_id[ALICE].voice = None
+        await cog.start.callback(cog, outside)
+        assert "Join a voice channel first" in sent_texts(outside)
+        world.guild.by_id[ALICE].voice = VoiceState(world.voice)
+        world.voice.connect = False
+        refused = world.interaction(ALICE)
+        await cog.start.callback(cog, refused)
+        assert "Connect" in sent_texts(refused) and cog.active == {}
+        world.voice.connect = True
+        await cog.start.callback(cog, world.interaction(ALICE))
+        again = world.interaction(BOB)
+        await cog.start.callback(cog, again)
+        assert "already listening" in sent_texts(again)
+        await cog.close()
+
+    asyncio.run(scenario())
+    world.harness.close()
+
+
+def test_the_session_ends_when_the_channel_empties(tmp_path: Path, shared_pipeline: Pipeline, speech) -> None:
+    world = World(tmp_path, shared_pipeline)
+
+    async def scenario() -> None:
+        cog = await world.start()
+        world.harness.bot.sessions.set_consent(str(world.guild.id), str(ALICE), True)
+        await cog.start.callback(cog, world.interaction(ALICE))
+        await world.talk([Turn(str(ALICE), 0.2, speech[ALICE])])
+        for user in LINES:  # everyone leaves; the bot is alone
+            member = world.guild.by_id[user]
+            world.voice.members.remove(member)
+            await cog.on_voice_state_update(member, VoiceState(world.voice), VoiceState(None))
+        assert cog.active == {}
+        summary = world.text.sent[-1].kwargs["embed"]
+        assert "everyone left" in summary.description
+        assert "<@1001>" in summary.fields[0].value
+
+    asyncio.run(scenario())
+    world.harness.close()
+
+
+def test_a_voice_disconnect_marks_the_session_interrupted_and_still_summarises_it(tmp_path: Path, shared_pipeline: Pipeline, speech) -> None:
+    world = World(tmp_path, shared_pipeline)
+
+    async def scenario() -> None:
+        cog = await world.start()
+        world.harness.bot.sessions.set_consent(str(world.guild.id), str(ALICE), True)
+        await cog.start.callback(cog, world.interaction(ALICE))
+        await world.talk([Turn(str(ALICE), 0.2, speech[ALICE])])
+        await cog.on_voice_state_update(world.guild.me, VoiceState(world.voice), VoiceState(None))
+        summary = world.text.sent[-1].kwargs["embed"]
+        assert "(interrupted)" in summary.title and "disconnected" in summary.description
+        assert world.harness.bot.sessions.info(1)[1] == INTERRUPTED
+        assert world.harness.bot.sessions.utterances(1)
+
+    asyncio.run(scenario())
+    world.harness.close()
+
+
+def test_the_time_limit_ends_the_session(tmp_path: Path, shared_pipeline: Pipeline) -> None:
+    world = World(tmp_path, shared_pipeline, max_session_minutes=0.01)
+
+    async def scenario() -> None:
+        cog = await world.start()
+        await cog.start.callback(cog, world.interaction(ALICE))
+        await asyncio.sleep(1.5)
+        assert cog.active == {}
+        assert "time limit" in world.text.sent[-1].kwargs["embed"].description
+
+    asyncio.run(scenario())
+    world.harness.close()
+
+
+def test_sessions_a_crash_left_open_are_summarised_after_a_restart(tmp_path: Path, shared_pipeline: Pipeline) -> None:
+    first = World(tmp_path, shared_pipeline)
+    sessions = first.harness.bot.sessions
+    info = sessions.start(str(first.guild.id), str(CHANNEL), str(ALICE), str(first.text.id))
+    sessions.add(info.id, [Utterance(str(ALICE), 1.0, 4.0, "calm", 0.8, {"calm": 0.8, "sad": 0.2}, {})])
+    first.harness.close()  # the process died with the session still "live"
+
+    restarted = World(tmp_path, shared_pipeline)
+
+    async def scenario() -> None:
+        cog = await restarted.start()
+        restarted.harness.bot.get_channel = lambda channel_id: restarted.text if channel_id == restarted.text.id else None
+        restarted.harness.bot.get_guild = lambda guild_id: restarted.guild
+        await cog.summarise_interrupted()
+        summary = restarted.text.sent[-1].kwargs["embed"]
+        assert "(interrupted)" in summary.title and "restarted" in summary.description
+        assert "<@1001>" in summary.fields[0].value
+
+    asyncio.run(scenario())
+    assert restarted.harness.bot.sessions.info(info.id)[1] == INTERRUPTED
+    restarted.harness.close()
+
+
+def test_live_feedback_is_posted_then_edited_when_the_server_turned_it_on(tmp_path: Path, shared_pipeline: Pipeline, speech) -> None:
+    world = World(tmp_path, shared_pipeline, feedback_seconds=0.0)
+
+    async def scenario() -> None:
+        cog = await world.start()
+        world.harness.store.update_settings(world.guild.id, lambda s: s.__class__(**{**s.__dict__, "live_feedback": True}))
+        for user in (ALICE, BOB):
+            world.harness.bot.sessions.set_consent(str(world.guild.id), str(user), True)
+        await cog.start.callback(cog, world.interaction(ALICE))
+        await world.talk([Turn(str(ALICE), 0.2, speech[ALICE]), Turn(str(BOB), 6.0, speech[BOB])])
+        feedback = [m for m in world.text.sent if m.content and m.content.startswith("**Live mood**")]
+        assert len(feedback) == 1 and "<@1001>" in feedback[0].content
+        assert feedback[0].edits and "<@1002>" in feedback[0].edits[-1]
+        await cog.close()
+
+    asyncio.run(scenario())
+    world.harness.close()
