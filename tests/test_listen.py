@@ -111,8 +111,11 @@ class OfflineListening(Listening):
         super().__init__(*args, **kwargs)
         self.server_dave = server_dave
         self.clients: list[FakeVoiceClient] = []
+        self.refuse: Exception | None = None
 
     async def connect(self, channel: VoiceChannel) -> FakeVoiceClient:
+        if self.refuse is not None:
+            raise self.refuse
         client = FakeVoiceClient(guild=self.guild, channel=channel, dave=self.server_dave)
         self.clients.append(client)
         return client
@@ -261,6 +264,11 @@ def test_start_needs_the_caller_in_a_voice_channel_and_the_connect_permission(tm
         await cog.start.callback(cog, refused)
         assert "Connect" in sent_texts(refused) and cog.active == {}
         world.voice.connect = True
+        cog.refuse = asyncio.TimeoutError("timed out")
+        timed_out = world.interaction(ALICE)
+        await cog.start.callback(cog, timed_out)
+        assert "couldn't join" in sent_texts(timed_out) and cog.active == {}
+        cog.refuse = None
         await cog.start.callback(cog, world.interaction(ALICE))
         again = world.interaction(BOB)
         await cog.start.callback(cog, again)
@@ -305,6 +313,26 @@ def test_a_voice_disconnect_marks_the_session_interrupted_and_still_summarises_i
         assert "(interrupted)" in summary.title and "disconnected" in summary.description
         assert world.harness.bot.sessions.info(1)[1] == INTERRUPTED
         assert world.harness.bot.sessions.utterances(1)
+
+    asyncio.run(scenario())
+    world.harness.close()
+
+
+def test_a_failing_receive_thread_ends_the_session_as_interrupted(tmp_path: Path, shared_pipeline: Pipeline) -> None:
+    world = World(tmp_path, shared_pipeline)
+
+    async def scenario() -> None:
+        cog = await world.start()
+        await cog.start.callback(cog, world.interaction(ALICE))
+        loop = asyncio.get_running_loop()
+        # the library calls ``after(error)`` on its own thread when its router dies
+        await asyncio.to_thread(cog._receive_stopped, loop, world.guild.id, RuntimeError("socket closed"))
+        for _ in range(50):
+            if not cog.active:
+                break
+            await asyncio.sleep(0.05)
+        assert cog.active == {}
+        assert "voice receive failed" in world.text.sent[-1].kwargs["embed"].description
 
     asyncio.run(scenario())
     world.harness.close()

@@ -16,8 +16,9 @@ import asyncio
 import io
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import discord
 from discord import app_commands
@@ -105,6 +106,8 @@ class Listening(commands.Cog):
         self.store = store
         self.options = options
         self.active: dict[int, Active] = {}
+        self._starting: set[int] = set()  # guilds between "/listen start" and the session being up
+        self._tasks: set[asyncio.Future] = set()  # work scheduled from other threads, kept until done
         self.view = ConsentView(self)
 
     async def cog_load(self) -> None:
@@ -124,13 +127,20 @@ class Listening(commands.Cog):
         if guild is None or channel is None:
             await interaction.response.send_message("Join a voice channel first, then run `/listen start`.", ephemeral=True)
             return
-        if guild.id in self.active:
-            running = self.active[guild.id].voice.channel
-            await interaction.response.send_message(f"I'm already listening in {running.mention}.", ephemeral=True)
+        if guild.id in self.active or guild.id in self._starting:
+            running = self.active[guild.id].voice.channel.mention if guild.id in self.active else "this server"
+            await interaction.response.send_message(f"I'm already listening in {running}.", ephemeral=True)
             return
         if not channel.permissions_for(guild.me).connect:
             await interaction.response.send_message(f"I need the **Connect** permission in {channel.mention}.", ephemeral=True)
             return
+        self._starting.add(guild.id)
+        try:
+            await self._start(interaction, guild, channel)
+        finally:
+            self._starting.discard(guild.id)
+
+    async def _start(self, interaction: discord.Interaction, guild: discord.Guild, channel: discord.abc.GuildChannel) -> None:
         await interaction.response.defer(thinking=True)
         space = str(guild.id)
         consenting = await asyncio.to_thread(self.sessions.consenting, space)
@@ -143,17 +153,17 @@ class Listening(commands.Cog):
         )  # fmt: skip
         try:
             voice_client = await self.connect(channel)
+            voice_client.listen(
+                SeraSink(live, lambda: voice_client._connection.dave_session),
+                after=lambda error: self._receive_stopped(loop, guild.id, error),
+            )
         except (asyncio.TimeoutError, discord.ClientException, RuntimeError, OSError) as error:
             log.warning("could not join voice channel %s in guild %s: %s", channel.id, guild.id, error)
             await asyncio.to_thread(live.finish, INTERRUPTED)
-            await interaction.followup.send(f"I couldn't join {channel.mention}: {error}. Please try again.")
+            await interaction.followup.send(f"I couldn't join {channel.mention} ({error}). Please try again.")
             return
         active = Active(live, voice_client, interaction.channel, guild, consenting, loop)
         self.active[guild.id] = active
-        voice_client.listen(
-            SeraSink(live, lambda: voice_client._connection.dave_session),
-            after=lambda error: self._receive_stopped(loop, guild.id, error),
-        )
         active.task = asyncio.create_task(self._run(guild.id, active))
         log.info("session %d: listening in channel %s of guild %s", info.id, channel.id, guild.id)
         await interaction.followup.send(embed=notice(interaction.user, channel, self.options.max_session_minutes), view=self.view)
@@ -167,7 +177,7 @@ class Listening(commands.Cog):
         """The receive thread stopped (called on it): end the session as interrupted unless we stopped it."""
         if error is not None:
             log.error("voice receive failed in guild %s: %s", guild_id, error)
-            loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self.end(guild_id, INTERRUPTED, "voice receive failed")))
+            loop.call_soon_threadsafe(self._schedule, self.end(guild_id, INTERRUPTED, "voice receive failed"))
 
     # -- during --------------------------------------------------------------------------------------------
 
@@ -175,9 +185,14 @@ class Listening(commands.Cog):
         """Called on a worker thread with each batch of stored utterances; hands them to the loop."""
 
         def arrived(rows: list[Utterance]) -> None:
-            loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._feedback(guild_id, rows)))
+            loop.call_soon_threadsafe(self._schedule, self._feedback(guild_id, rows))
 
         return arrived
+
+    def _schedule(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _feedback(self, guild_id: int, rows: list[Utterance]) -> None:
         active = self.active.get(guild_id)
@@ -191,7 +206,7 @@ class Listening(commands.Cog):
         if not settings.live_feedback or not active.moods or now - active.last_feedback < self.options.feedback_seconds:
             return
         active.last_feedback = now
-        text = "**Live mood** (updates every few seconds)\n" + "\n".join(
+        text = f"**Live mood** (updated at most every {self.options.feedback_seconds:.0f} s)\n" + "\n".join(
             f"<@{speaker}>: {emoji(label)} {label} {confidence:.0%}" for speaker, (label, confidence) in active.moods.items()
         )
         try:
