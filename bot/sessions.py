@@ -11,12 +11,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from bot.database import open_database
 from bot.errors import SeraError
 from bot.summary import SessionInfo, Utterance
 
@@ -62,14 +62,7 @@ class SessionStore:
     """One connection shared by threads, serialised by a lock; every write is committed at once."""
 
     def __init__(self, path: Path) -> None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(SCHEMA)
-        except (sqlite3.Error, OSError) as exc:
-            raise SeraError(f"cannot open the database {path}: {exc}") from None
+        self._db = open_database(path, SCHEMA)
         self.path = path
         self._lock = threading.Lock()
 

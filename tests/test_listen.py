@@ -166,6 +166,14 @@ class World:
         interaction.channel_id = self.text.id
         return interaction
 
+    async def alice_talking(self, speech: dict[int, np.ndarray]) -> OfflineListening:
+        """The cog, with a session Alice (opted in) started and spoke in."""
+        cog = await self.start()
+        self.harness.bot.sessions.set_consent(str(self.guild.id), str(ALICE), True)
+        await cog.start.callback(cog, self.interaction(ALICE))
+        await self.talk([Turn(str(ALICE), 0.2, speech[ALICE])])
+        return cog
+
     async def talk(self, turns: list[Turn]) -> None:
         """Send the turns as DAVE-encrypted RTP through the voice client, about ten times real time."""
         client = self.cog.clients[-1]
@@ -283,10 +291,7 @@ def test_the_session_ends_when_the_channel_empties(tmp_path: Path, shared_pipeli
     world = World(tmp_path, shared_pipeline)
 
     async def scenario() -> None:
-        cog = await world.start()
-        world.harness.bot.sessions.set_consent(str(world.guild.id), str(ALICE), True)
-        await cog.start.callback(cog, world.interaction(ALICE))
-        await world.talk([Turn(str(ALICE), 0.2, speech[ALICE])])
+        cog = await world.alice_talking(speech)
         for user in LINES:  # everyone leaves; the bot is alone
             member = world.guild.by_id[user]
             world.voice.members.remove(member)
@@ -304,10 +309,7 @@ def test_a_voice_disconnect_marks_the_session_interrupted_and_still_summarises_i
     world = World(tmp_path, shared_pipeline)
 
     async def scenario() -> None:
-        cog = await world.start()
-        world.harness.bot.sessions.set_consent(str(world.guild.id), str(ALICE), True)
-        await cog.start.callback(cog, world.interaction(ALICE))
-        await world.talk([Turn(str(ALICE), 0.2, speech[ALICE])])
+        cog = await world.alice_talking(speech)
         await cog.on_voice_state_update(world.guild.me, VoiceState(world.voice), VoiceState(None))
         summary = world.text.sent[-1].kwargs["embed"]
         assert "(interrupted)" in summary.title and "disconnected" in summary.description

@@ -7,13 +7,13 @@ ever stored: a row holds who asked, where, when, and what the analysis said.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bot.database import open_database
 from bot.errors import SeraError
 from bot.plugin import Report
 
@@ -69,14 +69,7 @@ class Store:
     """One connection shared by the bot's threads, serialised by a lock (SQLite calls take microseconds)."""
 
     def __init__(self, path: Path) -> None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(SCHEMA)
-        except (sqlite3.Error, OSError) as exc:
-            raise SeraError(f"cannot open the database {path}: {exc}") from None
+        self._db = open_database(path, SCHEMA)
         self.path = path
         self._lock = threading.Lock()
 
