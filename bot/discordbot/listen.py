@@ -16,7 +16,7 @@ import asyncio
 import io
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -263,7 +263,7 @@ class Listening(commands.Cog):
                  len(summary.timeline), summary.shed)  # fmt: skip
         await self.post_summary(active.channel, summary, reason)
 
-    def _names(self, guild: discord.Guild, speakers: object) -> dict[str, str]:
+    def _names(self, guild: discord.Guild, speakers: Iterable[str]) -> dict[str, str]:
         names = {}
         for speaker in speakers:
             member = guild.get_member(int(speaker))
@@ -322,8 +322,10 @@ class Listening(commands.Cog):
         speaker = str(interaction.user.id)
         await asyncio.to_thread(self.sessions.set_consent, str(interaction.guild_id), speaker, consents)
         active = self.active.get(interaction.guild_id)
-        if active is not None:
-            (active.consenting.add if consents else active.consenting.discard)(speaker)
+        if active is not None and consents:
+            active.consenting.add(speaker)
+        elif active is not None:
+            active.consenting.discard(speaker)
         log.info("user %s opted %s in guild %s", speaker, "in" if consents else "out", interaction.guild_id)
         text = (
             "You're in: when sera listens in this server, how your voice sounds is analysed (never recorded). "
