@@ -57,57 +57,73 @@ class SpeakerTrack:
         self._new_stream = stream
         self.queue: deque[tuple[float, bytes]] = deque()  # (time in session, PCM) from the receive thread
         self.max_queue_frames = max_queue_frames
+        self.late = 0  # frames that arrived after their time had passed, dropped
         self._reset(0)
 
     def _reset(self, origin: int) -> None:
-        self.origin = origin  # session sample (16 kHz) where the current stream began
+        """Start a fresh stream whose first 48 kHz sample sits at session sample ``origin`` (48 kHz)."""
+        self.origin = origin
+        self.received = 0  # 48 kHz samples given to the resampler since ``origin``, silence included
         self.vad = self._new_stream()
         self.resampler = soxr.ResampleStream(SOURCE_RATE, SAMPLE_RATE, 1, dtype="float32")
-        self.kept = np.zeros(0, dtype=np.float32)  # stream samples from ``kept_from`` on
+        self.kept = np.zeros(0, dtype=np.float32)  # 16 kHz stream samples from ``kept_from`` on
         self.kept_from = 0
 
     @property
-    def position(self) -> int:
-        """Session sample just after the last one heard."""
-        return self.origin + self.vad.samples_seen
+    def position(self) -> float:
+        """Session time (seconds) just after the last sample received."""
+        return (self.origin + self.received) / SOURCE_RATE
 
-    def drain(self, final: bool = False) -> list[tuple[int, int, np.ndarray]]:
-        """Everything queued so far -> the speech spans it completed: (start, end) session samples, audio.
+    def drain(self, final: bool = False) -> list[tuple[float, float, np.ndarray]]:
+        """Everything queued so far -> the speech spans it completed: (start, end) in session seconds, audio.
 
-        ``final`` also closes the span still open (the session is ending).
+        Packets carry their time, so the timeline is kept at 48 kHz, before the resampler (which
+        emits in bursts): a gap between packets is silence, a packet older than the timeline is
+        dropped. ``final`` also closes the span still open (the session is ending).
         """
-        spans: list[tuple[int, int, np.ndarray]] = []
+        spans: list[tuple[float, float, np.ndarray]] = []
         while self.queue:
             at, pcm = self.queue.popleft()
-            target = round(at * SAMPLE_RATE)
-            gap = target - self.position
-            if gap > MAX_GAP_FILL_SECONDS * SAMPLE_RATE:
-                spans += self._cut(self.vad.flush())
-                self._reset(target)
-            elif gap > SAMPLE_RATE // 100:  # packets stop while a speaker is silent: that time was silence
-                spans += self._cut(self._push(np.zeros(gap, dtype=np.float32)))
-            spans += self._cut(self._push(self.resampler.resample_chunk(pcm_to_float(pcm))))
+            gap = round(at * SOURCE_RATE) - (self.origin + self.received)
+            if gap < -FRAME_SAMPLES // 2:  # its time has passed (its slot was filled): too late to use
+                self.late += 1
+                continue
+            if gap > MAX_GAP_FILL_SECONDS * SOURCE_RATE:
+                spans += self._end_stream()
+                self._reset(round(at * SOURCE_RATE))
+                gap = 0
+            audio = pcm_to_float(pcm)
+            if gap > FRAME_SAMPLES // 2:  # packets stop while a speaker is silent: that time was silence
+                audio = np.concatenate([np.zeros(gap, dtype=np.float32), audio])
+            self.received += audio.size
+            spans += self._cut(self._push(self.resampler.resample_chunk(audio)))
         if final:
-            spans += self._cut(self.vad.flush())
+            spans += self._end_stream()
         return spans
 
-    def close_if_idle(self, now: float) -> list[tuple[int, int, np.ndarray]]:
+    def close_if_idle(self, now: float) -> list[tuple[float, float, np.ndarray]]:
         """Voice clients stop sending when their user stops talking, so silence never arrives to end
         the utterance: after ``IDLE_SECONDS`` without packets, close it."""
-        if self.vad.samples_seen == 0 or now - self.position / SAMPLE_RATE < IDLE_SECONDS:
+        if self.received == 0 or now - self.position < IDLE_SECONDS:
             return []
-        spans = self._cut(self.vad.flush())
-        self._reset(self.position)
+        return self._end_stream()
+
+    def _end_stream(self) -> list[tuple[float, float, np.ndarray]]:
+        """Close the stream (the resampler's tail, the open span); the next one starts where it ended."""
+        tail = self.resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+        spans = self._cut(self._push(tail) + self.vad.flush())
+        self._reset(self.origin + self.received)
         return spans
 
     def _push(self, samples: np.ndarray) -> list[tuple[int, int]]:
         self.kept = np.concatenate([self.kept, samples])
         return self.vad.push(samples)
 
-    def _cut(self, spans: list[tuple[int, int]]) -> list[tuple[int, int, np.ndarray]]:
+    def _cut(self, spans: list[tuple[int, int]]) -> list[tuple[float, float, np.ndarray]]:
         """Samples of finished spans; then drop the samples no later span can include."""
         lo = self.kept_from
-        out = [(self.origin + a, self.origin + b, self.kept[a - lo : b - lo].copy()) for a, b in spans]
+        start = self.origin / SOURCE_RATE
+        out = [(start + a / SAMPLE_RATE, start + b / SAMPLE_RATE, self.kept[a - lo : b - lo].copy()) for a, b in spans]
         keep_from = max(lo, self.vad.earliest_open())
         self.kept = self.kept[keep_from - lo :]
         self.kept_from = keep_from
@@ -190,7 +206,7 @@ class LiveSession:
                     continue
                 now = max(self.latest, self.elapsed())
                 for start, end, audio in track.drain(final) + track.close_if_idle(now):
-                    found.append(Utterance(track.speaker, start / SAMPLE_RATE, end / SAMPLE_RATE, None, None))
+                    found.append(Utterance(track.speaker, start, end, None, None))
                     samples.append(audio)
             if not found:
                 return []

@@ -179,13 +179,18 @@ class World:
         client = self.cog.clients[-1]
         for speaker in self.speakers.values():
             client.speaking(speaker)
-        encoder = Encoder()
+        encoders = {user: Encoder() for user in self.speakers}  # each client has its own Opus encoder state
         for i, (_, user, pcm) in enumerate(frames(turns)):
             speaker = self.speakers[int(user)]
-            client.deliver(speaker.packet(encoder.encode(pcm, 960), client.secret_key))
+            client.deliver(speaker.packet(encoders[int(user)].encode(pcm, 960), client.secret_key))
             if i % 10 == 9:
                 await asyncio.sleep(0.002)
-        await asyncio.sleep(1.0)  # the router thread and the session's ticks catch up
+        await asyncio.sleep(0.3)  # the library's router thread hands over what it buffered
+        live = self.cog.active[self.guild.id].live
+        for _ in range(200):  # then the session's ticks work through the queues
+            if not any(track.queue for track in live.tracks.values()):
+                break
+            await asyncio.sleep(0.05)
 
 
 def sent_texts(interaction: FakeInteraction) -> str:
@@ -387,7 +392,13 @@ def test_live_feedback_is_posted_then_edited_when_the_server_turned_it_on(tmp_pa
             world.harness.bot.sessions.set_consent(str(world.guild.id), str(user), True)
         await cog.start.callback(cog, world.interaction(ALICE))
         await world.talk([Turn(str(ALICE), 0.2, speech[ALICE]), Turn(str(BOB), 6.0, speech[BOB])])
-        feedback = [m for m in world.text.sent if m.content and m.content.startswith("**Live mood**")]
+        # Frames went in ~10x faster than real time, but a speaker's utterance closes once the session
+        # clock is 0.6 s past their last packet: Bob's row (and the edit) come when real time catches up.
+        for _ in range(300):
+            feedback = [m for m in world.text.sent if m.content and m.content.startswith("**Live mood**")]
+            if feedback and feedback[0].edits and "<@1002>" in feedback[0].edits[-1]:
+                break
+            await asyncio.sleep(0.05)
         assert len(feedback) == 1 and "<@1001>" in feedback[0].content
         assert feedback[0].edits and "<@1002>" in feedback[0].edits[-1]
         await cog.close()

@@ -21,7 +21,7 @@ from bot.discordbot.receive import SILENCE, FrameDecryptor, SeraSink
 from bot.live import LiveSession
 from bot.sessions import SessionStore
 from tests.dave_harness import FakeVoiceClient, Speaker, VoiceServer
-from tests.voice_sim import Turn, frames, load_speech
+from tests.voice_sim import Turn, frames, load_speech, speech_extent
 
 CHANNEL = 927_310_423_890_473_011
 BOT, ALICE, BOB, CAROL = 1001, 2002, 3003, 4004
@@ -161,10 +161,10 @@ def test_encrypted_speech_through_the_receive_path_is_analysed_only_for_those_wh
     speech = load_speech(str(speech_wav))
     turns = [Turn(str(ALICE), 0.5, speech), Turn(str(BOB), 2.0, speech), Turn(str(CAROL), 1.0, speech)]
     by_user = {str(s.user_id): s for s in speakers}
-    encoder = Encoder()
+    encoders = {user: Encoder() for user in by_user}  # each client has its own Opus encoder state
     for i, (_, speaker_id, pcm) in enumerate(frames(turns)):
         speaker = by_user[speaker_id]
-        voice.deliver(speaker.packet(encoder.encode(pcm, 960), voice.secret_key))
+        voice.deliver(speaker.packet(encoders[speaker_id].encode(pcm, 960), voice.secret_key))
         if i % 50 == 0:
             time.sleep(0.005)  # let the router thread keep up, as real 20 ms pacing would
     deadline = time.monotonic() + 10
@@ -180,8 +180,10 @@ def test_encrypted_speech_through_the_receive_path_is_analysed_only_for_those_wh
     assert sink.decryptor.counts["decrypted"] > 200 and sink.decryptor.counts["failed"] == 0
     assert all(r.label for r in rows)
     alice = [r for r in rows if r.speaker == str(ALICE)]
-    assert alice[0].start == pytest.approx(0.5, abs=0.35)
-    assert alice[-1].end == pytest.approx(turns[0].end, abs=0.5)
+    # Each speaker's timeline is anchored at the arrival of their first packet (RTP timestamps are
+    # per sender), and these arrived faster than real time, so check the utterance's extent, not its offset.
+    assert alice[-1].end - alice[0].start == pytest.approx(speech_extent(speech), abs=0.4)
+    assert all(t.late == 0 for t in live.tracks.values())
     assert {s.speaker for s in summary.speakers} == {str(ALICE), str(BOB)}
     assert summary.speakers[0].share == pytest.approx(0.5, abs=0.05)
     store.close()

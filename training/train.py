@@ -43,7 +43,7 @@ class Recipe:
     head: str = "stats"
     channels: tuple[int, ...] = (16, 32, 64, 128)
     dropout: float = 0.1
-    epochs: int = 60
+    epochs: int = 120
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 1e-3
