@@ -257,6 +257,9 @@ class LiveSession:
             self.process(final=True)
         finally:
             self.store.finish(self.info.id, status, self.shed)
+        late = sum(track.late for track in self.tracks.values())
+        if late:
+            log.info("session %d: %d frames arrived after their time and were dropped", self.info.id, late)
         summary = summarize(
             self.info, status, self.elapsed(), self.store.utterances(self.info.id), names, shed=self.shed
         )

@@ -247,3 +247,22 @@ def test_a_third_party_plugin_sees_sessions_through_the_plugin_api(lines, tmp_pa
         store.close()
     finally:
         pipeline.close()
+
+
+def test_a_packet_older_than_the_timeline_is_dropped_and_gaps_become_silence(pipeline, lines, tmp_path: Path):
+    store = SessionStore(tmp_path / "sera.db")
+    info = store.start("guild", "voice", "alice")
+    live = LiveSession(pipeline, store, info, LiveOptions(enabled=True), consents=OPTED_IN.__contains__)
+    sent = frames([Turn("alice", 0.0, lines[0])])
+    for k, (at, speaker, pcm) in enumerate(sent):
+        if k == 100:
+            continue  # lost in transit: the track fills its 20 ms with silence
+        live.feed(speaker, pcm, at)
+        if k == 150:
+            live.feed(speaker, sent[140][2], sent[140][0])  # a duplicate that arrives ten frames late
+    live.process()
+    track = live.tracks["alice"]
+    assert track.late == 1
+    assert track.position == pytest.approx(sent[-1][0] + 0.02, abs=1e-6)  # the timeline did not drift
+    live.finish()
+    store.close()
