@@ -220,8 +220,13 @@ def test_a_study_session_from_start_to_summary(tmp_path: Path, shared_pipeline: 
         turns = [Turn(str(ALICE), 0.3, speech[ALICE]), Turn(str(BOB), 2.0, speech[BOB]),
                  Turn(str(CAROL), 5.0, speech[CAROL]), Turn(str(DAVE), 9.0, speech[DAVE])]  # fmt: skip
         await world.talk(turns)
-        stored_before_stop = world.harness.bot.sessions.utterances(1)
-        assert stored_before_stop  # written while the session runs, not at the end
+        # Rows are written while the session runs, not at the end: each utterance as soon as it closes
+        # (at the latest when the session clock, real time here, passes its speaker's last packet).
+        for _ in range(300):
+            if world.harness.bot.sessions.utterances(1):
+                break
+            await asyncio.sleep(0.05)
+        assert world.harness.bot.sessions.utterances(1)
 
         stop = world.interaction(BOB)
         await cog.stop.callback(cog, stop)
@@ -334,8 +339,8 @@ def test_a_failing_receive_thread_ends_the_session_as_interrupted(tmp_path: Path
         loop = asyncio.get_running_loop()
         # the library calls ``after(error)`` on its own thread when its router dies
         await asyncio.to_thread(cog._receive_stopped, loop, world.guild.id, RuntimeError("socket closed"))
-        for _ in range(50):
-            if not cog.active:
+        for _ in range(200):
+            if world.text.sent:
                 break
             await asyncio.sleep(0.05)
         assert cog.active == {}

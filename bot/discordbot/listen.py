@@ -177,7 +177,7 @@ class Listening(commands.Cog):
         """The receive thread stopped (called on it): end the session as interrupted unless we stopped it."""
         if error is not None:
             log.error("voice receive failed in guild %s: %s", guild_id, error)
-            loop.call_soon_threadsafe(self._schedule, self.end(guild_id, INTERRUPTED, "voice receive failed"))
+            loop.call_soon_threadsafe(lambda: self._schedule(self.end(guild_id, INTERRUPTED, "voice receive failed")))
 
     # -- during --------------------------------------------------------------------------------------------
 
@@ -185,7 +185,8 @@ class Listening(commands.Cog):
         """Called on a worker thread with each batch of stored utterances; hands them to the loop."""
 
         def arrived(rows: list[Utterance]) -> None:
-            loop.call_soon_threadsafe(self._schedule, self._feedback(guild_id, rows))
+            if not loop.is_closed():  # the coroutine is made on the loop's thread, where it will run
+                loop.call_soon_threadsafe(lambda: self._schedule(self._feedback(guild_id, rows)))
 
         return arrived
 
