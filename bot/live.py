@@ -55,8 +55,8 @@ class SpeakerTrack:
     def __init__(self, speaker: str, stream: Callable[[], SpeechStream], max_queue_frames: int) -> None:
         self.speaker = speaker
         self._new_stream = stream
-        self.queue: deque[tuple[float, bytes]] = deque()  # (time in session, PCM) from the receive thread
-        self.max_queue_frames = max_queue_frames
+        # (time in session, PCM) from the receive thread; when full, appending drops the oldest frame
+        self.queue: deque[tuple[float, bytes]] = deque(maxlen=max_queue_frames)
         self.late = 0  # frames that arrived after their time had passed, dropped
         self._reset(0)
 
@@ -160,7 +160,7 @@ class LiveSession:
         self._process_lock = threading.Lock()
         self._last_shed_log = 0.0
         self._max_queue_frames = round(options.speaker_buffer_seconds * 50)
-        self._notify("session_started", info)
+        pipeline.plugins.notify("session_started", info)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -182,14 +182,13 @@ class LiveSession:
                 track = self.tracks.setdefault(speaker, SpeakerTrack(speaker, self._stream, self._max_queue_frames))
         at = self.elapsed() if at is None else at
         self.latest = max(self.latest, at)
-        track.queue.append((at, pcm))
-        if len(track.queue) > track.max_queue_frames:
-            track.queue.popleft()
+        if len(track.queue) == track.queue.maxlen:  # analysis is behind: the oldest frame goes
             self.shed += 1
             now = time.monotonic()
             if now - self._last_shed_log > SHED_LOG_INTERVAL_SECONDS:
                 self._last_shed_log = now
                 log.warning("session %d: analysis is behind, %d frames of audio shed so far", self.info.id, self.shed)
+        track.queue.append((at, pcm))
         return True
 
     def _stream(self) -> SpeechStream:
@@ -200,11 +199,11 @@ class LiveSession:
         with self._process_lock:
             found: list[Utterance] = []
             samples: list[np.ndarray] = []
+            now = max(self.latest, self.elapsed())
             for track in list(self.tracks.values()):
                 if not self.consents(track.speaker):
                     track.queue.clear()  # opted out mid-session: what was queued is dropped, not analysed
                     continue
-                now = max(self.latest, self.elapsed())
                 for start, end, audio in track.drain(final) + track.close_if_idle(now):
                     found.append(Utterance(track.speaker, start, end, None, None))
                     samples.append(audio)
@@ -263,12 +262,5 @@ class LiveSession:
         summary = summarize(
             self.info, status, self.elapsed(), self.store.utterances(self.info.id), names, shed=self.shed
         )
-        self._notify("session_ended", self.info, summary)
+        self.pipeline.plugins.notify("session_ended", self.info, summary)
         return summary
-
-    def _notify(self, hook: str, *args: object) -> None:
-        for plugin in self.pipeline.plugins.loaded:
-            try:
-                getattr(plugin, hook)(*args)
-            except Exception:
-                log.exception("plugin %s failed in %s", plugin.name, hook)

@@ -69,6 +69,14 @@ class PluginSet:
         reason = next((i.status for i in self.infos if i.name == name), "not installed")
         raise SeraError(f"reporter {name!r} is not available ({reason})")
 
+    def notify(self, hook: str, *args: object) -> None:
+        """Call a session hook (``session_started``/``session_ended``) on every plugin; one that raises is logged."""
+        for plugin in self.loaded:
+            try:
+                getattr(plugin, hook)(*args)
+            except Exception:
+                log.exception("plugin %s failed in %s", plugin.name, hook)
+
     def render_session(self, summary: SessionSummary) -> dict[str, Any]:
         """Every reporter's rendering of a session summary; one that raises is logged and left out."""
         out = {}

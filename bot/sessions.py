@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 from bot.database import open_database
 from bot.errors import SeraError
@@ -54,6 +55,18 @@ CREATE TABLE IF NOT EXISTS consent (
     PRIMARY KEY (space, speaker)
 );
 """
+
+class StoredSession(NamedTuple):
+    """A session as the store knows it."""
+
+    info: SessionInfo
+    status: str
+    duration: float  # seconds; up to now while it is live
+    shed: int
+    report_to: str | None  # where its summary goes
+
+
+SESSION_COLUMNS = "id, space, room, started_by, started_at, status, ended_at, shed, report_to"
 
 EXPORT_FIELDS = ("session", "speaker", "start_s", "end_s", "label", "confidence", "probabilities")
 
@@ -113,29 +126,18 @@ class SessionStore:
                 )
         return ids
 
-    def info(self, session_id: int) -> tuple[SessionInfo, str, float, int, str | None] | None:
-        """The session, its status, its duration in seconds, how much was shed and where to report."""
+    def info(self, session_id: int) -> StoredSession | None:
         with self._lock:
-            row = self._db.execute(
-                "SELECT id, space, room, started_by, started_at, status, ended_at, shed, report_to FROM sessions WHERE id = ?",
-                (session_id,),
-            ).fetchone()
-        if row is None:
-            return None
-        info = SessionInfo(row[0], row[1], row[2], row[3], row[4])
-        duration = (row[6] or time.time()) - row[4]
-        return info, row[5], duration, row[7], row[8]
+            row = self._db.execute(f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        return _stored(row) if row else None
 
-    def sessions(self, space: str, limit: int = 10) -> list[tuple[SessionInfo, str, float]]:
-        """The latest sessions of a space: info, status and duration."""
+    def sessions(self, space: str, limit: int = 10) -> list[StoredSession]:
+        """The latest sessions of a space, newest first."""
         with self._lock:
-            ids = [r[0] for r in self._db.execute("SELECT id FROM sessions WHERE space = ? ORDER BY id DESC LIMIT ?", (space, limit))]
-        found = []
-        for session_id in ids:
-            known = self.info(session_id)
-            if known:
-                found.append(known[:3])
-        return found
+            rows = self._db.execute(
+                f"SELECT {SESSION_COLUMNS} FROM sessions WHERE space = ? ORDER BY id DESC LIMIT ?", (space, limit)
+            ).fetchall()
+        return [_stored(row) for row in rows]
 
     def utterances(self, session_id: int) -> list[Utterance]:
         with self._lock:
@@ -202,3 +204,9 @@ class SessionStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _stored(row: tuple) -> StoredSession:
+    started_at, ended_at = row[4], row[6]
+    info = SessionInfo(row[0], row[1], row[2], row[3], started_at)
+    return StoredSession(info, row[5], (ended_at or time.time()) - started_at, row[7], row[8])

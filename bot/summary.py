@@ -119,9 +119,11 @@ def summarize(
     names = names or {}
     rows = sorted(rows, key=lambda r: (r.start, r.speaker))
     total = sum(r.duration for r in rows)
+    by_speaker: dict[str, list[Utterance]] = {}
+    for row in rows:
+        by_speaker.setdefault(row.speaker, []).append(row)
     speakers = []
-    for speaker in sorted({r.speaker for r in rows}, key=lambda s: -sum(r.duration for r in rows if r.speaker == s)):
-        own = [r for r in rows if r.speaker == speaker]
+    for speaker, own in by_speaker.items():
         talk = sum(r.duration for r in own)
         emotions = _weighted(own)
         speakers.append(
@@ -135,6 +137,7 @@ def summarize(
                 dominant=max(emotions, key=emotions.get) if emotions else None,
             )
         )
+    speakers.sort(key=lambda s: -s.talk_seconds)  # most talk first
     return SessionSummary(
         session=session,
         status=status,

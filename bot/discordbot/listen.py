@@ -27,10 +27,9 @@ from discord.ext import commands, voice_recv
 from bot.config import LiveOptions
 from bot.discordbot.receive import SeraSink
 from bot.discordbot.store import Store
-from bot.errors import SeraError
 from bot.live import LiveSession
 from bot.pipeline import Pipeline
-from bot.sessions import ENDED, INTERRUPTED, SessionStore
+from bot.sessions import ENDED, INTERRUPTED, SessionStore, StoredSession
 from bot.summary import SessionSummary, Utterance, clock, summarize
 from plugins.embed_report import emoji
 
@@ -271,7 +270,8 @@ class Listening(commands.Cog):
             names[speaker] = member.display_name if member else speaker
         return names
 
-    async def post_summary(self, channel: discord.abc.Messageable, summary: SessionSummary, reason: str | None) -> None:
+    async def summary_message(self, summary: SessionSummary, reason: str | None) -> dict[str, Any]:
+        """``send`` keyword arguments for a summary: the embed, other reporters' words, the chart."""
         rendered = await asyncio.to_thread(self.pipeline.plugins.render_session, summary)
         embed = rendered.get("embed") or {"title": f"Session {summary.session.id}"}
         if reason:
@@ -279,40 +279,33 @@ class Listening(commands.Cog):
         for name, text in rendered.items():  # other reporters (third-party ones too) that answer in words
             if isinstance(text, str) and name not in BUILTIN_TEXT_REPORTERS:
                 embed.setdefault("fields", []).append({"name": name, "value": text[:1024], "inline": False})
+        kwargs: dict[str, Any] = {"embed": discord.Embed.from_dict(embed)}
         png = rendered.get("chart")
-        kwargs: dict = {"embed": discord.Embed.from_dict(embed), "allowed_mentions": discord.AllowedMentions.none()}
         if isinstance(png, bytes):
             kwargs["file"] = discord.File(io.BytesIO(png), filename=f"session-{summary.session.id}.png")
+        return kwargs
+
+    async def post_summary(self, channel: discord.abc.Messageable, summary: SessionSummary, reason: str | None) -> None:
+        kwargs = await self.summary_message(summary, reason)
         try:
-            await channel.send(**kwargs)
+            await channel.send(**kwargs, allowed_mentions=discord.AllowedMentions.none())
         except discord.HTTPException as error:
             log.warning("could not post the summary of session %d: %s", summary.session.id, error)
-
-    def _chart(self, summary: SessionSummary) -> bytes | None:
-        try:
-            return self.pipeline.plugins.reporter("chart").render_session(summary)
-        except SeraError as error:
-            log.warning("no session chart: %s", error)
-            return None
 
     async def summarise_interrupted(self) -> None:
         """Sessions a crash left open: mark them interrupted and post their summaries where they began."""
         for session_id in await asyncio.to_thread(self.sessions.interrupted_sessions):
-            summary = await asyncio.to_thread(self.stored_summary, session_id)
             known = await asyncio.to_thread(self.sessions.info, session_id)
-            channel = self.bot.get_channel(int(known[4])) if known and known[4] else None
-            if summary is not None and channel is not None:
+            channel = self.bot.get_channel(int(known.report_to)) if known and known.report_to else None
+            if channel is not None:
+                summary = await asyncio.to_thread(self.stored_summary, known)
                 await self.post_summary(channel, summary, "sera restarted during this session")
 
-    def stored_summary(self, session_id: int, guild: discord.Guild | None = None) -> SessionSummary | None:
-        known = self.sessions.info(session_id)
-        if known is None:
-            return None
-        info, status, duration, shed, _ = known
-        rows = self.sessions.utterances(session_id)
-        guild = guild or self.bot.get_guild(int(info.space))
+    def stored_summary(self, known: StoredSession, guild: discord.Guild | None = None) -> SessionSummary:
+        rows = self.sessions.utterances(known.info.id)
+        guild = guild or self.bot.get_guild(int(known.info.space))
         names = self._names(guild, {r.speaker for r in rows}) if guild else {}
-        return summarize(info, status, duration, rows, names, shed)
+        return summarize(known.info, known.status, known.duration, rows, names, known.shed)
 
     # -- consent -------------------------------------------------------------------------------------------
 
@@ -353,34 +346,31 @@ class Listening(commands.Cog):
             await interaction.response.send_message("No sessions yet. Start one with `/listen start`.", ephemeral=True)
             return
         lines = [
-            f"`#{info.id}` <t:{int(info.started_at)}:f> in <#{info.room}> · {clock(duration)} · {status}"
-            for info, status, duration in found
+            f"`#{s.info.id}` <t:{int(s.info.started_at)}:f> in <#{s.info.room}> · {clock(s.duration)} · {s.status}"
+            for s in found
         ]
         await interaction.response.send_message("\n".join(lines), ephemeral=True)
 
-    async def _own_session(self, interaction: discord.Interaction, session_id: int) -> bool:
+    async def _own_session(self, interaction: discord.Interaction, session_id: int) -> StoredSession | None:
+        """The session if it belongs to this server; otherwise the user is told, and None."""
         known = await asyncio.to_thread(self.sessions.info, session_id)
-        if known is None or known[0].space != str(interaction.guild_id):
+        if known is None or known.info.space != str(interaction.guild_id):
             await interaction.response.send_message(f"No session #{session_id} in this server.", ephemeral=True)
-            return False
-        return True
+            return None
+        return known
 
     @history.command(name="show", description="The summary of a past session")
     async def show(self, interaction: discord.Interaction, session_id: int) -> None:
-        if not await self._own_session(interaction, session_id):
+        known = await self._own_session(interaction, session_id)
+        if known is None:
             return
         await interaction.response.defer(thinking=True, ephemeral=True)
-        summary = await asyncio.to_thread(self.stored_summary, session_id, interaction.guild)
-        embed = discord.Embed.from_dict(self.pipeline.plugins.reporter("embed").render_session(summary))
-        kwargs: dict = {"embed": embed, "ephemeral": True}
-        png = await asyncio.to_thread(self._chart, summary)
-        if png:
-            kwargs["file"] = discord.File(io.BytesIO(png), filename=f"session-{session_id}.png")
-        await interaction.followup.send(**kwargs)
+        summary = await asyncio.to_thread(self.stored_summary, known, interaction.guild)
+        await interaction.followup.send(**await self.summary_message(summary, None), ephemeral=True)
 
     @history.command(name="export", description="A past session's utterances as CSV and JSON")
     async def export(self, interaction: discord.Interaction, session_id: int) -> None:
-        if not await self._own_session(interaction, session_id):
+        if await self._own_session(interaction, session_id) is None:
             return
         csv_text = await asyncio.to_thread(self.sessions.export_csv, session_id)
         json_text = await asyncio.to_thread(self.sessions.export_json, session_id)
