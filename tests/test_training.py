@@ -51,7 +51,7 @@ def smoke_model(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     out = tmp_path_factory.mktemp("model")
     done = run(
         "train", "--corpus", "ravdess", "--data", str(tiny_corpus), "--out", str(out), "--smoke",
-        "--val-speakers", "02", "--test-speakers", "03", "--no-cache",
+        "--val-speakers", "02", "--test-speakers", "03", "--no-cache", "--ablation-epochs", "1",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return out
@@ -71,6 +71,11 @@ def test_smoke_training_writes_model_card_and_metadata(smoke_model: Path) -> Non
     results = json.loads((smoke_model / "training-results.json").read_text())
     assert results["parity_max_abs_diff"] < 1e-3
     assert results["test_clean"]["n"] == 8
+    rows = results["ablation"]  # every step of the ablation, then the shipped recipe
+    assert [row["recipe"].split(":")[0] for row in rows] == ["paper", "+ statistics pooling head, AdamW", "+ time-shift",
+                                                             "+ SpecAugment", "+ mixup", "sera", "shipped"]  # fmt: skip
+    assert all(0 <= row[condition]["accuracy"] <= 1 for row in rows for condition in ("clean", "opus24"))
+    assert "## Ablation" in card and "| + time-shift | 1 |" in card
 
 
 def test_evaluate_corpus_and_manifest(smoke_model: Path, tiny_corpus: Path, tmp_path: Path) -> None:
