@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS consent (
 );
 """
 
+
 class StoredSession(NamedTuple):
     """A session as the store knows it."""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -187,10 +188,16 @@ class World:
                 await asyncio.sleep(0.002)
         await asyncio.sleep(0.3)  # the library's router thread hands over what it buffered
         live = self.cog.active[self.guild.id].live
-        for _ in range(200):  # then the session's ticks work through the queues
-            if not any(track.queue for track in live.tracks.values()):
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: not any(track.queue for track in live.tracks.values()), 10)  # the ticks catch up
+
+
+async def eventually(check: Callable[[], object], seconds: float) -> None:
+    """Wait, polling every 50 ms for at most ``seconds``' worth of polls, until ``check()`` holds: the
+    session works on its own threads and clock, so tests wait for what they check, never a fixed time."""
+    for _ in range(round(seconds / 0.05)):
+        if check():
+            return
+        await asyncio.sleep(0.05)
 
 
 def sent_texts(interaction: FakeInteraction) -> str:
@@ -222,10 +229,7 @@ def test_a_study_session_from_start_to_summary(tmp_path: Path, shared_pipeline: 
         await world.talk(turns)
         # Rows are written while the session runs, not at the end: each utterance as soon as it closes
         # (at the latest when the session clock, real time here, passes its speaker's last packet).
-        for _ in range(300):
-            if world.harness.bot.sessions.utterances(1):
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: world.harness.bot.sessions.utterances(1), 15)
         assert world.harness.bot.sessions.utterances(1)
 
         stop = world.interaction(BOB)
@@ -339,10 +343,7 @@ def test_a_failing_receive_thread_ends_the_session_as_interrupted(tmp_path: Path
         loop = asyncio.get_running_loop()
         # the library calls ``after(error)`` on its own thread when its router dies
         await asyncio.to_thread(cog._receive_stopped, loop, world.guild.id, RuntimeError("socket closed"))
-        for _ in range(200):
-            if world.text.sent:
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: world.text.sent, 10)
         assert cog.active == {}
         assert "voice receive failed" in world.text.sent[-1].kwargs["embed"].description
 
@@ -399,11 +400,11 @@ def test_live_feedback_is_posted_then_edited_when_the_server_turned_it_on(tmp_pa
         await world.talk([Turn(str(ALICE), 0.2, speech[ALICE]), Turn(str(BOB), 6.0, speech[BOB])])
         # Frames went in ~10x faster than real time, but a speaker's utterance closes once the session
         # clock is 0.6 s past their last packet: Bob's row (and the edit) come when real time catches up.
-        for _ in range(300):
-            feedback = [m for m in world.text.sent if m.content and m.content.startswith("**Live mood**")]
-            if feedback and feedback[0].edits and "<@1002>" in feedback[0].edits[-1]:
-                break
-            await asyncio.sleep(0.05)
+        def live_mood() -> list:
+            return [m for m in world.text.sent if m.content and m.content.startswith("**Live mood**")]
+
+        await eventually(lambda: (f := live_mood()) and f[0].edits and "<@1002>" in f[0].edits[-1], 15)
+        feedback = live_mood()
         assert len(feedback) == 1 and "<@1001>" in feedback[0].content
         assert feedback[0].edits and "<@1002>" in feedback[0].edits[-1]
         await cog.close()
