@@ -11,11 +11,13 @@ from pathlib import Path
 
 import onnx
 import pytest
+import torch
 
 from bot.corpora import EMOTIONS, RAVDESS_EMOTIONS, ravdess
 from bot.errors import ModelError
 from bot.model import EmotionModel
 from tests.conftest import SHARED_DATA, say
+from training.net import EmotionNet
 
 CODES = {label: code for code, label in RAVDESS_EMOTIONS.items()}
 
@@ -72,10 +74,29 @@ def test_smoke_training_writes_model_card_and_metadata(smoke_model: Path) -> Non
     assert results["parity_max_abs_diff"] < 1e-3
     assert results["test_clean"]["n"] == 8
     rows = results["ablation"]  # every step of the ablation, then the shipped recipe
-    assert [row["recipe"].split(":")[0] for row in rows] == ["paper", "+ statistics pooling head, AdamW", "+ time-shift",
+    assert [row["recipe"].split(":")[0] for row in rows] == ["paper", "+ statistics pooling head, AdamW",
+                                                             "+ frames averaged in pairs (20 ms)",
+                                                             "+ per-band mean normalisation", "+ time-shift",
                                                              "+ SpecAugment", "+ mixup", "sera", "shipped"]  # fmt: skip
     assert all(0 <= row[condition]["accuracy"] <= 1 for row in rows for condition in ("clean", "opus24"))
     assert "## Ablation" in card and "| + time-shift | 1 |" in card
+
+
+def test_training_on_every_speaker(tiny_corpus: Path, tmp_path: Path) -> None:
+    """The final retrain the data README allows: no speaker held out, so no calibration and no test figures."""
+    args = ("train", "--corpus", "ravdess", "--data", str(tiny_corpus), "--out", str(tmp_path), "--smoke", "--no-cache",
+            "--val-speakers", "", "--test-speakers", "")  # fmt: skip
+    refused = run(*args, "--ablation-epochs", "1")
+    assert refused.returncode == 2 and "--ablation-epochs scores every step on the test speakers" in refused.stderr
+    assert not (tmp_path / "sera-emotion.onnx").exists()
+
+    done = run(*args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert EmotionModel(tmp_path / "sera-emotion.onnx").info.temperature == 1.0
+    card = (tmp_path / "MODEL_CARD.md").read_text()
+    assert "train 01, 02, 03; validation none; test none." in card
+    assert "Calibration: none (no validation speakers were held out)" in card
+    assert "No test speakers were held out" in card
 
 
 def test_evaluate_corpus_and_manifest(smoke_model: Path, tiny_corpus: Path, tmp_path: Path) -> None:
@@ -111,6 +132,19 @@ def test_evaluate_corpus_and_manifest(smoke_model: Path, tiny_corpus: Path, tmp_
     manifest.write_text(f"path,label\n{angry},furious\n")
     bad = run("--config", str(config), "evaluate", "--manifest", str(manifest))
     assert bad.returncode == 2 and "labels ['furious'] are not among the model's labels" in bad.stderr
+
+
+def test_band_norm_ignores_a_fixed_colouring_of_the_voice() -> None:
+    """Subtracting each band's mean makes the net deaf to a constant spectral tilt (a microphone, an EQ,
+    much of a speaker's timbre); without it the same tilt changes the output."""
+    torch.manual_seed(0)
+    mel = torch.randn(3, 64, 301) * 10 - 40
+    tilt = torch.linspace(-12, 12, 64)[None, :, None]
+    with_norm = EmotionNet(8, 64, 301, (16, 32, 64, 128), 0.1, "stats", time_pool=2, band_norm=True).eval()
+    without = EmotionNet(8, 64, 301, (16, 32, 64, 128), 0.1, "stats", time_pool=2, band_norm=False).eval()
+    with torch.no_grad():
+        assert torch.allclose(with_norm(mel), with_norm(mel + tilt), atol=1e-4)
+        assert not torch.allclose(without(mel), without(mel + tilt), atol=1e-2)
 
 
 def test_model_without_metadata_is_refused(tmp_path: Path) -> None:

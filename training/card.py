@@ -59,7 +59,8 @@ def write(out_dir: Path, results: dict, clean: Evaluation | None, opus: Evaluati
         f"- File: `{r['model_file']}` ({r['size_mb']:.2f} MB, {r['parameters']:,} parameters), ONNX opset {r['opset']}.",
         f"- Task: {len(r['labels'])}-class speech emotion: {', '.join(r['labels'])}.",
         f"- Input: log-Mel windows, parameters in the file's metadata: `{r['features']}`.",
-        f"- Calibration: temperature {r['temperature']:.3f} (fitted on the validation speakers).",
+        f"- Calibration: temperature {r['temperature']:.3f} (fitted on the validation speakers)."
+        if r["speakers"]["val"] else "- Calibration: none (no validation speakers were held out).",
         f"- Inference: {r['ms_per_window']:.2f} ms per {r['features']['window_seconds']:.0f} s window on one CPU core "
         "(onnxruntime, one thread, median of 200 runs).",
         f"- torch vs onnxruntime logits, max abs diff over the test windows: {r['parity_max_abs_diff']:.2e}.",
@@ -68,9 +69,10 @@ def write(out_dir: Path, results: dict, clean: Evaluation | None, opus: Evaluati
         "",
         f"- Corpus: {r['corpus']} ({r['clips']} clips), read from `{r['data_root']}`.",
         f"- Speaker-independent split (whole actors): train {', '.join(r['speakers']['train'])}; "
-        f"validation {', '.join(r['speakers']['val'])}; test {', '.join(r['speakers']['test'])}.",
+        f"validation {', '.join(r['speakers']['val']) or 'none'}; test {', '.join(r['speakers']['test']) or 'none'}.",
         f"- Clips: train {r['split_sizes']['train']}, validation {r['split_sizes']['val']}, test {r['split_sizes']['test']}.",
-        "- Validation speakers choose the epoch and the temperature; test speakers are used once, below.",
+        "- Validation speakers set the temperature and are scored after every epoch (`history` in",
+        "  `training-results.json`); they do not pick the epoch. Test speakers are used once, below.",
         "",
         "## Results on the held-out test speakers",
         "",
@@ -110,14 +112,17 @@ def write(out_dir: Path, results: dict, clean: Evaluation | None, opus: Evaluati
     if calib["ece_raw"] is not None:
         lines += [f"Validation ECE before / after temperature scaling: {calib['ece_raw']:.3f} / {calib['ece_calibrated']:.3f}.", ""]
     if r["ablation"]:
+        n_test = r["split_sizes"]["test"]
         lines += [
             "## Ablation",
             "",
             f"Each row adds one idea to the row above, trained for {r['ablation'][0]['epochs']} epochs with the same seed and split;",
             "the last row is the shipped model at its full epoch count. All are scored on the test speakers at feature",
-            "level (one centred window per clip, no calibration), clean and after an Opus round trip. At the short",
-            "budget the regularising steps (SpecAugment, mixup, Opus) have not converged and score lower: read the",
-            "rows as what each step costs at equal short training, and the last row as what the full recipe reaches.",
+            "level (one centred window per clip, no calibration), clean and after an Opus round trip. Steps that",
+            "regularise (SpecAugment, mixup, Opus) slow early training and pay off, if at all, over the full",
+            "schedule: read the short rows as what each step does at equal short training, and the last row as what",
+            f"the full recipe reaches. {n_test} test clips: one clip is {100 / max(n_test, 1):.1f} points, and runs that differ",
+            "only in their seed differ by several points.",
             "",
             "| recipe | epochs | acc clean | F1 clean | acc Opus | F1 Opus | minutes |",
             "|---|---|---|---|---|---|---|",
@@ -130,17 +135,23 @@ def write(out_dir: Path, results: dict, clean: Evaluation | None, opus: Evaluati
             )
         lines.append("")
     rec = r["recipe"]
+    heads = {"stats": "statistics pooling: mean and std over time", "flatten": "flatten and dense, as in the paper"}
+    inputs = ["each Mel band's mean over the window subtracted"] if rec["band_norm"] else []
+    inputs += ["standardised (mean 0, standard deviation 1)"]
+    inputs += [f"frames averaged in groups of {rec['time_pool']}"] if rec["time_pool"] > 1 else []
     lines += [
         "## Architecture and training",
         "",
+        f"- Inside the graph, each log-Mel window is first: {'; '.join(inputs)}.",
         f"- Four conv blocks (3x3 conv, batch norm, ELU, 2x2 max-pool, dropout {rec['dropout']}), channels {rec['channels']},",
-        f"  head `{rec['head']}` (statistics pooling: mean and std over time), per-window standardisation inside the graph.",
+        f"  head `{rec['head']}` ({heads[rec['head']]}).",
         f"- AdamW, lr {rec['lr']} (one-cycle), weight decay {rec['weight_decay']}, batch {rec['batch_size']}, "
-        f"{rec['epochs']} epochs, categorical cross-entropy; best epoch by validation macro-F1.",
+        f"{rec['epochs']} epochs, categorical cross-entropy; the final weights are kept (no epoch is picked on validation).",
         f"- Augmentation: time shift {rec['shift']}, Opus 24 kbit/s round trip {rec['opus']}, "
         f"SpecAugment {rec['specaugment']}, mixup alpha {rec['mixup']}.",
         f"- Seed {r['seed']}; on {r['machine']}: features {r['feature_minutes']:.1f} min (cached after the first run), "
-        f"training {r['train_minutes']:.1f} min, the whole run with the ablation {r['total_minutes']:.1f} min.",
+        f"training{' and ablation side by side' if r['ablation'] else ''} {r['train_minutes']:.1f} min, "
+        f"the whole run {r['total_minutes']:.1f} min.",
         "",
         "## Reproduce",
         "",

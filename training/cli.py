@@ -15,6 +15,7 @@ from pathlib import Path
 from bot.audio import SAMPLE_RATE
 from bot.config import Config
 from bot.corpora import EMOTIONS, load_corpus
+from bot.errors import SeraError
 from bot.evaluate import Item, evaluate, terminal_progress
 from bot.model import EmotionModel
 from bot.pipeline import Pipeline
@@ -38,6 +39,8 @@ def main(args: argparse.Namespace, config: Config) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     val, test = speakers(args.val_speakers), speakers(args.test_speakers)
+    if args.ablation_epochs and not test:
+        raise SeraError("--ablation-epochs scores every step on the test speakers: give some with --test-speakers")
     model, split, results = run(
         clips,
         out,

@@ -6,13 +6,21 @@ and to where in the window the speech sits; sera's head pools statistics over ti
 deviation of each channel and frequency band), which is shift-invariant and has a tenth of the
 parameters.
 
-Each window is standardised inside the network, so the ONNX file takes the plain dB log-Mel that
+Before the convolutions, sera subtracts each Mel band's mean over the window. A band's long-term
+level is mostly the speaker (vocal tract, voice quality) and the microphone, not the emotion; a model
+that must judge voices it never heard does better without it (+3 to +6 points on held-out actors, two
+seeds). It then averages the 10 ms frames in pairs: every layer does half the work, which keeps the
+recipe and its ablation within 45 minutes on two cores, and 20 ms frames still resolve syllables
+(held-out accuracy was the same at 10 and 20 ms in our runs).
+
+Each window is also standardised inside the network, so the ONNX file takes the plain dB log-Mel that
 ``bot.features.log_mel`` produces and nothing else needs to agree on a mean and scale.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 EPS = 1e-5
@@ -40,8 +48,13 @@ class EmotionNet(nn.Module):
         channels: tuple[int, ...] = (32, 64, 96, 128),
         dropout: float = 0.2,
         head: str = "stats",
+        time_pool: int = 1,
+        band_norm: bool = False,
     ) -> None:
         super().__init__()
+        self.time_pool = time_pool
+        self.band_norm = band_norm
+        frames //= time_pool
         widths = (1, *channels)
         self.blocks = nn.Sequential(*(ConvBlock(a, b, dropout) for a, b in zip(widths, widths[1:])))
         self.head_kind = head
@@ -62,9 +75,14 @@ class EmotionNet(nn.Module):
             raise ValueError(f"unknown head {head!r}")
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        if self.band_norm:
+            mel = mel - mel.mean(dim=2, keepdim=True)
         mean = mel.mean(dim=(1, 2), keepdim=True)
         std = torch.sqrt(((mel - mean) ** 2).mean(dim=(1, 2), keepdim=True) + EPS)
-        x = self.blocks(((mel - mean) / std).unsqueeze(1))
+        x = ((mel - mean) / std).unsqueeze(1)
+        if self.time_pool > 1:
+            x = F.avg_pool2d(x, (1, self.time_pool))
+        x = self.blocks(x)
         if self.head_kind == "flatten":
             return self.head(x)
         x = x.flatten(1, 2)  # channels x frequency bands: (batch, features, time)
