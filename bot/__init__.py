@@ -5,3 +5,4 @@ The core (decode -> speech segments -> analyzers -> reporters) lives here and kn
 """
 
 __version__ = "0.1.0"
+DISTRIBUTION = "sera"  # the distribution whose plugins are the built-ins

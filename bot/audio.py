@@ -1,19 +1,34 @@
 """Turning whatever a user sent into mono float32 samples at one sample rate.
 
 One function per step, as in Whisper's ``audio.py``: ``decode`` (any container ffmpeg reads, with the
-size, duration and time limits applied) and ``normalize_loudness``.
+size, duration, time and memory limits applied) and ``normalize_loudness``.
 
 pydub is how sera finds ffmpeg (it honours ``AudioSegment.converter`` and the PATH), but the decode itself
 runs ffmpeg directly: pydub's ``from_file`` waits on ffmpeg without a timeout, and a crafted file must not
 be able to hang a worker forever.
+
+ffmpeg parses bytes a stranger sent, so it is run as if the file were hostile:
+
+- only the file itself may be read: protocols are limited to ``file`` (no playlists that name other
+  files, no ``concat:``), demuxers to the containers voice notes come in (no HLS, no ffconcat), and a
+  path is passed as ``file:/absolute/path`` so that no part of its name is read as a protocol;
+- only the first audio stream is decoded, and stream probing stops at once, so a file with a dozen
+  huge video streams costs nothing; an address-space limit bounds whatever memory ffmpeg could still
+  be driven to take;
+- the child gets a minimal environment (no Discord token), and its stderr is kept to a short tail;
+- uploaded bytes go to ffmpeg through an anonymous in-memory file (``memfd``), never through the
+  file system, so nothing is left on disk if the process is killed mid-decode.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import resource
+import selectors
 import subprocess
-import tempfile
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +42,12 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = 16_000  # every stage after decoding works at this rate; the model metadata must agree
 INT16_SCALE = 32_768.0
 
+# The demuxers of the containers voice notes and audio files come in (ffmpeg's names; "matroska" also
+# covers webm, "mov" also mp4/m4a/3gp). Playlists (hls), ffconcat and image or video-only formats are out.
+FORMATS = ("ogg", "matroska", "webm", "mov", "mp4", "m4a", "3gp", "mp3", "wav", "w64", "flac", "aac", "aiff", "caf", "amr")
+STDERR_TAIL_BYTES = 4_096  # what is kept of ffmpeg's complaints for the operator's log
+CHUNK_BYTES = 1 << 16
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -35,6 +56,7 @@ class Limits:
     max_bytes: int = 25_000_000
     max_seconds: float = 600.0
     timeout_seconds: float = 30.0
+    max_memory_bytes: int = 1 << 30  # ffmpeg's address space; a 10-minute note needs well under half of it
 
 
 def ffmpeg_binary() -> str:
@@ -50,6 +72,11 @@ def ffmpeg_binary() -> str:
     return found
 
 
+def child_environment() -> dict[str, str]:
+    """All an ffmpeg child needs: where programs are. No token, no user's variables."""
+    return {"PATH": os.environ.get("PATH", os.defpath), "LC_ALL": "C"}
+
+
 def decode(source: bytes | str | Path, limits: Limits = Limits(), sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Decode any audio ffmpeg reads into mono float32 in [-1, 1] at ``sample_rate``.
 
@@ -60,16 +87,25 @@ def decode(source: bytes | str | Path, limits: Limits = Limits(), sample_rate: i
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         _check_size(len(data), limits)
-        with tempfile.NamedTemporaryFile(prefix="sera-", suffix=".audio") as tmp:
-            # A file rather than a pipe: mp4/m4a keep their index at the end and need seeking.
-            tmp.write(data)
-            tmp.flush()
-            return _run_ffmpeg(Path(tmp.name), limits, sample_rate)
+        return _decode_bytes(data, limits, sample_rate)
     path = Path(source)
     if not path.is_file():
         raise AudioError(f"no such audio file: {path}")
     _check_size(path.stat().st_size, limits)
-    return _run_ffmpeg(path, limits, sample_rate)
+    return _run_ffmpeg(f"file:{path.resolve()}", limits, sample_rate)
+
+
+def _decode_bytes(data: bytes, limits: Limits, sample_rate: int) -> np.ndarray:
+    """Bytes through a memory-backed file: seekable (mp4/m4a keep their index at the end), never on disk."""
+    if not hasattr(os, "memfd_create"):  # not Linux: a pipe, which containers that need seeking cannot use
+        return _run_ffmpeg("pipe:0", limits, sample_rate, data=data)
+    fd = os.memfd_create("sera-upload", os.MFD_CLOEXEC)
+    try:
+        with os.fdopen(os.dup(fd), "wb") as memory:
+            memory.write(data)
+        return _run_ffmpeg(f"file:/proc/self/fd/{fd}", limits, sample_rate, keep_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def _check_size(size: int, limits: Limits) -> None:
@@ -81,28 +117,104 @@ def _check_size(size: int, limits: Limits) -> None:
         )
 
 
-def _run_ffmpeg(path: Path, limits: Limits, sample_rate: int) -> np.ndarray:
-    command = [
-        ffmpeg_binary(), "-nostdin", "-hide_banner", "-loglevel", "error",
-        "-i", str(path),
-        "-t", f"{limits.max_seconds + 1.0:.3f}",
-        "-vn", "-ac", "1", "-ar", str(sample_rate), "-f", "s16le", "-acodec", "pcm_s16le", "-",
+def _run_ffmpeg(url: str, limits: Limits, sample_rate: int, data: bytes | None = None, keep_fd: int | None = None) -> np.ndarray:
+    protocols = "pipe" if url.startswith("pipe:") else "file"
+    arguments = [
+        *(["-nostdin"] if data is None else []), "-hide_banner", "-loglevel", "error",
+        "-protocol_whitelist", protocols, "-format_whitelist", ",".join(FORMATS),
+        "-probesize", "32", "-analyzeduration", "0",
+        "-i", url,
+        "-map", "0:a:0", "-t", f"{limits.max_seconds + 1.0:.3f}",
+        "-ac", "1", "-ar", str(sample_rate), "-f", "s16le", "-acodec", "pcm_s16le", "pipe:1",
     ]  # fmt: skip
     try:
-        done = subprocess.run(command, capture_output=True, timeout=limits.timeout_seconds, check=False)
-    except subprocess.TimeoutExpired:
-        log.warning("ffmpeg timed out after %.0f s on %s", limits.timeout_seconds, path)
+        code, out, err = run_bounded(
+            arguments, limits, data=data, pass_fds=() if keep_fd is None else (keep_fd,),
+            max_output=round((limits.max_seconds + 2.0) * sample_rate) * 2,
+        )  # fmt: skip
+    except TimeoutError:
+        log.warning("ffmpeg timed out after %.0f s on %s", limits.timeout_seconds, url)
         raise AudioError("could not read this audio: decoding took too long") from None
-    if done.returncode != 0:
-        reason = done.stderr.decode(errors="replace").strip().splitlines()
-        log.info("ffmpeg failed on %s: %s", path, reason[-1] if reason else f"exit {done.returncode}")
+    if code != 0:
+        reason = err.decode(errors="replace").strip().splitlines()
+        log.info("ffmpeg failed on %s: %s", url, reason[-1] if reason else f"exit {code}")
         raise AudioError("could not read this audio: it is corrupt or not an audio format ffmpeg knows")
-    samples = np.frombuffer(done.stdout, dtype="<i2").astype(np.float32) / INT16_SCALE
+    samples = np.frombuffer(out, dtype="<i2").astype(np.float32) / INT16_SCALE
     if samples.size == 0:
         raise AudioError("could not read this audio: it holds no sound")
     if samples.size > limits.max_seconds * sample_rate:
         raise AudioError(f"the audio is too long (the limit is {limits.max_seconds:.0f} s)")
     return samples
+
+
+def run_bounded(
+    arguments: Sequence[str], limits: Limits, data: bytes | None = None, pass_fds: Sequence[int] = (), max_output: int = 1 << 26
+) -> tuple[int, bytes, bytes]:
+    """Run ffmpeg with ``arguments`` under the memory and time limits: (exit code, stdout, stderr's tail).
+
+    The address-space limit is set by ``sh``'s ``ulimit`` just before ffmpeg replaces it: unlike a
+    ``preexec_fn``, that is safe in a process with threads (decodes run on a worker pool). Output past
+    ``max_output`` bytes and stderr past a short tail are dropped, so neither can grow without bound.
+    Raises ``TimeoutError`` after ``limits.timeout_seconds`` (ffmpeg is killed first).
+    """
+    kib = max(limits.max_memory_bytes // 1024, 1)
+    command = ["/bin/sh", "-c", 'ulimit -v "$0" && exec "$@"', str(kib), ffmpeg_binary(), *arguments]
+    process = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL if data is None else subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, env=child_environment(), pass_fds=tuple(pass_fds),
+    )  # fmt: skip
+    out, err = bytearray(), bytearray()
+    deadline = time.monotonic() + limits.timeout_seconds
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ, out)
+        selector.register(process.stderr, selectors.EVENT_READ, err)
+        if data is not None:
+            os.set_blocking(process.stdin.fileno(), False)
+            selector.register(process.stdin, selectors.EVENT_WRITE, memoryview(data))
+        try:
+            while selector.get_map():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                for key, _ in selector.select(left):
+                    if key.fileobj is process.stdin:
+                        _feed(selector, key)
+                        continue
+                    chunk = os.read(key.fd, CHUNK_BYTES)
+                    if not chunk:
+                        selector.unregister(key.fileobj)
+                        continue
+                    buffer: bytearray = key.data
+                    buffer += chunk
+                    if buffer is err and len(err) > STDERR_TAIL_BYTES:
+                        del err[: len(err) - STDERR_TAIL_BYTES]
+                    elif buffer is out and len(out) > max_output:
+                        del out[max_output:]
+            code = process.wait(max(deadline - time.monotonic(), 0.001))
+        except (TimeoutError, subprocess.TimeoutExpired):
+            process.kill()
+            process.wait()
+            raise TimeoutError from None
+        finally:
+            for pipe in (process.stdin, process.stdout, process.stderr):
+                if pipe is not None:
+                    pipe.close()
+    return code, bytes(out), bytes(err)
+
+
+def _feed(selector: selectors.BaseSelector, key: selectors.SelectorKey) -> None:
+    """Write the next piece of stdin; close it when all is written or ffmpeg stopped reading."""
+    left: memoryview = key.data
+    try:
+        written = os.write(key.fd, left[:CHUNK_BYTES])
+    except BrokenPipeError:
+        written = len(left)
+    left = left[written:]
+    if left:
+        selector.modify(key.fileobj, selectors.EVENT_WRITE, left)
+    else:
+        selector.unregister(key.fileobj)
+        key.fileobj.close()
 
 
 def encode_opus(source: np.ndarray | Path, bitrate: str, sample_rate: int = SAMPLE_RATE, timeout: float = 60.0) -> bytes:
@@ -112,17 +224,17 @@ def encode_opus(source: np.ndarray | Path, bitrate: str, sample_rate: int = SAMP
     """
     if isinstance(source, np.ndarray):
         data = (np.clip(source, -1, 1) * 32767).astype("<i2").tobytes()
-        inputs = ["-f", "s16le", "-ar", str(sample_rate), "-ac", "1", "-i", "-"]
+        inputs = ["-f", "s16le", "-ar", str(sample_rate), "-ac", "1", "-i", "pipe:0"]
     else:
-        data, inputs = None, ["-i", str(source)]
-    command = [ffmpeg_binary(), "-nostdin", "-loglevel", "error", *inputs, "-c:a", "libopus", "-b:a", bitrate, "-f", "ogg", "-"]
+        data, inputs = None, ["-i", f"file:{Path(source).resolve()}"]
+    arguments = ["-loglevel", "error", *inputs, "-c:a", "libopus", "-b:a", bitrate, "-f", "ogg", "pipe:1"]
     try:
-        done = subprocess.run(command, input=data, capture_output=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
+        code, out, _ = run_bounded(arguments, Limits(timeout_seconds=timeout), data=data)
+    except TimeoutError:
         raise AudioError("could not encode it as Opus: ffmpeg took too long") from None
-    if done.returncode != 0:
+    if code != 0:
         raise AudioError("could not encode it as Opus")
-    return done.stdout
+    return out
 
 
 def rms_dbfs(samples: np.ndarray) -> float:

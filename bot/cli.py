@@ -108,7 +108,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                     print(json.dumps({"source": path, "error": str(error)}))
                 status = EXIT_BAD_INPUT
                 continue
-            emit(reporter.render(report))
+            try:
+                emit(pipeline.plugins.render(reporter.name, report))
+            except SeraError as error:
+                print(f"sera: {path}: {error}", file=sys.stderr)
+                status = EXIT_BAD_INPUT
+                continue
             if not report.speech_detected:
                 print(f"sera: {path}: no speech detected", file=sys.stderr)
                 status = EXIT_BAD_INPUT

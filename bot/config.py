@@ -36,12 +36,14 @@ class AudioOptions:
     max_file_mb: float = 25.0
     max_duration_seconds: float = 600.0
     decode_timeout_seconds: float = 30.0
+    decode_memory_mb: int = 1024
 
     def limits(self) -> Limits:
         return Limits(
             max_bytes=int(self.max_file_mb * 1_000_000),
             max_seconds=self.max_duration_seconds,
             timeout_seconds=self.decode_timeout_seconds,
+            max_memory_bytes=self.decode_memory_mb << 20,
         )
 
 
@@ -76,6 +78,7 @@ class Config:
     models_dir: Path = DEFAULT_MODELS_DIR
     workers: int = 2  # threads that decode and run models, off the asyncio loop
     plugin_timeout_seconds: float = 20.0
+    plugin_max_timeouts: int = 3  # a plugin that overran this many times is not called again until restart
     audio: AudioOptions = field(default_factory=AudioOptions)
     speech: SpeechOptions = field(default_factory=SpeechOptions)
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)

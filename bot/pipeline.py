@@ -4,9 +4,9 @@ It knows nothing of Discord. The CLI calls ``analyze``; the bot awaits ``analyze
 the same work on a small thread pool so that the asyncio loop (and Discord's heartbeat) never waits on
 ffmpeg, librosa or onnxruntime, all of which release the GIL for their heavy parts.
 
-Each analyzer runs isolated: one that raises, overruns ``plugin_timeout_seconds`` or returns something
-that is not a list of ``Result`` objects is logged under its name and reported to the user as a short
-notice, and the other analyzers' results are kept.
+Each analyzer runs isolated, through its guard (``bot.registry.Guard``): one that raises, overruns
+``plugin_timeout_seconds`` or returns something that is not a list of ``Result`` objects is logged under
+its name and reported to the user as a short notice, and the other analyzers' results are kept.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import json
 import logging
 from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 import numpy as np
@@ -24,16 +23,12 @@ import numpy as np
 from bot.audio import SAMPLE_RATE, decode
 from bot.config import Config
 from bot.plugin import Analyzer, PluginOutput, Report, Result, Segment
-from bot.registry import PluginSet
+from bot.registry import PluginFailure, PluginSet
 from bot.speech import SpeechDetector
 
 log = logging.getLogger(__name__)
 
 VAD_MODEL = "silero_vad.onnx"
-
-
-class PluginFailure(Exception):
-    """An analyzer misbehaved; the message is safe to show to the user."""
 
 
 class Pipeline:
@@ -45,8 +40,6 @@ class Pipeline:
         self.plugins = plugins or PluginSet(config, SAMPLE_RATE)
         self.limits = config.audio.limits()
         self.workers = ThreadPoolExecutor(config.workers, thread_name_prefix="sera-worker")
-        # Analyzer calls get threads of their own so that a hung plugin can be timed out, not waited on.
-        self._plugin_threads = ThreadPoolExecutor(config.workers * 2, thread_name_prefix="sera-plugin")
 
     def analyze(
         self, source: bytes | str | Path, name: str | None = None, skip: Collection[str] = frozenset()
@@ -86,29 +79,15 @@ class Pipeline:
         notices: list[str] = []
         for analyzer in (a for a in self.plugins.analyzers if a.name not in skip):
             try:
-                outputs[analyzer.name] = self._run(analyzer, segments)
+                outputs[analyzer.name] = self.plugins.call(analyzer, "analyze", _call, analyzer, segments)
             except PluginFailure as failure:
                 notices.append(f"{analyzer.name} failed ({failure}); its results are left out")
         return outputs, notices
 
-    def _run(self, analyzer: Analyzer, segments: Sequence[Segment]) -> PluginOutput:
-        future = self._plugin_threads.submit(_call, analyzer, segments)
-        try:
-            return future.result(timeout=self.config.plugin_timeout_seconds)
-        except FutureTimeout:
-            log.error("analyzer %s timed out after %.1f s", analyzer.name, self.config.plugin_timeout_seconds)
-            raise PluginFailure("it took too long") from None
-        except PluginFailure as failure:
-            log.error("analyzer %s returned garbage: %s", analyzer.name, failure)
-            raise
-        except Exception as exc:
-            log.error("analyzer %s raised", analyzer.name, exc_info=exc)
-            raise PluginFailure("it raised an error") from exc
-
     def close(self) -> None:
-        """Finish running work and release the plugins."""
-        self.workers.shutdown(wait=True)
-        self._plugin_threads.shutdown(wait=False, cancel_futures=True)
+        """Finish running work (each plugin call is bounded by its timeout), drop what has not started,
+        and release the plugins."""
+        self.workers.shutdown(wait=True, cancel_futures=True)
         self.plugins.close()
 
 

@@ -2,7 +2,8 @@
 
 A plugin is a small class with a clear life cycle, as in Errbot and Red-DiscordBot:
 ``__init__(options, context)`` is cheap, ``setup()`` loads what is heavy (a model) once, ``teardown()``
-releases it. An **Analyzer** turns speech segments into typed ``Result`` objects; a **Reporter** turns a
+releases it. Every call into a plugin runs on a thread of its own with a timeout
+(``plugin_timeout_seconds``); one that keeps overrunning is stopped, and the bot goes on without it. An **Analyzer** turns speech segments into typed ``Result`` objects; a **Reporter** turns a
 finished ``Report`` into output (text, a JSON-able dict, an embed-ready structure, a chart, a log row).
 
 Voice-channel sessions reach plugins through the same classes: each utterance is a ``Segment`` with
@@ -148,6 +149,11 @@ class Plugin:
 
     def session_ended(self, session: SessionInfo, summary: SessionSummary) -> None:
         """A live session ended (or was cut short: ``summary.status == "interrupted"``)."""
+
+    def forget_user(self, user_id: str) -> int:
+        """A user asked to be forgotten (``/forget``): delete whatever this plugin keeps about them and
+        return how many items went. Plugins that keep nothing need not override it."""
+        return 0
 
 
 class Analyzer(Plugin, ABC):

@@ -1,27 +1,109 @@
-"""Finding, configuring and loading plugins, each in isolation.
+"""Finding, configuring, loading and calling plugins, each in isolation.
 
 Built-in plugins and third-party ones are found the same way, through the ``sera.plugins`` entry-point
 group (sera's own ``pyproject.toml`` registers the built-ins). Built-ins are enabled unless the config
-says ``enabled: false``; third-party plugins only when the config enables them. A plugin that fails to
-import, to configure or to set up is recorded with its reason and left out; the others load as usual.
+says ``enabled: false``; third-party plugins only when the config enables them, and a plugin that is not
+enabled is never imported (its module code never runs). Whether a plugin is built in is decided by the
+distribution that provides it, not by its module path; a third-party entry point that takes a name
+already used by another plugin is refused with the reason, never allowed to replace it.
+
+A plugin that fails to import, to configure or to set up is recorded with its reason and left out.
+Every call into a plugin (setup, analyze, render, the session and forget hooks, teardown) goes
+through its ``Guard``: a thread of its own, a timeout, and a count of calls that never came back, so a
+plugin that hangs costs only itself.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+import threading
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any
 from importlib.metadata import EntryPoint, entry_points
+from typing import Any, TypeVar
 
+from bot import DISTRIBUTION
 from bot.config import Config, build
 from bot.errors import SeraError
-from bot.plugin import Analyzer, Plugin, PluginContext, Reporter, SessionSummary
+from bot.plugin import Analyzer, Plugin, PluginContext, Report, Reporter, SessionSummary
 
 log = logging.getLogger(__name__)
 
 GROUP = "sera.plugins"
-BUILTIN_PACKAGE = "plugins."
+SETUP_TIMEOUT_SECONDS = 120.0  # setup loads models and warms them up: slower than one call, still bounded
+T = TypeVar("T")
+
+
+class PluginFailure(Exception):
+    """A plugin misbehaved (raised, hung, returned garbage); the message is safe to show to the user."""
+
+
+class Guard:
+    """Runs one plugin's calls so that a misbehaving plugin costs only itself.
+
+    Each call runs on a daemon thread of its own (a hung call never holds a thread another plugin
+    needs, and never keeps the process from exiting) and is waited for ``timeout`` seconds. At most
+    ``concurrency`` calls of the plugin may be running at once: while that many are hung, further calls
+    fail at once instead of piling up (each would hold a note's audio). After ``max_timeouts`` timeouts
+    the plugin is stopped for the life of the process.
+    """
+
+    def __init__(self, name: str, timeout: float, max_timeouts: int, concurrency: int) -> None:
+        self.name = name
+        self.timeout = timeout
+        self.max_timeouts = max_timeouts
+        self.concurrency = concurrency
+        self.running = 0
+        self.timeouts = 0
+        self._lock = threading.Lock()
+
+    @property
+    def stopped(self) -> str | None:
+        """Why the plugin is no longer called, or None."""
+        if self.timeouts >= self.max_timeouts:
+            return f"stopped after {self.timeouts} calls that took longer than {self.timeout:g} s"
+        return None
+
+    def call(self, what: str, function: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
+        """``function(*args)`` on the plugin's own thread; ``PluginFailure`` if it raised or overran
+        ``timeout`` (default: the plugin timeout)."""
+        timeout = self.timeout if timeout is None else timeout
+        with self._lock:
+            if self.stopped:
+                raise PluginFailure("it was stopped after too many timeouts")
+            if self.running >= self.concurrency:
+                raise PluginFailure("it is still busy with earlier calls that did not return")
+            self.running += 1
+        done = threading.Event()
+        outcome: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                outcome["value"] = function(*args)
+            except BaseException as exc:  # handed to the caller, who reports it under the plugin's name
+                outcome["error"] = exc
+            finally:
+                with self._lock:
+                    self.running -= 1
+                done.set()
+
+        threading.Thread(target=work, name=f"sera-plugin-{self.name}", daemon=True).start()
+        if not done.wait(timeout):
+            with self._lock:
+                self.timeouts += 1
+                stopped = self.stopped
+            log.error("plugin %s: %s timed out after %.1f s", self.name, what, timeout)
+            if stopped:
+                log.error("plugin %s is %s; it will not be called again until sera restarts", self.name, stopped)
+            raise PluginFailure("it took too long")
+        if "error" in outcome:
+            error = outcome["error"]
+            if isinstance(error, PluginFailure):
+                log.error("plugin %s: %s returned garbage: %s", self.name, what, error)
+                raise error
+            log.error("plugin %s: %s raised", self.name, what, exc_info=error)
+            raise PluginFailure("it raised an error") from error
+        return outcome["value"]
 
 
 @dataclass
@@ -30,16 +112,23 @@ class PluginInfo:
 
     name: str
     origin: str  # "built-in" or the distribution that provides it
-    kind: str = "?"  # "analyzer", "reporter" or "?" when it could not be imported
+    kind: str = "?"  # "analyzer", "reporter", or "?" when it was not imported
     enabled: bool = False
     error: str | None = None
     plugin: Plugin | None = None
+    guard: Guard | None = None
 
     @property
     def status(self) -> str:
         if self.error:
             return f"failed: {self.error}"
+        if self.guard is not None and self.guard.stopped:
+            return self.guard.stopped
         return "loaded" if self.plugin else "disabled"
+
+    @property
+    def active(self) -> bool:
+        return self.plugin is not None and self.guard is not None and not self.guard.stopped
 
 
 class PluginSet:
@@ -47,88 +136,162 @@ class PluginSet:
 
     def __init__(self, config: Config, sample_rate: int, only: Collection[str] | None = None) -> None:
         """Load every enabled plugin, or with ``only`` just those named (``sera evaluate`` needs one)."""
+        self.config = config
         context = PluginContext(models_dir=config.models_dir, sample_rate=sample_rate)
-        found = {ep.name: ep for ep in entry_points(group=GROUP) if only is None or ep.name in only}
-        self.infos = [self._load(ep, config, context) for ep in found.values()]
+        found: dict[str, list[EntryPoint]] = {}
+        for ep in entry_points(group=GROUP):
+            if only is None or ep.name in only:
+                found.setdefault(ep.name, []).append(ep)
+        self.infos: list[PluginInfo] = []
+        for name, eps in found.items():
+            chosen, refused = _resolve_clash(eps)
+            self.infos += refused
+            if chosen is not None:
+                self.infos.append(self._load(chosen, config, context))
         for name in sorted(config.plugins.keys() - found.keys() if only is None else set(only) - found.keys()):
             log.warning("plugin %r is configured in %s but not installed", name, config.source)
             self.infos.append(PluginInfo(name, "config", enabled=True, error="not installed"))
 
     @property
     def loaded(self) -> list[Plugin]:
-        return [i.plugin for i in self.infos if i.plugin is not None]
+        return [i.plugin for i in self.infos if i.active]
 
     @property
     def analyzers(self) -> list[Analyzer]:
-        return [i.plugin for i in self.infos if isinstance(i.plugin, Analyzer)]
+        return [p for p in self.loaded if isinstance(p, Analyzer)]
+
+    def call(self, plugin: Plugin, what: str, function: Callable[..., T], *args: Any) -> T:
+        """Any call into ``plugin``, through its guard."""
+        return self._guard(plugin).call(what, function, *args)
 
     def reporter(self, name: str) -> Reporter:
         for info in self.infos:
-            if info.name == name and isinstance(info.plugin, Reporter):
+            if info.name == name and info.active and isinstance(info.plugin, Reporter):
                 return info.plugin
         reason = next((i.status for i in self.infos if i.name == name), "not installed")
         raise SeraError(f"reporter {name!r} is not available ({reason})")
 
+    def render(self, name: str, report: Report) -> Any:
+        """Reporter ``name``'s output for ``report``; ``SeraError`` (a short reason) if it is missing or fails."""
+        reporter = self.reporter(name)
+        try:
+            return self.call(reporter, "render", reporter.render, report)
+        except PluginFailure as failure:
+            raise SeraError(f"the {name} reporter failed ({failure})") from None
+
     def notify(self, hook: str, *args: object) -> None:
-        """Call a session hook (``session_started``/``session_ended``) on every plugin; one that raises is logged."""
+        """Call a session hook (``session_started``/``session_ended``) on every plugin; failures are logged."""
         for plugin in self.loaded:
             try:
-                getattr(plugin, hook)(*args)
-            except Exception:
-                log.exception("plugin %s failed in %s", plugin.name, hook)
+                self.call(plugin, hook, getattr(plugin, hook), *args)
+            except PluginFailure:
+                pass  # the guard logged it under the plugin's name
 
     def render_session(self, summary: SessionSummary) -> dict[str, Any]:
-        """Every reporter's rendering of a session summary; one that raises is logged and left out."""
+        """Every reporter's rendering of a session summary; one that fails is logged and left out."""
         out = {}
         for reporter in (p for p in self.loaded if isinstance(p, Reporter)):
             try:
-                rendered = reporter.render_session(summary)
-            except Exception:
-                log.exception("reporter %s failed to render session %d", reporter.name, summary.session.id)
+                rendered = self.call(reporter, "render_session", reporter.render_session, summary)
+            except PluginFailure:
                 continue
             if rendered is not None:
                 out[reporter.name] = rendered
         return out
 
+    def forget_user(self, user_id: str) -> dict[str, int]:
+        """Every plugin's ``forget_user``: {plugin name: items it deleted} for those that kept something."""
+        deleted = {}
+        for plugin in self.loaded:
+            try:
+                count = self.call(plugin, "forget_user", plugin.forget_user, user_id)
+            except PluginFailure:
+                continue
+            if count:
+                deleted[plugin.name] = int(count)
+        return deleted
+
     def failures(self) -> list[PluginInfo]:
-        return [i for i in self.infos if i.enabled and i.error]
+        return [i for i in self.infos if i.enabled and (i.error or (i.guard and i.guard.stopped))]
 
     def close(self) -> None:
+        """Tear every plugin down, each within the plugin timeout, whatever it does."""
         for info in self.infos:
-            if info.plugin is not None:
+            if info.plugin is not None and info.guard is not None:
                 try:
-                    info.plugin.teardown()
-                except Exception:
-                    log.exception("plugin %s failed in teardown", info.name)
+                    info.guard.call("teardown", info.plugin.teardown)
+                except PluginFailure:
+                    pass
                 info.plugin = None
 
+    def _guard(self, plugin: Plugin) -> Guard:
+        for info in self.infos:
+            if info.plugin is plugin and info.guard is not None:
+                return info.guard
+        raise SeraError(f"plugin {plugin.name!r} is not loaded")
+
     def _load(self, ep: EntryPoint, config: Config, context: PluginContext) -> PluginInfo:
-        builtin = ep.value.startswith(BUILTIN_PACKAGE)
+        builtin = _is_builtin(ep)
         origin = "built-in" if builtin else _distribution(ep)
         raw = dict(config.plugins.get(ep.name, {}))
         enabled = raw.pop("enabled", builtin)
         info = PluginInfo(ep.name, origin, enabled=enabled is True)
+        if not isinstance(enabled, bool):
+            info.error = f"'plugins.{ep.name}.enabled' in {config.source} must be true or false"
+            log.error("plugin %s not loaded: %s", ep.name, info.error)
+            return info
+        if not enabled:
+            return info  # never imported: a disabled plugin's code does not run
+        guard = Guard(ep.name, config.plugin_timeout_seconds, config.plugin_max_timeouts, config.workers * 2)
         try:
             cls = ep.load()
             if not (isinstance(cls, type) and issubclass(cls, (Analyzer, Reporter))):
                 raise TypeError(f"{ep.value} is not an Analyzer or Reporter subclass")
             info.kind = "analyzer" if issubclass(cls, Analyzer) else "reporter"
-            if not isinstance(enabled, bool):
-                raise SeraError(f"'plugins.{ep.name}.enabled' in {config.source} must be true or false")
-            if not info.enabled:
-                return info
             cls.name = cls.name or ep.name
             options = build(cls.Options, raw, config.source, prefix=f"plugins.{ep.name}.")
             plugin = cls(options, context)
-            plugin.setup()
-            info.plugin = plugin
+            guard.call("setup", plugin.setup, timeout=max(SETUP_TIMEOUT_SECONDS, config.plugin_timeout_seconds))
+            info.plugin, info.guard = plugin, guard
         except SeraError as exc:
             info.error = str(exc)
             log.error("plugin %s not loaded: %s", ep.name, exc)
+        except PluginFailure as failure:
+            cause = failure.__cause__
+            info.error = f"{type(cause).__name__}: {cause}" if cause else f"setup: {failure}"
+            if isinstance(cause, SeraError):
+                info.error = str(cause)
         except Exception as exc:
             info.error = f"{type(exc).__name__}: {exc}"
             log.exception("plugin %s failed to load", ep.name)
         return info
+
+
+def _is_builtin(ep: EntryPoint) -> bool:
+    return ep.dist is not None and _normalise(ep.dist.name) == _normalise(DISTRIBUTION)
+
+
+def _normalise(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def _resolve_clash(eps: list[EntryPoint]) -> tuple[EntryPoint | None, list[PluginInfo]]:
+    """One entry point per name: the built-in one if there is one, else the only one; the rest refused."""
+    if len(eps) == 1:
+        return eps[0], []
+    builtin = next((ep for ep in eps if _is_builtin(ep)), None)
+    refused = []
+    for ep in eps:
+        if ep is builtin:
+            continue
+        if builtin is not None:
+            why = f"name clash: {ep.name!r} is a built-in plugin's name; choose another name in {_distribution(ep)}"
+        else:
+            others = ", ".join(_distribution(o) for o in eps if o is not ep)
+            why = f"name clash: {ep.name!r} is also registered by {others}; neither is loaded"
+        log.error("plugin %s from %s refused: %s", ep.name, _distribution(ep), why)
+        refused.append(PluginInfo(ep.name, _distribution(ep), error=why))
+    return builtin, refused
 
 
 def _distribution(ep: EntryPoint) -> str:

@@ -8,12 +8,15 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from bot.audio import SAMPLE_RATE
 from bot.config import Config
+from bot.errors import SeraError
 from bot.pipeline import Pipeline
 from bot.registry import PluginSet
 from tests.conftest import ROOT, SAMPLE_NOTE
@@ -126,7 +129,7 @@ def test_broken_plugins_are_isolated_and_reported(bad_distribution: Path, speech
         assert f"{name} failed ({why}" in notices
         assert name not in report.outputs
     assert "boom" not in notices  # the user sees a short notice; the operator's log has the traceback
-    assert any("analyzer raises raised" in r.message and r.exc_info for r in caplog.records)
+    assert any("plugin raises: analyze raised" in r.message and r.exc_info for r in caplog.records)
 
 
 def test_options_are_checked_per_plugin(tmp_path: Path) -> None:
@@ -188,3 +191,148 @@ def test_example_reporter_renders(example_installed: dict[str, str]) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("voice-note.ogg: ")
     assert len(done.stdout.strip().splitlines()) == 1
+
+
+HANGS = '''
+import time
+from bot.plugin import Analyzer, Reporter
+
+class Hangs(Analyzer):
+    def analyze(self, segments):
+        time.sleep(60)
+
+class HangsEverywhere(Reporter):
+    def render(self, report):
+        time.sleep(60)
+    def render_session(self, summary):
+        time.sleep(60)
+    def session_started(self, session):
+        time.sleep(60)
+    def forget_user(self, user_id):
+        time.sleep(60)
+    def teardown(self):
+        time.sleep(60)
+'''
+
+
+def install(folder: Path, monkeypatch: pytest.MonkeyPatch, dist: str, module: str, source: str | None, entry_points: dict[str, str]) -> None:
+    """A distribution ``dist`` on sys.path, with ``module`` (unless None) and these sera.plugins entry points."""
+    folder.mkdir(exist_ok=True)
+    if source is not None:
+        (folder / f"{module}.py").write_text(source)
+    info = folder / f"{dist.replace('-', '_')}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[sera.plugins]\n" + "".join(f"{k} = {v}\n" for k, v in entry_points.items()))
+    monkeypatch.syspath_prepend(str(folder))
+    importlib.invalidate_caches()
+
+
+def test_a_hung_analyzer_costs_only_itself_and_is_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, speech_wav: Path) -> None:
+    install(tmp_path / "site", monkeypatch, "hang-plugins", "hang_plugins", HANGS, {"hangs": "hang_plugins:Hangs"})
+    config = Config(workers=1, plugin_timeout_seconds=0.5, plugin_max_timeouts=2, plugins={"hangs": {"enabled": True}})
+    pipeline = Pipeline(config, PluginSet(config, SAMPLE_RATE, only={"hangs", "emotion_cnn"}))
+    try:
+        notices = []
+        for _ in range(5):  # more hung calls than the old shared pool had threads (workers * 2)
+            report = pipeline.analyze(speech_wav)
+            assert report.emotion() is not None  # the built-in model answers every time
+            notices += report.notices
+        assert notices[:2] == ["hangs failed (it took too long); its results are left out"] * 2
+        assert notices[2:] == []  # stopped: no longer called, so no note waits on it
+        info = next(i for i in pipeline.plugins.infos if i.name == "hangs")
+        assert info.status == "stopped after 2 calls that took longer than 0.5 s"
+        assert [f.name for f in pipeline.plugins.failures()] == ["hangs"]
+        assert [a.name for a in pipeline.plugins.analyzers] == ["emotion_cnn"]
+    finally:
+        pipeline.close()
+
+
+def test_hung_calls_do_not_pile_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While as many calls as the plugin may run are hung, the next one fails at once, holding nothing."""
+    from bot.registry import Guard, PluginFailure
+
+    guard = Guard("slow", timeout=0.2, max_timeouts=10, concurrency=2)
+    release = threading.Event()
+    for _ in range(2):
+        with pytest.raises(PluginFailure, match="took too long"):
+            guard.call("analyze", release.wait)
+    started = time.monotonic()
+    with pytest.raises(PluginFailure, match="still busy"):
+        guard.call("analyze", release.wait)
+    assert time.monotonic() - started < 0.1
+    release.set()
+    deadline = time.monotonic() + 5
+    while guard.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert guard.call("analyze", lambda: 42) == 42  # once the hung calls return, it is called again
+
+
+def test_every_hook_has_a_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bot.summary import SessionInfo, summarize
+
+    install(tmp_path / "site", monkeypatch, "hang-plugins", "hang_plugins", HANGS, {"hangs_everywhere": "hang_plugins:HangsEverywhere"})
+    config = Config(plugin_timeout_seconds=0.3, plugin_max_timeouts=10, plugins={"hangs_everywhere": {"enabled": True}})
+    plugins = PluginSet(config, SAMPLE_RATE, only={"hangs_everywhere", "text"})
+    info = SessionInfo(1, "guild", "room", "alice", time.time())
+    started = time.monotonic()
+    plugins.notify("session_started", info)
+    rendered = plugins.render_session(summarize(info, "ended", 10.0, []))
+    assert "text" in rendered and "hangs_everywhere" not in rendered
+    assert plugins.forget_user("alice") == {}
+    with pytest.raises(SeraError, match="the hangs_everywhere reporter failed \\(it took too long\\)"):
+        plugins.render("hangs_everywhere", None)
+    plugins.close()
+    assert time.monotonic() - started < 4 * 0.3 + 1.0  # five hooks, each cut at the timeout
+
+
+def test_shutdown_is_not_held_up_by_a_hung_plugin(tmp_path: Path) -> None:
+    (tmp_path / "hang_plugins.py").write_text(HANGS)
+    script = f"""
+import sys, time
+sys.path.insert(0, {str(tmp_path)!r})
+from bot.config import Config
+from bot.pipeline import Pipeline
+from bot.plugin import PluginContext, Segment
+from bot.registry import Guard, PluginFailure, PluginInfo, PluginSet
+import hang_plugins, numpy as np
+config = Config(workers=1, plugin_timeout_seconds=0.5)
+plugins = PluginSet(config, 16000, only=set())
+plugin = hang_plugins.Hangs(None, PluginContext(config.models_dir, 16000))
+plugins.infos.append(PluginInfo("hangs", "test", "analyzer", True, plugin=plugin, guard=Guard("hangs", 0.5, 3, 2)))
+pipeline = Pipeline(config, plugins)
+outputs, notices = pipeline.analyze_segments([Segment(np.zeros(16000, np.float32), 16000, 0.0, 1.0)])
+print(notices)
+pipeline.close()
+"""
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=50)
+    assert done.returncode == 0, done.stderr
+    assert "it took too long" in done.stdout
+    assert time.monotonic() - started < 30  # the hung call sleeps 60 s; the process does not wait for it
+
+
+def test_disabled_plugins_are_never_imported(bad_distribution: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(sys.modules, "bad_plugins", raising=False)
+    plugins = PluginSet(Config(), SAMPLE_RATE, only={"raises", "sleeps", "text"})
+    assert "bad_plugins" not in sys.modules
+    assert {i.name: i.status for i in plugins.infos}["raises"] == "disabled"
+    plugins.close()
+
+
+def test_built_in_is_decided_by_the_distribution_and_name_clashes_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install(tmp_path / "a", monkeypatch, "evil-plugins", "evil_plugins", BAD_PLUGINS,
+            {"text": "evil_plugins:Raises", "sneaky": "plugins.text_report:TextReporter", "twice": "evil_plugins:Raises"})  # fmt: skip
+    install(tmp_path / "b", monkeypatch, "other-plugins", "other_plugins", None, {"twice": "evil_plugins:Raises"})
+    plugins = PluginSet(Config(plugins={"twice": {"enabled": True}}), SAMPLE_RATE, only={"text", "sneaky", "twice"})
+    try:
+        rows = [(i.name, i.origin, i.status) for i in plugins.infos]
+        assert ("text", "built-in", "loaded") in rows
+        assert ("text", "evil-plugins 1.0", "failed: name clash: 'text' is a built-in plugin's name; choose another name in evil-plugins 1.0") in rows
+        assert type(plugins.reporter("text")).__module__ == "plugins.text_report"
+        # a module path under plugins. does not make a third party's entry point built-in (or enabled)
+        assert ("sneaky", "evil-plugins 1.0", "disabled") in rows
+        twice = [status for name, _, status in rows if name == "twice"]
+        assert len(twice) == 2 and all("name clash" in s and "neither is loaded" in s for s in twice)
+    finally:
+        plugins.close()

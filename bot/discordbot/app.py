@@ -80,7 +80,9 @@ class SeraBot(commands.Bot):
 
 
 def token(config: Config) -> str:
-    value = os.environ.get(config.discord.token_env, "").strip()
+    """The bot token, taken out of the environment: no child process (ffmpeg parses strangers' bytes)
+    and no later code that dumps the environment can see it."""
+    value = os.environ.pop(config.discord.token_env, "").strip()
     if not value:
         raise SeraError(
             f"no Discord token: set the environment variable {config.discord.token_env} "
