@@ -55,6 +55,7 @@ class DiscordOptions:
     database: str = "sera.db"
     queue_size: int = 16  # analyses waiting or running at once; more are told to retry
     user_rate_per_minute: int = 6
+    user_in_flight: int = 2  # one user's notes queued or running at once; more are told to wait
     chart: bool = False  # attach a PNG chart in DMs (needs matplotlib); servers choose with /sera style
     message_content: bool = False  # privileged intent: analyse notes in enabled channels without being asked
 
@@ -64,6 +65,8 @@ class LiveOptions:
     """The ``live:`` section of the config: listening in voice channels (experimental)."""
 
     enabled: bool = False  # off unless the operator turns it on for this deployment
+    max_sessions: int = 4  # sessions running at once across all servers; /listen start refuses more
+    workers: int = 1  # threads of their own for live analysis, so voice notes never queue behind sessions
     max_session_minutes: float = 120.0
     max_utterance_seconds: float = 8.0  # a speaker who never pauses is still analysed in pieces
     speaker_buffer_seconds: float = 20.0  # queued audio per speaker before the oldest is shed

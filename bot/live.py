@@ -10,6 +10,11 @@ never on the event loop.
 Memory is bounded: each speaker's queue holds at most ``speaker_buffer_seconds`` of audio (older
 audio is shed, counted and logged, when analysis falls behind), and an utterance is closed after
 ``max_utterance_seconds`` even if its speaker never pauses.
+
+Time is the session's clock (wall time by default; tests and benchmarks drive their own). A frame's own
+time comes from its sender (RTP timestamps), so it is clamped to at most ``MAX_AHEAD_SECONDS`` past the
+clock: a participant who stamps a frame far in the future moves only their own track, never the time
+at which everyone else's utterances are judged finished.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Collection
+from concurrent.futures import Executor
 
 import numpy as np
 import soxr
@@ -40,6 +46,7 @@ FRAME_SAMPLES = SOURCE_RATE // 50  # 20 ms
 MAX_GAP_FILL_SECONDS = 1.0  # a longer silence (no packets) starts the speaker's stream afresh
 IDLE_SECONDS = 0.6  # no packets from a speaker for this long: they stopped talking, close their utterance
 SHED_LOG_INTERVAL_SECONDS = 10.0
+MAX_AHEAD_SECONDS = 1.0  # jitter and clock drift a frame's timestamp may show past the session's clock
 
 
 def pcm_to_float(pcm: bytes) -> np.ndarray:
@@ -142,6 +149,7 @@ class LiveSession:
         consents: Callable[[str], bool],
         skip: Collection[str] = frozenset(),
         on_results: Callable[[list[Utterance]], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.pipeline = pipeline
         self.store = store
@@ -150,20 +158,21 @@ class LiveSession:
         self.consents = consents
         self.skip = skip
         self.on_results = on_results
-        self.started = time.monotonic()
+        self.clock = clock
+        self.started = clock()
         self.active = True
         self.tracks: dict[str, SpeakerTrack] = {}
         self.shed = 0  # frames dropped because processing fell behind
         self.dropped_without_consent = 0
-        self.latest = 0.0  # session time of the newest frame (ahead of the clock when fed faster than real time)
+        self.clamped = 0  # frames stamped too far ahead of the clock
         self._tracks_lock = threading.Lock()
         self._process_lock = threading.Lock()
-        self._last_shed_log = 0.0
+        self._last_shed_log = -SHED_LOG_INTERVAL_SECONDS
         self._max_queue_frames = round(options.speaker_buffer_seconds * 50)
         pipeline.plugins.notify("session_started", info)
 
     def elapsed(self) -> float:
-        return time.monotonic() - self.started
+        return self.clock() - self.started
 
     def feed(self, speaker: str, pcm: bytes, at: float | None = None) -> bool:
         """Queue one frame of a speaker's audio (any thread); False when it was dropped unprocessed.
@@ -180,11 +189,14 @@ class LiveSession:
         if track is None:
             with self._tracks_lock:
                 track = self.tracks.setdefault(speaker, SpeakerTrack(speaker, self._stream, self._max_queue_frames))
-        at = self.elapsed() if at is None else at
-        self.latest = max(self.latest, at)
+        now = self.elapsed()
+        if at is None:
+            at = now
+        elif at > now + MAX_AHEAD_SECONDS:
+            at = now + MAX_AHEAD_SECONDS
+            self.clamped += 1
         if len(track.queue) == track.queue.maxlen:  # analysis is behind: the oldest frame goes
             self.shed += 1
-            now = time.monotonic()
             if now - self._last_shed_log > SHED_LOG_INTERVAL_SECONDS:
                 self._last_shed_log = now
                 log.warning("session %d: analysis is behind, %d frames of audio shed so far", self.info.id, self.shed)
@@ -199,7 +211,7 @@ class LiveSession:
         with self._process_lock:
             found: list[Utterance] = []
             samples: list[np.ndarray] = []
-            now = max(self.latest, self.elapsed())
+            now = self.elapsed()
             for track in list(self.tracks.values()):
                 if not self.consents(track.speaker):
                     track.queue.clear()  # opted out mid-session: what was queued is dropped, not analysed
@@ -235,8 +247,16 @@ class LiveSession:
             )  # fmt: skip
         return rows
 
-    async def run(self, stopped: asyncio.Event) -> None:
-        """Process queued audio every tick until ``stopped`` is set or the session is too long."""
+    def forget(self, speaker: str) -> None:
+        """Drop a speaker who asked to be forgotten: their track and queued audio, now. Waits for a tick in
+        progress, so no row of theirs is stored after this returns (the caller's consent check, changed
+        before, keeps new audio out)."""
+        with self._process_lock, self._tracks_lock:
+            self.tracks.pop(speaker, None)
+
+    async def run(self, stopped: asyncio.Event, workers: Executor | None = None) -> None:
+        """Process queued audio every tick (on ``workers``, by default the pipeline's) until ``stopped`` is
+        set or the session is too long."""
         loop = asyncio.get_running_loop()
         limit = self.options.max_session_minutes * 60
         while not stopped.is_set() and self.elapsed() < limit:
@@ -245,7 +265,7 @@ class LiveSession:
             except asyncio.TimeoutError:
                 pass
             try:
-                await loop.run_in_executor(self.pipeline.workers, self.process)
+                await loop.run_in_executor(workers or self.pipeline.workers, self.process)
             except Exception:
                 log.exception("session %d: processing failed; the audio queued so far is lost", self.info.id)
 

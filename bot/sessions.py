@@ -2,8 +2,9 @@
 
 A session row is written when listening starts and each utterance is committed the moment its analysis
 returns, so a crash or a dropped voice connection loses nothing already analysed. A session still
-marked ``live`` when the store is opened again was cut short: ``interrupted_sessions`` marks it so,
-and it can still be summarised from its rows. No audio is ever stored.
+marked ``live`` when the bot starts again was cut short: ``orphaned_sessions`` lists it, its summary is
+posted from its rows, and only then is it marked interrupted (``mark_interrupted``), so a crash in
+between means a summary posted twice, never one lost. No audio is ever stored.
 """
 
 from __future__ import annotations
@@ -11,17 +12,18 @@ from __future__ import annotations
 import csv
 import io
 import json
-import threading
+import sqlite3
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
-from bot.database import open_database
+from bot.database import Database
 from bot.errors import SeraError
 from bot.summary import SessionInfo, Utterance
 
 LIVE, ENDED, INTERRUPTED = "live", "ended", "interrupted"
+FORGOTTEN = "forgotten"  # stands in for the id of a user who asked to be forgotten
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -73,17 +75,21 @@ EXPORT_FIELDS = ("session", "speaker", "start_s", "end_s", "label", "confidence"
 
 
 class SessionStore:
-    """One connection shared by threads, serialised by a lock; every write is committed at once."""
+    """Live sessions, utterances and consent, on the process's shared ``Database``."""
 
-    def __init__(self, path: Path) -> None:
-        self._db = open_database(path, SCHEMA)
-        self.path = path
-        self._lock = threading.Lock()
+    def __init__(self, db: Database | Path) -> None:
+        self._owns = not isinstance(db, Database)
+        self.db = Database(db) if self._owns else db
+        self.db.apply(SCHEMA)
+
+    @property
+    def path(self) -> Path:
+        return self.db.path
 
     def start(self, space: str, room: str, started_by: str, report_to: str | None = None) -> SessionInfo:
         now = time.time()
-        with self._lock:
-            cursor = self._db.execute(
+        with self.db.transaction() as tx:
+            cursor = tx.execute(
                 "INSERT INTO sessions (space, room, report_to, started_by, started_at, status) VALUES (?, ?, ?, ?, ?, ?)",
                 (space, room, report_to, started_by, now, LIVE),
             )
@@ -97,57 +103,67 @@ class SessionStore:
             )
             for r in rows
         ]  # fmt: skip
-        with self._lock:
-            self._db.execute("BEGIN")
-            self._db.executemany(
+        with self.db.transaction() as tx:
+            tx.executemany(
                 "INSERT INTO utterances (session_id, speaker, start_s, end_s, label, confidence, probabilities, outputs)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 values,
             )
-            self._db.execute("COMMIT")
 
     def finish(self, session_id: int, status: str, shed: int = 0) -> None:
-        with self._lock:
-            self._db.execute(
+        with self.db.transaction() as tx:
+            tx.execute(
                 "UPDATE sessions SET ended_at = ?, status = ?, shed = ? WHERE id = ? AND status = ?",
                 (time.time(), status, shed, session_id, LIVE),
             )
 
-    def interrupted_sessions(self) -> list[int]:
-        """Sessions left ``live`` by a process that died: mark them interrupted and return their ids."""
-        with self._lock:
-            ids = [row[0] for row in self._db.execute("SELECT id FROM sessions WHERE status = ?", (LIVE,))]
-            for session_id in ids:
-                last = self._db.execute(
-                    "SELECT MAX(end_s) FROM utterances WHERE session_id = ?", (session_id,)
-                ).fetchone()[0]
-                self._db.execute(
-                    "UPDATE sessions SET status = ?, ended_at = started_at + ? WHERE id = ?",
-                    (INTERRUPTED, last or 0.0, session_id),
-                )
-        return ids
+    def orphaned_sessions(self, running: Iterable[int] = ()) -> list[int]:
+        """Sessions still ``live`` that no running session of this process owns: a process died in them."""
+        with self.db.read() as db:
+            ids = [row[0] for row in db.execute("SELECT id FROM sessions WHERE status = ? ORDER BY id", (LIVE,))]
+        return [i for i in ids if i not in set(running)]
+
+    def last_utterance_end(self, session_id: int) -> float:
+        """Seconds into the session at which its last stored utterance ended (0 without any)."""
+        with self.db.read() as db:
+            last = db.execute("SELECT MAX(end_s) FROM utterances WHERE session_id = ?", (session_id,)).fetchone()[0]
+        return last or 0.0
+
+    def mark_interrupted(self, session_id: int) -> None:
+        """Close a session a crash left open; its end is taken as its last utterance's."""
+        with self.db.transaction() as tx:
+            tx.execute(
+                "UPDATE sessions SET status = ?, ended_at = started_at + COALESCE("
+                "(SELECT MAX(end_s) FROM utterances WHERE session_id = ?), 0) WHERE id = ? AND status = ?",
+                (INTERRUPTED, session_id, session_id, LIVE),
+            )
 
     def info(self, session_id: int) -> StoredSession | None:
-        with self._lock:
-            row = self._db.execute(f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        with self.db.read() as db:
+            row = db.execute(f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)).fetchone()
         return _stored(row) if row else None
 
-    def sessions(self, space: str, limit: int = 10) -> list[StoredSession]:
+    def latest(self, space: str, limit: int = 10) -> list[StoredSession]:
         """The latest sessions of a space, newest first."""
-        with self._lock:
-            rows = self._db.execute(
+        with self.db.read() as db:
+            rows = db.execute(
                 f"SELECT {SESSION_COLUMNS} FROM sessions WHERE space = ? ORDER BY id DESC LIMIT ?", (space, limit)
             ).fetchall()
         return [_stored(row) for row in rows]
 
     def utterances(self, session_id: int) -> list[Utterance]:
-        with self._lock:
-            rows = self._db.execute(
+        with self.db.read() as db:
+            rows = db.execute(
                 "SELECT speaker, start_s, end_s, label, confidence, probabilities, outputs FROM utterances "
                 "WHERE session_id = ? ORDER BY start_s, id",
                 (session_id,),
             ).fetchall()
         return [Utterance(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), json.loads(r[6])) for r in rows]
+
+    def speakers(self, session_id: int) -> set[str]:
+        """Who spoke (and was analysed) in a session."""
+        with self.db.read() as db:
+            return {r[0] for r in db.execute("SELECT DISTINCT speaker FROM utterances WHERE session_id = ?", (session_id,))}
 
     def export_csv(self, session_id: int) -> str:
         out = io.StringIO()
@@ -184,27 +200,29 @@ class SessionStore:
 
     def set_consent(self, space: str, speaker: str, consents: bool) -> None:
         """Remember (or revoke) a speaker's opt-in to live analysis in one space."""
-        with self._lock:
+        with self.db.transaction() as tx:
             if consents:
-                self._db.execute(
+                tx.execute(
                     "INSERT OR IGNORE INTO consent (space, speaker, since) VALUES (?, ?, ?)", (space, speaker, time.time())
                 )
             else:
-                self._db.execute("DELETE FROM consent WHERE space = ? AND speaker = ?", (space, speaker))
+                tx.execute("DELETE FROM consent WHERE space = ? AND speaker = ?", (space, speaker))
 
     def consenting(self, space: str) -> set[str]:
-        with self._lock:
-            return {r[0] for r in self._db.execute("SELECT speaker FROM consent WHERE space = ?", (space,))}
+        with self.db.read() as db:
+            return {r[0] for r in db.execute("SELECT speaker FROM consent WHERE space = ?", (space,))}
 
-    def forget_speaker(self, speaker: str) -> int:
-        """Delete every utterance and opt-in of one speaker; returns how many utterances went."""
-        with self._lock:
-            self._db.execute("DELETE FROM consent WHERE speaker = ?", (speaker,))
-            return self._db.execute("DELETE FROM utterances WHERE speaker = ?", (speaker,)).rowcount
+    def delete_user_data(self, tx: sqlite3.Connection, speaker: str) -> dict[str, int]:
+        """Inside the caller's transaction: the speaker's utterances and opt-ins go, and the sessions they
+        started no longer name them."""
+        utterances = tx.execute("DELETE FROM utterances WHERE speaker = ?", (speaker,)).rowcount
+        tx.execute("DELETE FROM consent WHERE speaker = ?", (speaker,))
+        started = tx.execute("UPDATE sessions SET started_by = ? WHERE started_by = ?", (FORGOTTEN, speaker)).rowcount
+        return {"utterances": utterances, "sessions_started": started}
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        if self._owns:
+            self.db.close()
 
 
 def _stored(row: tuple) -> StoredSession:

@@ -141,9 +141,10 @@ def test_slash_command_analyses_a_file(harness: Harness) -> None:
     assert_emotion_embed(interaction.sent()[0]["embed"])
 
 
-def test_context_menu_works_on_any_message_with_audio(harness: Harness) -> None:
-    target = harness.message(harness.attachment(b"\x89PNG", "cat.png", "image/png", voice=False), harness.attachment(NOTE))
-    interaction = harness.interaction(FakeGuild())
+def test_context_menu_works_on_your_own_message_with_audio(harness: Harness) -> None:
+    me = FakeUser()
+    target = harness.message(harness.attachment(b"\x89PNG", "cat.png", "image/png", voice=False), harness.attachment(NOTE), author=me)
+    interaction = harness.interaction(FakeGuild(), user=me)
     asyncio.run(harness.cog.menu.callback(interaction, target))
     assert_emotion_embed(interaction.sent()[0]["embed"])
     no_audio = harness.interaction(FakeGuild())
@@ -374,3 +375,119 @@ def test_chart_is_attached_when_the_guild_asks(harness: Harness) -> None:
     assert attached.filename == "emotion.png"
     assert attached.fp.read(4) == b"\x89PNG"
     assert_emotion_embed(message.replies[0]["embed"])
+
+
+def test_someone_elses_note_only_where_enabled_privately_and_never_against_their_wish(harness: Harness) -> None:
+    guild, enabled, other_channel = FakeGuild(), FakeChannel(), FakeChannel()
+    asyncio.run(harness.cog.set_channel.callback(harness.cog, harness.interaction(guild, enabled, admin=True), True))
+    alice, bob = FakeUser(), FakeUser()
+
+    def menu(channel: FakeChannel, caller: FakeUser):
+        note = harness.message(harness.attachment(NOTE), guild=guild, channel=channel, author=alice)
+        interaction = harness.interaction(guild, channel, user=caller)
+        asyncio.run(harness.cog.menu.callback(interaction, note))
+        return interaction
+
+    refused = menu(other_channel, bob)
+    assert "only in channels the server's admins enabled" in refused.sent()[0]["content"]
+    assert refused.sent()[0]["ephemeral"] is True and harness.cdn.downloads == 0
+
+    allowed = menu(enabled, bob)
+    assert allowed.log[0] == ("defer", {"ephemeral": True, "thinking": True})  # only Bob sees it
+    assert_emotion_embed(allowed.sent()[0]["embed"])
+    assert allowed.sent()[0]["ephemeral"] is True
+    assert harness.store.analyses_of(alice.id) == 1  # stored under the voice's author...
+    with harness.store.db.read() as db:
+        assert db.execute("SELECT user_id, requested_by FROM analyses").fetchall() == [(alice.id, bob.id)]  # ...naming who asked
+
+    optout = harness.interaction(user=alice)
+    asyncio.run(harness.cog.privacy.callback(harness.cog, optout, analysis_by_others=False))
+    assert "nobody else can analyse your voice notes" in optout.sent()[0]["content"]
+    declined = menu(enabled, bob)
+    assert "asked not to be analysed by others" in declined.sent()[0]["content"]
+    own = menu(other_channel, alice)  # her own notes: as before, anywhere
+    assert_emotion_embed(own.sent()[0]["embed"])
+
+    ask = harness.interaction(user=alice)
+    asyncio.run(harness.cog.forget.callback(harness.cog, ask))
+    done = harness.interaction(user=alice)
+    asyncio.run(ask.sent()[0]["view"].confirm.callback(done))
+    assert done.sent()[0]["content"].startswith("Done: 2 analyses")  # the one Bob asked for too
+    assert harness.store.analyses_of(alice.id) == 0 and harness.store.analyses_of(bob.id) == 0
+
+
+def test_a_dollar_file_name_still_gets_its_answer_and_chart(harness: Harness) -> None:
+    import matplotlib.pyplot as plt
+
+    guild, channel = FakeGuild(), FakeChannel()
+    asyncio.run(harness.cog.set_channel.callback(harness.cog, harness.interaction(guild, channel, admin=True), True))
+    asyncio.run(harness.cog.set_style.callback(harness.cog, harness.interaction(guild, channel, admin=True), chart=True))
+    notes = [harness.attachment(NOTE, filename=name) for name in ("price_$5_and_$6.ogg", "$\\frac{$.ogg", "plain.ogg")]
+    message = harness.message(*notes, guild=guild, channel=channel)
+    asyncio.run(harness.cog.on_message(message))
+    assert len(message.replies) == 3  # every note of the message answered
+    for reply in message.replies:
+        assert_emotion_embed(reply["embed"])
+        assert reply["file"].fp.read(4) == b"\x89PNG"
+    assert plt.get_fignums() == []  # no figure left in pyplot's registry
+
+
+def test_a_failing_reporter_never_costs_the_answer(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    embed = harness.pipeline.plugins.reporter("embed")
+    chart = harness.pipeline.plugins.reporter("chart")
+    monkeypatch.setattr(embed, "render", lambda report: 1 / 0)
+    monkeypatch.setattr(chart, "render", lambda report: 1 / 0)
+    message = harness.message(harness.attachment(NOTE), harness.attachment(NOTE))
+    asyncio.run(harness.cog.on_message(message))
+    assert len(message.replies) == 2
+    assert all(any(label in r["content"] for label in (*LABELS, "unsure")) for r in message.replies)
+    interaction = harness.interaction(FakeGuild())
+    asyncio.run(harness.cog.analyse_file.callback(harness.cog, interaction, harness.attachment(NOTE, voice=False)))
+    assert [k for k, _ in interaction.log] == ["defer", "followup"]  # never stuck on "thinking"
+
+
+def test_one_user_cannot_fill_the_queue(tmp_path: Path, shared_pipeline: Pipeline) -> None:
+    harness = Harness(tmp_path, pipeline=shared_pipeline, queue_size=16, user_in_flight=2, user_rate_per_minute=100)
+    asyncio.run(harness.start())
+    flooder = FakeUser()
+    flood = [harness.message(harness.attachment(NOTE), author=flooder) for _ in range(6)]
+    others = [harness.message(harness.attachment(NOTE)) for _ in range(3)]
+    asyncio.run(deliver_at_once(harness, flood + others))
+    answered = [m for m in flood if "embed" in m.replies[0]]
+    assert len(answered) == 2
+    assert all("I'm still listening to your last 2 notes" in m.replies[0]["content"] for m in flood if m not in answered)
+    assert all("embed" in m.replies[0] for m in others)
+    assert harness.cog.in_flight._count == {}
+    harness.close()
+
+
+def test_the_rate_limiter_forgets_quiet_users() -> None:
+    from bot.discordbot.limits import RateLimiter
+
+    now = [0.0]
+    limiter = RateLimiter(6, clock=lambda: now[0])
+    for user in range(5_000):
+        now[0] = user * 0.001
+        limiter.retry_after(user)
+    now[0] += 61.0
+    for user in range(5_000, 7_000):
+        limiter.retry_after(user)
+    assert len(limiter) <= 2_000  # the 5,000 users of over a minute ago are gone
+
+
+def test_forget_reports_what_went_and_a_failure_deletes_nothing(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bot.database import StorageError
+
+    user = FakeUser()
+    asyncio.run(harness.cog.on_message(harness.message(harness.attachment(NOTE), author=user)))
+
+    def locked(*args):
+        raise StorageError("the database is busy (another process is writing to it); nothing was changed, try again")
+
+    monkeypatch.setattr(harness.bot.sessions, "delete_user_data", locked)
+    ask = harness.interaction(user=user)
+    asyncio.run(harness.cog.forget.callback(harness.cog, ask))
+    done = harness.interaction(user=user)
+    asyncio.run(ask.sent()[0]["view"].confirm.callback(done))
+    assert done.sent()[0]["content"].startswith("Nothing was deleted: the database is busy")
+    assert harness.store.analyses_of(user.id) == 1  # one transaction: the analyses were not deleted either

@@ -27,7 +27,7 @@ from bot.summary import Utterance
 from tests.conftest import say
 from tests.dave_harness import FakeVoiceClient, Speaker, VoiceServer
 from tests.discord_harness import FakeInteraction, Harness
-from tests.voice_sim import Turn, frames, load_speech
+from tests.voice_sim import Clock, Turn, frames, load_speech
 
 CHANNEL = 880_000_000_000_000_001
 BOT, ALICE, BOB, CAROL, DAVE = 1, 1001, 1002, 1003, 1004
@@ -105,7 +105,7 @@ class Guild:
         return self.by_id.get(user_id)
 
 
-class OfflineListening(Listening):
+class OfflineListening(Listening, name="Listening"):
     """The real cog; joining a channel gives a voice client fed by the test instead of Discord."""
 
     def __init__(self, *args: Any, server_dave: davey.DaveSession, **kwargs: Any) -> None:
@@ -149,6 +149,7 @@ class World:
         members = {u: davey.DaveSession(davey.DAVE_PROTOCOL_VERSION, u, CHANNEL) for u in LINES}
         server.establish(self.bot_dave, list(members.values()))
         self.speakers = {u: Speaker(u, 100 + i, members[u]) for i, u in enumerate(LINES)}
+        self.clock = Clock()  # the sessions' clock: frames go in ten times faster than real time
         self.cog: OfflineListening
 
     async def start(self) -> OfflineListening:
@@ -156,6 +157,7 @@ class World:
         self.cog = OfflineListening(bot, self.harness.pipeline, bot.sessions, self.harness.store, self.harness.config.live,
                                     server_dave=self.bot_dave)  # fmt: skip
         self.cog.guild = self.guild
+        self.cog.clock = self.clock
         await bot.add_cog(self.cog)
         return self.cog
 
@@ -175,29 +177,41 @@ class World:
         await self.talk([Turn(str(ALICE), 0.2, speech[ALICE])])
         return cog
 
-    async def talk(self, turns: list[Turn]) -> None:
-        """Send the turns as DAVE-encrypted RTP through the voice client, about ten times real time."""
+    async def talk(self, turns: list[Turn], stamp: Callable[[int, float], int | None] = lambda user, at: None) -> None:
+        """Send the turns as DAVE-encrypted RTP through the voice client, about ten times real time, with the
+        session clock following the frames; then a second of silence. ``stamp`` may forge a frame's RTP
+        timestamp (None: the sender's own)."""
         client = self.cog.clients[-1]
         for speaker in self.speakers.values():
             client.speaking(speaker)
         encoders = {user: Encoder() for user in self.speakers}  # each client has its own Opus encoder state
-        for i, (_, user, pcm) in enumerate(frames(turns)):
+        live = self.cog.active[self.guild.id].live
+        for i, (at, user, pcm) in enumerate(frames(turns)):
+            self.clock.now = max(self.clock.now, at)
             speaker = self.speakers[int(user)]
+            forged = stamp(int(user), at)
+            honest = speaker.timestamp
+            if forged is not None:
+                speaker.timestamp = forged
             client.deliver(speaker.packet(encoders[int(user)].encode(pcm, 960), client.secret_key))
+            if forged is not None:
+                speaker.timestamp = honest + 960
             if i % 10 == 9:
                 await asyncio.sleep(0.002)
         await asyncio.sleep(0.3)  # the library's router thread hands over what it buffered
-        live = self.cog.active[self.guild.id].live
         await eventually(lambda: not any(track.queue for track in live.tracks.values()), 10)  # the ticks catch up
+        self.clock.now += 1.0  # a pause: every speaker's utterance closes at the next tick
 
 
 async def eventually(check: Callable[[], object], seconds: float) -> None:
-    """Wait, polling every 50 ms for at most ``seconds``' worth of polls, until ``check()`` holds: the
-    session works on its own threads and clock, so tests wait for what they check, never a fixed time."""
-    for _ in range(round(seconds / 0.05)):
+    """Wait, polling every 20 ms for at most ``seconds``' worth of polls, until ``check()`` holds: the
+    session works on its own threads, so tests wait for what they check, never a fixed time. Raises when
+    it never holds."""
+    for _ in range(round(seconds / 0.02)):
         if check():
             return
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"still not true after {seconds} s: {check}")
 
 
 def sent_texts(interaction: FakeInteraction) -> str:
@@ -228,7 +242,7 @@ def test_a_study_session_from_start_to_summary(tmp_path: Path, shared_pipeline: 
                  Turn(str(CAROL), 5.0, speech[CAROL]), Turn(str(DAVE), 9.0, speech[DAVE])]  # fmt: skip
         await world.talk(turns)
         # Rows are written while the session runs, not at the end: each utterance as soon as it closes
-        # (at the latest when the session clock, real time here, passes its speaker's last packet).
+        # (at the latest when the session clock passes its speaker's last packet).
         await eventually(lambda: world.harness.bot.sessions.utterances(1), 15)
         assert world.harness.bot.sessions.utterances(1)
 
@@ -255,13 +269,21 @@ def test_a_study_session_from_start_to_summary(tmp_path: Path, shared_pipeline: 
         await cog.export.callback(cog, exported, 1)
         names = [f.filename for f in exported.sent()[-1]["files"]]
         assert names == ["session-1.csv", "session-1.json"]
+        for command in (cog.show, cog.export):  # Carol neither spoke nor started it
+            carol = world.interaction(CAROL)
+            await command.callback(cog, carol, 1)
+            assert "history is for those who spoke in it" in sent_texts(carol) and "files" not in carol.sent()[-1]
+            admin = world.interaction(CAROL)
+            admin.permissions = discord.Permissions(manage_guild=True)
+            await command.callback(cog, admin, 1)
+            assert "history is for" not in sent_texts(admin)
         elsewhere = world.interaction(ALICE)
         elsewhere.guild_id = 999
         await cog.show.callback(cog, elsewhere, 1)
         assert "No session #1 in this server" in sent_texts(elsewhere)
 
         forget = world.interaction(BOB)
-        view = ForgetView(world.harness.store, world.harness.bot.sessions, BOB)
+        view = ForgetView(BOB, (await world.harness.start()).forget_user)
         await view.confirm.callback(forget)
         assert "voice-channel utterances deleted" in sent_texts(forget)
         assert {r.speaker for r in world.harness.bot.sessions.utterances(1)} == {str(ALICE)}
@@ -357,8 +379,8 @@ def test_the_time_limit_ends_the_session(tmp_path: Path, shared_pipeline: Pipeli
     async def scenario() -> None:
         cog = await world.start()
         await cog.start.callback(cog, world.interaction(ALICE))
-        await asyncio.sleep(1.5)
-        assert cog.active == {}
+        world.clock.now += 1.0  # past the 0.6 s limit
+        await eventually(lambda: cog.active == {}, 10)
         assert "time limit" in world.text.sent[-1].kwargs["embed"].description
 
     asyncio.run(scenario())
@@ -378,7 +400,7 @@ def test_sessions_a_crash_left_open_are_summarised_after_a_restart(tmp_path: Pat
         cog = await restarted.start()
         restarted.harness.bot.get_channel = lambda channel_id: restarted.text if channel_id == restarted.text.id else None
         restarted.harness.bot.get_guild = lambda guild_id: restarted.guild
-        await cog.summarise_interrupted()
+        await cog.summarize_orphans()
         summary = restarted.text.sent[-1].kwargs["embed"]
         assert "(interrupted)" in summary.title and "restarted" in summary.description
         assert "<@1001>" in summary.fields[0].value
@@ -408,6 +430,127 @@ def test_live_feedback_is_posted_then_edited_when_the_server_turned_it_on(tmp_pa
         assert len(feedback) == 1 and "<@1001>" in feedback[0].content
         assert feedback[0].edits and "<@1002>" in feedback[0].edits[-1]
         await cog.close()
+
+    asyncio.run(scenario())
+    world.harness.close()
+
+
+def test_forget_mid_session_removes_the_speaker_everywhere_in_one_go(tmp_path: Path, shared_pipeline: Pipeline, speech) -> None:
+    """Bob started the session and spoke; his /forget while it runs leaves no row, no name, no opt-in."""
+    world = World(tmp_path, shared_pipeline, feedback_seconds=0.0)
+
+    async def scenario() -> None:
+        cog = await world.start()
+        notes = await world.harness.start()
+        world.harness.store.update_settings(world.guild.id, lambda s: s.__class__(**{**s.__dict__, "live_feedback": True}))
+        for user in (ALICE, BOB):
+            world.harness.bot.sessions.set_consent(str(world.guild.id), str(user), True)
+        await cog.start.callback(cog, world.interaction(BOB))
+        await world.talk([Turn(str(ALICE), 0.2, speech[ALICE]), Turn(str(BOB), 1.0, speech[BOB])])
+        await eventually(lambda: {r.speaker for r in world.harness.bot.sessions.utterances(1)} == {str(ALICE), str(BOB)}, 15)
+
+        ask = world.interaction(BOB)
+        await notes.forget.callback(notes, ask)
+        done = world.interaction(BOB)
+        await ask.sent()[0]["view"].confirm.callback(done)
+        assert "your name on 1 sessions you started" in sent_texts(done)
+        active = cog.active[world.guild.id]
+        assert str(BOB) not in active.consenting and str(BOB) not in active.moods and str(BOB) not in active.live.tracks
+
+        await world.talk([Turn(str(BOB), 0.0, speech[BOB])])  # he is still in the channel, talking
+        await cog.stop.callback(cog, world.interaction(ALICE))
+        sessions = world.harness.bot.sessions
+        assert {r.speaker for r in sessions.utterances(1)} == {str(ALICE)}
+        assert str(BOB) not in sessions.consenting(str(world.guild.id))
+        assert sessions.info(1).info.started_by == "forgotten"
+        assert '"started_by": "forgotten"' in sessions.export_json(1)
+        assert "<@1002>" not in world.text.sent[-1].kwargs["embed"].fields[0].value
+
+    asyncio.run(scenario())
+    world.harness.close()
+
+
+def test_a_summary_is_posted_even_when_finishing_the_session_fails(tmp_path: Path, shared_pipeline: Pipeline, speech, monkeypatch) -> None:
+    world = World(tmp_path, shared_pipeline)
+
+    async def scenario() -> None:
+        cog = await world.alice_talking(speech)
+        await eventually(lambda: world.harness.bot.sessions.utterances(1), 15)
+
+        def broken(*args: Any) -> None:
+            raise RuntimeError("disk full")
+
+        monkeypatch.setattr(world.harness.bot.sessions, "finish", broken)
+        await cog.stop.callback(cog, world.interaction(ALICE))
+        summary = world.text.sent[-1].kwargs["embed"]
+        assert summary.title.startswith("📋 Session summary") and "<@1001>" in summary.fields[0].value
+
+    asyncio.run(scenario())
+    world.harness.close()
+
+
+def test_an_orphaned_session_stays_open_until_its_summary_is_posted(tmp_path: Path, shared_pipeline: Pipeline) -> None:
+    first = World(tmp_path, shared_pipeline)
+    info = first.harness.bot.sessions.start(str(first.guild.id), str(CHANNEL), str(ALICE), str(first.text.id))
+    first.harness.bot.sessions.add(info.id, [Utterance(str(ALICE), 1.0, 4.0, "calm", 0.8, {"calm": 0.8, "sad": 0.2}, {})])
+    first.harness.close()  # the process died with the session still "live"
+
+    class Refusing(TextChannel):
+        async def send(self, content: str | None = None, **kwargs: Any) -> SentMessage:
+            raise discord.HTTPException(type("R", (), {"status": 503, "reason": "unavailable"})(), "try later")
+
+    for attempt, channel in enumerate((Refusing(), TextChannel())):
+        world = World(tmp_path, shared_pipeline)
+
+        async def scenario() -> None:
+            cog = await world.start()
+            world.harness.bot.get_channel = lambda channel_id: channel if channel_id == channel.id else None
+            world.harness.bot.get_guild = lambda guild_id: world.guild
+            await cog.summarize_orphans()
+
+        asyncio.run(scenario())
+        status = world.harness.bot.sessions.info(info.id).status
+        if attempt == 0:  # Discord refused the summary: the session is still open, to be posted next time
+            assert status == "live"
+        else:
+            assert status == INTERRUPTED and "(interrupted)" in channel.sent[-1].kwargs["embed"].title
+        world.harness.close()
+
+
+def test_sessions_across_servers_are_capped(tmp_path: Path, shared_pipeline: Pipeline) -> None:
+    world = World(tmp_path, shared_pipeline, max_sessions=1)
+
+    async def scenario() -> None:
+        cog = await world.start()
+        await cog.start.callback(cog, world.interaction(ALICE))
+        other = world.interaction(BOB)
+        other.guild = Guild(VoiceChannel(id=CHANNEL + 1))
+        other.guild.id = 556
+        other.guild_id = 556
+        other.user = other.guild.by_id[BOB]
+        await cog.start.callback(cog, other)
+        assert "as many voice channels as I can" in sent_texts(other)
+        await cog.close()
+
+    asyncio.run(scenario())
+    world.harness.close()
+
+
+def test_a_forged_rtp_timestamp_does_not_cut_everyone_else(tmp_path: Path, shared_pipeline: Pipeline, speech) -> None:
+    """Through the DAVE receive path: Bob's client stamps one frame an hour ahead while Alice talks."""
+    world = World(tmp_path, shared_pipeline, max_utterance_seconds=30.0)
+
+    async def scenario() -> None:
+        cog = await world.start()
+        for user in (ALICE, BOB):
+            world.harness.bot.sessions.set_consent(str(world.guild.id), str(user), True)
+        await cog.start.callback(cog, world.interaction(ALICE))
+        long_turn = np.concatenate([speech[ALICE], speech[ALICE]])
+        forged = lambda user, at: 123_456 + 48_000 * 3600 if user == BOB else None  # noqa: E731
+        await world.talk([Turn(str(ALICE), 0.0, long_turn), Turn(str(BOB), 1.0, speech[BOB][:8_000])], stamp=forged)
+        await cog.stop.callback(cog, world.interaction(ALICE))
+        alice = [r for r in world.harness.bot.sessions.utterances(1) if r.speaker == str(ALICE)]
+        assert alice and min(r.duration for r in alice) > 1.0  # whole utterances, not 0.1 s pieces at each tick
 
     asyncio.run(scenario())
     world.harness.close()

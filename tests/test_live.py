@@ -20,7 +20,7 @@ from bot.pipeline import Pipeline
 from bot.sessions import ENDED, INTERRUPTED, SessionStore
 from bot.summary import summarize
 from tests.conftest import ROOT, say
-from tests.voice_sim import Turn, frames, load_speech, speech_extent
+from tests.voice_sim import Clock, Turn, frames, load_speech, speech_extent
 
 LINES = [
     "Let's start with the second law of thermodynamics, it is on page forty two.",
@@ -56,8 +56,10 @@ OPTED_IN = {"alice", "bob", "carol"}
 
 def run_session(pipeline: Pipeline, store: SessionStore, turns: list[Turn], **options) -> tuple[LiveSession, list]:
     info = store.start("guild", "voice", "alice", "text")
-    live = LiveSession(pipeline, store, info, LiveOptions(enabled=True, **options), consents=OPTED_IN.__contains__)
+    clock = Clock()
+    live = LiveSession(pipeline, store, info, LiveOptions(enabled=True, **options), consents=OPTED_IN.__contains__, clock=clock)
     for i, (at, speaker, pcm) in enumerate(frames(turns)):
+        clock.now = at
         live.feed(speaker, pcm, at)
         if i % 200 == 199:
             live.process()  # as the session's tick would, while frames keep arriving
@@ -119,10 +121,12 @@ def test_a_crash_mid_session_keeps_what_was_analysed_and_the_session_is_summaris
     store = SessionStore(path)
     turns = scenario(lines)
     info = store.start("guild", "voice", "alice", "text")
-    live = LiveSession(pipeline, store, info, LiveOptions(enabled=True), consents=OPTED_IN.__contains__)
+    clock = Clock()
+    live = LiveSession(pipeline, store, info, LiveOptions(enabled=True), consents=OPTED_IN.__contains__, clock=clock)
     for at, speaker, pcm in frames(turns):
         if at > 16.0:
             break  # the process dies here: no finish(), nothing flushed
+        clock.now = at
         live.feed(speaker, pcm, at)
         if speaker == "carol" and at > 15.5:
             live.process()
@@ -131,8 +135,9 @@ def test_a_crash_mid_session_keeps_what_was_analysed_and_the_session_is_summaris
     del live, store  # no clean close, like a killed process
 
     reopened = SessionStore(path)
-    assert reopened.interrupted_sessions() == [info.id]
-    assert reopened.interrupted_sessions() == []  # marked once
+    assert reopened.orphaned_sessions() == [info.id]
+    reopened.mark_interrupted(info.id)
+    assert reopened.orphaned_sessions() == []  # marked once
     known = reopened.info(info.id)
     assert known[1] == INTERRUPTED
     rows = reopened.utterances(info.id)
@@ -158,9 +163,11 @@ def test_rows_are_committed_as_they_arrive(pipeline, lines, tmp_path: Path):
 def test_falling_behind_sheds_audio_with_a_count_and_memory_stays_bounded(pipeline, lines, tmp_path: Path, caplog):
     store = SessionStore(tmp_path / "sera.db")
     info = store.start("guild", "voice", "alice")
-    live = LiveSession(pipeline, store, info, LiveOptions(enabled=True, speaker_buffer_seconds=2.0), consents=OPTED_IN.__contains__)
+    clock = Clock()
+    live = LiveSession(pipeline, store, info, LiveOptions(enabled=True, speaker_buffer_seconds=2.0), consents=OPTED_IN.__contains__, clock=clock)
     long_turn = [Turn("alice", 0.0, np.concatenate(lines[:3]))]
     for at, speaker, pcm in frames(long_turn):  # ~15 s of audio and no processing at all
+        clock.now = at
         live.feed(speaker, pcm, at)
     assert len(live.tracks["alice"].queue) == 100  # 2 s of 20 ms frames, never more
     assert live.shed > 500
@@ -174,9 +181,11 @@ def test_falling_behind_sheds_audio_with_a_count_and_memory_stays_bounded(pipeli
 def test_a_speaker_who_never_pauses_is_analysed_in_bounded_pieces(pipeline, lines, tmp_path: Path):
     store = SessionStore(tmp_path / "sera.db")
     info = store.start("guild", "voice", "alice")
-    live = LiveSession(pipeline, store, info, LiveOptions(enabled=True, max_utterance_seconds=3.0), consents=OPTED_IN.__contains__)
+    clock = Clock()
+    live = LiveSession(pipeline, store, info, LiveOptions(enabled=True, max_utterance_seconds=3.0), consents=OPTED_IN.__contains__, clock=clock)
     most_kept = 0
     for i, (at, speaker, pcm) in enumerate(frames([Turn("alice", 0.0, np.concatenate([lines[0], lines[1]]))])):
+        clock.now = at
         live.feed(speaker, pcm, at)
         if i % 25 == 24:  # every half second
             live.process()
@@ -193,8 +202,10 @@ def test_opting_out_mid_session_drops_what_was_queued(pipeline, lines, tmp_path:
     store = SessionStore(tmp_path / "sera.db")
     info = store.start("guild", "voice", "alice")
     consenting = {"alice"}
-    live = LiveSession(pipeline, store, info, LiveOptions(enabled=True), consents=consenting.__contains__)
+    clock = Clock()
+    live = LiveSession(pipeline, store, info, LiveOptions(enabled=True), consents=consenting.__contains__, clock=clock)
     for at, speaker, pcm in frames([Turn("alice", 0.0, lines[0])]):
+        clock.now = at
         live.feed(speaker, pcm, at)
     consenting.discard("alice")  # the button is pressed before the next tick
     live.finish()
@@ -220,8 +231,10 @@ def test_store_consent_exports_and_forgetting(tmp_path: Path):
     assert ",alice,1.000,2.500,calm,0.7000," in csv_text
     exported = json.loads(store.export_json(info.id))
     assert exported["utterances"][0]["probabilities"] == {"calm": 0.7, "sad": 0.3}
-    assert store.forget_speaker("alice") == 1
+    with store.db.transaction() as tx:
+        assert store.delete_user_data(tx, "alice") == {"utterances": 1, "sessions_started": 1}
     assert store.utterances(info.id) == [] and store.consenting("g") == set()
+    assert json.loads(store.export_json(info.id))["started_by"] == "forgotten"
     store.close()
 
 
@@ -252,11 +265,13 @@ def test_a_third_party_plugin_sees_sessions_through_the_plugin_api(lines, tmp_pa
 def test_a_packet_older_than_the_timeline_is_dropped_and_gaps_become_silence(pipeline, lines, tmp_path: Path):
     store = SessionStore(tmp_path / "sera.db")
     info = store.start("guild", "voice", "alice")
-    live = LiveSession(pipeline, store, info, LiveOptions(enabled=True), consents=OPTED_IN.__contains__)
+    clock = Clock()
+    live = LiveSession(pipeline, store, info, LiveOptions(enabled=True), consents=OPTED_IN.__contains__, clock=clock)
     sent = frames([Turn("alice", 0.0, lines[0])])
     for k, (at, speaker, pcm) in enumerate(sent):
         if k == 100:
             continue  # lost in transit: the track fills its 20 ms with silence
+        clock.now = at
         live.feed(speaker, pcm, at)
         if k == 150:
             live.feed(speaker, sent[140][2], sent[140][0])  # a duplicate that arrives ten frames late
@@ -265,4 +280,44 @@ def test_a_packet_older_than_the_timeline_is_dropped_and_gaps_become_silence(pip
     assert track.late == 1
     assert track.position == pytest.approx(sent[-1][0] + 0.02, abs=1e-6)  # the timeline did not drift
     live.finish()
+    store.close()
+
+
+def test_a_frame_stamped_far_in_the_future_moves_only_its_own_speaker(pipeline, lines, tmp_path: Path):
+    """Mallory (opted in) sends one frame stamped an hour ahead; Alice's long turn stays whole."""
+    store = SessionStore(tmp_path / "sera.db")
+    info = store.start("guild", "voice", "alice")
+    clock = Clock()
+    live = LiveSession(pipeline, store, info, LiveOptions(enabled=True), consents={"alice", "mallory"}.__contains__, clock=clock)
+    turn = Turn("alice", 0.0, np.concatenate(lines[:2]))
+    for i, (at, speaker, pcm) in enumerate(frames([turn])):
+        clock.now = at
+        live.feed(speaker, pcm, at)
+        if i == 20:
+            live.feed("mallory", bytes(3840), 3600.0)
+        if i % 25 == 24:
+            live.process()
+    live.finish()
+    alice = [r for r in store.utterances(info.id) if r.speaker == "alice"]
+    assert min(r.duration for r in alice) > 1.0  # not cut into 0.5 s pieces at every tick
+    assert len(alice) <= 4
+    assert live.clamped == 1
+    store.close()
+
+
+def test_forgetting_a_speaker_mid_session_stores_nothing_more_of_theirs(pipeline, lines, tmp_path: Path):
+    store = SessionStore(tmp_path / "sera.db")
+    info = store.start("guild", "voice", "alice")
+    consenting = {"alice", "bob"}
+    clock = Clock()
+    live = LiveSession(pipeline, store, info, LiveOptions(enabled=True), consents=consenting.__contains__, clock=clock)
+    for at, speaker, pcm in frames([Turn("alice", 0.0, lines[0]), Turn("bob", 0.5, lines[1])]):
+        clock.now = at
+        live.feed(speaker, pcm, at)
+    consenting.discard("bob")  # /forget: the adapter drops the consent, then the session forgets him
+    live.forget("bob")
+    assert "bob" not in live.tracks
+    summary = live.finish()
+    assert {r.speaker for r in store.utterances(info.id)} == {"alice"}
+    assert [s.speaker for s in summary.speakers] == ["alice"]
     store.close()

@@ -20,6 +20,17 @@ FRAME_SECONDS = FRAME_SAMPLES / SOURCE_RATE
 TRANSMIT_MARGIN_SECONDS = 0.2  # clients keep sending briefly around speech
 
 
+class Clock:
+    """A session clock the test moves. Frames go in far faster than real time, and a session judges
+    silence by its clock, so the test sets it to each frame's time as a live call's wall clock would be."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @dataclass(frozen=True)
 class Turn:
     speaker: str

@@ -34,7 +34,7 @@ class SeraBot(commands.Bot):
         self.config = config
         self.pipeline = pipeline
         self.store = store
-        self.sessions = SessionStore(store.path)  # live sessions and consent, in the same SQLite file
+        self.sessions = SessionStore(store.db)  # live sessions and consent, on the same connection
         self.closing = False
         self._summarised_interrupted = False
 
@@ -59,7 +59,7 @@ class SeraBot(commands.Bot):
         listening = self.get_cog("Listening")
         if listening is not None and not self._summarised_interrupted:
             self._summarised_interrupted = True
-            await listening.summarise_interrupted()
+            await listening.summarize_orphans()
 
     async def close(self) -> None:
         """Finish (or apologise for) in-flight analyses, then disconnect and close the database."""
@@ -73,8 +73,8 @@ class SeraBot(commands.Bot):
         if listening is not None:
             await listening.close()
         await super().close()
-        self.store.close()
         self.sessions.close()
+        self.store.close()
         self.pipeline.close()
         log.info("sera stopped cleanly")
 

@@ -2,8 +2,14 @@
 
 Every path (a voice note in an enabled channel or a DM, ``/emotion analyse``, the "Analyse emotion"
 message menu) goes through ``analyse``, which applies the limits before downloading anything, runs the
-core pipeline off the event loop and stores the result. Failures become one friendly sentence for the
-user and one log line for the operator; slash-command failures are answered ephemerally.
+core pipeline off the event loop and stores the result under the voice's author. Failures become one
+friendly sentence for the user and one log line for the operator; slash-command failures are answered
+ephemerally. Rendering is a plugin's work too, so it runs off the loop and a failing reporter costs the
+user the chart or the embed, never the answer.
+
+A person's own notes can always be analysed. Someone else's note only in a channel an admin enabled for
+analysis, only if its author has not declined (``/privacy analysis_by_others:False``), and the answer
+is shown to the caller alone.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import PurePath
 
@@ -19,12 +26,11 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.config import DiscordOptions
-from bot.discordbot.limits import RateLimiter, Slots
-from bot.discordbot.store import GuildSettings, Store
+from bot.discordbot.limits import InFlight, RateLimiter, Slots
+from bot.discordbot.store import GuildSettings, Origin, Store
 from bot.errors import AudioError, SeraError
 from bot.pipeline import Pipeline
 from bot.plugin import Report
-from bot.sessions import SessionStore
 from plugins.embed_report import emoji
 
 log = logging.getLogger(__name__)
@@ -37,13 +43,18 @@ PRIVACY = (
     "**What sera does with your audio**\n"
     "• It analyses voice notes you send in DMs or in channels a server's admins enabled, and audio you ask it "
     "to analyse with `/emotion analyse` or *Analyse emotion*.\n"
-    "• The audio is decoded in memory and thrown away once analysed. **No audio is stored.**\n"
-    "• Stored per analysis, until you delete it: your user id, the server, channel and message ids, the time, "
-    "the note's length and the result (emotion probabilities and the other analyzers' numbers).\n"
+    "• The audio is decoded in memory (never written to disk) and thrown away once analysed. "
+    "**No audio is stored.**\n"
+    "• Stored per analysis, until you delete it: whose voice it was and who asked, the server, channel and "
+    "message ids, the time, the note's length and the result (emotion probabilities and the other analyzers' "
+    "numbers).\n"
+    "• Others can analyse your voice notes only in channels a server's admins enabled, and only they see the "
+    "answer; `/privacy analysis_by_others:False` stops that everywhere.\n"
     "• In voice channels (`/listen`), only members who opted in are analysed; everyone else's audio is "
     "dropped unheard. Stored per utterance: who spoke, when, and the analysis; never the audio.\n"
     "• Server settings (enabled channels, reply style) and your opt-in are stored per server.\n"
-    "• `/forget` deletes everything stored about you, at once and for good.\n"
+    "• `/forget` deletes everything stored about you, at once and for good, in running sessions too (sessions "
+    "you started keep no trace of you); only your choice not to be analysed by others is kept.\n"
     "• Emotion recognition from voice is uncertain; results are a hint, not a judgement about anyone."
 )
 
@@ -80,7 +91,7 @@ class VoiceNotes(commands.Cog):
         self.options = options
         self.rate = RateLimiter(options.user_rate_per_minute)
         self.slots = Slots(options.queue_size)
-        self.embed = pipeline.plugins.reporter("embed")
+        self.in_flight = InFlight(options.user_in_flight)
         self._handlers: set[asyncio.Task] = set()
         self._work: set[asyncio.Future] = set()
         self.menu = app_commands.ContextMenu(name="Analyse emotion", callback=self.analyse_message)
@@ -93,28 +104,33 @@ class VoiceNotes(commands.Cog):
 
     # -- the one road every note takes ---------------------------------------------------------------
 
-    async def analyse(
-        self,
-        attachment: discord.Attachment,
-        user_id: int,
-        guild_id: int | None,
-        channel_id: int | None,
-        message_id: int | None,
-        settings: GuildSettings,
-    ) -> Outcome:
+    async def analyse(self, attachment: discord.Attachment, origin: Origin, settings: GuildSettings) -> Outcome:
         limits = self.pipeline.limits
+        user_id = origin.requested_by
         if attachment.size > limits.max_bytes:
             return Outcome(error=f"That file is {attachment.size / 1e6:.1f} MB; I can listen to files up to "
                                  f"{limits.max_bytes / 1e6:.0f} MB.")  # fmt: skip
         if attachment.duration is not None and attachment.duration > limits.max_seconds:
             return Outcome(error=f"That note is {attachment.duration:.0f} s long; I can listen to up to "
                                  f"{limits.max_seconds:.0f} s.")  # fmt: skip
-        wait = self.rate.retry_after(user_id)
-        if wait:
-            return Outcome(error=f"You're sending notes faster than I can listen 🙂 Try again in {wait:.0f} s.")
-        if not self.slots.take():
-            log.warning("analysis queue full (%d); refusing a note from user %s", self.slots.size, user_id)
-            return Outcome(error="I'm busy with a lot of notes right now. Please try again in a minute.")
+        if not self.in_flight.take(user_id):
+            return Outcome(error=f"I'm still listening to your last {self.in_flight.per_user} notes; "
+                                 "send this one again when they're answered.")  # fmt: skip
+        try:
+            wait = self.rate.retry_after(user_id)
+            if wait:
+                return Outcome(error=f"You're sending notes faster than I can listen 🙂 Try again in {wait:.0f} s.")
+            if not self.slots.take():
+                log.warning("analysis queue full (%d); refusing a note from user %s", self.slots.size, user_id)
+                return Outcome(error="I'm busy with a lot of notes right now. Please try again in a minute.")
+            try:
+                return await self._analyse(attachment, origin, settings)
+            finally:
+                self.slots.give()
+        finally:
+            self.in_flight.give(user_id)
+
+    async def _analyse(self, attachment: discord.Attachment, origin: Origin, settings: GuildSettings) -> Outcome:
         try:
             data = await attachment.read()
             work = asyncio.ensure_future(
@@ -123,47 +139,54 @@ class VoiceNotes(commands.Cog):
             self._work.add(work)
             work.add_done_callback(self._work.discard)
             report = await work
-            await asyncio.to_thread(self.store.record, report, user_id, guild_id, channel_id, message_id)
-            return Outcome(report=report)
         except AudioError as error:
-            log.info("note %s from user %s: %s", attachment.filename, user_id, error)
+            log.info("note %s from user %s: %s", attachment.filename, origin.requested_by, error)
             return Outcome(error=f"😕 I couldn't use this audio: {error}.")
         except asyncio.CancelledError:
             if self.bot.is_closed() or self._closing():
                 return Outcome(error="I'm restarting and couldn't finish this one. Please send it again in a minute.")
             raise
         except discord.HTTPException as error:
-            log.warning("could not download note %s for user %s: %s", attachment.filename, user_id, error)
+            log.warning("could not download note %s for user %s: %s", attachment.filename, origin.requested_by, error)
             return Outcome(error="I couldn't fetch that file from Discord. Please try again.")
         except SeraError as error:
-            log.warning("note %s from user %s failed: %s", attachment.filename, user_id, error)
+            log.warning("note %s from user %s failed: %s", attachment.filename, origin.requested_by, error)
             return Outcome(error=f"😕 {error}")
         except Exception:
-            log.exception("analysing %s for user %s failed", attachment.filename, user_id)
+            log.exception("analysing %s for user %s failed", attachment.filename, origin.requested_by)
             return Outcome(error="Something went wrong on my side; the operator has been told.")
-        finally:
-            self.slots.give()
+        try:
+            await asyncio.to_thread(self.store.record, report, origin)
+        except SeraError as error:  # the analysis is done: the user still gets it, the operator is told
+            log.error("could not store the analysis of %s for user %s: %s", attachment.filename, origin.author_id, error)
+        return Outcome(report=report)
 
     def _closing(self) -> bool:
         return getattr(self.bot, "closing", False)
 
     async def render(self, outcome: Outcome, settings: GuildSettings) -> dict:
-        """``send``/``reply`` keyword arguments for an outcome; the chart is drawn off the event loop."""
+        """``send``/``reply`` keyword arguments for an outcome, drawn off the event loop.
+
+        A reporter that fails (or hangs) is logged and left out: without the embed the answer is its
+        headline in words, without the chart it has no chart."""
         if outcome.error:
             return {"content": outcome.error}
-        kwargs: dict = {"embed": discord.Embed.from_dict(self.embed.render(outcome.report))}
-        if settings.chart and outcome.report.emotion():
-            png = await asyncio.to_thread(self._chart, outcome.report)
-            if png:
-                kwargs["file"] = discord.File(io.BytesIO(png), filename="emotion.png")
-        return kwargs
-
-    def _chart(self, report: Report) -> bytes | None:
+        report = outcome.report
         try:
-            return self.pipeline.plugins.reporter("chart").render(report)
+            kwargs: dict = {"embed": discord.Embed.from_dict(await asyncio.to_thread(self.pipeline.plugins.render, "embed", report))}
         except SeraError as error:
-            log.warning("no chart: %s", error)
-            return None
+            log.error("no embed for %s: %s", report.source, error)
+            emotion = report.emotion()
+            kwargs = {"content": f"{emoji(emotion.label)} {emotion.headline()}" if emotion else "Speech analysed."}
+        if settings.chart and report.emotion():
+            try:
+                png = await asyncio.to_thread(self.pipeline.plugins.render, "chart", report)
+            except SeraError as error:
+                log.warning("no chart for %s: %s", report.source, error)
+            else:
+                if png:
+                    kwargs["file"] = discord.File(io.BytesIO(png), filename="emotion.png")
+        return kwargs
 
     def _track(self) -> None:
         task = asyncio.current_task()
@@ -201,9 +224,13 @@ class VoiceNotes(commands.Cog):
             settings = GuildSettings(chart=self.options.chart)
         self._track()
         guild_id = message.guild.id if message.guild else None
+        origin = Origin(message.author.id, message.author.id, guild_id, message.channel.id, message.id)
         for note in notes:
-            outcome = await self.analyse(note, message.author.id, guild_id, message.channel.id, message.id, settings)
-            await self._answer_message(message, outcome, settings)
+            try:
+                outcome = await self.analyse(note, origin, settings)
+                await self._answer_message(message, outcome, settings)
+            except Exception:  # one note's failure never costs the others their answer
+                log.exception("answering note %s of message %s failed", note.filename, message.id)
 
     async def _answer_message(self, message: discord.Message, outcome: Outcome, settings: GuildSettings) -> None:
         try:
@@ -220,15 +247,36 @@ class VoiceNotes(commands.Cog):
     @emotion.command(name="analyse", description="Analyse the emotion in an audio file or voice note")
     @app_commands.describe(file="A voice note or audio file (ogg, mp3, wav, m4a, webm, flac...)")
     async def analyse_file(self, interaction: discord.Interaction, file: discord.Attachment) -> None:
-        await self._answer_interaction(interaction, file)
+        await self._answer_interaction(interaction, file, interaction.user.id)
 
     async def analyse_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
-        """The "Analyse emotion" message menu: works without the message-content intent."""
+        """The "Analyse emotion" message menu: works without the message-content intent.
+
+        Someone else's note only where an admin enabled analysis and its author did not decline, and the
+        answer then goes to the caller alone."""
         note = next((a for a in message.attachments if is_audio(a)), None)
-        await self._answer_interaction(interaction, note, message.id)
+        author = message.author.id
+        if note is not None and author != interaction.user.id:
+            refusal = await self._refuse_others_note(interaction, message)
+            if refusal:
+                await interaction.response.send_message(refusal, ephemeral=True)
+                return
+        await self._answer_interaction(interaction, note, author, message.id)
+
+    async def _refuse_others_note(self, interaction: discord.Interaction, message: discord.Message) -> str | None:
+        """Why the caller may not analyse this note by someone else, or None when they may."""
+        if interaction.guild_id is None:
+            return "I only analyse your own voice notes here."
+        settings = await asyncio.to_thread(self.store.settings, interaction.guild_id)
+        if message.channel.id not in settings.channels:
+            return ("This is someone else's voice note. I analyse other people's notes only in channels the "
+                    "server's admins enabled (`/sera channel`).")  # fmt: skip
+        if not await asyncio.to_thread(self.store.analysis_by_others_allowed, message.author.id):
+            return "Its author asked not to be analysed by others."
+        return None
 
     async def _answer_interaction(
-        self, interaction: discord.Interaction, note: discord.Attachment | None, message_id: int | None = None
+        self, interaction: discord.Interaction, note: discord.Attachment | None, author_id: int, message_id: int | None = None
     ) -> None:
         self._track()
         if note is None or not is_audio(note):
@@ -236,33 +284,65 @@ class VoiceNotes(commands.Cog):
             return
         guild_id = interaction.guild_id
         settings = await asyncio.to_thread(self.store.settings, guild_id) if guild_id else GuildSettings(chart=self.options.chart)
-        await interaction.response.defer(thinking=True, ephemeral=settings.ephemeral)
-        outcome = await self.analyse(note, interaction.user.id, guild_id, interaction.channel_id, message_id, settings)
+        private = settings.ephemeral or author_id != interaction.user.id  # someone else's voice: only the caller sees it
+        await interaction.response.defer(thinking=True, ephemeral=private)
+        origin = Origin(author_id, interaction.user.id, guild_id, interaction.channel_id, message_id)
+        outcome = await self.analyse(note, origin, settings)
         try:
-            if outcome.error and not settings.ephemeral:
+            if outcome.error and not private:
                 await interaction.delete_original_response()  # the "thinking" notice was public
-            await interaction.followup.send(
-                **await self.render(outcome, settings), ephemeral=settings.ephemeral or bool(outcome.error)
-            )
+            await interaction.followup.send(**await self.render(outcome, settings), ephemeral=private or bool(outcome.error))
         except discord.HTTPException as error:
             log.warning("could not answer interaction %s: %s", interaction.id, error)
 
     # -- everyone: privacy -------------------------------------------------------------------------------
 
     @app_commands.command(name="privacy", description="What sera processes and stores, and for how long")
-    async def privacy(self, interaction: discord.Interaction) -> None:
-        await interaction.response.send_message(PRIVACY, ephemeral=True)
+    @app_commands.describe(analysis_by_others="Whether other members may analyse your voice notes (where admins enabled it)")
+    async def privacy(self, interaction: discord.Interaction, analysis_by_others: bool | None = None) -> None:
+        if analysis_by_others is None:
+            await interaction.response.send_message(PRIVACY, ephemeral=True)
+            return
+        try:
+            await asyncio.to_thread(self.store.set_analysis_by_others, interaction.user.id, analysis_by_others)
+        except SeraError as error:
+            await interaction.response.send_message(f"Nothing was changed: {error}.", ephemeral=True)
+            return
+        log.info("user %s %s analysis by others", interaction.user.id, "allowed" if analysis_by_others else "declined")
+        text = (
+            "Others may analyse your voice notes again, in channels where admins enabled it (only they see the answer)."
+            if analysis_by_others
+            else "Done: nobody else can analyse your voice notes with sera, in any server."
+        )
+        await interaction.response.send_message(text, ephemeral=True)
 
     @app_commands.command(name="forget", description="Delete everything sera has stored about you")
     async def forget(self, interaction: discord.Interaction) -> None:
         count = await asyncio.to_thread(self.store.analyses_of, interaction.user.id)
-        view = ForgetView(self.store, self.bot.sessions, interaction.user.id)
+        view = ForgetView(interaction.user.id, self.forget_user)
         await interaction.response.send_message(
             f"This deletes all {count} analyses stored about you, your voice-channel utterances and your "
-            "opt-ins. There is no undo.",
+            "opt-ins, and removes you from running sessions. There is no undo.",
             view=view,
             ephemeral=True,
         )
+
+    async def forget_user(self, user_id: int) -> dict[str, int]:
+        """Everything about the user, gone: running sessions first (so nothing new is stored), then every
+        store in one transaction, then each plugin's own data. Returns what went, by kind."""
+        listening = self.bot.get_cog("Listening")
+        if listening is not None:
+            await listening.forget_speaker(str(user_id))
+        sessions = self.bot.sessions
+
+        def erase() -> dict[str, int]:
+            with self.store.db.transaction() as tx:
+                return {**self.store.delete_user_data(tx, user_id), **sessions.delete_user_data(tx, str(user_id))}
+
+        deleted = await asyncio.to_thread(erase)
+        deleted.update(await asyncio.to_thread(self.pipeline.plugins.forget_user, str(user_id)))
+        log.info("user %s deleted their data: %s", user_id, deleted)
+        return deleted
 
     # -- admins: server settings ---------------------------------------------------------------------------
 
@@ -341,7 +421,8 @@ class VoiceNotes(commands.Cog):
         if not await self._admin_only(interaction):
             return
         settings = await asyncio.to_thread(self.store.settings, interaction.guild_id)
-        await interaction.response.send_message(describe(settings), ephemeral=True)
+        stopped = "".join(f"\n**{i.name}:** {i.status}" for i in self.pipeline.plugins.failures())
+        await interaction.response.send_message(describe(settings) + stopped, ephemeral=True)
 
 
 def describe(settings: GuildSettings) -> str:
@@ -359,26 +440,46 @@ def describe(settings: GuildSettings) -> str:
 class ForgetView(discord.ui.View):
     """Confirm or cancel ``/forget``; only the user who asked can press the buttons."""
 
-    def __init__(self, store: Store, sessions: SessionStore, user_id: int) -> None:
+    def __init__(self, user_id: int, erase: Callable[[int], Awaitable[dict[str, int]]]) -> None:
         super().__init__(timeout=120)
-        self.store = store
-        self.sessions = sessions
         self.user_id = user_id
+        self.erase = erase
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         return interaction.user.id == self.user_id
 
     @discord.ui.button(label="Delete my data", style=discord.ButtonStyle.danger)
     async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
-        deleted = await asyncio.to_thread(self.store.forget, self.user_id)
-        utterances = await asyncio.to_thread(self.sessions.forget_speaker, str(self.user_id))
-        log.info("user %s deleted their data (%d analyses, %d utterances)", self.user_id, deleted, utterances)
         self.stop()
-        await interaction.response.edit_message(
-            content=f"Done: {deleted} analyses and {utterances} voice-channel utterances deleted.", view=None
-        )
+        try:
+            deleted = await self.erase(self.user_id)
+        except SeraError as error:
+            await interaction.response.edit_message(content=f"Nothing was deleted: {error}. Please try again.", view=None)
+            return
+        except Exception:
+            log.exception("forgetting user %s failed", self.user_id)
+            await interaction.response.edit_message(
+                content="Nothing was deleted: something went wrong on my side (the operator has been told). "
+                "Please try again later.",
+                view=None,
+            )
+            return
+        await interaction.response.edit_message(content=forgotten(deleted), view=None)
 
     @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary)
     async def cancel(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
         self.stop()
         await interaction.response.edit_message(content="Nothing was deleted.", view=None)
+
+
+def forgotten(deleted: dict[str, int]) -> str:
+    """What ``/forget`` removed, in words."""
+    parts = [
+        f"{deleted.get('analyses', 0)} analyses",
+        f"{deleted.get('utterances', 0)} voice-channel utterances",
+    ]
+    if deleted.get("sessions_started"):
+        parts.append(f"your name on {deleted['sessions_started']} sessions you started")
+    parts += [f"{count} items kept by the {name} plugin" for name, count in deleted.items()
+              if name not in {"analyses", "utterances", "sessions_started"}]  # fmt: skip
+    return "Done: " + ", ".join(parts[:-1]) + " and " + parts[-1] + " deleted."

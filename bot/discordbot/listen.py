@@ -13,10 +13,12 @@ Experimental until tried on a real server: the cog is only loaded when ``live.en
 from __future__ import annotations
 
 import asyncio
+import gzip
 import io
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,10 +29,11 @@ from discord.ext import commands, voice_recv
 from bot.config import LiveOptions
 from bot.discordbot.receive import SeraSink
 from bot.discordbot.store import Store
+from bot.errors import SeraError
 from bot.live import LiveSession
 from bot.pipeline import Pipeline
 from bot.sessions import ENDED, INTERRUPTED, SessionStore, StoredSession
-from bot.summary import SessionSummary, Utterance, clock, summarize
+from bot.summary import SessionInfo, SessionSummary, Utterance, clock, summarize
 from plugins.embed_report import emoji
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,7 @@ OPT_OUT_ID = "sera:listen:optout"
 CONNECT_TIMEOUT_SECONDS = 20.0
 SESSIONS_LISTED = 10
 BUILTIN_TEXT_REPORTERS = {"text", "json"}  # the embed already says what they would
+DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # what any server accepts; boosted servers take more
 
 
 def notice(starter: discord.abc.User, channel: discord.abc.GuildChannel, minutes: float) -> discord.Embed:
@@ -50,7 +54,9 @@ def notice(starter: discord.abc.User, channel: discord.abc.GuildChannel, minutes
             "**What is analysed:** how the voices of members who **opted in** sound (emotion, pitch, "
             "loudness), utterance by utterance, and who talks how much.\n"
             "**Nothing is recorded:** audio is analysed in memory and thrown away; only the results are kept.\n"
-            "**Everyone else is ignored:** audio of members who did not opt in is dropped unheard.\n\n"
+            "**Everyone else is ignored:** audio of members who did not opt in is dropped unheard.\n"
+            "**Who sees the results:** the summary is posted here; the per-utterance history "
+            "(`/sessions show|export`) only to those who spoke, who started it, and members with Manage Server.\n\n"
             "Opt in or out below (remembered in this server; `/listen optout` works too). "
             f"The session ends with `/listen stop`, when the channel empties, or after {minutes:.0f} minutes."
         ),
@@ -108,9 +114,15 @@ class Listening(commands.Cog):
         self._starting: set[int] = set()  # guilds between "/listen start" and the session being up
         self._tasks: set[asyncio.Future] = set()  # work scheduled from other threads, kept until done
         self.view = ConsentView(self)
+        # Live analysis has threads of its own: voice notes never queue behind a session's ticks.
+        self.workers = ThreadPoolExecutor(options.workers, thread_name_prefix="sera-live")
+        self.clock: Callable[[], float] = time.monotonic  # the sessions' clock (tests drive their own)
 
     async def cog_load(self) -> None:
         self.bot.add_view(self.view)
+
+    async def cog_unload(self) -> None:
+        self.workers.shutdown(wait=False, cancel_futures=True)
 
     # -- starting ------------------------------------------------------------------------------------------
 
@@ -130,6 +142,12 @@ class Listening(commands.Cog):
             running = self.active[guild.id].voice.channel.mention if guild.id in self.active else "this server"
             await interaction.response.send_message(f"I'm already listening in {running}.", ephemeral=True)
             return
+        if len(self.active) + len(self._starting) >= self.options.max_sessions:
+            log.warning("refused a session in guild %s: %d sessions running", guild.id, len(self.active))
+            await interaction.response.send_message(
+                "I'm listening in as many voice channels as I can right now. Please try again later.", ephemeral=True
+            )
+            return
         if not channel.permissions_for(guild.me).connect:
             await interaction.response.send_message(f"I need the **Connect** permission in {channel.mention}.", ephemeral=True)
             return
@@ -146,9 +164,9 @@ class Listening(commands.Cog):
         settings = await asyncio.to_thread(self.store.settings, guild.id)
         info = await asyncio.to_thread(self.sessions.start, space, str(channel.id), str(interaction.user.id), str(interaction.channel_id))
         loop = asyncio.get_running_loop()
-        live = LiveSession(
-            self.pipeline, self.sessions, info, self.options, consents=consenting.__contains__,
-            skip=settings.disabled_plugins, on_results=self._results_callback(loop, guild.id),
+        live = await asyncio.to_thread(  # plugins hear session_started here, off the loop
+            LiveSession, self.pipeline, self.sessions, info, self.options, consents=consenting.__contains__,
+            skip=settings.disabled_plugins, on_results=self._results_callback(loop, guild.id), clock=self.clock,
         )  # fmt: skip
         try:
             voice_client = await self.connect(channel)
@@ -157,9 +175,11 @@ class Listening(commands.Cog):
                 after=lambda error: self._receive_stopped(loop, guild.id, error),
             )
         except (asyncio.TimeoutError, discord.ClientException, RuntimeError, OSError) as error:
-            log.warning("could not join voice channel %s in guild %s: %s", channel.id, guild.id, error)
+            log.warning("could not join voice channel %s in guild %s: %r", channel.id, guild.id, error)
             await asyncio.to_thread(live.finish, INTERRUPTED)
-            await interaction.followup.send(f"I couldn't join {channel.mention} ({error}). Please try again.")
+            await interaction.followup.send(
+                f"I couldn't join {channel.mention}. Check that I can see and connect to it, then try again."
+            )
             return
         active = Active(live, voice_client, interaction.channel, guild, consenting, loop)
         self.active[guild.id] = active
@@ -168,7 +188,7 @@ class Listening(commands.Cog):
         await interaction.followup.send(embed=notice(interaction.user, channel, self.options.max_session_minutes), view=self.view)
 
     async def _run(self, guild_id: int, active: Active) -> None:
-        await active.live.run(active.stopped)
+        await active.live.run(active.stopped, self.workers)
         if not active.stopped.is_set():  # the time limit
             await self.end(guild_id, ENDED, "the session reached its time limit")
 
@@ -258,10 +278,27 @@ class Listening(commands.Cog):
         finally:
             self.active.pop(guild_id, None)
         names = self._names(active.guild, active.live.tracks)
-        summary = await asyncio.to_thread(active.live.finish, status, names)
+        try:
+            summary = await asyncio.to_thread(active.live.finish, status, names)
+        except Exception:
+            # The session may still be "live" in the store: then the next start posts it again (at
+            # least once, never lost). Now: a summary of what was stored, or a word that it will follow.
+            log.exception("finishing session %d failed", active.live.info.id)
+            summary = await self._summary_of_stored(active.live.info, status, active.live.elapsed(), active.guild)
+            if summary is None:
+                await self._post(active.channel, {"content": f"Session #{active.live.info.id} ended, but its summary "
+                                                  "could not be built now; it will be posted when I'm back."})  # fmt: skip
+                return
         log.info("session %d %s (%s): %d utterances, %d frames shed", summary.session.id, status, reason or "stopped",
                  len(summary.timeline), summary.shed)  # fmt: skip
         await self.post_summary(active.channel, summary, reason)
+
+    async def _summary_of_stored(self, info: SessionInfo, status: str, duration: float, guild: discord.Guild) -> SessionSummary | None:
+        try:
+            rows = await asyncio.to_thread(self.sessions.utterances, info.id)
+        except SeraError:
+            return None
+        return summarize(info, status, duration, rows, self._names(guild, {r.speaker for r in rows}))
 
     def _names(self, guild: discord.Guild, speakers: Iterable[str]) -> dict[str, str]:
         names = {}
@@ -285,21 +322,35 @@ class Listening(commands.Cog):
             kwargs["file"] = discord.File(io.BytesIO(png), filename=f"session-{summary.session.id}.png")
         return kwargs
 
-    async def post_summary(self, channel: discord.abc.Messageable, summary: SessionSummary, reason: str | None) -> None:
-        kwargs = await self.summary_message(summary, reason)
+    async def post_summary(self, channel: discord.abc.Messageable, summary: SessionSummary, reason: str | None) -> bool:
+        """Post a session's summary; False when Discord refused it (it is logged)."""
+        return await self._post(channel, await self.summary_message(summary, reason), summary.session.id)
+
+    async def _post(self, channel: discord.abc.Messageable, kwargs: dict[str, Any], session_id: int | None = None) -> bool:
         try:
             await channel.send(**kwargs, allowed_mentions=discord.AllowedMentions.none())
         except discord.HTTPException as error:
-            log.warning("could not post the summary of session %d: %s", summary.session.id, error)
+            log.warning("could not post in channel %s (session %s): %s", getattr(channel, "id", "?"), session_id, error)
+            return False
+        return True
 
-    async def summarise_interrupted(self) -> None:
-        """Sessions a crash left open: mark them interrupted and post their summaries where they began."""
-        for session_id in await asyncio.to_thread(self.sessions.interrupted_sessions):
+    async def summarize_orphans(self) -> None:
+        """Sessions a crash left open: post each summary where the session began, then mark it interrupted.
+
+        In that order, so that a crash in between posts a summary twice rather than never. A summary that
+        Discord refuses is tried again at the next start; one whose channel is gone is logged and closed."""
+        running = [a.live.info.id for a in self.active.values()]
+        for session_id in await asyncio.to_thread(self.sessions.orphaned_sessions, running):
             known = await asyncio.to_thread(self.sessions.info, session_id)
-            channel = self.bot.get_channel(int(known.report_to)) if known and known.report_to else None
-            if channel is not None:
-                summary = await asyncio.to_thread(self.stored_summary, known)
-                await self.post_summary(channel, summary, "sera restarted during this session")
+            channel = self.bot.get_channel(int(known.report_to)) if known.report_to else None
+            if channel is None:
+                log.warning("session %d was cut short, and its channel is gone: no summary posted", session_id)
+            else:
+                last = await asyncio.to_thread(self.sessions.last_utterance_end, session_id)
+                summary = await asyncio.to_thread(self.stored_summary, known._replace(status=INTERRUPTED, duration=last))
+                if not await self.post_summary(channel, summary, "sera restarted during this session"):
+                    continue
+            await asyncio.to_thread(self.sessions.mark_interrupted, session_id)
 
     def stored_summary(self, known: StoredSession, guild: discord.Guild | None = None) -> SessionSummary:
         rows = self.sessions.utterances(known.info.id)
@@ -341,7 +392,7 @@ class Listening(commands.Cog):
 
     @history.command(name="list", description="The latest listening sessions in this server")
     async def list_sessions(self, interaction: discord.Interaction) -> None:
-        found = await asyncio.to_thread(self.sessions.sessions, str(interaction.guild_id), SESSIONS_LISTED)
+        found = await asyncio.to_thread(self.sessions.latest, str(interaction.guild_id), SESSIONS_LISTED)
         if not found:
             await interaction.response.send_message("No sessions yet. Start one with `/listen start`.", ephemeral=True)
             return
@@ -351,17 +402,27 @@ class Listening(commands.Cog):
         ]
         await interaction.response.send_message("\n".join(lines), ephemeral=True)
 
-    async def _own_session(self, interaction: discord.Interaction, session_id: int) -> StoredSession | None:
-        """The session if it belongs to this server; otherwise the user is told, and None."""
+    async def _visible_session(self, interaction: discord.Interaction, session_id: int) -> StoredSession | None:
+        """The session, if it belongs to this server and the caller may see its per-utterance history: they
+        spoke in it, started it, or have Manage Server. Otherwise the user is told why not, and None."""
         known = await asyncio.to_thread(self.sessions.info, session_id)
         if known is None or known.info.space != str(interaction.guild_id):
             await interaction.response.send_message(f"No session #{session_id} in this server.", ephemeral=True)
+            return None
+        caller = str(interaction.user.id)
+        admin = interaction.permissions.manage_guild
+        if not admin and caller != known.info.started_by and caller not in await asyncio.to_thread(self.sessions.speakers, session_id):
+            log.info("user %s was refused the history of session %d", caller, session_id)
+            await interaction.response.send_message(
+                f"Session #{session_id}'s history is for those who spoke in it, who started it, and members with "
+                "Manage Server.", ephemeral=True,
+            )  # fmt: skip
             return None
         return known
 
     @history.command(name="show", description="The summary of a past session")
     async def show(self, interaction: discord.Interaction, session_id: int) -> None:
-        known = await self._own_session(interaction, session_id)
+        known = await self._visible_session(interaction, session_id)
         if known is None:
             return
         await interaction.response.defer(thinking=True, ephemeral=True)
@@ -370,15 +431,41 @@ class Listening(commands.Cog):
 
     @history.command(name="export", description="A past session's utterances as CSV and JSON")
     async def export(self, interaction: discord.Interaction, session_id: int) -> None:
-        if await self._own_session(interaction, session_id) is None:
+        if await self._visible_session(interaction, session_id) is None:
             return
         csv_text = await asyncio.to_thread(self.sessions.export_csv, session_id)
         json_text = await asyncio.to_thread(self.sessions.export_json, session_id)
-        files = [
-            discord.File(io.BytesIO(csv_text.encode()), filename=f"session-{session_id}.csv"),
-            discord.File(io.BytesIO(json_text.encode()), filename=f"session-{session_id}.json"),
-        ]
-        await interaction.response.send_message(f"Session #{session_id}: one row per utterance.", files=files, ephemeral=True)
+        files = {f"session-{session_id}.csv": csv_text.encode(), f"session-{session_id}.json": json_text.encode()}
+        limit = getattr(interaction.guild, "filesize_limit", DEFAULT_UPLOAD_LIMIT)
+        note = "one row per utterance"
+        if sum(map(len, files.values())) > limit:  # too big to attach as they are: gzip shrinks them ~10x
+            files = {f"{name}.gz": await asyncio.to_thread(gzip.compress, data) for name, data in files.items()}
+            note += ", gzipped to fit Discord's upload limit"
+        if sum(map(len, files.values())) > limit:
+            log.warning("session %d export is %d bytes gzipped, over the %d-byte limit", session_id,
+                        sum(map(len, files.values())), limit)  # fmt: skip
+            await interaction.response.send_message(
+                f"Session #{session_id} is too long to export through Discord ({sum(map(len, files.values())) / 1e6:.1f} MB "
+                f"even compressed; the limit here is {limit / 1e6:.0f} MB). The operator can export it from the database.",
+                ephemeral=True,
+            )  # fmt: skip
+            return
+        attachments = [discord.File(io.BytesIO(data), filename=name) for name, data in files.items()]
+        try:
+            await interaction.response.send_message(f"Session #{session_id}: {note}.", files=attachments, ephemeral=True)
+        except discord.HTTPException as error:
+            log.warning("could not send the export of session %d: %s", session_id, error)
+            await interaction.response.send_message(
+                f"I couldn't attach session #{session_id}'s export ({error.text or error.status}).", ephemeral=True
+            )
+
+    async def forget_speaker(self, speaker: str) -> None:
+        """``/forget`` while sessions run: the speaker is no longer heard, their queued audio and live mood
+        go, and nothing more of theirs is stored (the stores then delete what was)."""
+        for active in list(self.active.values()):
+            active.consenting.discard(speaker)
+            active.moods.pop(speaker, None)
+            await asyncio.to_thread(active.live.forget, speaker)
 
     async def close(self) -> None:
         """Bot shutdown: every running session ends (and is summarised) before Discord closes."""

@@ -1,20 +1,20 @@
-"""What the bot keeps: guild settings and one row per analysed note, in SQLite (WAL).
+"""What the bot keeps: guild settings, one row per analysed note, and who declined analysis by others.
 
-Each row is committed as soon as it is written, so a crash loses nothing already analysed. No audio is
-ever stored: a row holds who asked, where, when, and what the analysis said.
+Each row is committed as soon as it is written (``Database.transaction``), so a crash loses nothing
+already analysed. No audio is ever stored: a row holds whose voice it was, who asked, where, when, and
+what the analysis said.
 """
 
 from __future__ import annotations
 
 import json
-import threading
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bot.database import open_database
-from bot.errors import SeraError
+from bot.database import Database
 from bot.plugin import Report
 
 SCHEMA = """
@@ -36,7 +36,13 @@ CREATE TABLE IF NOT EXISTS analyses (
     result TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS analyses_user ON analyses (user_id);
+CREATE TABLE IF NOT EXISTS analysis_optout (
+    user_id INTEGER PRIMARY KEY,
+    since REAL NOT NULL
+);
 """
+# Added after the first release: whose request an analysis was, when it is not the voice's author's own.
+MIGRATIONS = {"analyses": {"requested_by": "ALTER TABLE analyses ADD COLUMN requested_by INTEGER"}}
 
 
 @dataclass(frozen=True)
@@ -66,55 +72,95 @@ class GuildSettings:
 
 
 class Store:
-    """One connection shared by the bot's threads, serialised by a lock (SQLite calls take microseconds)."""
+    """Guild settings and analyses, on the process's shared ``Database``."""
 
-    def __init__(self, path: Path) -> None:
-        self._db = open_database(path, SCHEMA)
-        self.path = path
-        self._lock = threading.Lock()
+    def __init__(self, db: Database | Path) -> None:
+        self._owns = not isinstance(db, Database)
+        self.db = Database(db) if self._owns else db
+        self.db.apply(SCHEMA)
+        for table, columns in MIGRATIONS.items():
+            missing = columns.keys() - self.db.columns(table)
+            with self.db.transaction() as tx:
+                for column in sorted(missing):
+                    tx.execute(columns[column])
+
+    @property
+    def path(self) -> Path:
+        return self.db.path
 
     def settings(self, guild_id: int) -> GuildSettings:
-        with self._lock:
-            return self._load(guild_id)
+        with self.db.read() as db:
+            return _load(db, guild_id)
 
     def update_settings(self, guild_id: int, edit: Callable[[GuildSettings], GuildSettings]) -> GuildSettings:
-        """Apply ``edit`` to the guild's settings and save them, as one step under the lock."""
-        with self._lock:
-            updated = edit(self._load(guild_id))
-            self._db.execute(
+        """Apply ``edit`` to the guild's settings and save them, as one transaction."""
+        with self.db.transaction() as tx:
+            updated = edit(_load(tx, guild_id))
+            tx.execute(
                 "INSERT INTO guild_settings (guild_id, settings) VALUES (?, ?) "
                 "ON CONFLICT (guild_id) DO UPDATE SET settings = excluded.settings",
                 (guild_id, updated.to_json()),
             )
         return updated
 
-    def _load(self, guild_id: int) -> GuildSettings:
-        row = self._db.execute("SELECT settings FROM guild_settings WHERE guild_id = ?", (guild_id,)).fetchone()
-        return GuildSettings.from_json(row[0]) if row else GuildSettings()
-
-    def record(self, report: Report, user_id: int, guild_id: int | None, channel_id: int | None, message_id: int | None) -> int:
+    def record(self, report: Report, note: Origin) -> int:
+        """One analysed note, stored under the voice's author (``note.author_id``)."""
         emotion = report.emotion()
-        with self._lock:
-            cursor = self._db.execute(
-                "INSERT INTO analyses (created, user_id, guild_id, channel_id, message_id, duration_s, speech_s,"
-                " label, confidence, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        requested_by = note.requested_by if note.requested_by != note.author_id else None
+        with self.db.transaction() as tx:
+            cursor = tx.execute(
+                "INSERT INTO analyses (created, user_id, requested_by, guild_id, channel_id, message_id, duration_s,"
+                " speech_s, label, confidence, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    time.time(), user_id, guild_id, channel_id, message_id, report.duration, report.speech_seconds,
-                    emotion.label if emotion else None, emotion.confidence if emotion else None,
-                    json.dumps(report.to_dict()),
+                    time.time(), note.author_id, requested_by, note.guild_id, note.channel_id, note.message_id,
+                    report.duration, report.speech_seconds, emotion.label if emotion else None,
+                    emotion.confidence if emotion else None, json.dumps(report.to_dict()),
                 ),
             )  # fmt: skip
         return int(cursor.lastrowid)
 
     def analyses_of(self, user_id: int) -> int:
-        with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM analyses WHERE user_id = ?", (user_id,)).fetchone()[0]
+        """Analyses that name the user: of their voice, or asked for by them."""
+        with self.db.read() as db:
+            return db.execute(
+                "SELECT COUNT(*) FROM analyses WHERE user_id = ? OR requested_by = ?", (user_id, user_id)
+            ).fetchone()[0]
 
-    def forget(self, user_id: int) -> int:
-        """Delete everything stored about a user; returns how many rows went."""
-        with self._lock:
-            return self._db.execute("DELETE FROM analyses WHERE user_id = ?", (user_id,)).rowcount
+    def set_analysis_by_others(self, user_id: int, allowed: bool) -> None:
+        """Whether members may analyse this user's voice notes (with the message menu, where enabled)."""
+        with self.db.transaction() as tx:
+            if allowed:
+                tx.execute("DELETE FROM analysis_optout WHERE user_id = ?", (user_id,))
+            else:
+                tx.execute("INSERT OR IGNORE INTO analysis_optout (user_id, since) VALUES (?, ?)", (user_id, time.time()))
+
+    def analysis_by_others_allowed(self, user_id: int) -> bool:
+        with self.db.read() as db:
+            return db.execute("SELECT 1 FROM analysis_optout WHERE user_id = ?", (user_id,)).fetchone() is None
+
+    def delete_user_data(self, tx: sqlite3.Connection, user_id: int) -> dict[str, int]:
+        """Inside the caller's transaction: every analysis of the user's voice or asked for by them.
+
+        Their refusal to be analysed by others is kept: deleting it would expose them again."""
+        deleted = tx.execute("DELETE FROM analyses WHERE user_id = ? OR requested_by = ?", (user_id, user_id)).rowcount
+        return {"analyses": deleted}
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        if self._owns:
+            self.db.close()
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a note came from and who is involved: the voice's author and who asked for the analysis."""
+
+    author_id: int
+    requested_by: int
+    guild_id: int | None
+    channel_id: int | None
+    message_id: int | None
+
+
+def _load(db: sqlite3.Connection, guild_id: int) -> GuildSettings:
+    row = db.execute("SELECT settings FROM guild_settings WHERE guild_id = ?", (guild_id,)).fetchone()
+    return GuildSettings.from_json(row[0]) if row else GuildSettings()

@@ -1,0 +1,96 @@
+"""The SQLite file after errors: a write that fails rolls back and leaves every store writable, and
+consent and forget writes are kept across a restart. Real SQLite, a real lock held by another connection."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from bot.database import Database, StorageError
+from bot.discordbot.store import Origin, Store
+from bot.plugin import Report
+from bot.sessions import SessionStore
+from bot.summary import Utterance
+
+ROW = Utterance("alice", 1.0, 2.0, "calm", 0.8, {"calm": 0.8, "sad": 0.2}, {})
+REPORT = Report(source="note.ogg", duration=3.0, segments=[(0.5, 2.5)], outputs={})
+
+
+def open_stores(path: Path) -> tuple[Database, Store, SessionStore]:
+    db = Database(path, busy_timeout=0.2)
+    return db, Store(db), SessionStore(db)
+
+
+def test_a_write_that_meets_a_lock_rolls_back_and_storage_keeps_working(tmp_path: Path) -> None:
+    path = tmp_path / "sera.db"
+    db, store, sessions = open_stores(path)
+    info = sessions.start("guild", "room", "alice")
+    sessions.set_consent("guild", "alice", True)
+    sessions.set_consent("guild", "bob", True)
+
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock past the busy timeout
+    with pytest.raises(StorageError, match="database is busy"):
+        sessions.add(info.id, [ROW])
+    with pytest.raises(StorageError):
+        sessions.set_consent("guild", "bob", False)
+    other.execute("ROLLBACK")
+    other.close()
+
+    # every store writes again, each write committed on its own
+    sessions.add(info.id, [ROW])
+    sessions.set_consent("guild", "bob", False)  # Bob withdraws his consent
+    store.record(REPORT, Origin(7, 7, 1, 2, 3))
+    store.update_settings(1, lambda s: s.__class__(**{**s.__dict__, "chart": True}))
+    with db.transaction() as tx:  # Alice's /forget
+        sessions.delete_user_data(tx, "alice")
+    db.close()
+
+    db, store, sessions = open_stores(path)  # a restart
+    assert sessions.consenting("guild") == set()  # the opt-out and the forget held
+    assert sessions.utterances(info.id) == []
+    assert sessions.info(info.id).info.started_by == "forgotten"
+    assert store.analyses_of(7) == 1 and store.settings(1).chart is True
+    db.close()
+
+
+def test_an_error_inside_a_transaction_keeps_none_of_it(tmp_path: Path) -> None:
+    db, store, sessions = open_stores(tmp_path / "sera.db")
+    store.record(REPORT, Origin(7, 7, None, None, None))
+    with pytest.raises(RuntimeError):
+        with db.transaction() as tx:
+            store.delete_user_data(tx, 7)
+            raise RuntimeError("the second store failed")
+    assert store.analyses_of(7) == 1
+    store.record(REPORT, Origin(8, 8, None, None, None))  # the connection is not left in a transaction
+    assert store.analyses_of(8) == 1
+    db.close()
+
+
+def test_pragmas_that_keep_data_safe(tmp_path: Path) -> None:
+    db = Database(tmp_path / "sera.db")
+    with db.read() as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert connection.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert connection.execute("PRAGMA secure_delete").fetchone()[0] == 1
+    db.close()
+
+
+def test_a_database_from_before_requested_by_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE analyses (id INTEGER PRIMARY KEY AUTOINCREMENT, created REAL NOT NULL, user_id INTEGER NOT NULL,"
+        " guild_id INTEGER, channel_id INTEGER, message_id INTEGER, duration_s REAL NOT NULL, speech_s REAL NOT NULL,"
+        " label TEXT, confidence REAL, result TEXT NOT NULL);"
+        "INSERT INTO analyses (created, user_id, duration_s, speech_s, result) VALUES (1.0, 7, 3.0, 2.0, '{}');"
+    )
+    old.commit()
+    old.close()
+    store = Store(path)
+    assert store.analyses_of(7) == 1
+    store.record(REPORT, Origin(7, 9, None, None, None))
+    assert store.analyses_of(9) == 1
+    store.close()
