@@ -7,6 +7,8 @@ client whose receive side is discord-ext-voice-recv's own ``AudioReader``, fed r
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from dataclasses import dataclass, field
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +26,7 @@ from bot.discordbot.listen import Listening
 from bot.pipeline import Pipeline
 from bot.sessions import INTERRUPTED
 from bot.summary import Utterance
-from tests.conftest import say
+from tests.conftest import SAMPLE_NOTE, say
 from tests.dave_harness import FakeVoiceClient, Speaker, VoiceServer
 from tests.discord_harness import FakeInteraction, Harness
 from tests.voice_sim import Clock, Turn, frames, load_speech
@@ -312,6 +314,7 @@ def test_start_needs_the_caller_in_a_voice_channel_and_the_connect_permission(tm
         timed_out = world.interaction(ALICE)
         await cog.start.callback(cog, timed_out)
         assert "couldn't join" in sent_texts(timed_out) and cog.active == {}
+        assert "timed out" not in sent_texts(timed_out)  # the raw error goes to the log, not the channel
         cog.refuse = None
         await cog.start.callback(cog, world.interaction(ALICE))
         again = world.interaction(BOB)
@@ -553,4 +556,75 @@ def test_a_forged_rtp_timestamp_does_not_cut_everyone_else(tmp_path: Path, share
         assert alice and min(r.duration for r in alice) > 1.0  # whole utterances, not 0.1 s pieces at each tick
 
     asyncio.run(scenario())
+    world.harness.close()
+
+
+def test_a_slow_session_hook_does_not_stall_the_bot(tmp_path: Path, shared_pipeline: Pipeline, monkeypatch) -> None:
+    """A plugin's session_started that takes 1 s runs off the event loop (it stalled the whole bot)."""
+    world = World(tmp_path, shared_pipeline)
+    text = shared_pipeline.plugins.reporter("text")
+    monkeypatch.setattr(text, "session_started", lambda session: time.sleep(1.0))
+
+    async def scenario() -> float:
+        cog = await world.start()
+        worst, stop = 0.0, asyncio.Event()
+
+        async def heartbeat() -> None:
+            nonlocal worst
+            while not stop.is_set():
+                started = time.perf_counter()
+                await asyncio.sleep(0.02)
+                worst = max(worst, time.perf_counter() - started - 0.02)
+
+        probe = asyncio.create_task(heartbeat())
+        await cog.start.callback(cog, world.interaction(ALICE))
+        stop.set()
+        await probe
+        await cog.close()
+        return worst
+
+    assert asyncio.run(scenario()) < 0.5
+    world.harness.close()
+
+
+def test_voice_notes_are_answered_while_sessions_are_busy(tmp_path: Path, shared_pipeline: Pipeline) -> None:
+    """Live analysis has its own threads: with every one of them busy, a voice note is still answered."""
+    world = World(tmp_path, shared_pipeline, workers=1)
+
+    async def scenario() -> None:
+        cog = await world.start()
+        notes = await world.harness.start()
+        release = threading.Event()
+        busy = cog.workers.submit(release.wait, 30)  # a session's tick that takes long
+        message = world.harness.message(world.harness.attachment(SAMPLE_NOTE.read_bytes()))
+        try:
+            await asyncio.wait_for(notes.on_message(message), 60)
+        finally:
+            release.set()
+        assert "embed" in message.replies[0]
+        busy.result()
+        await cog.close()
+
+    asyncio.run(scenario())
+    world.harness.close()
+
+
+def test_a_large_export_is_compressed_or_refused_never_a_failed_upload(tmp_path: Path, shared_pipeline: Pipeline) -> None:
+    world = World(tmp_path, shared_pipeline)
+    sessions = world.harness.bot.sessions
+    info = sessions.start(str(world.guild.id), str(CHANNEL), str(ALICE), str(world.text.id))
+    sessions.add(info.id, [Utterance(str(ALICE), i, i + 1.0, "calm", 0.8, {"calm": 0.8, "sad": 0.2}, {}) for i in range(2_000)])
+    sessions.finish(info.id, "ended")
+
+    async def export(limit: int) -> FakeInteraction:
+        cog = world.cog if hasattr(world, "cog") else await world.start()
+        world.guild.filesize_limit = limit
+        asked = world.interaction(ALICE)
+        await cog.export.callback(cog, asked, info.id)
+        return asked
+
+    compressed = asyncio.run(export(100_000))
+    assert [f.filename for f in compressed.sent()[-1]["files"]] == [f"session-{info.id}.csv.gz", f"session-{info.id}.json.gz"]
+    refused = asyncio.run(export(1_000))
+    assert "too long to export through Discord" in sent_texts(refused) and "files" not in refused.sent()[-1]
     world.harness.close()
