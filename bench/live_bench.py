@@ -31,7 +31,7 @@ from bot.pipeline import Pipeline
 from bot.sessions import SessionStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the frame simulator is shared with the tests
-from tests.voice_sim import FRAME_SECONDS, load_speech, stereo_frames  # noqa: E402
+from tests.voice_sim import Clock, FRAME_SECONDS, load_speech, stereo_frames  # noqa: E402
 
 SENTENCES = [
     "Okay, so the next topic is the derivation of the heat equation from first principles.",
@@ -95,7 +95,9 @@ def main() -> None:
         turns = schedule(args.speakers, seconds, np.random.default_rng(args.seed))
         store = SessionStore(folder / "bench.db")
         info = store.start("bench", "voice", "0")
-        live = LiveSession(pipeline, store, info, LiveOptions(enabled=True, tick_seconds=args.tick), consents=lambda s: True)
+        clock = Clock()  # the session runs on simulated time, as fast as the machine can feed it
+        live = LiveSession(pipeline, store, info, LiveOptions(enabled=True, tick_seconds=args.tick), consents=lambda s: True,
+                           clock=clock)  # fmt: skip
         baseline = rss_mb()
         print(f"{args.speakers} speakers, {args.minutes:.0f} min session, {len(turns)} turns; RSS after loading models {baseline:.0f} MB")
         print("| session min | frames fed | utterances | processing s | RSS MB |")
@@ -106,7 +108,7 @@ def main() -> None:
         per_tick = max(1, round(args.tick / FRAME_SECONDS))
         peak = baseline
         for step in range(steps):
-            now = step * FRAME_SECONDS
+            now = clock.now = step * FRAME_SECONDS
             while next_turn < len(turns) and turns[next_turn][0] <= now:
                 _, speaker, sentence = turns[next_turn]
                 active.append((speaker, pool[speaker][sentence], 0))
