@@ -21,7 +21,7 @@ from bot.discordbot.receive import SILENCE, FrameDecryptor, SeraSink
 from bot.live import LiveSession
 from bot.sessions import SessionStore
 from tests.dave_harness import FakeVoiceClient, Speaker, VoiceServer
-from tests.voice_sim import Turn, frames, load_speech, speech_extent
+from tests.voice_sim import Clock, Turn, frames, load_speech, speech_extent
 
 CHANNEL = 927_310_423_890_473_011
 BOT, ALICE, BOB, CAROL = 1001, 2002, 3003, 4004
@@ -152,7 +152,8 @@ def test_encrypted_speech_through_the_receive_path_is_analysed_only_for_those_wh
     store = SessionStore(tmp_path / "sera.db")
     info = store.start("555", "777", str(ALICE))
     opted_in = {str(ALICE), str(BOB)}
-    live = LiveSession(pipeline, store, info, LiveOptions(enabled=True), consents=opted_in.__contains__)
+    clock = Clock()  # packets go in faster than real time: the session's clock follows them
+    live = LiveSession(pipeline, store, info, LiveOptions(enabled=True), consents=opted_in.__contains__, clock=clock)
     sink = SeraSink(live, lambda: voice._connection.dave_session)
     voice.listen(sink)
     for speaker in speakers:
@@ -162,8 +163,9 @@ def test_encrypted_speech_through_the_receive_path_is_analysed_only_for_those_wh
     turns = [Turn(str(ALICE), 0.5, speech), Turn(str(BOB), 2.0, speech), Turn(str(CAROL), 1.0, speech)]
     by_user = {str(s.user_id): s for s in speakers}
     encoders = {user: Encoder() for user in by_user}  # each client has its own Opus encoder state
-    for i, (_, speaker_id, pcm) in enumerate(frames(turns)):
+    for i, (at, speaker_id, pcm) in enumerate(frames(turns)):
         speaker = by_user[speaker_id]
+        clock.now = at
         voice.deliver(speaker.packet(encoders[speaker_id].encode(pcm, 960), voice.secret_key))
         if i % 50 == 0:
             time.sleep(0.005)  # let the router thread keep up, as real 20 ms pacing would

@@ -15,6 +15,14 @@ LICENCES = {
         "licensed **CC BY-NC-SA 4.0**. This model is trained on it and carries the same terms: "
         "attribution, non-commercial use only, share-alike."
     ),
+    "nemo": (
+        "nEMO: Dataset of Emotional Speech in Polish (Christop, LREC-COLING 2024), licensed **CC BY-NC-SA 4.0**: "
+        "attribution, non-commercial use only, share-alike."
+    ),
+    "emospeech": (
+        "Indian EmoSpeech Command Dataset v0.1 (Banga et al., arXiv:1910.13801), licensed **CC BY-NC-SA 4.0**: "
+        "attribution, non-commercial use only, share-alike."
+    ),
 }
 
 
@@ -134,6 +142,10 @@ def write(out_dir: Path, results: dict, clean: Evaluation | None, opus: Evaluati
                 f"{pct(o.get('accuracy'))} | {o.get('macro_f1', 0):.3f} | {row['minutes']:.1f} |"
             )
         lines.append("")
+    if r.get("crossval"):
+        from training.crossval import markdown
+
+        lines += ["## Cross-validation (voices never heard)", "", markdown(r["crossval"]), ""]
     rec = r["recipe"]
     heads = {"stats": "statistics pooling: mean and std over time", "flatten": "flatten and dense, as in the paper"}
     inputs = ["each Mel band's mean over the window subtracted"] if rec["band_norm"] else []
@@ -168,7 +180,8 @@ def write(out_dir: Path, results: dict, clean: Evaluation | None, opus: Evaluati
         "",
         "## Licence",
         "",
-        LICENCES.get(r["corpus"], "See the corpus's own licence."),
+        *[LICENCES.get(name.strip(), f"{name}: see the corpus's own licence.") for name in r["corpus"].split(",")],
+        "The model carries the corpora's terms: CC BY-NC-SA 4.0.",
         "",
     ]
     path = out_dir / CARD_FILE

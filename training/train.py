@@ -23,7 +23,7 @@ import onnx
 import torch
 import torch.nn.functional as F
 
-from bot.corpora import Clip
+from bot.corpora import LABELS, Clip
 from bot.features import FeatureParams
 from bot.metrics import score
 from bot.model import INPUT_NAME, OUTPUT_NAME, ModelInfo, softmax
@@ -117,15 +117,30 @@ def predict(model: EmotionNet, x: np.ndarray, batch: int = 128) -> np.ndarray:
         return np.concatenate([model(torch.from_numpy(x[i : i + batch].astype(np.float32))).numpy() for i in range(0, len(x), batch)])
 
 
+def label_mask(clips: list[Clip], labels: tuple[str, ...]) -> np.ndarray:
+    """``(clips, labels)``: True where the clip's corpus has that label (all of them for an unknown corpus)."""
+    return np.array([[label in LABELS.get(c.corpus, labels) for label in labels] for c in clips])
+
+
+def masked_log_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities over the labels a clip's corpus has: nEMO, which has no calm, never teaches
+    the model that calm does not exist. Masked labels get a log-probability of about -1e9 (finite, so
+    a zero target weight times it stays zero)."""
+    return F.log_softmax(logits.masked_fill(~mask, -1e9), dim=1)
+
+
 def train_one(
-    recipe: Recipe, features: np.ndarray, y: np.ndarray, split: Split, n_labels: int, seed: int
+    recipe: Recipe, features: np.ndarray, y: np.ndarray, split: Split, n_labels: int, seed: int, mask: np.ndarray | None = None
 ) -> tuple[EmotionNet, list[dict]]:
     """Train for the whole schedule and keep the final weights.
 
     The validation speakers are scored after every epoch for the log and the card, but do not pick the
     epoch: 120 clips are too few to choose among 120 epochs (one seed's best-F1 epoch scored 54 % on the
-    test speakers where its final weights, at the end of the one-cycle decay, scored 62 %).
+    test speakers where its final weights, at the end of the one-cycle decay, scored 62 %). ``mask``
+    (``label_mask``) limits each clip's loss to its corpus's labels; None means every clip has them all.
     """
+    if mask is None:
+        mask = np.ones((len(y), n_labels), dtype=bool)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -147,6 +162,7 @@ def train_one(
             idx = order[i : i + recipe.batch_size]
             x = torch.from_numpy(features[idx, chosen[i : i + len(idx)]].astype(np.float32))
             target = F.one_hot(torch.from_numpy(y[idx]), n_labels).float()
+            allowed_labels = torch.from_numpy(mask[idx])
             if recipe.specaugment:
                 x = spec_augment(x, generator)
             if recipe.mixup > 0:
@@ -154,7 +170,8 @@ def train_one(
                 perm = torch.randperm(len(idx), generator=generator)
                 x = lam * x + (1 - lam) * x[perm]
                 target = lam * target + (1 - lam) * target[perm]
-            loss = torch.sum(-target * F.log_softmax(model(x), dim=1), dim=1).mean()
+                allowed_labels = allowed_labels | allowed_labels[perm]
+            loss = torch.sum(-target * masked_log_softmax(model(x), allowed_labels), dim=1).mean()
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -179,23 +196,24 @@ class Trained:
 _worker: dict = {}
 
 
-def _start_worker(features: np.ndarray, y: np.ndarray, split: Split, n_labels: int, log_level: int) -> None:
+def _start_worker(features: np.ndarray, y: np.ndarray, mask: np.ndarray | None, n_labels: int, log_level: int) -> None:
     torch.set_num_threads(1)
     logging.basicConfig(level=log_level, format="%(asctime)s %(processName)s %(message)s")
-    _worker.update(features=features, y=y, split=split, n_labels=n_labels)
+    _worker.update(features=features, y=y, mask=mask, n_labels=n_labels)
 
 
-def _train_in_worker(recipe: Recipe, seed: int) -> Trained:
+def _train_in_worker(recipe: Recipe, split: Split, seed: int) -> Trained:
     started = time.perf_counter()
     w = _worker
-    model, history = train_one(recipe, w["features"], w["y"], w["split"], w["n_labels"], seed)
+    model, history = train_one(recipe, w["features"], w["y"], split, w["n_labels"], seed, w["mask"])
     return Trained(model, history, (time.perf_counter() - started) / 60)
 
 
 def train_side_by_side(
-    recipes: list[Recipe], features: np.ndarray, y: np.ndarray, split: Split, n_labels: int, seed: int, workers: int
+    jobs: list[tuple[Recipe, Split]], features: np.ndarray, y: np.ndarray, n_labels: int, seed: int, workers: int,
+    mask: np.ndarray | None = None,
 ) -> list[Trained]:
-    """Train each recipe in a single-threaded process, ``workers`` at a time, in the order given.
+    """Train each (recipe, split) in a single-threaded process, ``workers`` at a time, in the order given.
 
     A net this small keeps a second thread poorly busy (one epoch: 17.4 s on one thread, 12.9 s on
     two), so the shipped recipe on one core and the ablation rows on the others finish sooner than one
@@ -206,9 +224,9 @@ def train_side_by_side(
         workers,
         mp_context=multiprocessing.get_context("spawn"),  # a fork of a process that has run torch can deadlock
         initializer=_start_worker,
-        initargs=(features, y, split, n_labels, logging.getLogger().getEffectiveLevel()),
+        initargs=(features, y, mask, n_labels, logging.getLogger().getEffectiveLevel()),
     ) as pool:
-        return list(pool.map(_train_in_worker, recipes, [seed] * len(recipes)))
+        return list(pool.map(_train_in_worker, *zip(*jobs), [seed] * len(jobs)))
 
 
 def fit_temperature(logits: np.ndarray, truth: np.ndarray) -> float:
@@ -269,7 +287,8 @@ def run(
     recipe = replace(FINAL, epochs=epochs) if epochs else FINAL
     steps = [replace(step, epochs=ablation_epochs) for step in ABLATION] if ablation_epochs else []
     workers = max(1, min(1 + len(steps), os.cpu_count() or 1))
-    trained = train_side_by_side([recipe, *steps], features, y, split, len(labels), seed, workers)
+    mask = label_mask(clips, labels)
+    trained = train_side_by_side([(r, split) for r in (recipe, *steps)], features, y, len(labels), seed, workers, mask)
     final, history = trained[0].model, trained[0].history
     train_seconds = time.perf_counter() - started - feature_seconds
     table = [

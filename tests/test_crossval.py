@@ -1,0 +1,115 @@
+"""Pooling corpora and choosing by cross-validation: the new loaders, the label mask, speaker-grouped
+folds (no speaker in two folds) and ``sera train --cv`` end to end on tiny corpora the test makes; the
+real corpora's loaders when ../shared/data is there."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bot.corpora import EMOTIONS, LABELS, Clip, load_corpora
+from bot.errors import SeraError
+from tests.conftest import SHARED_DATA, say
+from tests.test_training import CODES, run
+from training.crossval import speaker_folds
+from training.train import label_mask, masked_log_softmax
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding tiny ``ravdess`` (4 actors) and ``nemo`` (2 speakers) corpora of espeak-ng speech."""
+    root = tmp_path_factory.mktemp("data")
+    for actor in (1, 2, 3, 4):
+        folder = root / "ravdess" / f"Actor_{actor:02d}"
+        folder.mkdir(parents=True)
+        for i, label in enumerate(EMOTIONS):
+            say("Dogs are sitting by the door.", folder / f"03-01-{CODES[label]}-01-01-01-{actor:02d}.wav", speed=120 + 15 * i)
+    rows = ["path,label,speaker,gender,age,text"]
+    for speaker, gender in (("AA0", "female"), ("BB0", "male")):
+        (root / "nemo" / speaker).mkdir(parents=True)
+        for i, label in enumerate(LABELS["nemo"]):
+            say("Lubię czytać przed snem.", root / "nemo" / speaker / f"{label}.wav", voice="pl", speed=120 + 20 * i)
+            rows.append(f"{speaker}/{label}.wav,{label},{speaker},{gender},20,Lubię czytać przed snem.")
+    (root / "nemo" / "metadata.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_corpora_are_pooled_with_their_own_labels(tiny_data: Path) -> None:
+    clips = load_corpora("ravdess,nemo", tiny_data)
+    assert Counter(c.corpus for c in clips) == {"ravdess": 32, "nemo": 12}
+    assert {c.speaker for c in clips if c.corpus == "nemo"} == {"AA0", "BB0"}
+    assert all(c.path.is_file() for c in clips)
+    assert load_corpora("ravdess", tiny_data / "ravdess") == [c for c in clips if c.corpus == "ravdess"]
+    (tiny_data / "broken").mkdir(exist_ok=True)
+    (tiny_data / "broken" / "metadata.csv").write_text("path,label,speaker\nx.wav,furious,Z\n")
+    with pytest.raises(SeraError, match="unknown label 'furious'"):
+        from bot.corpora import from_metadata
+
+        from_metadata("broken", LABELS["nemo"])(tiny_data / "broken")
+
+
+def test_the_loss_compares_a_clip_only_with_its_corpus_labels() -> None:
+    clips = [Clip(Path("a"), "sad", "EB0", "female", "nemo"), Clip(Path("b"), "calm", "01", "male", "ravdess")]
+    mask = label_mask(clips, EMOTIONS)
+    assert [label for label, ok in zip(EMOTIONS, mask[0]) if not ok] == ["calm", "disgust"]
+    assert mask[1].all()
+    logits = torch.zeros(2, len(EMOTIONS), requires_grad=True)
+    target = torch.nn.functional.one_hot(torch.tensor([EMOTIONS.index("sad"), EMOTIONS.index("calm")]), len(EMOTIONS)).float()
+    loss = torch.sum(-target * masked_log_softmax(logits, torch.from_numpy(mask)), dim=1).mean()
+    loss.backward()
+    assert torch.isfinite(loss)
+    calm, disgust = EMOTIONS.index("calm"), EMOTIONS.index("disgust")
+    assert logits.grad[0, calm] == 0 and logits.grad[0, disgust] == 0  # nEMO never says "calm does not exist"
+    assert logits.grad[1, calm] < 0  # RAVDESS does teach calm
+
+
+def test_folds_hold_each_speaker_once_balanced_by_corpus_and_gender() -> None:
+    clips = [Clip(Path(f"{s}-{i}"), "sad", s, "male" if n % 2 else "female", corpus)
+             for corpus, count in (("ravdess", 21), ("nemo", 7)) for n in range(count)
+             for s in [f"{corpus}{n}"] for i in range(3)]  # fmt: skip
+    fold = speaker_folds(clips, 3, seed=0)
+    by_speaker: dict[str, set[int]] = {}
+    for clip, f in zip(clips, fold):
+        by_speaker.setdefault(clip.speaker, set()).add(int(f))
+    assert all(len(folds) == 1 for folds in by_speaker.values())  # no speaker in two folds
+    per_fold = Counter((int(f), c.corpus, c.gender) for c, f in zip(clips, fold) if c.path.name.endswith("-0"))
+    for corpus, gender in {(c.corpus, c.gender) for c in clips}:
+        counts = [per_fold[(f, corpus, gender)] for f in range(3)]
+        assert max(counts) - min(counts) <= 1, (corpus, gender, counts)
+    assert (speaker_folds(clips, 3, seed=0) == fold).all() and not (speaker_folds(clips, 3, seed=1) == fold).all()
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "nemo").is_dir(), reason="../shared/data is not here: the real corpora's loaders are not checked")
+def test_the_real_corpora_load_with_speakers_from_their_metadata() -> None:
+    clips = load_corpora("ravdess,nemo,emospeech", SHARED_DATA)
+    counts = Counter(c.corpus for c in clips)
+    assert counts == {"ravdess": 1259, "nemo": 3775, "emospeech": 2019}
+    assert len({c.speaker for c in clips if c.corpus == "nemo"}) == 7
+    assert len({c.speaker for c in clips if c.corpus == "emospeech"}) == 106
+    assert {c.label for c in clips if c.corpus == "emospeech"} == set(LABELS["emospeech"])
+    assert not {c.speaker for c in clips if c.corpus == "nemo"} & {c.speaker for c in clips if c.corpus != "nemo"}
+    fold = speaker_folds(clips, 3, seed=0)
+    for speaker in {c.speaker for c in clips}:
+        assert len({int(f) for c, f in zip(clips, fold) if c.speaker == speaker}) == 1
+
+
+def test_sera_train_cross_validates_pooled_corpora(tiny_data: Path, tmp_path: Path) -> None:
+    done = run("train", "--corpus", "ravdess,nemo", "--data", str(tiny_data), "--out", str(tmp_path), "--smoke",
+               "--no-cache", "--cv", "2", "--cv-only")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "crossval-results.json").read_text())
+    assert result["k"] == 2 and len(result["folds"]) == 2
+    held_out = [set(f["speakers"]) for f in result["folds"]]
+    assert not held_out[0] & held_out[1] and held_out[0] | held_out[1] == {"01", "02", "03", "04", "AA0", "BB0"}
+    assert set(result["summary"]) == {"ravdess", "nemo"}
+    assert set(result["pooled"]["nemo"]["recall"]) == set(LABELS["nemo"])  # no calm, no disgust for nEMO
+    assert result["pooled"]["ravdess"]["n"] == 32 and result["pooled"]["nemo"]["n"] == 12
+    table = (tmp_path / "CROSSVAL.md").read_text()
+    assert "| ravdess | 32 |" in table and "| nemo | 12 |" in table and "--cv 2 --cv-only" in table
+    assert "| ravdess | 32 |" in done.stdout
+    assert not (tmp_path / "sera-emotion.onnx").exists()  # --cv-only: no model
