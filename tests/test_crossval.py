@@ -113,3 +113,28 @@ def test_sera_train_cross_validates_pooled_corpora(tiny_data: Path, tmp_path: Pa
     assert "| ravdess | 32 |" in table and "| nemo | 12 |" in table and "--cv 2 --cv-only" in table
     assert "| ravdess | 32 |" in done.stdout
     assert not (tmp_path / "sera-emotion.onnx").exists()  # --cv-only: no model
+
+
+def test_a_personal_baseline_never_uses_the_clip_itself() -> None:
+    from training.train import speaker_references
+
+    clips = [Clip(Path(str(i)), "neutral" if i % 4 == 0 else "sad", f"s{i // 4}", "female", "ravdess") for i in range(8)]
+    features = np.zeros((8, 6, 4, 10), dtype=np.float16)
+    for i in range(8):
+        features[i] = i  # each clip's band means are its own index
+    refs = speaker_references(clips, features, draws=3, per_draw=5, seed=0)
+    for i in range(8):
+        others = [j for j in range(8) if j // 4 == i // 4 and j != i]
+        assert np.allclose(refs[i, :, :, :], np.mean(others))  # all three of the speaker's other clips
+    enrolled = speaker_references(clips, features, 1, 5, 0, lambda c: c.label == "neutral")
+    assert np.allclose(enrolled[1, 0, 0], 0) and np.allclose(enrolled[5, 0, 0], 4)  # their neutral clip
+    assert np.allclose(enrolled[0, 0, 0], 0)  # no other neutral clip: the clip's own window
+
+
+def test_sera_train_cross_validates_the_personal_baseline(tiny_data: Path, tmp_path: Path) -> None:
+    done = run("train", "--corpus", "ravdess", "--data", str(tiny_data), "--out", str(tmp_path), "--smoke",
+               "--no-cache", "--cv", "2", "--cv-only", "--reference", "speaker")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "crossval-results.json").read_text())
+    assert set(result["summary"]["ravdess"]) == {"clean", "opus24", "clean, neutral enrolment", "clean, no baseline"}
+    assert "- ravdess, clean, no baseline: accuracy" in (tmp_path / "CROSSVAL.md").read_text()

@@ -103,12 +103,13 @@ def run_crossval(args: argparse.Namespace, clips: list, config: Config, out: Pat
     from bot.pipeline import VAD_MODEL
     from training.crossval import cross_validate, markdown
     from training.data import build_features
-    from training.train import FINAL
+    from training.train import FINAL, PERSONAL
 
     cache = None if args.no_cache else Path(args.cache).expanduser()
     features = build_features(clips, FeatureParams(), config.models_dir / VAD_MODEL, cache, args.seed)
     y = np.array([EMOTIONS.index(c.label) for c in clips])
-    recipe = replace(FINAL, epochs=1 if args.smoke else args.epochs or FINAL.epochs)
+    base = PERSONAL if args.reference == "speaker" else FINAL
+    recipe = replace(base, epochs=1 if args.smoke else args.epochs or base.epochs)
     workers = max(1, min(args.cv, os.cpu_count() or 1))
     result = cross_validate(recipe, clips, features, y, EMOTIONS, args.cv, args.seed, workers)
     table = markdown(result.to_dict())
@@ -130,6 +131,7 @@ def reproduce(args: argparse.Namespace) -> str:
         words += ["--ablation-epochs", str(args.ablation_epochs)]
     if args.cv:
         words += ["--cv", str(args.cv)] + (["--cv-only"] if args.cv_only else [])
+        words += ["--reference", args.reference] if args.reference != "window" else []
     return " ".join(shlex.quote(w) for w in words)
 
 
@@ -153,3 +155,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--smoke", action="store_true", help="one epoch: checks that the recipe runs end to end")
     parser.add_argument("--cv", type=int, metavar="K", help="first cross-validate the recipe over K speaker-grouped folds")
     parser.add_argument("--cv-only", action="store_true", help="with --cv: stop after the cross-validation")
+    parser.add_argument(
+        "--reference", choices=("window", "speaker"), default="window",
+        help="with --cv: the shipped recipe (window) or its personal-baseline variant (speaker)",
+    )  # fmt: skip

@@ -21,9 +21,31 @@ from bot.corpora import LABELS, Clip
 from bot.metrics import score
 from bot.model import softmax
 from training.data import OFFSETS_PER_CONDITION
-from training.train import Recipe, Split, fit_temperature, label_mask, predict, train_side_by_side
+from training.train import Recipe, Split, fit_temperature, label_mask, predict, speaker_references, train_side_by_side
 
 CONDITIONS = {"clean": 0, "opus24": OFFSETS_PER_CONDITION}  # centred window, as it is and as a voice note
+REFERENCE_DRAWS, REFERENCE_CLIPS = 4, 5  # personal baselines per clip, each from this many other clips
+ENROLMENT_LABELS = {"neutral", "calm"}  # "record a few seconds of your ordinary voice"
+
+
+def inputs(recipe: Recipe, clips: list[Clip], features: np.ndarray, seed: int) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+    """The training references (None for a "window" recipe) and the held-out inputs scored per condition.
+
+    A "speaker" recipe is scored with a baseline from 5 of the speaker's other clips (any emotion), from
+    their other neutral or calm clips only (an enrolment, as real users give), and with none (each window
+    against its own mean: a voice heard for the first time)."""
+    if recipe.reference != "speaker":
+        return None, {name: features[:, variant].astype(np.float32) for name, variant in CONDITIONS.items()}
+    references = speaker_references(clips, features, REFERENCE_DRAWS, REFERENCE_CLIPS, seed)
+    enrolled = speaker_references(clips, features, 1, REFERENCE_CLIPS, seed, lambda c: c.label in ENROLMENT_LABELS)
+    scored = {}
+    for name, variant in CONDITIONS.items():
+        condition = 0 if variant == 0 else 1
+        scored[name] = features[:, variant].astype(np.float32) - references[:, condition, 0, :, None]
+    clean = features[:, 0].astype(np.float32)
+    scored["clean, neutral enrolment"] = clean - enrolled[:, 0, 0, :, None]
+    scored["clean, no baseline"] = clean - clean.mean(axis=2, keepdims=True)
+    return references, scored
 
 
 def speaker_folds(clips: list[Clip], k: int, seed: int) -> np.ndarray:
@@ -72,14 +94,15 @@ def cross_validate(
     mask = label_mask(clips, labels)
     empty = np.zeros(0, dtype=int)
     splits = [Split(np.flatnonzero(fold != i), empty, np.flatnonzero(fold == i)) for i in range(k)]
-    trained = train_side_by_side([(recipe, split) for split in splits], features, y, len(labels), seed, workers, mask)
-    logits = {name: np.zeros((len(clips), len(labels)), dtype=np.float32) for name in CONDITIONS}
+    references, scored = inputs(recipe, clips, features, seed)
+    trained = train_side_by_side([(recipe, split) for split in splits], features, y, len(labels), seed, workers, mask, references)
+    logits = {name: np.zeros((len(clips), len(labels)), dtype=np.float32) for name in scored}
     result = CrossValidation(recipe.name, k, seed)
     corpora = sorted({c.corpus for c in clips})
     for i, (split, done) in enumerate(zip(splits, trained)):
         row: dict[str, Any] = {"fold": i + 1, "speakers": sorted({clips[j].speaker for j in split.test}), "minutes": round(done.minutes, 1)}
-        for name, variant in CONDITIONS.items():
-            logits[name][split.test] = predict(done.model, features[split.test, variant])
+        for name, x in scored.items():
+            logits[name][split.test] = predict(done.model, x[split.test])
             for corpus in corpora:
                 idx = split.test[[clips[j].corpus == corpus for j in split.test]]
                 if len(idx):
@@ -87,7 +110,7 @@ def cross_validate(
                     row.setdefault(corpus, {})[name] = {"n": s.n, "accuracy": s.accuracy, "macro_f1": s.macro_f1, "ece": s.ece}
         result.folds.append(row)
     for corpus in corpora:
-        for name in CONDITIONS:
+        for name in scored:
             values = [f[corpus][name] for f in result.folds if corpus in f]
             result.summary.setdefault(corpus, {})[name] = {
                 metric: {"mean": float(np.mean([v[metric] for v in values])), "std": float(np.std([v[metric] for v in values]))}
@@ -135,6 +158,11 @@ def markdown(cv: dict[str, Any]) -> str:
             f"{opus['accuracy']['mean']:.1%} ± {opus['accuracy']['std']:.1%} | "
             f"{pooled['ece_raw']:.3f} -> {pooled['ece_calibrated']:.3f} |"
         )
+    others = [(corpus, name, values) for corpus, conditions in cv["summary"].items() for name, values in conditions.items()
+              if name not in CONDITIONS]  # fmt: skip
+    for corpus, name, values in others:
+        lines.append(f"- {corpus}, {name}: accuracy {values['accuracy']['mean']:.1%} ± {values['accuracy']['std']:.1%}, "
+                     f"macro-F1 {values['macro_f1']['mean']:.3f} ± {values['macro_f1']['std']:.3f}.")  # fmt: skip
     lines += ["", f"Temperature fitted on the pooled out-of-fold logits: {cv['pooled']['temperature']:.2f}.", ""]
     for corpus in cv["summary"]:
         recall = ", ".join(f"{label} {value:.0%}" for label, value in cv['pooled'][corpus]["recall"].items())

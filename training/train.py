@@ -14,6 +14,7 @@ import os
 import platform
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -55,9 +56,14 @@ class Recipe:
     mixup: float = 0.2  # Beta(alpha, alpha) mixing; 0 turns it off
     time_pool: int = 2  # average this many 10 ms frames before the first convolution
     band_norm: bool = True  # subtract each Mel band's mean over the window: the voice's long-term spectrum
+    # "window": that mean, inside the net. "speaker": subtracted before the net, half the draws the window's
+    # own mean, half the speaker's long-term mean from a few of their other clips (a personal baseline).
+    reference: str = "window"
 
 
 FINAL = Recipe("sera: stats pooling + 20 ms frames + band norm + shift + SpecAugment + mixup + Opus")
+PERSONAL = replace(FINAL, name="sera with a personal baseline: band means of the window or of the speaker's other clips",
+                   band_norm=False, reference="speaker")  # fmt: skip
 ABLATION = (
     Recipe("paper: 4 conv + flatten/dense, Adam", head="flatten", time_pool=1, band_norm=False, shift=False,
            opus=False, specaugment=False, mixup=0.0, weight_decay=0.0),
@@ -129,8 +135,38 @@ def masked_log_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     return F.log_softmax(logits.masked_fill(~mask, -1e9), dim=1)
 
 
+def speaker_references(
+    clips: list[Clip], features: np.ndarray, draws: int, per_draw: int, seed: int, enrol: Callable[[Clip], bool] = lambda c: True
+) -> np.ndarray:
+    """``(clips, conditions, draws, n_mels)``: for each clip, ``draws`` estimates of its speaker's band
+    means, each over ``per_draw`` of the speaker's *other* clips (never the clip itself) that ``enrol``
+    accepts, centred window, per condition (clean, Opus). A speaker with fewer such clips uses what
+    there is; with none, the clip's own window (the fallback a first-time user gets)."""
+    rng = np.random.default_rng(seed)
+    band_means = features[:, [0, OFFSETS_PER_CONDITION]].astype(np.float32).mean(axis=3)  # (clips, 2, n_mels)
+    by_speaker: dict[str, list[int]] = {}
+    for i, clip in enumerate(clips):
+        if enrol(clip):
+            by_speaker.setdefault(clip.speaker, []).append(i)
+    out = np.empty((len(clips), 2, draws, features.shape[2]), dtype=np.float32)
+    for i, clip in enumerate(clips):
+        others = [j for j in by_speaker.get(clip.speaker, []) if j != i] or [i]
+        for d in range(draws):
+            chosen = rng.choice(others, size=min(per_draw, len(others)), replace=False)
+            out[i, :, d] = band_means[chosen].mean(axis=0)
+    return out
+
+
+def with_reference(x: torch.Tensor, reference: torch.Tensor | None) -> torch.Tensor:
+    """The net's input under a "speaker" recipe: each band minus a reference level (the window's own
+    mean when ``reference`` is None)."""
+    level = x.mean(dim=2, keepdim=True) if reference is None else reference.unsqueeze(2)
+    return x - level
+
+
 def train_one(
-    recipe: Recipe, features: np.ndarray, y: np.ndarray, split: Split, n_labels: int, seed: int, mask: np.ndarray | None = None
+    recipe: Recipe, features: np.ndarray, y: np.ndarray, split: Split, n_labels: int, seed: int, mask: np.ndarray | None = None,
+    references: np.ndarray | None = None,
 ) -> tuple[EmotionNet, list[dict]]:
     """Train for the whole schedule and keep the final weights.
 
@@ -151,7 +187,9 @@ def train_one(
     steps = recipe.epochs * -(-len(split.train) // recipe.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=recipe.lr, total_steps=steps)
     allowed = variants_of(recipe)
-    val_x = features[split.val, 0]
+    val_x = features[split.val, 0].astype(np.float32)
+    if recipe.reference == "speaker":  # validation without a baseline: each window against its own mean
+        val_x = val_x - val_x.mean(axis=2, keepdims=True)
     history = []
     for epoch in range(recipe.epochs):
         model.train()
@@ -161,6 +199,12 @@ def train_one(
         for i in range(0, len(order), recipe.batch_size):
             idx = order[i : i + recipe.batch_size]
             x = torch.from_numpy(features[idx, chosen[i : i + len(idx)]].astype(np.float32))
+            if recipe.reference == "speaker":
+                condition = chosen[i : i + len(idx)] // OFFSETS_PER_CONDITION
+                draw = rng.integers(references.shape[2], size=len(idx))
+                ref = torch.from_numpy(references[idx, condition, draw])
+                use_own = torch.from_numpy(rng.random(len(idx)) < 0.5)[:, None, None]
+                x = torch.where(use_own, with_reference(x, None), with_reference(x, ref))
             target = F.one_hot(torch.from_numpy(y[idx]), n_labels).float()
             allowed_labels = torch.from_numpy(mask[idx])
             if recipe.specaugment:
@@ -196,22 +240,24 @@ class Trained:
 _worker: dict = {}
 
 
-def _start_worker(features: np.ndarray, y: np.ndarray, mask: np.ndarray | None, n_labels: int, log_level: int) -> None:
+def _start_worker(
+    features: np.ndarray, y: np.ndarray, mask: np.ndarray | None, references: np.ndarray | None, n_labels: int, log_level: int
+) -> None:
     torch.set_num_threads(1)
     logging.basicConfig(level=log_level, format="%(asctime)s %(processName)s %(message)s")
-    _worker.update(features=features, y=y, mask=mask, n_labels=n_labels)
+    _worker.update(features=features, y=y, mask=mask, references=references, n_labels=n_labels)
 
 
 def _train_in_worker(recipe: Recipe, split: Split, seed: int) -> Trained:
     started = time.perf_counter()
     w = _worker
-    model, history = train_one(recipe, w["features"], w["y"], split, w["n_labels"], seed, w["mask"])
+    model, history = train_one(recipe, w["features"], w["y"], split, w["n_labels"], seed, w["mask"], w["references"])
     return Trained(model, history, (time.perf_counter() - started) / 60)
 
 
 def train_side_by_side(
     jobs: list[tuple[Recipe, Split]], features: np.ndarray, y: np.ndarray, n_labels: int, seed: int, workers: int,
-    mask: np.ndarray | None = None,
+    mask: np.ndarray | None = None, references: np.ndarray | None = None,
 ) -> list[Trained]:
     """Train each (recipe, split) in a single-threaded process, ``workers`` at a time, in the order given.
 
@@ -224,7 +270,7 @@ def train_side_by_side(
         workers,
         mp_context=multiprocessing.get_context("spawn"),  # a fork of a process that has run torch can deadlock
         initializer=_start_worker,
-        initargs=(features, y, mask, n_labels, logging.getLogger().getEffectiveLevel()),
+        initargs=(features, y, mask, references, n_labels, logging.getLogger().getEffectiveLevel()),
     ) as pool:
         return list(pool.map(_train_in_worker, *zip(*jobs), [seed] * len(jobs)))
 
