@@ -491,3 +491,23 @@ def test_forget_reports_what_went_and_a_failure_deletes_nothing(harness: Harness
     asyncio.run(ask.sent()[0]["view"].confirm.callback(done))
     assert done.sent()[0]["content"].startswith("Nothing was deleted: the database is busy")
     assert harness.store.analyses_of(user.id) == 1  # one transaction: the analyses were not deleted either
+
+
+def test_a_command_that_fails_is_answered_not_left_hanging(harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    from discord import app_commands
+
+    from bot.database import StorageError
+
+    command = harness.bot.tree.get_command("sera").get_command("style")
+    busy = app_commands.CommandInvokeError(command, StorageError("the database is busy (another process is writing to it)"))
+    first = harness.interaction(FakeGuild(), admin=True)
+    first.command = command
+    asyncio.run(harness.cog.cog_app_command_error(first, busy))
+    assert first.sent() == [{"content": "Nothing was changed: the database is busy (another process is writing to it).", "ephemeral": True}]
+    bug = app_commands.CommandInvokeError(command, KeyError("oops"))
+    deferred = harness.interaction(FakeGuild(), admin=True)
+    deferred.command = command
+    asyncio.run(deferred.response.defer(thinking=True))
+    asyncio.run(harness.cog.cog_app_command_error(deferred, bug))
+    assert "the operator has been told" in deferred.sent()[-1]["content"] and "oops" not in deferred.sent()[-1]["content"]
+    assert any("command sera style failed" in r.message and r.exc_info for r in caplog.records)

@@ -628,3 +628,22 @@ def test_a_large_export_is_compressed_or_refused_never_a_failed_upload(tmp_path:
     refused = asyncio.run(export(1_000))
     assert "too long to export through Discord" in sent_texts(refused) and "files" not in refused.sent()[-1]
     world.harness.close()
+
+
+def test_an_opt_out_the_database_refused_is_not_reported_as_done(tmp_path: Path, shared_pipeline: Pipeline, monkeypatch) -> None:
+    from bot.database import StorageError
+
+    world = World(tmp_path, shared_pipeline)
+
+    def busy(*args: Any) -> None:
+        raise StorageError("the database is busy (another process is writing to it); nothing was changed, try again")
+
+    async def scenario() -> None:
+        cog = await world.start()
+        monkeypatch.setattr(world.harness.bot.sessions, "set_consent", busy)
+        out = world.interaction(BOB)
+        await cog.optout.callback(cog, out)
+        assert sent_texts(out).startswith("Nothing was changed: the database is busy")
+
+    asyncio.run(scenario())
+    world.harness.close()

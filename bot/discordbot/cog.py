@@ -102,6 +102,10 @@ class VoiceNotes(commands.Cog):
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
 
+    async def cog_app_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        """A command that failed (a database refusing a write, a bug) is answered, never left hanging."""
+        await answer_failure(interaction, error)
+
     # -- the one road every note takes ---------------------------------------------------------------
 
     async def analyse(self, attachment: discord.Attachment, origin: Origin, settings: GuildSettings) -> Outcome:
@@ -423,6 +427,24 @@ class VoiceNotes(commands.Cog):
         settings = await asyncio.to_thread(self.store.settings, interaction.guild_id)
         stopped = "".join(f"\n**{i.name}:** {i.status}" for i in self.pipeline.plugins.failures())
         await interaction.response.send_message(describe(settings) + stopped, ephemeral=True)
+
+
+async def answer_failure(interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+    """One ephemeral sentence for the user and one log line for the operator, for any cog's command."""
+    cause = getattr(error, "original", error)
+    if isinstance(cause, SeraError):
+        log.warning("command %s failed: %s", interaction.command and interaction.command.qualified_name, cause)
+        text = f"Nothing was changed: {cause}."
+    else:
+        log.error("command %s failed", interaction.command and interaction.command.qualified_name, exc_info=cause)
+        text = "Something went wrong on my side; the operator has been told."
+    try:
+        if interaction.response.is_done():
+            await interaction.followup.send(text, ephemeral=True)
+        else:
+            await interaction.response.send_message(text, ephemeral=True)
+    except discord.HTTPException as failure:
+        log.warning("could not answer interaction %s: %s", interaction.id, failure)
 
 
 def describe(settings: GuildSettings) -> str:

@@ -27,6 +27,7 @@ from discord import app_commands
 from discord.ext import commands, voice_recv
 
 from bot.config import LiveOptions
+from bot.discordbot.cog import answer_failure
 from bot.discordbot.receive import SeraSink
 from bot.discordbot.store import Store
 from bot.errors import SeraError
@@ -123,6 +124,9 @@ class Listening(commands.Cog):
 
     async def cog_unload(self) -> None:
         self.workers.shutdown(wait=False, cancel_futures=True)
+
+    async def cog_app_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        await answer_failure(interaction, error)
 
     # -- starting ------------------------------------------------------------------------------------------
 
@@ -365,7 +369,11 @@ class Listening(commands.Cog):
             await interaction.response.send_message("Consent is per server; use this in a server.", ephemeral=True)
             return
         speaker = str(interaction.user.id)
-        await asyncio.to_thread(self.sessions.set_consent, str(interaction.guild_id), speaker, consents)
+        try:
+            await asyncio.to_thread(self.sessions.set_consent, str(interaction.guild_id), speaker, consents)
+        except SeraError as error:  # nothing was stored: say so, rather than "you're out" that a restart undoes
+            await interaction.response.send_message(f"Nothing was changed: {error}.", ephemeral=True)
+            return
         active = self.active.get(interaction.guild_id)
         if active is not None and consents:
             active.consenting.add(speaker)
