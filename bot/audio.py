@@ -158,7 +158,9 @@ def run_bounded(
     Raises ``TimeoutError`` after ``limits.timeout_seconds`` (ffmpeg is killed first).
     """
     kib = max(limits.max_memory_bytes // 1024, 1)
-    command = ["/bin/sh", "-c", 'ulimit -v "$0" && exec "$@"', str(kib), ffmpeg_binary(), *arguments]
+    # Where the hard limit is already lower than ours, the soft limit goes to it (lower still protects).
+    limit = 'ulimit -v "$0" 2>/dev/null || ulimit -v "$(ulimit -H -v)"; exec "$@"'
+    command = ["/bin/sh", "-c", limit, str(kib), ffmpeg_binary(), *arguments]
     process = subprocess.Popen(
         command, stdin=subprocess.DEVNULL if data is None else subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, env=child_environment(), pass_fds=tuple(pass_fds),
