@@ -160,6 +160,7 @@ def markdown(cv: dict[str, Any]) -> str:
         )
     others = [(corpus, name, values) for corpus, conditions in cv["summary"].items() for name, values in conditions.items()
               if name not in CONDITIONS]  # fmt: skip
+    lines += [""] if others else []
     for corpus, name, values in others:
         lines.append(f"- {corpus}, {name}: accuracy {values['accuracy']['mean']:.1%} ± {values['accuracy']['std']:.1%}, "
                      f"macro-F1 {values['macro_f1']['mean']:.3f} ± {values['macro_f1']['std']:.3f}.")  # fmt: skip
