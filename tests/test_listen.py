@@ -383,7 +383,8 @@ def test_the_time_limit_ends_the_session(tmp_path: Path, shared_pipeline: Pipeli
         cog = await world.start()
         await cog.start.callback(cog, world.interaction(ALICE))
         world.clock.now += 1.0  # past the 0.6 s limit
-        await eventually(lambda: cog.active == {}, 10)
+        await eventually(lambda: world.text.sent, 10)  # the summary is posted once the session is closed
+        assert cog.active == {}
         assert "time limit" in world.text.sent[-1].kwargs["embed"].description
 
     asyncio.run(scenario())
