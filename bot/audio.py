@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
 import selectors
 import subprocess
 import time
