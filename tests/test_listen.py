@@ -32,6 +32,7 @@ from tests.discord_harness import FakeInteraction, Harness
 from tests.voice_sim import Clock, Turn, frames, load_speech
 
 CHANNEL = 880_000_000_000_000_001
+ROUTER_SLACK_SECONDS = 0.5
 BOT, ALICE, BOB, CAROL, DAVE = 1, 1001, 1002, 1003, 1004
 LINES = {
     ALICE: "We should go through the practice exam before Friday, question by question.",
@@ -181,7 +182,7 @@ class World:
 
     async def talk(self, turns: list[Turn], stamp: Callable[[int, float], int | None] = lambda user, at: None) -> None:
         """Send the turns as DAVE-encrypted RTP through the voice client, about ten times real time, with the
-        session clock following the frames; then a second of silence. ``stamp`` may forge a frame's RTP
+        session clock trailing the frames; then a pause. ``stamp`` may forge a frame's RTP
         timestamp (None: the sender's own)."""
         client = self.cog.clients[-1]
         for speaker in self.speakers.values():
@@ -189,7 +190,9 @@ class World:
         encoders = {user: Encoder() for user in self.speakers}  # each client has its own Opus encoder state
         live = self.cog.active[self.guild.id].live
         for i, (at, user, pcm) in enumerate(frames(turns)):
-            self.clock.now = max(self.clock.now, at)
+            # The clock trails the frames by half a second: the library's router thread hands frames over
+            # a little after they are delivered, and a clock ahead of them would close utterances early.
+            self.clock.now = max(self.clock.now, at - ROUTER_SLACK_SECONDS)
             speaker = self.speakers[int(user)]
             forged = stamp(int(user), at)
             honest = speaker.timestamp
@@ -202,7 +205,7 @@ class World:
                 await asyncio.sleep(0.002)
         await asyncio.sleep(0.3)  # the library's router thread hands over what it buffered
         await eventually(lambda: not any(track.queue for track in live.tracks.values()), 10)  # the ticks catch up
-        self.clock.now += 1.0  # a pause: every speaker's utterance closes at the next tick
+        self.clock.now += ROUTER_SLACK_SECONDS + 1.0  # a pause: every speaker's utterance closes at the next tick
 
 
 async def eventually(check: Callable[[], object], seconds: float) -> None:
