@@ -136,7 +136,6 @@ class PluginSet:
 
     def __init__(self, config: Config, sample_rate: int, only: Collection[str] | None = None) -> None:
         """Load every enabled plugin, or with ``only`` just those named (``sera evaluate`` needs one)."""
-        self.config = config
         context = PluginContext(models_dir=config.models_dir, sample_rate=sample_rate)
         found: dict[str, list[EntryPoint]] = {}
         for ep in entry_points(group=GROUP):

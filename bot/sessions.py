@@ -82,10 +82,6 @@ class SessionStore:
         self.db = Database(db) if self._owns else db
         self.db.apply(SCHEMA)
 
-    @property
-    def path(self) -> Path:
-        return self.db.path
-
     def start(self, space: str, room: str, started_by: str, report_to: str | None = None) -> SessionInfo:
         now = time.time()
         with self.db.transaction() as tx:
@@ -122,12 +118,6 @@ class SessionStore:
         with self.db.read() as db:
             ids = [row[0] for row in db.execute("SELECT id FROM sessions WHERE status = ? ORDER BY id", (LIVE,))]
         return [i for i in ids if i not in set(running)]
-
-    def last_utterance_end(self, session_id: int) -> float:
-        """Seconds into the session at which its last stored utterance ended (0 without any)."""
-        with self.db.read() as db:
-            last = db.execute("SELECT MAX(end_s) FROM utterances WHERE session_id = ?", (session_id,)).fetchone()[0]
-        return last or 0.0
 
     def mark_interrupted(self, session_id: int) -> None:
         """Close a session a crash left open; its end is taken as its last utterance's."""

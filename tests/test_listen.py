@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -172,10 +172,17 @@ class World:
         interaction.channel_id = self.text.id
         return interaction
 
+    def opt_in(self, *users: int) -> None:
+        for user in users:
+            self.harness.bot.sessions.set_consent(str(self.guild.id), str(user), True)
+
+    def turn_on_live_feedback(self) -> None:
+        self.harness.store.update_settings(self.guild.id, lambda s: replace(s, live_feedback=True))
+
     async def alice_talking(self, speech: dict[int, np.ndarray]) -> OfflineListening:
         """The cog, with a session Alice (opted in) started and spoke in."""
         cog = await self.start()
-        self.harness.bot.sessions.set_consent(str(self.guild.id), str(ALICE), True)
+        self.opt_in(ALICE)
         await cog.start.callback(cog, self.interaction(ALICE))
         await self.talk([Turn(str(ALICE), 0.2, speech[ALICE])])
         return cog
@@ -422,9 +429,8 @@ def test_live_feedback_is_posted_then_edited_when_the_server_turned_it_on(tmp_pa
 
     async def scenario() -> None:
         cog = await world.start()
-        world.harness.store.update_settings(world.guild.id, lambda s: s.__class__(**{**s.__dict__, "live_feedback": True}))
-        for user in (ALICE, BOB):
-            world.harness.bot.sessions.set_consent(str(world.guild.id), str(user), True)
+        world.turn_on_live_feedback()
+        world.opt_in(ALICE, BOB)
         await cog.start.callback(cog, world.interaction(ALICE))
         await world.talk([Turn(str(ALICE), 0.2, speech[ALICE]), Turn(str(BOB), 6.0, speech[BOB])])
         # Frames went in ~10x faster than real time, but a speaker's utterance closes once the session
@@ -449,9 +455,8 @@ def test_forget_mid_session_removes_the_speaker_everywhere_in_one_go(tmp_path: P
     async def scenario() -> None:
         cog = await world.start()
         notes = await world.harness.start()
-        world.harness.store.update_settings(world.guild.id, lambda s: s.__class__(**{**s.__dict__, "live_feedback": True}))
-        for user in (ALICE, BOB):
-            world.harness.bot.sessions.set_consent(str(world.guild.id), str(user), True)
+        world.turn_on_live_feedback()
+        world.opt_in(ALICE, BOB)
         await cog.start.callback(cog, world.interaction(BOB))
         await world.talk([Turn(str(ALICE), 0.2, speech[ALICE]), Turn(str(BOB), 1.0, speech[BOB])])
         await eventually(lambda: {r.speaker for r in world.harness.bot.sessions.utterances(1)} == {str(ALICE), str(BOB)}, 15)
@@ -549,8 +554,7 @@ def test_a_forged_rtp_timestamp_does_not_cut_everyone_else(tmp_path: Path, share
 
     async def scenario() -> None:
         cog = await world.start()
-        for user in (ALICE, BOB):
-            world.harness.bot.sessions.set_consent(str(world.guild.id), str(user), True)
+        world.opt_in(ALICE, BOB)
         await cog.start.callback(cog, world.interaction(ALICE))
         long_turn = np.concatenate([speech[ALICE], speech[ALICE]])
         forged = lambda user, at: 123_456 + 48_000 * 3600 if user == BOB else None  # noqa: E731

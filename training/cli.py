@@ -111,12 +111,12 @@ def run_crossval(args: argparse.Namespace, clips: list, config: Config, out: Pat
     base = PERSONAL if args.reference == "speaker" else FINAL
     recipe = replace(base, epochs=1 if args.smoke else args.epochs or base.epochs)
     workers = max(1, min(args.cv, os.cpu_count() or 1))
-    result = cross_validate(recipe, clips, features, y, EMOTIONS, args.cv, args.seed, workers)
-    table = markdown(result.to_dict())
-    (out / CV_RESULTS_FILE).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    result = cross_validate(recipe, clips, features, y, EMOTIONS, args.cv, args.seed, workers).to_dict()
+    table = markdown(result)
+    (out / CV_RESULTS_FILE).write_text(json.dumps(result, indent=2) + "\n")
     (out / CV_TABLE_FILE).write_text(f"# Cross-validation\n\n{table}\nReproduce: `{reproduce(args)}`\n")
     print(table)
-    return result.to_dict()
+    return result
 
 
 def reproduce(args: argparse.Namespace) -> str:

@@ -40,7 +40,7 @@ def inputs(recipe: Recipe, clips: list[Clip], features: np.ndarray, seed: int) -
     enrolled = speaker_references(clips, features, 1, REFERENCE_CLIPS, seed, lambda c: c.label in ENROLMENT_LABELS)
     scored = {}
     for name, variant in CONDITIONS.items():
-        condition = 0 if variant == 0 else 1
+        condition = variant // OFFSETS_PER_CONDITION  # 0 clean, 1 Opus: as in speaker_references
         scored[name] = features[:, variant].astype(np.float32) - references[:, condition, 0, :, None]
     clean = features[:, 0].astype(np.float32)
     scored["clean, neutral enrolment"] = clean - enrolled[:, 0, 0, :, None]

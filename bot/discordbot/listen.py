@@ -34,7 +34,7 @@ from bot.errors import SeraError
 from bot.live import LiveSession
 from bot.pipeline import Pipeline
 from bot.sessions import ENDED, INTERRUPTED, SessionStore, StoredSession
-from bot.summary import SessionInfo, SessionSummary, Utterance, clock, summarize
+from bot.summary import SessionSummary, Utterance, clock, summarize
 from plugins.embed_report import emoji
 
 log = logging.getLogger(__name__)
@@ -288,21 +288,16 @@ class Listening(commands.Cog):
             # The session may still be "live" in the store: then the next start posts it again (at
             # least once, never lost). Now: a summary of what was stored, or a word that it will follow.
             log.exception("finishing session %d failed", active.live.info.id)
-            summary = await self._summary_of_stored(active.live.info, status, active.live.elapsed(), active.guild)
-            if summary is None:
+            known = StoredSession(active.live.info, status, active.live.elapsed(), active.live.shed, None)
+            try:
+                summary = await asyncio.to_thread(self.stored_summary, known, active.guild)
+            except SeraError:
                 await self._post(active.channel, {"content": f"Session #{active.live.info.id} ended, but its summary "
                                                   "could not be built now; it will be posted when I'm back."})  # fmt: skip
                 return
         log.info("session %d %s (%s): %d utterances, %d frames shed", summary.session.id, status, reason or "stopped",
                  len(summary.timeline), summary.shed)  # fmt: skip
         await self.post_summary(active.channel, summary, reason)
-
-    async def _summary_of_stored(self, info: SessionInfo, status: str, duration: float, guild: discord.Guild) -> SessionSummary | None:
-        try:
-            rows = await asyncio.to_thread(self.sessions.utterances, info.id)
-        except SeraError:
-            return None
-        return summarize(info, status, duration, rows, self._names(guild, {r.speaker for r in rows}))
 
     def _names(self, guild: discord.Guild, speakers: Iterable[str]) -> dict[str, str]:
         names = {}
@@ -350,14 +345,17 @@ class Listening(commands.Cog):
             if channel is None:
                 log.warning("session %d was cut short, and its channel is gone: no summary posted", session_id)
             else:
-                last = await asyncio.to_thread(self.sessions.last_utterance_end, session_id)
-                summary = await asyncio.to_thread(self.stored_summary, known._replace(status=INTERRUPTED, duration=last))
+                summary = await asyncio.to_thread(self.stored_summary, known, None, True)
                 if not await self.post_summary(channel, summary, "sera restarted during this session"):
                     continue
             await asyncio.to_thread(self.sessions.mark_interrupted, session_id)
 
-    def stored_summary(self, known: StoredSession, guild: discord.Guild | None = None) -> SessionSummary:
+    def stored_summary(self, known: StoredSession, guild: discord.Guild | None = None, cut_short: bool = False) -> SessionSummary:
+        """A session's summary from its stored rows. ``cut_short``: a session a crash left open, summarised
+        as ``mark_interrupted`` will close it (interrupted, ended at its last utterance)."""
         rows = self.sessions.utterances(known.info.id)
+        if cut_short:
+            known = known._replace(status=INTERRUPTED, duration=max((r.end for r in rows), default=0.0))
         guild = guild or self.bot.get_guild(int(known.info.space))
         names = self._names(guild, {r.speaker for r in rows}) if guild else {}
         return summarize(known.info, known.status, known.duration, rows, names, known.shed)

@@ -80,13 +80,10 @@ class Store:
         self.db.apply(SCHEMA)
         for table, columns in MIGRATIONS.items():
             missing = columns.keys() - self.db.columns(table)
-            with self.db.transaction() as tx:
-                for column in sorted(missing):
-                    tx.execute(columns[column])
-
-    @property
-    def path(self) -> Path:
-        return self.db.path
+            if missing:
+                with self.db.transaction() as tx:
+                    for column in sorted(missing):
+                        tx.execute(columns[column])
 
     def settings(self, guild_id: int) -> GuildSettings:
         with self.db.read() as db:
