@@ -1,7 +1,8 @@
 """sera: hear emotion in speech.
 
 The core (decode -> speech segments -> analyzers -> reporters) lives here and knows nothing of Discord;
-``bot.discord`` is one adapter over it and ``bot.cli`` another. Plugin authors import from ``bot.plugin``.
+the adapters over it live in ``bot.adapters``: the Discord bot and the ``sera`` command line. Plugin
+authors import from ``bot.plugin``.
 """
 
 __version__ = "0.1.0"

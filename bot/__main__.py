@@ -1,5 +1,5 @@
 """``python -m bot`` is the same as the ``sera`` command."""
 
-from bot.cli import main
+from bot.adapters.cli import main
 
 raise SystemExit(main())

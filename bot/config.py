@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 import yaml
 
 from bot.audio import Limits
+from bot.bounds import BOUNDS, bounded
 from bot.errors import ConfigError
-from bot.speech import SpeechOptions
 
 T = TypeVar("T")
 
@@ -33,10 +33,10 @@ CONFIG_ENV = "SERA_CONFIG"
 class AudioOptions:
     """Limits applied to every input before any work is spent on it."""
 
-    max_file_mb: float = 25.0
-    max_duration_seconds: float = 600.0
-    decode_timeout_seconds: float = 30.0
-    decode_memory_mb: int = 1024
+    max_file_mb: float = bounded(25.0, above=0)
+    max_duration_seconds: float = bounded(600.0, above=0)
+    decode_timeout_seconds: float = bounded(30.0, above=0)
+    decode_memory_mb: int = bounded(1024, min=128)  # ffmpeg itself needs about 60 MB of address space
 
     def limits(self) -> Limits:
         return Limits(
@@ -48,14 +48,25 @@ class AudioOptions:
 
 
 @dataclass(frozen=True)
+class SpeechOptions:
+    """How speech is cut into segments (the ``speech:`` section of the config)."""
+
+    threshold: float = bounded(0.5, min=0, max=1)  # a chunk above this starts speech
+    min_speech_seconds: float = bounded(0.25, min=0)  # shorter bursts are clicks, not speech
+    min_silence_seconds: float = bounded(0.3, min=0)  # shorter pauses do not split an utterance
+    pad_seconds: float = bounded(0.1, min=0, max=2)  # kept either side so onsets and endings are not clipped
+    max_segment_seconds: float = bounded(6.0, min=1)  # longer utterances are split into equal parts for the timeline
+
+
+@dataclass(frozen=True)
 class DiscordOptions:
     """The Discord adapter's settings; the token itself only ever comes from the environment."""
 
     token_env: str = "DISCORD_TOKEN"
     database: str = "sera.db"
-    queue_size: int = 16  # analyses waiting or running at once; more are told to retry
-    user_rate_per_minute: int = 6
-    user_in_flight: int = 2  # one user's notes queued or running at once; more are told to wait
+    queue_size: int = bounded(16, min=1)  # analyses waiting or running at once; more are told to retry
+    user_rate_per_minute: int = bounded(6, min=1)
+    user_in_flight: int = bounded(2, min=1)  # one user's notes queued or running at once; more are told to wait
     chart: bool = False  # attach a PNG chart in DMs (needs matplotlib); servers choose with /sera style
     message_content: bool = False  # privileged intent: analyse notes in enabled channels without being asked
 
@@ -65,13 +76,13 @@ class LiveOptions:
     """The ``live:`` section of the config: listening in voice channels (experimental)."""
 
     enabled: bool = False  # off unless the operator turns it on for this deployment
-    max_sessions: int = 4  # sessions running at once across all servers; /listen start refuses more
-    workers: int = 1  # threads of their own for live analysis, so voice notes never queue behind sessions
-    max_session_minutes: float = 120.0
-    max_utterance_seconds: float = 8.0  # a speaker who never pauses is still analysed in pieces
-    speaker_buffer_seconds: float = 20.0  # queued audio per speaker before the oldest is shed
-    tick_seconds: float = 0.5  # how often queued audio is processed
-    feedback_seconds: float = 30.0  # live mood message edited at most this often (when a server turns it on)
+    max_sessions: int = bounded(4, min=1)  # sessions running at once across all servers; /listen start refuses more
+    workers: int = bounded(1, min=1, max=64)  # threads of their own for live analysis, so voice notes never queue behind sessions
+    max_session_minutes: float = bounded(120.0, above=0)
+    max_utterance_seconds: float = bounded(8.0, min=1, max=60)  # a speaker who never pauses is still analysed in pieces
+    speaker_buffer_seconds: float = bounded(20.0, min=1)  # queued audio per speaker before the oldest is shed
+    tick_seconds: float = bounded(0.5, above=0, max=10)  # how often queued audio is processed
+    feedback_seconds: float = bounded(30.0, min=5)  # live mood message edited at most this often (when a server turns it on)
 
 
 @dataclass(frozen=True)
@@ -79,9 +90,9 @@ class Config:
     """The whole configuration; see ``config.example.yaml`` for every key, commented."""
 
     models_dir: Path = DEFAULT_MODELS_DIR
-    workers: int = 2  # threads that decode and run models, off the asyncio loop
-    plugin_timeout_seconds: float = 20.0
-    plugin_max_timeouts: int = 3  # a plugin that overran this many times is not called again until restart
+    workers: int = bounded(2, min=1, max=64)  # threads that decode and run models, off the asyncio loop
+    plugin_timeout_seconds: float = bounded(20.0, above=0)
+    plugin_max_timeouts: int = bounded(3, min=1)  # a plugin that overran this many times is not called again until restart
     audio: AudioOptions = field(default_factory=AudioOptions)
     speech: SpeechOptions = field(default_factory=SpeechOptions)
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -104,7 +115,9 @@ def load(path: str | Path | None = None) -> Config:
         return Config()
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        refuse_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader), str(path))
+        data = yaml.safe_load(text)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -118,18 +131,38 @@ def load(path: str | Path | None = None) -> Config:
     return dataclasses.replace(config, models_dir=config.path(config.models_dir))
 
 
+def refuse_duplicate_keys(node: yaml.Node | None, file: str, prefix: str = "") -> None:
+    """YAML keeps the last of two equal keys without a word; a config that says ``workers`` twice is a
+    mistake to point at, not to guess about."""
+    if isinstance(node, yaml.MappingNode):
+        seen = set()
+        for key, value in node.value:
+            name = key.value if isinstance(key, yaml.ScalarNode) else str(key)
+            if name in seen:
+                raise ConfigError(f"{file}: duplicate key '{prefix}{name}' (line {key.start_mark.line + 1})")
+            seen.add(name)
+            refuse_duplicate_keys(value, file, f"{prefix}{name}.")
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            refuse_duplicate_keys(item, file, f"{prefix.rstrip('.')}[{i}].")
+
+
 def build(cls: type[T], data: Any, file: str, prefix: str = "", exclude: set[str] = frozenset()) -> T:
     """A ``cls`` dataclass from a parsed mapping, with errors naming ``file`` and the dotted key."""
     if not isinstance(data, dict):
         raise ConfigError(f"{file}: {prefix.rstrip('.') or 'the top level'} must be a mapping of keys")
     hints = typing.get_type_hints(cls)
-    allowed = {f.name for f in dataclasses.fields(cls)} - exclude
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in exclude}
     values = {}
     for key, value in data.items():
-        if key not in allowed:
-            known = ", ".join(sorted(allowed)) or "none"
+        if key not in fields:
+            known = ", ".join(sorted(fields)) or "none"
             raise ConfigError(f"{file}: unknown key '{prefix}{key}' (allowed here: {known})")
         values[key] = _convert(value, hints[key], file, f"{prefix}{key}")
+        bounds = fields[key].metadata.get(BOUNDS)
+        problem = bounds and values[key] is not None and bounds.problem(values[key])
+        if problem:
+            raise ConfigError(f"{file}: '{prefix}{key}' must be {problem}, not {value!r}")
     return cls(**values)
 
 

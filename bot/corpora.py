@@ -14,19 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bot.emotions import EMOTIONS
 from bot.errors import SeraError
 
-RAVDESS_EMOTIONS = {
-    "01": "neutral",
-    "02": "calm",
-    "03": "happy",
-    "04": "sad",
-    "05": "angry",
-    "06": "fearful",
-    "07": "disgust",
-    "08": "surprised",
-}
-EMOTIONS = tuple(RAVDESS_EMOTIONS.values())  # the model's label order
+RAVDESS_EMOTIONS = {f"{code:02d}": label for code, label in enumerate(EMOTIONS, 1)}  # file name code -> label
 AUDIO_SUFFIXES = {".flac", ".wav", ".ogg", ".opus", ".mp3", ".m4a", ".webm"}
 
 

@@ -104,32 +104,33 @@ def evaluate(
     mask = np.zeros(len(labels), dtype=bool)
     mask[present if only_present_labels else slice(None)] = True
 
-    evaluation = Evaluation(scores=score([], np.zeros((0, len(labels))), labels))
     truth, rows = [], []
+    outcomes: list[Outcome] = []
+    unreadable: dict[str, str] = {}
+    no_speech: list[str] = []
     for done, item in enumerate(items, 1):
         try:
             source = encode_opus(item.path, opus_bitrate) if opus_bitrate else item.path
             report = pipeline.analyze(source, item.path.name)
         except SeraError as error:
-            evaluation.unreadable[str(item.path)] = str(error)
+            unreadable[str(item.path)] = str(error)
         else:
             emotion = report.outputs.get(EMOTION_PLUGIN)
             overall = emotion.overall if emotion else None
             if isinstance(overall, EmotionResult):
                 probs = np.array([overall.probabilities[name] for name in labels])
             else:
-                evaluation.no_speech.append(str(item.path))
+                no_speech.append(str(item.path))
                 probs = np.full(len(labels), 1.0 / len(labels))
             probs = np.where(mask, probs, 0.0)
             rows.append(probs / probs.sum())
             truth.append(labels.index(item.label))
-            evaluation.outcomes.append(Outcome(item, labels[int(np.argmax(rows[-1]))]))
+            outcomes.append(Outcome(item, labels[int(np.argmax(rows[-1]))]))
         if progress:
             progress(done, len(items))
     if not rows:
         raise SeraError("no clip could be read")
-    evaluation.scores = score(truth, np.stack(rows), labels)
-    return evaluation
+    return Evaluation(score(truth, np.stack(rows), labels), outcomes, unreadable, no_speech)
 
 
 def terminal_progress(done: int, total: int) -> None:

@@ -1,4 +1,5 @@
-"""Classification metrics shared by ``sera evaluate`` and training (numpy only, no sklearn)."""
+"""Classification metrics shared by ``sera evaluate`` and training: scikit-learn's (it comes with
+librosa), with the label set spelt out, and a hand-written expected calibration error."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
 ECE_BINS = 15
 
@@ -34,35 +36,30 @@ class Scores:
 
 
 def score(truth: Sequence[int], probs: np.ndarray, labels: Sequence[str]) -> Scores:
-    """Metrics for integer ``truth`` against ``(n, classes)`` probabilities."""
+    """Metrics for integer ``truth`` against ``(n, classes)`` probabilities.
+
+    Macro-F1 averages over the labels that occur in the truth or the predictions (scikit-learn's
+    default): a label predicted but never true counts, with F1 0; a label of the model that a corpus
+    does not have (nEMO's calm) and that is never predicted does not."""
     truth = np.asarray(truth, dtype=int)
     predicted = probs.argmax(axis=1)
-    k = len(labels)
-    confusion = np.zeros((k, k), dtype=int)
-    np.add.at(confusion, (truth, predicted), 1)
-    per_class, f1s = {}, []
-    for i, label in enumerate(labels):
-        support = int(confusion[i].sum())
-        tp = confusion[i, i]
-        recall = tp / support if support else 0.0
-        precision = tp / confusion[:, i].sum() if confusion[:, i].sum() else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[label] = {
-            "recall": round(float(recall), 4),
-            "precision": round(float(precision), 4),
-            "f1": round(float(f1), 4),
-            "support": support,
-        }
-        if support:
-            f1s.append(f1)
+    every = list(range(len(labels)))
+    present = sorted(set(truth.tolist()) | set(predicted.tolist()))
+    if not truth.size:
+        raise ValueError("no predictions to score")
+    precision, recall, f1, support = precision_recall_fscore_support(truth, predicted, labels=every, zero_division=0)
     return Scores(
         labels=tuple(labels),
         n=int(truth.size),
-        accuracy=float((predicted == truth).mean()) if truth.size else 0.0,
-        macro_f1=float(np.mean(f1s)) if f1s else 0.0,
+        accuracy=float((predicted == truth).mean()),
+        macro_f1=float(f1_score(truth, predicted, labels=present, average="macro", zero_division=0)),
         ece=expected_calibration_error(truth, probs),
-        per_class=per_class,
-        confusion=confusion.tolist(),
+        per_class={
+            label: {"recall": round(float(recall[i]), 4), "precision": round(float(precision[i]), 4),
+                    "f1": round(float(f1[i]), 4), "support": int(support[i])}
+            for i, label in enumerate(labels)
+        },  # fmt: skip
+        confusion=confusion_matrix(truth, predicted, labels=every).tolist(),
     )
 
 

@@ -12,7 +12,9 @@ its ``speaker``, analysed like a voice note's; every plugin hears ``session_star
 (``render_session``). A "talk-time balance" or "study timer" plugin needs no Discord code.
 
 Plugins are found through the ``sera.plugins`` entry-point group and configured by name in the YAML
-``plugins:`` section; the keys a plugin accepts are the fields of its ``Options`` dataclass.
+``plugins:`` section; the keys a plugin accepts are the fields of its ``Options`` dataclass, and a
+number that must lie in a range is declared with ``bounded`` (``threshold: float = bounded(0.5, min=0,
+max=1)``), so a wrong value is refused with the file and key named when the config is read.
 """
 
 from __future__ import annotations
@@ -26,9 +28,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from bot.bounds import bounded
+from bot.emotions import EMOTIONS, UNSURE, color, emoji
 from bot.summary import SessionInfo, SessionSummary, Utterance
 
 __all__ = [
+    "EMOTIONS",
     "Analyzer",
     "EmotionResult",
     "NoOptions",
@@ -42,6 +47,9 @@ __all__ = [
     "SessionInfo",
     "SessionSummary",
     "Utterance",
+    "bounded",
+    "color",
+    "emoji",
 ]
 
 
@@ -91,7 +99,7 @@ class EmotionResult(Result):
     probabilities: Mapping[str, float] = field(default_factory=dict)
 
     kind: ClassVar[str] = "emotion"
-    UNSURE: ClassVar[str] = "unsure"
+    UNSURE: ClassVar[str] = UNSURE
 
     @property
     def unsure(self) -> bool:

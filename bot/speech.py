@@ -7,27 +7,17 @@ a trained voice-activity detector is the speech gate. ``models/silero_vad.onnx``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from bot.config import SpeechOptions
+
 VAD_SAMPLE_RATE = 16_000
 CHUNK = 512  # samples per VAD step at 16 kHz (32 ms), fixed by the model
 CONTEXT = 64  # samples of the previous chunk the model expects in front of each one
 STATE_SHAPE = (2, 1, 128)
-
-
-@dataclass(frozen=True)
-class SpeechOptions:
-    """How speech is cut into segments (the ``speech:`` section of the config)."""
-
-    threshold: float = 0.5  # a chunk above this starts speech
-    min_speech_seconds: float = 0.25  # shorter bursts are clicks, not speech
-    min_silence_seconds: float = 0.3  # shorter pauses do not split an utterance
-    pad_seconds: float = 0.1  # kept either side so onsets and endings are not clipped
-    max_segment_seconds: float = 6.0  # longer utterances are split into equal parts for the timeline
 
 
 def session_options() -> ort.SessionOptions:

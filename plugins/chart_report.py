@@ -14,10 +14,9 @@ from __future__ import annotations
 import io
 
 from bot.errors import SeraError
-from bot.plugin import Report, Reporter, SessionSummary
-from plugins.embed_report import COLOURS
+from bot.plugin import Report, Reporter, SessionSummary, color
 
-UNSURE_COLOUR = "#d0d0d0"
+UNSURE_GREY = "#d0d0d0"
 
 
 class ChartReporter(Reporter):
@@ -59,22 +58,22 @@ class ChartReporter(Reporter):
         used = set()
         for row, speaker in enumerate(speakers):
             own = [u for u in summary.timeline if u.speaker == speaker]
-            colours = [colour(u.label) for u in own]
+            colors = [hex_color(u.label) for u in own]
             used.update(u.label for u in own)
-            ax.broken_barh([(u.start / 60, u.duration / 60) for u in own], (row - 0.4, 0.8), facecolors=colours)
+            ax.broken_barh([(u.start / 60, u.duration / 60) for u in own], (row - 0.4, 0.8), facecolors=colors)
         ax.set_yticks(range(len(speakers)), [names[s] for s in speakers], parse_math=False)
         ax.set_ylim(len(speakers) - 0.5, -0.5)
         ax.set_xlim(0, minutes)
         ax.set_xlabel("minutes")
         ax.set_title(f"session {summary.session.id}: who spoke, and how it sounded")
-        handles = [Patch(color=colour(label), label=label or "no emotion") for label in sorted(used, key=str)]
+        handles = [Patch(color=hex_color(label), label=label or "no emotion") for label in sorted(used, key=str)]
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small", frameon=False)
         return png(fig)
 
 
-def colour(label: str | None) -> str:
-    value = COLOURS.get(label or "")
-    return f"#{value:06x}" if value is not None else UNSURE_COLOUR
+def hex_color(label: str | None) -> str:
+    value = color(label)
+    return f"#{value:06x}" if value is not None else UNSURE_GREY
 
 
 def png(fig: object) -> bytes:

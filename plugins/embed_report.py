@@ -8,28 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.plugin import EmotionResult, Report, Reporter, SessionSummary
+from bot.plugin import EmotionResult, Report, Reporter, SessionSummary, color, emoji
 from bot.summary import clock
 
-EMOJI = {
-    "neutral": "😐",
-    "calm": "😌",
-    "happy": "😄",
-    "sad": "😢",
-    "angry": "😠",
-    "fearful": "😨",
-    "disgust": "🤢",
-    "surprised": "😲",
-    EmotionResult.UNSURE: "🤔",
-}
-COLOURS = {"happy": 0xF1C40F, "calm": 0x1ABC9C, "neutral": 0x95A5A6, "sad": 0x3498DB, "angry": 0xE74C3C,
-           "fearful": 0x9B59B6, "disgust": 0x27AE60, "surprised": 0xE67E22}  # fmt: skip
 BAR_WIDTH = 12
 MAX_TIMELINE_ROWS = 12  # Discord caps a field at 1024 characters
-
-
-def emoji(label: str) -> str:
-    return EMOJI.get(label, "🎙️")
 
 
 def bars(result: EmotionResult) -> str:
@@ -55,14 +38,14 @@ class EmbedReporter(Reporter):
     def render(self, report: Report) -> dict[str, Any]:
         if not report.speech_detected:
             return {"title": "🔇 No speech detected", "description": "I couldn't hear anyone speaking in this audio.",
-                    "color": COLOURS["neutral"]}  # fmt: skip
+                    "color": color("neutral")}  # fmt: skip
         fields: list[dict[str, Any]] = []
         emotion = report.emotion()
         embed: dict[str, Any] = {"fields": fields}
         if emotion:
             embed["title"] = f"{emoji(emotion.label)} {emotion.headline()}"
             embed["description"] = bars(emotion)
-            embed["color"] = COLOURS.get(emotion.label, COLOURS["neutral"])
+            embed["color"] = color(emotion.label) or color("neutral")
         else:
             embed["title"] = "🎙️ Speech analysed"
         for name, output in report.outputs.items():
@@ -96,5 +79,4 @@ class EmbedReporter(Reporter):
         footer = "Emotion from voice is a hint, not a judgement. No audio was recorded."
         if summary.shed:
             footer = f"{summary.shed} pieces of audio were skipped because analysis fell behind. " + footer
-        colour = COLOURS.get(next(iter(summary.group), "neutral"), COLOURS["neutral"])
-        return {"title": title, "fields": fields, "color": colour, "footer": {"text": footer}}
+        return {"title": title, "fields": fields, "color": color(next(iter(summary.group), None)) or color("neutral"), "footer": {"text": footer}}

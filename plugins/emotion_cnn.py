@@ -15,7 +15,7 @@ import numpy as np
 
 from bot.errors import ModelError
 from bot.model import EmotionModel, model_input
-from bot.plugin import Analyzer, EmotionResult, Result, Segment
+from bot.plugin import Analyzer, EmotionResult, Result, Segment, bounded
 
 BATCH_WINDOWS = 32  # bounds the memory of one onnxruntime call on a long file
 
@@ -23,7 +23,7 @@ BATCH_WINDOWS = 32  # bounds the memory of one onnxruntime call on a long file
 @dataclass(frozen=True)
 class Options:
     model: str = "sera-emotion.onnx"  # relative paths are looked up in the models folder
-    unsure_below: float = 0.4  # top calibrated probability under which the answer is "unsure"
+    unsure_below: float = bounded(0.4, min=0, max=1)  # top calibrated probability under which the answer is "unsure"
 
 
 class EmotionCNN(Analyzer):

@@ -25,9 +25,9 @@ from typing import Any
 import discord
 
 from bot.config import Config, DiscordOptions
-from bot.discordbot.app import SeraBot
-from bot.discordbot.cog import VoiceNotes
-from bot.discordbot.store import Store
+from bot.adapters.discord.app import SeraBot
+from bot.adapters.discord.cog import VoiceNotes
+from bot.adapters.discord.store import Store
 from bot.pipeline import Pipeline
 
 _ids = itertools.count(1_000_000_000_000_000)

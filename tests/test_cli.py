@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bot.cli import main
+from bot.adapters.cli import main
 from tests.conftest import SAMPLE_NOTE, encode, noise, tone
 
 LABELS = {"neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"}

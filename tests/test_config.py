@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import Config, load
+from bot.config import Config, build, load
 from bot.errors import ConfigError
 from tests.conftest import ROOT
 
@@ -54,6 +54,13 @@ def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
         ("plugins:\n  prosody: [1, 2]\n", r"'plugins.prosody' must be a mapping"),
         ("- just\n- a list\n", r"the top level must be a mapping"),
         ("workers: [unclosed\n", r"not valid YAML"),
+        ("workers: 0\n", r"'workers' must be between 1 and 64, not 0"),
+        ("discord:\n  user_rate_per_minute: 0\n", r"'discord.user_rate_per_minute' must be at least 1, not 0"),
+        ("speech:\n  threshold: 7\n", r"'speech.threshold' must be between 0 and 1, not 7"),
+        ("audio:\n  max_file_mb: -5\n", r"'audio.max_file_mb' must be more than 0, not -5"),
+        ("live:\n  tick_seconds: 0\n", r"'live.tick_seconds' must be more than 0 and at most 10, not 0"),
+        ("workers: 2\naudio: {}\nworkers: 3\n", r"duplicate key 'workers' \(line 3\)"),
+        ("audio:\n  max_file_mb: 3\n  max_file_mb: 4\n", r"duplicate key 'audio.max_file_mb' \(line 3\)"),
     ],
 )
 def test_mistakes_name_the_file_and_key(tmp_path: Path, text: str, message: str) -> None:
@@ -70,3 +77,28 @@ def test_missing_file() -> None:
 
 def test_empty_file_gives_defaults(tmp_path: Path) -> None:
     assert load(write(tmp_path, "")).audio == Config().audio
+
+
+def test_a_plugin_option_out_of_range_names_its_key() -> None:
+    from plugins.emotion_cnn import Options
+
+    with pytest.raises(ConfigError, match=r"sera.yaml: 'plugins.emotion_cnn.unsure_below' must be between 0 and 1, not 3"):
+        build(Options, {"unsure_below": 3}, "sera.yaml", prefix="plugins.emotion_cnn.")
+
+
+def test_sera_config_prints_the_effective_config(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import yaml
+
+    good = write(tmp_path, "workers: 3\nspeech:\n  threshold: 0.6\n")
+    done = subprocess.run([sys.executable, "-m", "bot", "config", str(good)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"# {good}: valid.")
+    effective = yaml.safe_load(done.stdout)
+    assert effective["workers"] == 3 and effective["speech"]["threshold"] == 0.6
+    assert effective["discord"]["user_rate_per_minute"] == Config().discord.user_rate_per_minute  # defaults filled in
+    bad = write(tmp_path, "workers: 0\n")
+    done = subprocess.run([sys.executable, "-m", "bot", "-c", str(bad), "config"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip() == f"sera: {bad}: 'workers' must be between 1 and 64, not 0"

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+
+torch = pytest.importorskip("torch", reason="the training tests need the [train] extra: pip install -e '.[train]'")
 
 from bot.corpora import EMOTIONS, LABELS, Clip, load_corpora
 from bot.errors import SeraError
@@ -113,6 +114,47 @@ def test_sera_train_cross_validates_pooled_corpora(tiny_data: Path, tmp_path: Pa
     assert "| ravdess | 32 |" in table and "| nemo | 12 |" in table and "--cv 2 --cv-only" in table
     assert "| ravdess | 32 |" in done.stdout
     assert not (tmp_path / "sera-emotion.onnx").exists()  # --cv-only: no model
+    # the cross-corpus cells: one model trained on the other corpus only, over the labels both have
+    cross = result["cross_corpus"]
+    assert cross["nemo"]["trained_on"] == ["ravdess"] and cross["nemo"]["n"] == 12
+    assert cross["ravdess"]["trained_on"] == ["nemo"] and cross["ravdess"]["n"] == 24  # no calm or disgust to learn from nEMO
+    assert "| nemo | ravdess | one model trained on the others | 12 |" in table
+
+
+def test_the_shipped_model_trains_beside_the_folds_and_takes_their_temperature(tiny_data: Path, tmp_path: Path) -> None:
+    """One run: the folds and the model on every speaker share the pool; a test-only corpus is scored by
+    every fold's model and never trained on; the shipped temperature is the out-of-fold one."""
+    from bot.model import EmotionModel
+
+    done = run("train", "--corpus", "ravdess", "--test-corpus", "nemo", "--data", str(tiny_data), "--out", str(tmp_path),
+               "--smoke", "--no-cache", "--cv", "2", "--val-speakers", "", "--test-speakers", "")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "crossval-results.json").read_text())
+    assert set(result["summary"]) == {"ravdess"}  # nEMO is in no fold
+    assert {s for f in result["folds"] for s in f["speakers"]} == {"01", "02", "03", "04"}
+    assert result["cross_corpus"]["nemo"]["how"] == "each fold's model" and result["cross_corpus"]["nemo"]["n"] == 12
+    training = json.loads((tmp_path / "training-results.json").read_text())
+    assert training["speakers"]["train"] == ["01", "02", "03", "04"] and training["split_sizes"]["train"] == 32
+    assert EmotionModel(tmp_path / "sera-emotion.onnx").info.temperature == pytest.approx(result["pooled"]["temperature"])
+    card = (tmp_path / "MODEL_CARD.md").read_text()
+    assert "## Cross-validation (voices never heard)" in card and "| nemo | ravdess | each fold's model | 12 |" in card
+    assert "fitted on the cross-validation's pooled out-of-fold logits" in card and "never trained on: nemo" in card
+    assert "- nEMO: Dataset of Emotional Speech in Polish" in card  # a corpus only scored on is attributed too
+    assert "--test-corpus nemo" in (tmp_path / "CROSSVAL.md").read_text()
+
+
+def test_batches_give_every_corpus_an_equal_share() -> None:
+    from training.train import balanced_batches
+
+    corpus_of = np.array([0] * 30 + [1] * 90)
+    train = np.arange(120)
+    batches = balanced_batches(train, corpus_of, 16, np.random.default_rng(0))
+    drawn = np.concatenate([next(batches) for _ in range(15)])  # 240 clips: 120 of each corpus
+    assert all(Counter(corpus_of[b].tolist()) == {0: 8, 1: 8} for b in [next(batches) for _ in range(5)])
+    assert (np.bincount(drawn[corpus_of[drawn] == 0], minlength=30)[:30] == 4).all()  # four whole passes over the small corpus
+    assert sorted(drawn[corpus_of[drawn] == 1][:90]) == list(range(30, 120))  # one pass over the large one
+    odd = balanced_batches(train, corpus_of, 15, np.random.default_rng(0))
+    assert sorted(len(b[corpus_of[b] == 0]) for b in (next(odd), next(odd))) == [7, 8]  # the remainder goes in turn
 
 
 def test_a_personal_baseline_never_uses_the_clip_itself() -> None:

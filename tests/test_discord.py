@@ -15,7 +15,7 @@ import pytest
 
 from bot.audio import decode
 from bot.config import Config
-from bot.discordbot.cog import PRIVACY, ForgetView
+from bot.adapters.discord.cog import PRIVACY, ForgetView
 from bot.pipeline import Pipeline
 from tests.conftest import SAMPLE_NOTE, encode, tone
 from tests.discord_harness import FakeChannel, FakeGuild, FakeUser, Harness
@@ -462,7 +462,7 @@ def test_one_user_cannot_fill_the_queue(tmp_path: Path, shared_pipeline: Pipelin
 
 
 def test_the_rate_limiter_forgets_quiet_users() -> None:
-    from bot.discordbot.limits import RateLimiter
+    from bot.adapters.discord.limits import RateLimiter
 
     now = [0.0]
     limiter = RateLimiter(6, clock=lambda: now[0])

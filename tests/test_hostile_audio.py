@@ -161,7 +161,7 @@ def test_ffmpeg_complaints_are_kept_to_a_short_tail(tmp_path: Path, caplog: pyte
 
 def test_the_bot_takes_its_token_out_of_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     from bot.config import Config
-    from bot.discordbot.app import token
+    from bot.adapters.discord.app import token
 
     monkeypatch.setenv("DISCORD_TOKEN", "MTIzNDU2Nzg5.secret-token")
     assert token(Config()) == "MTIzNDU2Nzg5.secret-token"

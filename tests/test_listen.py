@@ -21,8 +21,8 @@ import pytest
 from discord.opus import Encoder
 
 from bot.config import Config, LiveOptions
-from bot.discordbot.cog import ForgetView
-from bot.discordbot.listen import Listening
+from bot.adapters.discord.cog import ForgetView
+from bot.adapters.discord.listen import Listening
 from bot.pipeline import Pipeline
 from bot.sessions import INTERRUPTED
 from bot.summary import Utterance

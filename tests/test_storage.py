@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bot.database import Database, StorageError
-from bot.discordbot.store import Origin, Store
+from bot.adapters.discord.store import Origin, Store
 from bot.plugin import Report
 from bot.sessions import SessionStore
 from bot.summary import Utterance

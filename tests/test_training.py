@@ -5,13 +5,15 @@ held-out RAVDESS actors when ../shared/data is there."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-import onnx
 import pytest
-import torch
+
+onnx = pytest.importorskip("onnx", reason="the training tests need the [train] extra: pip install -e '.[train]'")
+torch = pytest.importorskip("torch", reason="the training tests need the [train] extra: pip install -e '.[train]'")
 
 from bot.corpora import EMOTIONS, RAVDESS_EMOTIONS, ravdess
 from bot.errors import ModelError
@@ -92,6 +94,7 @@ def test_training_on_every_speaker(tiny_corpus: Path, tmp_path: Path) -> None:
 
     done = run(*args)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "ravdess: featurising 24 clips" in done.stderr and "24 training clips, epoch 1/1" in done.stderr  # progress without -v
     assert EmotionModel(tmp_path / "sera-emotion.onnx").info.temperature == 1.0
     card = (tmp_path / "MODEL_CARD.md").read_text()
     assert "train 01, 02, 03; validation none; test none." in card
@@ -164,3 +167,15 @@ def test_shipped_model_on_held_out_actors() -> None:
     result = json.loads(done.stdout)
     assert result["n"] == 60
     assert result["accuracy"] > 0.35  # chance is 0.125
+
+
+def test_training_without_the_train_extra_says_how_to_get_it(tiny_corpus: Path, tmp_path: Path) -> None:
+    """torch missing (a runtime-only install): one line naming the extra, exit 2, no traceback."""
+    blocker = tmp_path / "blocker" / "torch"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError(\"No module named 'torch'\")\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker.parent), os.environ.get("PYTHONPATH", "")])}
+    done = run("train", "--data", str(tiny_corpus), "--out", str(tmp_path / "out"), "--smoke", env=env)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "training needs the [train] extra" in done.stderr and "torch" in done.stderr
+

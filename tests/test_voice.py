@@ -17,7 +17,7 @@ import pytest
 from discord.opus import Encoder
 
 from bot.config import Config, LiveOptions
-from bot.discordbot.receive import SILENCE, FrameDecryptor, SeraSink
+from bot.adapters.discord.receive import SILENCE, FrameDecryptor, SeraSink
 from bot.live import LiveSession
 from bot.sessions import SessionStore
 from tests.dave_harness import FakeVoiceClient, Speaker, VoiceServer

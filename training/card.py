@@ -51,6 +51,26 @@ def confusion_png(evaluation: Evaluation, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+SPEECH = {
+    "ravdess": "English, 21 North-American actors, two sentences",
+    "nemo": "Polish, 7 young adult speakers, many sentences",
+    "emospeech": "Indian English one-word commands on phones",
+}
+
+
+def corpus_names(r: dict) -> list[str]:
+    """Every corpus the run read: trained on, then only scored on."""
+    return [n.strip() for n in f"{r['corpus']},{r.get('test_corpus') or ''}".split(",") if n.strip()]
+
+
+def calibration_line(r: dict) -> str:
+    if r["speakers"]["val"]:
+        return f"- Calibration: temperature {r['temperature']:.3f} (fitted on the validation speakers)."
+    if r.get("crossval"):
+        return f"- Calibration: temperature {r['temperature']:.3f}, fitted on the cross-validation's pooled out-of-fold logits."
+    return "- Calibration: none (no validation speakers were held out)."
+
+
 def pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1%}"
 
@@ -67,15 +87,15 @@ def write(out_dir: Path, results: dict, clean: Evaluation | None, opus: Evaluati
         f"- File: `{r['model_file']}` ({r['size_mb']:.2f} MB, {r['parameters']:,} parameters), ONNX opset {r['opset']}.",
         f"- Task: {len(r['labels'])}-class speech emotion: {', '.join(r['labels'])}.",
         f"- Input: log-Mel windows, parameters in the file's metadata: `{r['features']}`.",
-        f"- Calibration: temperature {r['temperature']:.3f} (fitted on the validation speakers)."
-        if r["speakers"]["val"] else "- Calibration: none (no validation speakers were held out).",
+        calibration_line(r),
         f"- Inference: {r['ms_per_window']:.2f} ms per {r['features']['window_seconds']:.0f} s window on one CPU core "
         "(onnxruntime, one thread, median of 200 runs).",
         f"- torch vs onnxruntime logits, max abs diff over the test windows: {r['parity_max_abs_diff']:.2e}.",
         "",
         "## Data and split",
         "",
-        f"- Corpus: {r['corpus']} ({r['clips']} clips), read from `{r['data_root']}`.",
+        f"- Corpus: {r['corpus']} ({r['clips']} clips), read from `{r['data_root']}`"
+        + (f"; scored on, never trained on: {r['test_corpus']}." if r.get("test_corpus") else "."),
         f"- Speaker-independent split (whole actors): train {', '.join(r['speakers']['train'])}; "
         f"validation {', '.join(r['speakers']['val']) or 'none'}; test {', '.join(r['speakers']['test']) or 'none'}.",
         f"- Clips: train {r['split_sizes']['train']}, validation {r['split_sizes']['val']}, test {r['split_sizes']['test']}.",
@@ -155,9 +175,10 @@ def write(out_dir: Path, results: dict, clean: Evaluation | None, opus: Evaluati
         "## Architecture and training",
         "",
         f"- Inside the graph, each log-Mel window is first: {'; '.join(inputs)}.",
-        f"- Four conv blocks (3x3 conv, batch norm, ELU, 2x2 max-pool, dropout {rec['dropout']}), channels {rec['channels']},",
+        f"- Four conv blocks (3x3 conv, batch norm, 2x2 max-pool, ELU, dropout {rec['dropout']}), channels {rec['channels']},",
         f"  head `{rec['head']}` ({heads[rec['head']]}).",
-        f"- AdamW, lr {rec['lr']} (one-cycle), weight decay {rec['weight_decay']}, batch {rec['batch_size']}, "
+        f"- AdamW, lr {rec['lr']} (one-cycle), weight decay {rec['weight_decay']}, batch {rec['batch_size']} "
+        f"({'an equal share from each corpus, ' if ',' in r['corpus'] else ''}each clip's loss over its corpus's labels), "
         f"{rec['epochs']} epochs, categorical cross-entropy; the final weights are kept (no epoch is picked on validation).",
         f"- Augmentation: time shift {rec['shift']}, Opus 24 kbit/s round trip {rec['opus']}, "
         f"SpecAugment {rec['specaugment']}, mixup alpha {rec['mixup']}.",
@@ -173,14 +194,14 @@ def write(out_dir: Path, results: dict, clean: Evaluation | None, opus: Evaluati
         "",
         "## Limits",
         "",
-        "- Trained on acted English speech from 24 North-American actors reading two sentences: real, spontaneous",
-        "  voices are harder, and confidence on them is lower than these figures suggest. Below the configured",
-        "  confidence the bot answers \"unsure\" rather than naming an emotion.",
+        f"- Trained on acted speech read in a studio ({', '.join(SPEECH.get(n.strip(), n) for n in r['corpus'].split(','))}):",
+        "  real, spontaneous voices are harder, and confidence on them is lower than these figures suggest (see the",
+        "  cross-corpus cells). Below the configured confidence the bot answers \"unsure\" rather than naming an emotion.",
         "- Emotion recognition is not a measure of anyone's state of mind; do not use it to judge people.",
         "",
         "## Licence",
         "",
-        *[LICENCES.get(name.strip(), f"{name}: see the corpus's own licence.") for name in r["corpus"].split(",")],
+        *[f"- {LICENCES.get(name, f'{name}: see the corpus licence.')}" for name in corpus_names(r)],
         "The model carries the corpora's terms: CC BY-NC-SA 4.0.",
         "",
     ]

@@ -1,6 +1,7 @@
 """What ``sera train`` runs: the recipe, the parity check, the held-out evaluation and the model card.
 
-Importing this module must stay cheap and torch-free: ``sera``'s argument parser reads ``add_arguments``.
+Importing this module must stay cheap (no torch, librosa or onnxruntime): ``sera train``'s argument
+parser reads ``add_arguments``; everything heavy is imported inside the functions that use it.
 """
 
 from __future__ import annotations
@@ -10,17 +11,13 @@ import json
 import logging
 import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-
-from bot.audio import SAMPLE_RATE
-from bot.config import Config
-from bot.corpora import EMOTIONS, load_corpora
 from bot.errors import SeraError
-from bot.evaluate import Item, evaluate, terminal_progress
-from bot.model import EmotionModel
-from bot.pipeline import Pipeline
-from bot.registry import PluginSet
-from training import card
+
+if TYPE_CHECKING:
+    from bot.config import Config
+    from training.crossval import Plan
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +31,34 @@ def speakers(text: str) -> set[str]:
 
 
 def main(args: argparse.Namespace, config: Config) -> int:
-    from training.train import MODEL_FILE, OPSET, run  # torch: imported only when training
+    try:
+        from training.train import MODEL_FILE, OPSET, run  # torch: imported only when training
+    except ImportError as exc:
+        raise SeraError(f"training needs the [train] extra (pip install -e '.[train]'): {exc}") from None
+    from bot.audio import SAMPLE_RATE
+    from bot.config import Config
+    from bot.corpora import load_corpora
+    from bot.emotions import EMOTIONS
+    from bot.evaluate import Item, evaluate, terminal_progress
+    from bot.model import EmotionModel
+    from bot.pipeline import Pipeline
+    from bot.registry import PluginSet
+    from training import card
+    progress = logging.getLogger("training")
+    if progress.getEffectiveLevel() > logging.INFO:
+        progress.setLevel(logging.INFO)  # half an hour of training says how far it got, without -v
 
     data = Path(args.data)
     clips = load_corpora(args.corpus, data)
+    if args.test_corpus:
+        if not args.cv:
+            raise SeraError("--test-corpus names corpora the cross-validation scores: give --cv K too")
+        clips += load_corpora(args.test_corpus, data)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    crossval = None
-    if args.cv:
-        crossval = run_crossval(args, clips, config, out)
-        if args.cv_only:
-            return 0
+    if args.cv_only:
+        run_crossval(args, clips, config, out)
+        return 0
     val, test = speakers(args.val_speakers), speakers(args.test_speakers)
     if args.ablation_epochs and not test:
         raise SeraError("--ablation-epochs scores every step on the test speakers: give some with --test-speakers")
@@ -61,7 +75,10 @@ def main(args: argparse.Namespace, config: Config) -> int:
         ablation_epochs=args.ablation_epochs,
         corpus=args.corpus,
         data_root=str(data),
+        crossval=plan(args) if args.cv else None,
     )
+    if results["crossval"]:
+        write_crossval(args, results["crossval"], out)
     model_path = out / MODEL_FILE
     results.update(
         model_file=MODEL_FILE,
@@ -82,8 +99,6 @@ def main(args: argparse.Namespace, config: Config) -> int:
         results["test_clean"] = clean.to_dict()
         results["test_opus24"] = opus.to_dict()
     command = reproduce(args)
-    if crossval is not None:
-        results["crossval"] = crossval
     (out / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str) + "\n")
     card_path = card.write(out, results, clean, opus, command)
     print(f"model: {model_path}\ncard:  {card_path}")
@@ -92,31 +107,46 @@ def main(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def run_crossval(args: argparse.Namespace, clips: list, config: Config, out: Path) -> dict:
-    """``--cv K``: the recipe cross-validated over every speaker; its table in ``CROSSVAL.md``."""
-    import os
+def plan(args: argparse.Namespace) -> Plan:
+    """``--cv K``: the shipped recipe (or its personal-baseline variant) over K speaker-grouped folds."""
     from dataclasses import replace
+
+    from training.crossval import Plan
+    from training.train import FINAL, PERSONAL
+
+    base = PERSONAL if args.reference == "speaker" else FINAL
+    recipe = replace(base, epochs=1 if args.smoke else args.epochs or base.epochs)
+    test_only = frozenset(n.strip() for n in (args.test_corpus or "").split(",") if n.strip())
+    return Plan(recipe, args.cv, args.seed, test_only)
+
+
+def run_crossval(args: argparse.Namespace, clips: list, config: Config, out: Path) -> None:
+    """``--cv-only``: the cross-validation without training the shipped model."""
+    import os
 
     import numpy as np
 
+    from bot.emotions import EMOTIONS
     from bot.features import FeatureParams
     from bot.pipeline import VAD_MODEL
-    from training.crossval import cross_validate, markdown
+    from training.crossval import cross_validate
     from training.data import build_features
-    from training.train import FINAL, PERSONAL
 
     cache = None if args.no_cache else Path(args.cache).expanduser()
     features = build_features(clips, FeatureParams(), config.models_dir / VAD_MODEL, cache, args.seed)
     y = np.array([EMOTIONS.index(c.label) for c in clips])
-    base = PERSONAL if args.reference == "speaker" else FINAL
-    recipe = replace(base, epochs=1 if args.smoke else args.epochs or base.epochs)
-    workers = max(1, min(args.cv, os.cpu_count() or 1))
-    result = cross_validate(recipe, clips, features, y, EMOTIONS, args.cv, args.seed, workers).to_dict()
+    cv = plan(args)
+    workers = max(1, min(len(cv.jobs(clips)), os.cpu_count() or 1))
+    write_crossval(args, cross_validate(cv, clips, features, y, EMOTIONS, workers).to_dict(), out)
+
+
+def write_crossval(args: argparse.Namespace, result: dict, out: Path) -> None:
+    from training.crossval import markdown
+
     table = markdown(result)
     (out / CV_RESULTS_FILE).write_text(json.dumps(result, indent=2) + "\n")
     (out / CV_TABLE_FILE).write_text(f"# Cross-validation\n\n{table}\nReproduce: `{reproduce(args)}`\n")
     print(table)
-    return result
 
 
 def reproduce(args: argparse.Namespace) -> str:
@@ -132,6 +162,7 @@ def reproduce(args: argparse.Namespace) -> str:
     if args.cv:
         words += ["--cv", str(args.cv)] + (["--cv-only"] if args.cv_only else [])
         words += ["--reference", args.reference] if args.reference != "window" else []
+        words += ["--test-corpus", args.test_corpus] if args.test_corpus else []
     return " ".join(shlex.quote(w) for w in words)
 
 
@@ -155,6 +186,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--smoke", action="store_true", help="one epoch: checks that the recipe runs end to end")
     parser.add_argument("--cv", type=int, metavar="K", help="first cross-validate the recipe over K speaker-grouped folds")
     parser.add_argument("--cv-only", action="store_true", help="with --cv: stop after the cross-validation")
+    parser.add_argument(
+        "--test-corpus", metavar="NAMES", help="with --cv: corpora never trained on, only scored (cross-corpus cells)"
+    )
     parser.add_argument(
         "--reference", choices=("window", "speaker"), default="window",
         help="with --cv: the shipped recipe (window) or its personal-baseline variant (speaker)",

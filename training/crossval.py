@@ -21,22 +21,27 @@ from bot.corpora import LABELS, Clip
 from bot.metrics import score
 from bot.model import softmax
 from training.data import OFFSETS_PER_CONDITION
-from training.train import Recipe, Split, fit_temperature, label_mask, predict, speaker_references, train_side_by_side
+from plugins.emotion_cnn import Options as EmotionOptions
+from training.net import EmotionNet
+from training.train import (
+    REFERENCE_CLIPS, Recipe, Split, Trained, corpus_ids, fit_temperature, label_mask, predict, speaker_references,
+    train_side_by_side, training_references,
+)  # fmt: skip
 
 CONDITIONS = {"clean": 0, "opus24": OFFSETS_PER_CONDITION}  # centred window, as it is and as a voice note
-REFERENCE_DRAWS, REFERENCE_CLIPS = 4, 5  # personal baselines per clip, each from this many other clips
 ENROLMENT_LABELS = {"neutral", "calm"}  # "record a few seconds of your ordinary voice"
+UNSURE_BELOW = EmotionOptions().unsure_below  # the shipped analyzer's threshold for answering "unsure"
 
 
-def inputs(recipe: Recipe, clips: list[Clip], features: np.ndarray, seed: int) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
-    """The training references (None for a "window" recipe) and the held-out inputs scored per condition.
+def inputs(recipe: Recipe, clips: list[Clip], features: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """The held-out inputs scored per condition.
 
     A "speaker" recipe is scored with a baseline from 5 of the speaker's other clips (any emotion), from
     their other neutral or calm clips only (an enrolment, as real users give), and with none (each window
     against its own mean: a voice heard for the first time)."""
-    if recipe.reference != "speaker":
-        return None, {name: features[:, variant].astype(np.float32) for name, variant in CONDITIONS.items()}
-    references = speaker_references(clips, features, REFERENCE_DRAWS, REFERENCE_CLIPS, seed)
+    references = training_references(recipe, clips, features, seed)
+    if references is None:
+        return {name: features[:, variant].astype(np.float32) for name, variant in CONDITIONS.items()}
     enrolled = speaker_references(clips, features, 1, REFERENCE_CLIPS, seed, lambda c: c.label in ENROLMENT_LABELS)
     scored = {}
     for name, variant in CONDITIONS.items():
@@ -45,7 +50,7 @@ def inputs(recipe: Recipe, clips: list[Clip], features: np.ndarray, seed: int) -
     clean = features[:, 0].astype(np.float32)
     scored["clean, neutral enrolment"] = clean - enrolled[:, 0, 0, :, None]
     scored["clean, no baseline"] = clean - clean.mean(axis=2, keepdims=True)
-    return references, scored
+    return scored
 
 
 def speaker_folds(clips: list[Clip], k: int, seed: int) -> np.ndarray:
@@ -77,62 +82,144 @@ class CrossValidation:
     folds: list[dict[str, Any]] = field(default_factory=list)  # per fold: speakers and per-corpus scores
     summary: dict[str, dict[str, Any]] = field(default_factory=dict)  # corpus -> condition -> mean/std
     pooled: dict[str, Any] = field(default_factory=dict)  # out-of-fold recall, temperature, ECE before/after
+    cross_corpus: dict[str, dict[str, Any]] = field(default_factory=dict)  # corpus -> scores of models that never heard it
     minutes: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"recipe": self.recipe, "k": self.k, "seed": self.seed, "folds": self.folds, "summary": self.summary,
-                "pooled": self.pooled, "minutes": round(self.minutes, 1)}  # fmt: skip
+                "pooled": self.pooled, "cross_corpus": self.cross_corpus, "minutes": round(self.minutes, 1)}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The models one cross-validation trains, so that they can share a process pool with other jobs
+    (``training.train.run`` trains the shipped model beside them).
+
+    Clips of ``test_only`` corpora are never trained on: every fold's model is scored on all of them.
+    With two or more trained corpora, one model per trained corpus X is also trained on the others only
+    and scored on X: the cross-corpus cells ("trained without X, tested on X").
+    """
+
+    recipe: Recipe
+    k: int
+    seed: int
+    test_only: frozenset[str] = frozenset()
+
+    def folds(self, clips: list[Clip]) -> np.ndarray:
+        """Each clip's fold, -1 for test-only corpora."""
+        trained = [c for c in clips if c.corpus not in self.test_only]
+        fold = np.full(len(clips), -1)
+        fold[[c.corpus not in self.test_only for c in clips]] = speaker_folds(trained, self.k, self.seed)
+        return fold
+
+    def splits(self, clips: list[Clip]) -> tuple[list[Split], dict[str, Split]]:
+        """The k fold splits, and the leave-one-corpus-out split of each trained corpus."""
+        fold = self.folds(clips)
+        corpus = np.array([c.corpus for c in clips])
+        trained = sorted(set(corpus[fold >= 0]))
+        empty = np.zeros(0, dtype=int)
+        folds = [Split(np.flatnonzero((fold >= 0) & (fold != i)), empty, np.flatnonzero(fold == i)) for i in range(self.k)]
+        left_out = {} if len(trained) < 2 else {
+            x: Split(np.flatnonzero((fold >= 0) & (corpus != x)), empty, np.flatnonzero(corpus == x)) for x in trained
+        }  # fmt: skip
+        return folds, left_out
+
+    def jobs(self, clips: list[Clip]) -> list[tuple[Recipe, Split]]:
+        folds, left_out = self.splits(clips)
+        return [(self.recipe, split) for split in [*folds, *sorted(left_out.values(), key=lambda s: -len(s.train))]]
+
+    def result(
+        self, clips: list[Clip], features: np.ndarray, y: np.ndarray, labels: tuple[str, ...], trained: list[Trained], minutes: float
+    ) -> CrossValidation:
+        """Score the models ``jobs`` trained (in its order) on their held-out clips."""
+        folds, left_out = self.splits(clips)
+        fold_models, corpus_models = trained[: self.k], trained[self.k :]
+        mask = label_mask(clips, labels)
+        scored = inputs(self.recipe, clips, features, self.seed)
+        logits = {name: np.zeros((len(clips), len(labels)), dtype=np.float32) for name in scored}
+        result = CrossValidation(self.recipe.name, self.k, self.seed, minutes=minutes)
+        corpora = sorted({c.corpus for c in clips} - self.test_only)
+        for i, (split, done) in enumerate(zip(folds, fold_models)):
+            row: dict[str, Any] = {"fold": i + 1, "speakers": sorted({clips[j].speaker for j in split.test}), "minutes": round(done.minutes, 1)}
+            for name, x in scored.items():
+                logits[name][split.test] = predict(done.model, x[split.test])
+                for corpus in corpora:
+                    idx = split.test[[clips[j].corpus == corpus for j in split.test]]
+                    s = score(y[idx], masked_probabilities(logits[name][idx], mask[idx]), labels)
+                    row.setdefault(corpus, {})[name] = {"n": s.n, "accuracy": s.accuracy, "macro_f1": s.macro_f1, "ece": s.ece}
+            result.folds.append(row)
+        for corpus in corpora:
+            for name in scored:
+                values = [f[corpus][name] for f in result.folds]
+                result.summary.setdefault(corpus, {})[name] = spread(values, ("accuracy", "macro_f1", "ece"))
+        clean, held = logits["clean"], np.flatnonzero(self.folds(clips) >= 0)
+        temperature = fit_temperature(clean[held].astype(np.float64) - np.where(mask[held], 0.0, 1e9), y[held])
+        for corpus in corpora:
+            idx = np.flatnonzero([c.corpus == corpus for c in clips])
+            before = score(y[idx], masked_probabilities(clean[idx], mask[idx]), labels)
+            after = score(y[idx], masked_probabilities(clean[idx], mask[idx], temperature), labels)
+            present = [label for label in labels if label in LABELS.get(corpus, labels)]
+            result.pooled[corpus] = {
+                "n": before.n,
+                "accuracy": before.accuracy,
+                "recall": {label: before.per_class[label]["recall"] for label in present},
+                "ece_raw": before.ece,
+                "ece_calibrated": after.ece,
+            }
+        result.pooled["temperature"] = temperature
+        clean_x = scored["clean"]
+        for corpus in sorted(self.test_only & {c.corpus for c in clips}):
+            idx = np.flatnonzero([c.corpus == corpus for c in clips])
+            result.cross_corpus[corpus] = never_heard(
+                [(d.model, split.train) for d, split in zip(fold_models, folds)], clips, clean_x, y, labels, idx, temperature, "each fold's model"
+            )
+        for (corpus, split), done in zip(sorted(left_out.items(), key=lambda kv: -len(kv[1].train)), corpus_models):
+            result.cross_corpus[corpus] = never_heard(
+                [(done.model, split.train)], clips, clean_x, y, labels, split.test, temperature, "one model trained on the others"
+            )
+        return result
+
+
+def spread(values: list[dict[str, float]], metrics: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    return {m: {"mean": float(np.mean([v[m] for v in values])), "std": float(np.std([v[m] for v in values]))} for m in metrics}
+
+
+def never_heard(
+    models: list[tuple[EmotionNet, np.ndarray]], clips: list[Clip], x: np.ndarray, y: np.ndarray, labels: tuple[str, ...],
+    idx: np.ndarray, temperature: float, how: str,
+) -> dict[str, Any]:
+    """A corpus scored by models that never heard it (clean, centred window, calibrated with the
+    out-of-fold temperature). Each model answers over the labels both the corpus and its training data
+    have; clips whose label its training data lacks (RAVDESS's calm for a model trained on nEMO alone)
+    are left out, since no model could name them. ``confident_wrong``: share of answers that are wrong
+    yet above the "unsure" threshold, so said with confidence."""
+    per_model = []
+    for model, train in models:
+        known = {clips[j].corpus for j in train}
+        allowed = np.array([any(label in LABELS.get(c, labels) for c in known) for label in labels])
+        mask = label_mask([clips[i] for i in idx], labels) & allowed
+        keep = idx[allowed[y[idx]]]
+        probs = masked_probabilities(predict(model, x[keep]), mask[allowed[y[idx]]], temperature)
+        s = score(y[keep], probs, labels)
+        wrong = probs.argmax(axis=1) != y[keep]
+        confident_wrong = float(np.mean(wrong & (probs.max(axis=1) >= UNSURE_BELOW)))
+        per_model.append({"n": s.n, "accuracy": s.accuracy, "macro_f1": s.macro_f1, "ece": s.ece, "confident_wrong": confident_wrong,
+                          "trained_on": sorted(known)})  # fmt: skip
+    return {"how": how, "n": per_model[0]["n"], "trained_on": per_model[0]["trained_on"]} | spread(
+        per_model, ("accuracy", "macro_f1", "ece", "confident_wrong")
+    )
 
 
 def cross_validate(
-    recipe: Recipe, clips: list[Clip], features: np.ndarray, y: np.ndarray, labels: tuple[str, ...], k: int, seed: int, workers: int
+    plan: Plan, clips: list[Clip], features: np.ndarray, y: np.ndarray, labels: tuple[str, ...], workers: int
 ) -> CrossValidation:
-    """Train one model per fold (``workers`` single-threaded processes at a time) and score each on its
-    held-out speakers, per corpus and condition, with argmax over the labels each corpus has."""
+    """Train the plan's models (``workers`` single-threaded processes at a time) and score them."""
     started = time.perf_counter()
-    fold = speaker_folds(clips, k, seed)
-    mask = label_mask(clips, labels)
-    empty = np.zeros(0, dtype=int)
-    splits = [Split(np.flatnonzero(fold != i), empty, np.flatnonzero(fold == i)) for i in range(k)]
-    references, scored = inputs(recipe, clips, features, seed)
-    trained = train_side_by_side([(recipe, split) for split in splits], features, y, len(labels), seed, workers, mask, references)
-    logits = {name: np.zeros((len(clips), len(labels)), dtype=np.float32) for name in scored}
-    result = CrossValidation(recipe.name, k, seed)
-    corpora = sorted({c.corpus for c in clips})
-    for i, (split, done) in enumerate(zip(splits, trained)):
-        row: dict[str, Any] = {"fold": i + 1, "speakers": sorted({clips[j].speaker for j in split.test}), "minutes": round(done.minutes, 1)}
-        for name, x in scored.items():
-            logits[name][split.test] = predict(done.model, x[split.test])
-            for corpus in corpora:
-                idx = split.test[[clips[j].corpus == corpus for j in split.test]]
-                if len(idx):
-                    s = score(y[idx], masked_probabilities(logits[name][idx], mask[idx]), labels)
-                    row.setdefault(corpus, {})[name] = {"n": s.n, "accuracy": s.accuracy, "macro_f1": s.macro_f1, "ece": s.ece}
-        result.folds.append(row)
-    for corpus in corpora:
-        for name in scored:
-            values = [f[corpus][name] for f in result.folds if corpus in f]
-            result.summary.setdefault(corpus, {})[name] = {
-                metric: {"mean": float(np.mean([v[metric] for v in values])), "std": float(np.std([v[metric] for v in values]))}
-                for metric in ("accuracy", "macro_f1", "ece")
-            }
-    clean = logits["clean"]
-    temperature = fit_temperature(clean.astype(np.float64) - np.where(mask, 0.0, 1e9), y)
-    for corpus in corpora:
-        idx = np.flatnonzero([c.corpus == corpus for c in clips])
-        before = score(y[idx], masked_probabilities(clean[idx], mask[idx]), labels)
-        after = score(y[idx], masked_probabilities(clean[idx], mask[idx], temperature), labels)
-        present = [label for label in labels if label in LABELS.get(corpus, labels)]
-        result.pooled[corpus] = {
-            "n": before.n,
-            "accuracy": before.accuracy,
-            "recall": {label: before.per_class[label]["recall"] for label in present},
-            "ece_raw": before.ece,
-            "ece_calibrated": after.ece,
-        }
-    result.pooled["temperature"] = temperature
-    result.minutes = (time.perf_counter() - started) / 60
-    return result
+    trained = train_side_by_side(
+        plan.jobs(clips), features, y, len(labels), plan.seed, workers, label_mask(clips, labels),
+        training_references(plan.recipe, clips, features, plan.seed), corpus_ids(clips),
+    )  # fmt: skip
+    return plan.result(clips, features, y, labels, trained, (time.perf_counter() - started) / 60)
 
 
 def masked_probabilities(logits: np.ndarray, mask: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -164,6 +251,20 @@ def markdown(cv: dict[str, Any]) -> str:
     for corpus, name, values in others:
         lines.append(f"- {corpus}, {name}: accuracy {values['accuracy']['mean']:.1%} ± {values['accuracy']['std']:.1%}, "
                      f"macro-F1 {values['macro_f1']['mean']:.3f} ± {values['macro_f1']['std']:.3f}.")  # fmt: skip
+    if cv.get("cross_corpus"):
+        lines += [
+            "",
+            "Cross-corpus: each corpus scored by models that never heard it (clean, calibrated; over the labels both it",
+            "and the training data have). Confidently wrong: wrong answers given above the \"unsure\" threshold.",
+            "",
+            "| corpus | trained on | scored by | clips | accuracy | macro-F1 | ECE | confidently wrong |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for corpus, c in cv["cross_corpus"].items():
+            lines.append(
+                f"| {corpus} | {' + '.join(c['trained_on'])} | {c['how']} | {c['n']} | {c['accuracy']['mean']:.1%} ± "
+                f"{c['accuracy']['std']:.1%} | {c['macro_f1']['mean']:.3f} | {c['ece']['mean']:.3f} | {c['confident_wrong']['mean']:.1%} |"
+            )
     lines += ["", f"Temperature fitted on the pooled out-of-fold logits: {cv['pooled']['temperature']:.2f}.", ""]
     for corpus in cv["summary"]:
         recall = ", ".join(f"{label} {value:.0%}" for label, value in cv['pooled'][corpus]["recall"].items())

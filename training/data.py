@@ -57,19 +57,30 @@ def clip_features(clip: Clip, params: FeatureParams, detector: SpeechDetector, s
 def build_features(
     clips: list[Clip], params: FeatureParams, vad_model: Path, cache_dir: Path | None, seed: int, workers: int = 2
 ) -> np.ndarray:
-    """Features of every clip, ``(clips, variants, n_mels, frames)`` float16, cached by content key."""
-    key = hashlib.sha256(
-        "|".join([params.to_json(), OPUS_BITRATE, str(OFFSETS_PER_CONDITION), str(seed)] + [str(c.path) for c in clips]).encode()
-    ).hexdigest()[:16]
-    cache = cache_dir / f"features-{key}.npy" if cache_dir else None
-    if cache and cache.is_file():
-        log.info("features from cache %s", cache)
-        return np.load(cache)
-    detector = SpeechDetector(vad_model)
-    with ThreadPoolExecutor(workers) as pool:
-        done = list(pool.map(lambda ic: clip_features(ic[1], params, detector, seed + ic[0]), enumerate(clips)))
-    features = np.stack(done)
-    if cache:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.save(cache, features)
-    return features
+    """Features of every clip, ``(clips, variants, n_mels, frames)`` float16, cached per corpus by content
+    key, so pooling a new corpus with ones already featurised computes only the new one."""
+    corpora = [c.corpus for c in clips]
+    order = list(dict.fromkeys(corpora))
+    if corpora != sorted(corpora, key=order.index):
+        raise ValueError("clips must come grouped by corpus, as load_corpora gives them")
+    detector: list[SpeechDetector] = []  # loaded once, and only when something is not cached
+    parts = []
+    for corpus in order:
+        group = [c for c in clips if c.corpus == corpus]
+        key = hashlib.sha256(
+            "|".join([params.to_json(), OPUS_BITRATE, str(OFFSETS_PER_CONDITION), str(seed)] + [str(c.path) for c in group]).encode()
+        ).hexdigest()[:16]
+        cache = cache_dir / f"features-{key}.npy" if cache_dir else None
+        if cache and cache.is_file():
+            log.info("%s features from cache %s", corpus or "corpus", cache)
+            parts.append(np.load(cache))
+            continue
+        detector = detector or [SpeechDetector(vad_model)]
+        log.info("%s: featurising %d clips", corpus or "corpus", len(group))
+        with ThreadPoolExecutor(workers) as pool:
+            done = list(pool.map(lambda ic: clip_features(ic[1], params, detector[0], seed + ic[0]), enumerate(group)))
+        parts.append(np.stack(done))
+        if cache:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.save(cache, parts[-1])
+    return np.concatenate(parts)

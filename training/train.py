@@ -14,10 +14,11 @@ import os
 import platform
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -32,10 +33,14 @@ from bot.pipeline import VAD_MODEL
 from training.data import OFFSETS_PER_CONDITION, build_features
 from training.net import EmotionNet
 
+if TYPE_CHECKING:
+    from training.crossval import Plan
+
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "sera-emotion.onnx"
 OPSET = 17
+REFERENCE_DRAWS, REFERENCE_CLIPS = 4, 5  # personal baselines per clip, each from this many other clips
 
 
 @dataclass(frozen=True)
@@ -157,6 +162,41 @@ def speaker_references(
     return out
 
 
+def corpus_ids(clips: list[Clip]) -> np.ndarray:
+    """A small integer per clip naming its corpus, for ``balanced_batches``."""
+    return np.unique([c.corpus for c in clips], return_inverse=True)[1]
+
+
+def balanced_batches(train: np.ndarray, corpus_of: np.ndarray, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Endless batches of ``train`` indices, each with an equal share of every corpus in it (the
+    remainder going to each corpus in turn), each corpus's clips drawn in shuffled passes.
+
+    nEMO has three times the clips of RAVDESS; sampled by clip, it would outvote RAVDESS three to one
+    and the model would learn the corpus the most clips come from. One corpus gives plain shuffled passes.
+    """
+    groups = [train[corpus_of[train] == c] for c in np.unique(corpus_of[train])]
+    queues: list[list[int]] = [[] for _ in groups]
+    turn = 0
+    while True:
+        shares = np.full(len(groups), batch_size // len(groups))
+        shares[(turn + np.arange(batch_size % len(groups))) % len(groups)] += 1
+        turn += 1
+        batch = []
+        for group, queue, share in zip(groups, queues, shares):
+            while len(queue) < share:
+                queue.extend(rng.permutation(group).tolist())
+            batch += queue[:share]
+            del queue[:share]
+        yield np.array(batch)
+
+
+def training_references(recipe: Recipe, clips: list[Clip], features: np.ndarray, seed: int) -> np.ndarray | None:
+    """The personal baselines a "speaker" recipe trains with; None for a "window" recipe."""
+    if recipe.reference != "speaker":
+        return None
+    return speaker_references(clips, features, REFERENCE_DRAWS, REFERENCE_CLIPS, seed)
+
+
 def with_reference(x: torch.Tensor, reference: torch.Tensor | None) -> torch.Tensor:
     """The net's input under a "speaker" recipe: each band minus a reference level (the window's own
     mean when ``reference`` is None)."""
@@ -166,7 +206,7 @@ def with_reference(x: torch.Tensor, reference: torch.Tensor | None) -> torch.Ten
 
 def train_one(
     recipe: Recipe, features: np.ndarray, y: np.ndarray, split: Split, n_labels: int, seed: int, mask: np.ndarray | None = None,
-    references: np.ndarray | None = None,
+    references: np.ndarray | None = None, corpus_of: np.ndarray | None = None,
 ) -> tuple[EmotionNet, list[dict]]:
     """Train for the whole schedule and keep the final weights.
 
@@ -174,9 +214,13 @@ def train_one(
     epoch: 120 clips are too few to choose among 120 epochs (one seed's best-F1 epoch scored 54 % on the
     test speakers where its final weights, at the end of the one-cycle decay, scored 62 %). ``mask``
     (``label_mask``) limits each clip's loss to its corpus's labels; None means every clip has them all.
+    ``corpus_of`` (an id per clip) makes batches corpus-balanced (``balanced_batches``). An epoch is as
+    many batches as one pass over the training clips would take.
     """
     if mask is None:
         mask = np.ones((len(y), n_labels), dtype=bool)
+    if corpus_of is None:
+        corpus_of = np.zeros(len(y), dtype=int)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -184,23 +228,24 @@ def train_one(
     model = EmotionNet(n_labels, n_mels, frames, recipe.channels, recipe.dropout, recipe.head, recipe.time_pool,
                        recipe.band_norm)
     optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    steps = recipe.epochs * -(-len(split.train) // recipe.batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=recipe.lr, total_steps=steps)
+    model = model.to(memory_format=torch.channels_last)  # about 1.3x faster on one CPU thread, same model
+    steps_per_epoch = -(-len(split.train) // recipe.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=recipe.lr, total_steps=recipe.epochs * steps_per_epoch)
     allowed = variants_of(recipe)
     val_x = features[split.val, 0].astype(np.float32)
     if recipe.reference == "speaker":  # validation without a baseline: each window against its own mean
         val_x = val_x - val_x.mean(axis=2, keepdims=True)
     history = []
+    batches = balanced_batches(split.train, corpus_of, recipe.batch_size, rng)
     for epoch in range(recipe.epochs):
         model.train()
-        order = rng.permutation(split.train)
-        chosen = rng.choice(allowed, size=len(order))
         losses = []
-        for i in range(0, len(order), recipe.batch_size):
-            idx = order[i : i + recipe.batch_size]
-            x = torch.from_numpy(features[idx, chosen[i : i + len(idx)]].astype(np.float32))
+        for _ in range(steps_per_epoch):
+            idx = next(batches)
+            chosen = rng.choice(allowed, size=len(idx))
+            x = torch.from_numpy(features[idx, chosen].astype(np.float32))
             if recipe.reference == "speaker":
-                condition = chosen[i : i + len(idx)] // OFFSETS_PER_CONDITION
+                condition = chosen // OFFSETS_PER_CONDITION
                 draw = rng.integers(references.shape[2], size=len(idx))
                 ref = torch.from_numpy(references[idx, condition, draw])
                 use_own = torch.from_numpy(rng.random(len(idx)) < 0.5)[:, None, None]
@@ -225,7 +270,7 @@ def train_one(
         if len(split.val):
             val = score(y[split.val], softmax(predict(model, val_x)), range(n_labels))
             history[-1].update(val_acc=val.accuracy, val_f1=val.macro_f1)
-        log.info("%s: %s", recipe.name, history[-1])
+        log.info("%s, %d training clips, epoch %d/%d: %s", recipe.name, len(split.train), epoch + 1, recipe.epochs, history[-1])
     model.eval()
     return model, history
 
@@ -241,23 +286,24 @@ _worker: dict = {}
 
 
 def _start_worker(
-    features: np.ndarray, y: np.ndarray, mask: np.ndarray | None, references: np.ndarray | None, n_labels: int, log_level: int
+    features: np.ndarray, y: np.ndarray, mask: np.ndarray | None, references: np.ndarray | None, corpus_of: np.ndarray | None,
+    n_labels: int, log_level: int,
 ) -> None:
     torch.set_num_threads(1)
     logging.basicConfig(level=log_level, format="%(asctime)s %(processName)s %(message)s")
-    _worker.update(features=features, y=y, mask=mask, references=references, n_labels=n_labels)
+    _worker.update(features=features, y=y, mask=mask, references=references, corpus_of=corpus_of, n_labels=n_labels)
 
 
 def _train_in_worker(recipe: Recipe, split: Split, seed: int) -> Trained:
     started = time.perf_counter()
     w = _worker
-    model, history = train_one(recipe, w["features"], w["y"], split, w["n_labels"], seed, w["mask"], w["references"])
+    model, history = train_one(recipe, w["features"], w["y"], split, w["n_labels"], seed, w["mask"], w["references"], w["corpus_of"])
     return Trained(model, history, (time.perf_counter() - started) / 60)
 
 
 def train_side_by_side(
     jobs: list[tuple[Recipe, Split]], features: np.ndarray, y: np.ndarray, n_labels: int, seed: int, workers: int,
-    mask: np.ndarray | None = None, references: np.ndarray | None = None,
+    mask: np.ndarray | None = None, references: np.ndarray | None = None, corpus_of: np.ndarray | None = None,
 ) -> list[Trained]:
     """Train each (recipe, split) in a single-threaded process, ``workers`` at a time, in the order given.
 
@@ -270,7 +316,7 @@ def train_side_by_side(
         workers,
         mp_context=multiprocessing.get_context("spawn"),  # a fork of a process that has run torch can deadlock
         initializer=_start_worker,
-        initargs=(features, y, mask, references, n_labels, logging.getLogger().getEffectiveLevel()),
+        initargs=(features, y, mask, references, corpus_of, n_labels, log.getEffectiveLevel()),
     ) as pool:
         return list(pool.map(_train_in_worker, *zip(*jobs), [seed] * len(jobs)))
 
@@ -322,21 +368,33 @@ def run(
     ablation_epochs: int | None = None,
     corpus: str = "ravdess",
     data_root: str = "",
+    crossval: Plan | None = None,
 ) -> tuple[EmotionNet, Split, dict]:
-    """Features, training and export; returns the model, the split and the numbers for the card."""
+    """Features, training and export; returns the model, the split and the numbers for the card.
+
+    With a cross-validation ``Plan``, its models train in the same process pool as the shipped one (the
+    recipe is fixed before either starts), and with no validation speakers the shipped model takes the
+    temperature fitted on the cross-validation's out-of-fold logits. Clips of the plan's test-only
+    corpora are never trained on."""
     started = time.perf_counter()
     params = FeatureParams()
     features = build_features(clips, params, models_dir / VAD_MODEL, cache_dir, seed)
     y = np.array([labels.index(c.label) for c in clips])
     split = split_by_speaker(clips, val_speakers, test_speakers)
+    if crossval:
+        split = replace(split, train=split.train[[clips[i].corpus not in crossval.test_only for i in split.train]])
     feature_seconds = time.perf_counter() - started
     recipe = replace(FINAL, epochs=epochs) if epochs else FINAL
     steps = [replace(step, epochs=ablation_epochs) for step in ABLATION] if ablation_epochs else []
-    workers = max(1, min(1 + len(steps), os.cpu_count() or 1))
+    jobs = [(r, split) for r in (recipe, *steps)] + (crossval.jobs(clips) if crossval else [])
+    workers = max(1, min(len(jobs), os.cpu_count() or 1))
     mask = label_mask(clips, labels)
-    trained = train_side_by_side([(r, split) for r in (recipe, *steps)], features, y, len(labels), seed, workers, mask)
+    references = training_references(crossval.recipe, clips, features, seed) if crossval else None
+    trained = train_side_by_side(jobs, features, y, len(labels), seed, workers, mask, references, corpus_ids(clips))
     final, history = trained[0].model, trained[0].history
     train_seconds = time.perf_counter() - started - feature_seconds
+    cv = crossval.result(clips, features, y, labels, trained[1 + len(steps) :], train_seconds / 60) if crossval else None
+    trained = trained[: 1 + len(steps)]
     table = [
         {"recipe": step.name, "epochs": step.epochs, "minutes": done.minutes}
         | held_out_scores(done.model, features, y, split.test, len(labels))
@@ -346,6 +404,8 @@ def run(
         shipped = {"recipe": f"shipped: {recipe.name}", "epochs": recipe.epochs, "minutes": trained[0].minutes}
         table.append(shipped | held_out_scores(final, features, y, split.test, len(labels)))
     temperature, calibration = 1.0, {"ece_raw": None, "ece_calibrated": None}
+    if cv and not len(split.val):
+        temperature = cv.pooled["temperature"]
     if len(split.val):
         val_logits = predict(final, features[split.val, 0])
         temperature = fit_temperature(val_logits, y[split.val])
@@ -358,8 +418,9 @@ def run(
     export_onnx(final, info, model_path)
     return final, split, {
         "corpus": corpus,
+        "test_corpus": ",".join(sorted(crossval.test_only)) if crossval else "",
         "data_root": data_root,
-        "clips": len(clips),
+        "clips": len(clips) - (sum(c.corpus in crossval.test_only for c in clips) if crossval else 0),
         "speakers": {
             "train": sorted({clips[i].speaker for i in split.train}),
             "val": sorted(val_speakers),
@@ -379,6 +440,7 @@ def run(
         "train_minutes": train_seconds / 60,
         "total_minutes": (time.perf_counter() - started) / 60,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {workers} single-threaded training processes",
+        "crossval": cv.to_dict() if cv else None,
         "parity_max_abs_diff": parity(final, model_path, features[split.test if len(split.test) else split.train, 0]),
     }
 

@@ -26,12 +26,12 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.config import DiscordOptions
-from bot.discordbot.limits import InFlight, RateLimiter, Slots
-from bot.discordbot.store import GuildSettings, Origin, Store
+from bot.adapters.discord.limits import InFlight, RateLimiter, Slots
+from bot.adapters.discord.store import GuildSettings, Origin, Store
 from bot.errors import AudioError, SeraError
 from bot.pipeline import Pipeline
 from bot.plugin import Report
-from plugins.embed_report import emoji
+from bot.emotions import emoji
 
 log = logging.getLogger(__name__)
 

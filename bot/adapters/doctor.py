@@ -70,7 +70,7 @@ def _token(config: Config) -> Check:
 
 
 def _database(config: Config) -> Check:
-    from bot.discordbot.store import Store
+    from bot.adapters.discord.store import Store
 
     path = config.path(config.discord.database)
     try:

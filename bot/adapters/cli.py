@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--reporter", default="text", help="render with this reporter plugin (default: text)")
 
     command("plugins", cmd_plugins, "list the plugins found, whether each is enabled, and why one failed")
+    check = command("config", cmd_config, "check a config file and print the configuration it gives, defaults filled in")
+    check.add_argument("file", nargs="?", metavar="FILE", help="the YAML file (default: -c, else $SERA_CONFIG)")
 
     evaluate = command("evaluate", cmd_evaluate, "measure the model on labelled audio (a corpus or a CSV manifest)")
     source = evaluate.add_mutually_exclusive_group(required=True)
@@ -135,6 +137,19 @@ def emit(output: object) -> None:
         print(json.dumps(output, ensure_ascii=False), flush=True)
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import yaml
+
+    config = load(args.file or args.config)
+    effective = json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    del effective["source"]
+    print(f"# {config.source}: valid. Every key, defaults filled in; plugin options are checked by `sera plugins`.")
+    print(yaml.safe_dump(effective, sort_keys=False), end="")
+    return EXIT_OK
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from bot.audio import SAMPLE_RATE
     from bot.registry import PluginSet
@@ -186,7 +201,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bot.discordbot.app import run
+    from bot.adapters.discord.app import run
 
     if not args.verbose:
         logging.getLogger().setLevel(logging.INFO)  # the operator's log: one line per start, failure, stop
@@ -195,7 +210,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from bot.doctor import report, run_checks
+    from bot.adapters.doctor import report, run_checks
 
     checks = run_checks(args.config)
     print(report(checks))

@@ -27,15 +27,15 @@ from discord import app_commands
 from discord.ext import commands, voice_recv
 
 from bot.config import LiveOptions
-from bot.discordbot.cog import answer_failure
-from bot.discordbot.receive import SeraSink
-from bot.discordbot.store import Store
+from bot.adapters.discord.cog import answer_failure
+from bot.adapters.discord.receive import SeraSink
+from bot.adapters.discord.store import Store
 from bot.errors import SeraError
 from bot.live import LiveSession
 from bot.pipeline import Pipeline
 from bot.sessions import ENDED, INTERRUPTED, SessionStore, StoredSession
 from bot.summary import SessionSummary, Utterance, clock, summarize
-from plugins.embed_report import emoji
+from bot.emotions import emoji
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import discord
 from discord.ext import commands
 
 from bot.config import Config
-from bot.discordbot.cog import VoiceNotes
-from bot.discordbot.store import Store
+from bot.adapters.discord.cog import VoiceNotes
+from bot.adapters.discord.store import Store
 from bot.errors import SeraError
 from bot.pipeline import Pipeline
 from bot.sessions import SessionStore
@@ -41,7 +41,7 @@ class SeraBot(commands.Bot):
     async def setup_hook(self) -> None:
         await self.add_cog(VoiceNotes(self, self.pipeline, self.store, self.config.discord))
         if self.config.live.enabled:
-            from bot.discordbot.listen import Listening  # experimental; only loaded where the operator enabled it
+            from bot.adapters.discord.listen import Listening  # experimental; only loaded where the operator enabled it
 
             await self.add_cog(Listening(self, self.pipeline, self.sessions, self.store, self.config.live))
         loop = asyncio.get_running_loop()

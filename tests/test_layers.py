@@ -1,0 +1,66 @@
+"""The layers, read from the imports themselves: the core knows no adapter, no Discord, no torch, no
+training code and no built-in plugin; adapters reach plugins only through the registry; and the
+``sera`` command pays for librosa, onnxruntime and torch only when a command needs them."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+BOT = ROOT / "bot"
+ADAPTERS = BOT / "adapters"
+ENTRY = BOT / "__main__.py"  # ``python -m bot``: the command line's entry, so an adapter
+CORE = sorted(p for p in BOT.rglob("*.py") if ADAPTERS not in p.parents and p != ENTRY)
+ADAPTER_FILES = sorted([*ADAPTERS.rglob("*.py"), ENTRY])
+NOT_IN_THE_CORE = ("bot.adapters", "discord", "davey", "aiohttp", "torch", "onnx", "training", "plugins")
+HEAVY = ("librosa", "onnxruntime", "torch", "sklearn", "discord")
+
+
+def imports(path: Path) -> set[str]:
+    """Every module ``path`` imports, at any depth (lazy imports inside functions count too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+def within(module: str, packages: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
+
+
+@pytest.mark.parametrize("path", CORE, ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_core_imports_no_adapter_discord_torch_training_or_plugin(path: Path) -> None:
+    assert not sorted(m for m in imports(path) if within(m, NOT_IN_THE_CORE))
+
+
+@pytest.mark.parametrize("path", ADAPTER_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_adapters_reach_plugins_only_through_the_registry(path: Path) -> None:
+    assert not sorted(m for m in imports(path) if within(m, ("plugins",)))
+
+
+def test_the_layer_check_catches_a_forbidden_import(tmp_path: Path) -> None:
+    """The rule above reads real imports: a core module importing the Discord adapter lazily is caught."""
+    sneaky = tmp_path / "sneaky.py"
+    sneaky.write_text("def later():\n    from bot.adapters.discord.cog import VoiceNotes\n    import torch.nn as nn\n")
+    assert sorted(m for m in imports(sneaky) if within(m, NOT_IN_THE_CORE)) == ["bot.adapters.discord.cog", "torch.nn"]
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["config"]])
+def test_light_commands_import_nothing_heavy(argv: list[str]) -> None:
+    probe = (
+        "import sys\nfrom bot.adapters.cli import main\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
