@@ -39,6 +39,7 @@ from bot.errors import AudioError
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000  # every stage after decoding works at this rate; the model metadata must agree
+PCM16_SCALE = 32768  # 16-bit PCM <-> float samples in [-1, 1)
 INT16_SCALE = 32_768.0
 
 # The demuxers of the containers voice notes and audio files come in (ffmpeg's names; "matroska" also
@@ -224,7 +225,7 @@ def encode_opus(source: np.ndarray | Path, bitrate: str, sample_rate: int = SAMP
     Training uses it to hear what Discord users send; ``sera evaluate --opus`` to measure it.
     """
     if isinstance(source, np.ndarray):
-        data = (np.clip(source, -1, 1) * 32767).astype("<i2").tobytes()
+        data = np.clip(source * PCM16_SCALE, -PCM16_SCALE, PCM16_SCALE - 1).astype("<i2").tobytes()
         inputs = ["-f", "s16le", "-ar", str(sample_rate), "-ac", "1", "-i", "pipe:0"]
     else:
         data, inputs = None, ["-i", f"file:{Path(source).resolve()}"]

@@ -19,6 +19,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Protocol
 
 from bot.errors import SeraError
 
@@ -31,12 +32,22 @@ class StorageError(SeraError):
     """The database refused a read or write; nothing of that write was kept."""
 
 
+class HoldsUserData(Protocol):
+    """A store that keeps rows about a person registers itself (``Database.holds_user_data``), so that
+    ``/forget`` reaches it without anyone listing the stores by hand."""
+
+    def delete_user_data(self, tx: sqlite3.Connection, user: str) -> dict[str, int]:
+        """Inside ``tx``: delete what this store keeps about ``user``; return counts by kind."""
+        ...
+
+
 class Database:
     """One connection shared across threads, serialised by a lock (SQLite calls take microseconds)."""
 
     def __init__(self, path: Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> None:
         self.path = path
         self._lock = threading.RLock()
+        self._holders: list[HoldsUserData] = []
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=busy_timeout)
@@ -51,6 +62,17 @@ class Database:
         with self.transaction() as db:
             for statement in filter(str.strip, schema.split(";")):
                 db.execute(statement)
+
+    def holds_user_data(self, store: HoldsUserData) -> None:
+        self._holders.append(store)
+
+    def forget_user(self, user: str) -> dict[str, int]:
+        """Every registered store's rows about ``user``, deleted in one transaction: all or nothing."""
+        deleted: dict[str, int] = {}
+        with self.transaction() as tx:
+            for store in self._holders:
+                deleted.update(store.delete_user_data(tx, user))
+        return deleted
 
     def columns(self, table: str) -> set[str]:
         with self.read() as db:

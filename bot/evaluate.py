@@ -21,10 +21,10 @@ from bot.audio import encode_opus
 from bot.corpora import load_corpus
 from bot.errors import SeraError
 from bot.metrics import Scores, score
+from bot.model import EMOTION_PLUGIN
 from bot.pipeline import Pipeline
 from bot.plugin import EmotionResult
 
-EMOTION_PLUGIN = "emotion_cnn"
 
 
 @dataclass(frozen=True)

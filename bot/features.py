@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, fields
 import librosa
 import numpy as np
 
+from bot.audio import SAMPLE_RATE
+
 METADATA_KEY = "sera.features"
 
 
@@ -19,7 +21,7 @@ METADATA_KEY = "sera.features"
 class FeatureParams:
     """Everything that shapes the model's input, stored in the model file."""
 
-    sample_rate: int = 16_000
+    sample_rate: int = SAMPLE_RATE
     n_fft: int = 512
     win_length: int = 400  # 25 ms
     hop_length: int = 160  # 10 ms

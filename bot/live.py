@@ -30,7 +30,7 @@ from concurrent.futures import Executor
 import numpy as np
 import soxr
 
-from bot.audio import SAMPLE_RATE
+from bot.audio import PCM16_SCALE, SAMPLE_RATE
 from bot.config import LiveOptions
 from bot.pipeline import Pipeline
 from bot.plugin import EmotionResult, Segment
@@ -53,7 +53,7 @@ def pcm_to_float(pcm: bytes) -> np.ndarray:
     """48 kHz interleaved stereo int16 bytes -> mono float32 at 48 kHz."""
     frames = np.frombuffer(pcm, dtype="<i2")
     frames = frames[: frames.size - frames.size % SOURCE_CHANNELS].reshape(-1, SOURCE_CHANNELS)
-    return frames.mean(axis=1, dtype=np.float32) / 32768.0
+    return frames.mean(axis=1, dtype=np.float32) / PCM16_SCALE
 
 
 class SpeakerTrack:

@@ -20,6 +20,8 @@ from bot.features import METADATA_KEY, FeatureParams, log_mel, windows
 from bot.audio import normalize_loudness
 from bot.speech import session_options
 
+MODEL_FILE = "sera-emotion.onnx"  # the shipped emotion model, in the models folder
+EMOTION_PLUGIN = "emotion_cnn"  # the built-in analyzer that serves it
 LABELS_KEY = "sera.labels"
 TEMPERATURE_KEY = "sera.temperature"
 INPUT_NAME = "mel"  # (batch, n_mels, frames) float32
@@ -53,9 +55,12 @@ class ModelInfo:
             raise ModelError(f"{path} is not a sera emotion model: its metadata is missing or bad ({exc})") from None
 
 
-def model_input(utterance: np.ndarray, params: FeatureParams) -> np.ndarray:
-    """What the model sees of one utterance: loudness-normalised, windowed log-Mel, ``(n, mels, frames)``."""
-    return log_mel(windows(normalize_loudness(utterance, params.loudness_dbfs), params), params)
+def model_input(utterance: np.ndarray, params: FeatureParams, offset: int = -1) -> np.ndarray:
+    """What the model sees of one utterance: loudness-normalised, windowed log-Mel, ``(n, mels, frames)``.
+
+    The one feature function: serving calls it, and training calls it too (with ``offset`` to place a
+    short utterance elsewhere in its window), so the two cannot compute features differently."""
+    return log_mel(windows(normalize_loudness(utterance, params.loudness_dbfs), params, offset), params)
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

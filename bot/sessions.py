@@ -81,6 +81,7 @@ class SessionStore:
         self._owns = not isinstance(db, Database)
         self.db = Database(db) if self._owns else db
         self.db.apply(SCHEMA)
+        self.db.holds_user_data(self)
 
     def start(self, space: str, room: str, started_by: str, report_to: str | None = None) -> SessionInfo:
         now = time.time()

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from bot.errors import ModelError
-from bot.model import EmotionModel, model_input
+from bot.model import MODEL_FILE, EmotionModel, model_input
 from bot.plugin import Analyzer, EmotionResult, Result, Segment, bounded
 
 BATCH_WINDOWS = 32  # bounds the memory of one onnxruntime call on a long file
@@ -22,7 +22,7 @@ BATCH_WINDOWS = 32  # bounds the memory of one onnxruntime call on a long file
 
 @dataclass(frozen=True)
 class Options:
-    model: str = "sera-emotion.onnx"  # relative paths are looked up in the models folder
+    model: str = MODEL_FILE  # relative paths are looked up in the models folder
     unsure_below: float = bounded(0.4, min=0, max=1)  # top calibrated probability under which the answer is "unsure"
 
 

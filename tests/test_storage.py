@@ -44,8 +44,7 @@ def test_a_write_that_meets_a_lock_rolls_back_and_storage_keeps_working(tmp_path
     sessions.set_consent("guild", "bob", False)  # Bob withdraws his consent
     store.record(REPORT, Origin(7, 7, 1, 2, 3))
     store.update_settings(1, lambda s: s.__class__(**{**s.__dict__, "chart": True}))
-    with db.transaction() as tx:  # Alice's /forget
-        sessions.delete_user_data(tx, "alice")
+    assert db.forget_user("alice") == {"analyses": 0, "utterances": 1, "sessions_started": 1}  # Alice's /forget
     db.close()
 
     db, store, sessions = open_stores(path)  # a restart
@@ -61,7 +60,7 @@ def test_an_error_inside_a_transaction_keeps_none_of_it(tmp_path: Path) -> None:
     store.record(REPORT, Origin(7, 7, None, None, None))
     with pytest.raises(RuntimeError):
         with db.transaction() as tx:
-            store.delete_user_data(tx, 7)
+            store.delete_user_data(tx, "7")
             raise RuntimeError("the second store failed")
     assert store.analyses_of(7) == 1
     store.record(REPORT, Origin(8, 8, None, None, None))  # the connection is not left in a transaction
@@ -94,3 +93,31 @@ def test_a_database_from_before_requested_by_is_upgraded_in_place(tmp_path: Path
     store.record(REPORT, Origin(7, 9, None, None, None))
     assert store.analyses_of(9) == 1
     store.close()
+
+
+def test_forget_reaches_every_store_that_registers_itself(tmp_path: Path) -> None:
+    """A store added later (a plugin's, a new feature's) is reached by /forget once it registers,
+    and a failure in any store keeps every store's rows."""
+    db, store, _ = open_stores(tmp_path / "sera.db")
+    store.record(REPORT, Origin(7, 7, None, None, None))
+
+    class Notes:
+        def __init__(self, fail: bool) -> None:
+            self.fail = fail
+            db.apply("CREATE TABLE IF NOT EXISTS notes (user TEXT)")
+            db.holds_user_data(self)
+
+        def delete_user_data(self, tx, user: str) -> dict[str, int]:
+            if self.fail:
+                raise sqlite3.OperationalError("disk I/O error")
+            return {"notes": tx.execute("DELETE FROM notes WHERE user = ?", (user,)).rowcount}
+
+    notes = Notes(fail=True)
+    with db.transaction() as tx:
+        tx.execute("INSERT INTO notes VALUES ('7')")
+    with pytest.raises(StorageError):
+        db.forget_user("7")
+    assert store.analyses_of(7) == 1  # nothing went
+    notes.fail = False
+    assert db.forget_user("7")["notes"] == 1 and store.analyses_of(7) == 0
+    db.close()

@@ -80,7 +80,8 @@ def test_smoke_training_writes_model_card_and_metadata(smoke_model: Path) -> Non
                                                              "+ frames averaged in pairs (20 ms)",
                                                              "+ per-band mean normalisation", "+ time-shift",
                                                              "+ SpecAugment", "+ mixup", "sera", "shipped"]  # fmt: skip
-    assert all(0 <= row[condition]["accuracy"] <= 1 for row in rows for condition in ("clean", "opus24"))
+    # each row is scored on the 8 clips of test actor 03: every accuracy is a whole number of those clips
+    assert all((row[c]["accuracy"] * 8).is_integer() for row in rows for c in ("clean", "opus24"))
     assert "## Ablation" in card and "| + time-shift | 1 |" in card
 
 

@@ -40,7 +40,7 @@ def main(args: argparse.Namespace, config: Config) -> int:
     from bot.corpora import load_corpora
     from bot.emotions import EMOTIONS
     from bot.evaluate import Item, evaluate, terminal_progress
-    from bot.model import EmotionModel
+    from bot.model import EMOTION_PLUGIN, EmotionModel
     from bot.pipeline import Pipeline
     from bot.registry import PluginSet
     from training import card
@@ -88,8 +88,8 @@ def main(args: argparse.Namespace, config: Config) -> int:
     )
     clean = opus = None
     if len(split.test):
-        plugin_config = Config(models_dir=config.models_dir, plugins={"emotion_cnn": {"model": str(model_path.resolve())}})
-        pipeline = Pipeline(plugin_config, PluginSet(plugin_config, SAMPLE_RATE, only={"emotion_cnn"}))
+        plugin_config = Config(models_dir=config.models_dir, plugins={EMOTION_PLUGIN: {"model": str(model_path.resolve())}})
+        pipeline = Pipeline(plugin_config, PluginSet(plugin_config, SAMPLE_RATE, only={EMOTION_PLUGIN}))
         try:
             items = [Item(clips[i].path, clips[i].label, clips[i].speaker, clips[i].gender) for i in split.test]
             clean = evaluate(pipeline, items, progress=terminal_progress)

@@ -1,7 +1,7 @@
 """Turning a corpus into training tensors with the runtime's own functions.
 
 Each clip is decoded (``bot.audio.decode``), trimmed to its speech by the same speech detector the
-pipeline uses, and featurised with ``bot.features`` at several time offsets, as it is and after an Opus
+pipeline uses, and featurised with the runtime's own ``bot.model.model_input`` at several time offsets, as it is and after an Opus
 round trip at voice-note bitrate (Discord voice notes are Opus). Training then draws one of those
 variants per clip and epoch. The result is cached on disk, keyed by everything it depends on.
 """
@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bot.audio import Limits, decode, encode_opus, normalize_loudness
+from bot.audio import Limits, decode, encode_opus
 from bot.corpora import Clip
-from bot.features import FeatureParams, log_mel, windows
+from bot.features import FeatureParams
+from bot.model import model_input
 from bot.speech import SpeechDetector
 
 log = logging.getLogger(__name__)
@@ -44,14 +45,13 @@ def clip_features(clip: Clip, params: FeatureParams, detector: SpeechDetector, s
     start, end = speech_span(samples, detector)
     variants = []
     for audio in (samples, opus_round_trip(samples)):
-        utterance = normalize_loudness(audio[start:end], params.loudness_dbfs)
+        utterance = audio[start:end]
         free = max(params.window_samples - utterance.size, 0)
         for k in range(OFFSETS_PER_CONDITION):
             offset = -1 if k == 0 else int(rng.integers(0, free + 1))
-            batch = windows(utterance, params, offset)
-            pick = batch[len(batch) // 2] if k == 0 else batch[rng.integers(len(batch))]
-            variants.append(pick)
-    return log_mel(np.stack(variants), params).astype(np.float16)
+            batch = model_input(utterance, params, offset)
+            variants.append(batch[len(batch) // 2] if k == 0 else batch[rng.integers(len(batch))])
+    return np.stack(variants).astype(np.float16)
 
 
 def build_features(

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from bot.corpora import LABELS, Clip
 from bot.features import FeatureParams
 from bot.metrics import score
-from bot.model import INPUT_NAME, OUTPUT_NAME, ModelInfo, softmax
+from bot.model import INPUT_NAME, MODEL_FILE, OUTPUT_NAME, ModelInfo, softmax
 from bot.pipeline import VAD_MODEL
 from training.data import OFFSETS_PER_CONDITION, build_features
 from training.net import EmotionNet
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "sera-emotion.onnx"
 OPSET = 17
 REFERENCE_DRAWS, REFERENCE_CLIPS = 4, 5  # personal baselines per clip, each from this many other clips
 

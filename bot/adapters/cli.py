@@ -170,7 +170,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from bot.audio import SAMPLE_RATE
-    from bot.evaluate import EMOTION_PLUGIN, evaluate, format_text, from_corpus, from_manifest, terminal_progress
+    from bot.evaluate import evaluate, format_text, from_corpus, from_manifest, terminal_progress
+    from bot.model import EMOTION_PLUGIN
     from bot.pipeline import Pipeline
     from bot.registry import PluginSet
 

@@ -42,11 +42,12 @@ def _opus() -> Check:
 
 
 def _models(config: Config) -> list[Check]:
-    from bot.model import EmotionModel
+    from bot.model import EMOTION_PLUGIN, MODEL_FILE, EmotionModel
+    from bot.pipeline import VAD_MODEL
     from bot.speech import SpeechDetector
 
     checks = []
-    model_name = config.plugins.get("emotion_cnn", {}).get("model", "sera-emotion.onnx")
+    model_name = config.plugins.get(EMOTION_PLUGIN, {}).get("model", MODEL_FILE)
     path = Path(model_name) if Path(model_name).is_absolute() else config.models_dir / model_name
     try:
         info = EmotionModel(path).info
@@ -54,12 +55,12 @@ def _models(config: Config) -> list[Check]:
                                                    f"temperature {info.temperature:.2f}"))  # fmt: skip
     except SeraError as exc:
         checks.append(Check("emotion model", False, str(exc), "run `sera train` or restore models/ from git"))
-    vad = config.models_dir / "silero_vad.onnx"
+    vad = config.models_dir / VAD_MODEL
     try:
         SpeechDetector(vad)
         checks.append(Check("speech detector", True, str(vad)))
     except Exception as exc:  # onnxruntime's own error types
-        checks.append(Check("speech detector", False, f"{vad}: {exc}", "restore models/silero_vad.onnx from git"))
+        checks.append(Check("speech detector", False, f"{vad}: {exc}", f"restore models/{VAD_MODEL} from git"))
     return checks
 
 

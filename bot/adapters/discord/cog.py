@@ -337,13 +337,7 @@ class VoiceNotes(commands.Cog):
         listening = self.bot.get_cog("Listening")
         if listening is not None:
             await listening.forget_speaker(str(user_id))
-        sessions = self.bot.sessions
-
-        def erase() -> dict[str, int]:
-            with self.store.db.transaction() as tx:
-                return {**self.store.delete_user_data(tx, user_id), **sessions.delete_user_data(tx, str(user_id))}
-
-        deleted = await asyncio.to_thread(erase)
+        deleted = await asyncio.to_thread(self.store.db.forget_user, str(user_id))
         deleted.update(await asyncio.to_thread(self.pipeline.plugins.forget_user, str(user_id)))
         log.info("user %s deleted their data: %s", user_id, deleted)
         return deleted

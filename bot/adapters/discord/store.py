@@ -78,6 +78,7 @@ class Store:
         self._owns = not isinstance(db, Database)
         self.db = Database(db) if self._owns else db
         self.db.apply(SCHEMA)
+        self.db.holds_user_data(self)
         for table, columns in MIGRATIONS.items():
             missing = columns.keys() - self.db.columns(table)
             if missing:
@@ -135,11 +136,12 @@ class Store:
         with self.db.read() as db:
             return db.execute("SELECT 1 FROM analysis_optout WHERE user_id = ?", (user_id,)).fetchone() is None
 
-    def delete_user_data(self, tx: sqlite3.Connection, user_id: int) -> dict[str, int]:
+    def delete_user_data(self, tx: sqlite3.Connection, user: str) -> dict[str, int]:
         """Inside the caller's transaction: every analysis of the user's voice or asked for by them.
 
         Their refusal to be analysed by others is kept: deleting it would expose them again."""
-        deleted = tx.execute("DELETE FROM analyses WHERE user_id = ? OR requested_by = ?", (user_id, user_id)).rowcount
+        # the columns are INTEGER, so SQLite compares a numeric id given as text as the number it is
+        deleted = tx.execute("DELETE FROM analyses WHERE user_id = ? OR requested_by = ?", (user, user)).rowcount
         return {"analyses": deleted}
 
     def close(self) -> None:
