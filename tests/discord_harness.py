@@ -17,12 +17,14 @@ Application commands are invoked through their callbacks, as Discord would after
 from __future__ import annotations
 
 import base64
+import inspect
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import discord
+from discord import app_commands
 
 from bot.config import Config, DiscordOptions
 from bot.adapters.discord.app import SeraBot
@@ -110,6 +112,7 @@ class FakeInteraction:
     channel_id: int
     permissions: discord.Permissions = field(default_factory=discord.Permissions.none)
     id: int = field(default_factory=snowflake)
+    command: app_commands.Command | None = None  # set by ``invoke``, as discord.py sets it
     log: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -122,6 +125,24 @@ class FakeInteraction:
     def sent(self) -> list[dict[str, Any]]:
         """Everything shown to the user: messages, follow-ups and edits."""
         return [kw for kind, kw in self.log if kind in {"send_message", "followup", "edit_message"}]
+
+
+async def invoke(command: app_commands.Command, interaction: FakeInteraction, *args: Any, **kwargs: Any) -> None:
+    """Run a slash command the way discord.py's ``CommandTree`` does: its checks (the cog's and the
+    command's own), then the callback, and any error through the command's error handlers (the cog's
+    ``cog_app_command_error``). Tests go through the same checks a user meets, never around them."""
+    skip = 2 if command.binding is not None else 1  # the cog, then the interaction
+    names = list(inspect.signature(command.callback).parameters)[skip:]
+    values = dict(zip(names, args)) | kwargs
+    interaction.command = command
+    try:
+        if not await command._check_can_run(interaction):
+            raise app_commands.CheckFailure(f"The check functions for command {command.name!r} failed.")
+        await command._do_call(interaction, values)
+    except app_commands.AppCommandError as error:
+        if not command._has_any_error_handlers():
+            raise
+        await command._invoke_error_handlers(interaction, error)
 
 
 class _Response_:

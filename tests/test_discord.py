@@ -18,7 +18,7 @@ from bot.audio import decode
 from bot.adapters.discord.cog import PRIVACY, ForgetView
 from bot.pipeline import Pipeline
 from tests.conftest import SAMPLE_NOTE, encode, tone
-from tests.discord_harness import FakeChannel, FakeGuild, FakeUser, Harness
+from tests.discord_harness import FakeChannel, FakeGuild, FakeUser, Harness, invoke
 
 LABELS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
 NOTE = SAMPLE_NOTE.read_bytes()
@@ -74,12 +74,12 @@ def test_guild_channels_need_enabling_by_an_admin(harness: Harness) -> None:
     assert before.replies == []
 
     refused = harness.interaction(guild, channel, admin=False)
-    asyncio.run(harness.cog.set_channel.callback(harness.cog, refused, True))
+    asyncio.run(invoke(harness.cog.set_channel, refused, True))
     assert "Manage Server" in refused.sent()[0]["content"] and refused.sent()[0]["ephemeral"] is True
     assert harness.store.settings(guild.id).channels == frozenset()
 
     admin = harness.interaction(guild, channel, admin=True)
-    asyncio.run(harness.cog.set_channel.callback(harness.cog, admin, True))
+    asyncio.run(invoke(harness.cog.set_channel, admin, True))
     assert f"<#{channel.id}>" in admin.sent()[0]["content"]
 
     after = harness.message(harness.attachment(NOTE), guild=guild, channel=channel)
@@ -92,9 +92,9 @@ def test_settings_survive_a_restart(tmp_path: Path, pipeline: Pipeline) -> None:
     first = Harness(tmp_path, pipeline=pipeline)
     asyncio.run(first.start())
     admin = first.interaction(guild, channel, admin=True)
-    asyncio.run(first.cog.set_channel.callback(first.cog, admin, True))
-    asyncio.run(first.cog.set_style.callback(first.cog, first.interaction(guild, channel, admin=True), reaction=False, ephemeral=True))
-    asyncio.run(first.cog.set_plugin.callback(first.cog, first.interaction(guild, channel, admin=True), "prosody", False))
+    asyncio.run(invoke(first.cog.set_channel, admin, True))
+    asyncio.run(invoke(first.cog.set_style, first.interaction(guild, channel, admin=True), reaction=False, ephemeral=True))
+    asyncio.run(invoke(first.cog.set_plugin, first.interaction(guild, channel, admin=True), "prosody", False))
     first.close()
 
     second = Harness(tmp_path, pipeline=pipeline)
@@ -112,22 +112,26 @@ def test_settings_survive_a_restart(tmp_path: Path, pipeline: Pipeline) -> None:
 def test_admin_commands_refuse_non_admins_and_dms(harness: Harness) -> None:
     guild = FakeGuild()
     cog = harness.cog
-    for command, args in [(cog.set_style, {"chart": True}), (cog.set_plugin, {"name": "prosody", "enabled": False}), (cog.show_settings, {})]:
+    from bot.adapters.discord.cog import server_admin
+
+    assert all(server_admin in command.checks for command in cog.admin.commands)  # a new settings command too
+    for command, args in [(cog.set_channel, {"enabled": True}), (cog.set_style, {"chart": True}),
+                          (cog.set_plugin, {"name": "prosody", "enabled": False}), (cog.show_settings, {})]:  # fmt: skip
         interaction = harness.interaction(guild)
-        asyncio.run(command.callback(cog, interaction, **args))
+        asyncio.run(invoke(command, interaction, **args))
         assert "Manage Server" in interaction.sent()[0]["content"]
         in_dm = harness.interaction(None)
-        asyncio.run(command.callback(cog, in_dm, **args))
+        asyncio.run(invoke(command, in_dm, **args))
         assert "only be changed in a server" in in_dm.sent()[0]["content"]
-    assert harness.store.settings(guild.id).chart is False
+    assert harness.store.settings(guild.id).chart is False and not harness.store.settings(guild.id).channels
     unknown = harness.interaction(guild, admin=True)
-    asyncio.run(cog.set_plugin.callback(cog, unknown, "nope", False))
+    asyncio.run(invoke(cog.set_plugin, unknown, "nope", False))
     assert "No analyzer called `nope`" in unknown.sent()[0]["content"]
 
 
 def test_slash_command_analyses_a_file(harness: Harness) -> None:
     interaction = harness.interaction(FakeGuild())
-    asyncio.run(harness.cog.analyse_file.callback(harness.cog, interaction, harness.attachment(NOTE, voice=False)))
+    asyncio.run(invoke(harness.cog.analyse_file, interaction, harness.attachment(NOTE, voice=False)))
     kinds = [kind for kind, _ in interaction.log]
     assert kinds == ["defer", "followup"]
     assert interaction.log[0][1]["thinking"] is True
@@ -184,7 +188,7 @@ def test_limits_are_checked_before_download(harness: Harness) -> None:
     assert harness.cdn.downloads == 0
 
     interaction = harness.interaction(FakeGuild())
-    asyncio.run(harness.cog.analyse_file.callback(harness.cog, interaction, harness.attachment(NOTE, size=10**9)))
+    asyncio.run(invoke(harness.cog.analyse_file, interaction, harness.attachment(NOTE, size=10**9)))
     # a failed slash command is answered ephemerally, and its public "thinking" notice is removed
     assert [k for k, _ in interaction.log] == ["defer", "delete_original", "followup"]
     assert interaction.sent()[0]["ephemeral"] is True
@@ -276,12 +280,12 @@ def test_privacy_and_forget(harness: Harness) -> None:
     assert harness.store.analyses_of(user.id) == 2
 
     privacy = harness.interaction(user=user)
-    asyncio.run(harness.cog.privacy.callback(harness.cog, privacy))
+    asyncio.run(invoke(harness.cog.privacy, privacy))
     assert privacy.sent() == [{"content": PRIVACY, "ephemeral": True}]
     assert "No audio is stored" in PRIVACY
 
     ask = harness.interaction(user=user)
-    asyncio.run(harness.cog.forget.callback(harness.cog, ask))
+    asyncio.run(invoke(harness.cog.forget, ask))
     prompt = ask.sent()[0]
     assert "all 2 analyses" in prompt["content"] and prompt["ephemeral"] is True
     view: ForgetView = prompt["view"]
@@ -370,8 +374,8 @@ def test_doctor_checklist(tmp_path: Path) -> None:
 
 def test_chart_is_attached_when_the_guild_asks(harness: Harness) -> None:
     guild, channel = FakeGuild(), FakeChannel()
-    asyncio.run(harness.cog.set_channel.callback(harness.cog, harness.interaction(guild, channel, admin=True), True))
-    asyncio.run(harness.cog.set_style.callback(harness.cog, harness.interaction(guild, channel, admin=True), chart=True))
+    asyncio.run(invoke(harness.cog.set_channel, harness.interaction(guild, channel, admin=True), True))
+    asyncio.run(invoke(harness.cog.set_style, harness.interaction(guild, channel, admin=True), chart=True))
     message = harness.message(harness.attachment(NOTE), guild=guild, channel=channel)
     asyncio.run(harness.cog.on_message(message))
     attached: discord.File = message.replies[0]["file"]
@@ -382,7 +386,7 @@ def test_chart_is_attached_when_the_guild_asks(harness: Harness) -> None:
 
 def test_someone_elses_note_only_where_enabled_privately_and_never_against_their_wish(harness: Harness) -> None:
     guild, enabled, other_channel = FakeGuild(), FakeChannel(), FakeChannel()
-    asyncio.run(harness.cog.set_channel.callback(harness.cog, harness.interaction(guild, enabled, admin=True), True))
+    asyncio.run(invoke(harness.cog.set_channel, harness.interaction(guild, enabled, admin=True), True))
     alice, bob = FakeUser(), FakeUser()
 
     def menu(channel: FakeChannel, caller: FakeUser):
@@ -404,7 +408,7 @@ def test_someone_elses_note_only_where_enabled_privately_and_never_against_their
         assert db.execute("SELECT user_id, requested_by FROM analyses").fetchall() == [(alice.id, bob.id)]  # ...naming who asked
 
     optout = harness.interaction(user=alice)
-    asyncio.run(harness.cog.privacy.callback(harness.cog, optout, analysis_by_others=False))
+    asyncio.run(invoke(harness.cog.privacy, optout, analysis_by_others=False))
     assert "nobody else can analyse your voice notes" in optout.sent()[0]["content"]
     declined = menu(enabled, bob)
     assert "asked not to be analysed by others" in declined.sent()[0]["content"]
@@ -412,7 +416,7 @@ def test_someone_elses_note_only_where_enabled_privately_and_never_against_their
     assert_emotion_embed(own.sent()[0]["embed"])
 
     ask = harness.interaction(user=alice)
-    asyncio.run(harness.cog.forget.callback(harness.cog, ask))
+    asyncio.run(invoke(harness.cog.forget, ask))
     done = harness.interaction(user=alice)
     asyncio.run(ask.sent()[0]["view"].confirm.callback(done))
     assert done.sent()[0]["content"].startswith("Done: 2 analyses")  # the one Bob asked for too
@@ -423,8 +427,8 @@ def test_a_dollar_file_name_still_gets_its_answer_and_chart(harness: Harness) ->
     import matplotlib.pyplot as plt
 
     guild, channel = FakeGuild(), FakeChannel()
-    asyncio.run(harness.cog.set_channel.callback(harness.cog, harness.interaction(guild, channel, admin=True), True))
-    asyncio.run(harness.cog.set_style.callback(harness.cog, harness.interaction(guild, channel, admin=True), chart=True))
+    asyncio.run(invoke(harness.cog.set_channel, harness.interaction(guild, channel, admin=True), True))
+    asyncio.run(invoke(harness.cog.set_style, harness.interaction(guild, channel, admin=True), chart=True))
     notes = [harness.attachment(NOTE, filename=name) for name in ("price_$5_and_$6.ogg", "$\\frac{$.ogg", "plain.ogg")]
     message = harness.message(*notes, guild=guild, channel=channel)
     asyncio.run(harness.cog.on_message(message))
@@ -445,7 +449,7 @@ def test_a_failing_reporter_never_costs_the_answer(harness: Harness, monkeypatch
     assert len(message.replies) == 2
     assert all(any(label in r["content"] for label in (*LABELS, "unsure")) for r in message.replies)
     interaction = harness.interaction(FakeGuild())
-    asyncio.run(harness.cog.analyse_file.callback(harness.cog, interaction, harness.attachment(NOTE, voice=False)))
+    asyncio.run(invoke(harness.cog.analyse_file, interaction, harness.attachment(NOTE, voice=False)))
     assert [k for k, _ in interaction.log] == ["defer", "followup"]  # never stuck on "thinking"
 
 
@@ -489,7 +493,7 @@ def test_forget_reports_what_went_and_a_failure_deletes_nothing(harness: Harness
 
     monkeypatch.setattr(harness.bot.sessions, "delete_user_data", locked)
     ask = harness.interaction(user=user)
-    asyncio.run(harness.cog.forget.callback(harness.cog, ask))
+    asyncio.run(invoke(harness.cog.forget, ask))
     done = harness.interaction(user=user)
     asyncio.run(ask.sent()[0]["view"].confirm.callback(done))
     assert done.sent()[0]["content"].startswith("Nothing was deleted: the database is busy")

@@ -27,7 +27,7 @@ from bot.sessions import INTERRUPTED
 from bot.summary import Utterance
 from tests.conftest import SAMPLE_NOTE, say
 from tests.dave_harness import FakeVoiceClient, Speaker, VoiceServer
-from tests.discord_harness import FakeInteraction, Harness
+from tests.discord_harness import FakeInteraction, Harness, invoke
 from tests.voice_sim import Clock, Turn, frames, load_speech
 
 CHANNEL = 880_000_000_000_000_001
@@ -175,7 +175,7 @@ class World:
         """The cog, with a session Alice (opted in) started and spoke in."""
         cog = await self.start()
         self.opt_in(ALICE)
-        await cog.start.callback(cog, self.interaction(ALICE))
+        await invoke(cog.start, self.interaction(ALICE))
         await self.talk([Turn(str(ALICE), 0.2, speech[ALICE])])
         return cog
 
@@ -228,7 +228,7 @@ def test_a_study_session_from_start_to_summary(tmp_path: Path, pipeline: Pipelin
     async def scenario() -> None:
         cog = await world.start()
         alice_starts = world.interaction(ALICE)
-        await cog.start.callback(cog, alice_starts)
+        await invoke(cog.start, alice_starts)
         (notice,) = [kw for kind, kw in alice_starts.log if kind == "followup"]
         embed = notice["embed"]
         assert "listening" in embed.title and "<@1001>" in embed.description
@@ -239,7 +239,7 @@ def test_a_study_session_from_start_to_summary(tmp_path: Path, pipeline: Pipelin
         for user in (ALICE, BOB, DAVE):  # Carol never opts in; Dave opts in, then out
             await buttons["sera:listen:optin"].callback(world.interaction(user))
         dave_out = world.interaction(DAVE)
-        await cog.optout.callback(cog, dave_out)
+        await invoke(cog.optout, dave_out)
         assert "ignores your voice" in sent_texts(dave_out)
 
         turns = [Turn(str(ALICE), 0.3, speech[ALICE]), Turn(str(BOB), 2.0, speech[BOB]),
@@ -251,7 +251,7 @@ def test_a_study_session_from_start_to_summary(tmp_path: Path, pipeline: Pipelin
         assert world.harness.bot.sessions.utterances(1)
 
         stop = world.interaction(BOB)
-        await cog.stop.callback(cog, stop)
+        await invoke(cog.stop, stop)
         assert "Summary coming up" in sent_texts(stop)
         assert cog.active == {} and not cog.clients[-1].connected
 
@@ -264,26 +264,26 @@ def test_a_study_session_from_start_to_summary(tmp_path: Path, pipeline: Pipelin
         assert {r.speaker for r in rows} == {str(ALICE), str(BOB)}
 
         listed = world.interaction(ALICE)
-        await cog.list_sessions.callback(cog, listed)
+        await invoke(cog.list_sessions, listed)
         assert "`#1`" in sent_texts(listed) and "ended" in sent_texts(listed)
         shown = world.interaction(ALICE)
-        await cog.show.callback(cog, shown, 1)
+        await invoke(cog.show, shown, 1)
         assert shown.sent()[-1]["embed"].title.startswith("📋")
         exported = world.interaction(ALICE)
-        await cog.export.callback(cog, exported, 1)
+        await invoke(cog.export, exported, 1)
         names = [f.filename for f in exported.sent()[-1]["files"]]
         assert names == ["session-1.csv", "session-1.json"]
         for command in (cog.show, cog.export):  # Carol neither spoke nor started it
             carol = world.interaction(CAROL)
-            await command.callback(cog, carol, 1)
+            await invoke(command, carol, 1)
             assert "history is for those who spoke in it" in sent_texts(carol) and "files" not in carol.sent()[-1]
             admin = world.interaction(CAROL)
             admin.permissions = discord.Permissions(manage_guild=True)
-            await command.callback(cog, admin, 1)
+            await invoke(command, admin, 1)
             assert "history is for" not in sent_texts(admin)
         elsewhere = world.interaction(ALICE)
         elsewhere.guild_id = 999
-        await cog.show.callback(cog, elsewhere, 1)
+        await invoke(cog.show, elsewhere, 1)
         assert "No session #1 in this server" in sent_texts(elsewhere)
 
         forget = world.interaction(BOB)
@@ -304,23 +304,23 @@ def test_start_needs_the_caller_in_a_voice_channel_and_the_connect_permission(tm
         cog = await world.start()
         outside = world.interaction(ALICE)
         world.guild.by_id[ALICE].voice = None
-        await cog.start.callback(cog, outside)
+        await invoke(cog.start, outside)
         assert "Join a voice channel first" in sent_texts(outside)
         world.guild.by_id[ALICE].voice = VoiceState(world.voice)
         world.voice.connect = False
         refused = world.interaction(ALICE)
-        await cog.start.callback(cog, refused)
+        await invoke(cog.start, refused)
         assert "Connect" in sent_texts(refused) and cog.active == {}
         world.voice.connect = True
         cog.refuse = asyncio.TimeoutError("timed out")
         timed_out = world.interaction(ALICE)
-        await cog.start.callback(cog, timed_out)
+        await invoke(cog.start, timed_out)
         assert "couldn't join" in sent_texts(timed_out) and cog.active == {}
         assert "timed out" not in sent_texts(timed_out)  # the raw error goes to the log, not the channel
         cog.refuse = None
-        await cog.start.callback(cog, world.interaction(ALICE))
+        await invoke(cog.start, world.interaction(ALICE))
         again = world.interaction(BOB)
-        await cog.start.callback(cog, again)
+        await invoke(cog.start, again)
         assert "already listening" in sent_texts(again)
         await cog.close()
 
@@ -366,7 +366,7 @@ def test_a_failing_receive_thread_ends_the_session_as_interrupted(tmp_path: Path
 
     async def scenario() -> None:
         cog = await world.start()
-        await cog.start.callback(cog, world.interaction(ALICE))
+        await invoke(cog.start, world.interaction(ALICE))
         loop = asyncio.get_running_loop()
         # the library calls ``after(error)`` on its own thread when its router dies
         await asyncio.to_thread(cog._receive_stopped, loop, world.guild.id, RuntimeError("socket closed"))
@@ -383,7 +383,7 @@ def test_the_time_limit_ends_the_session(tmp_path: Path, pipeline: Pipeline) -> 
 
     async def scenario() -> None:
         cog = await world.start()
-        await cog.start.callback(cog, world.interaction(ALICE))
+        await invoke(cog.start, world.interaction(ALICE))
         world.clock.now += 1.0  # past the 0.6 s limit
         await eventually(lambda: world.text.sent, 10)  # the summary is posted once the session is closed
         assert cog.active == {}
@@ -423,7 +423,7 @@ def test_live_feedback_is_posted_then_edited_when_the_server_turned_it_on(tmp_pa
         cog = await world.start()
         world.turn_on_live_feedback()
         world.opt_in(ALICE, BOB)
-        await cog.start.callback(cog, world.interaction(ALICE))
+        await invoke(cog.start, world.interaction(ALICE))
         await world.talk([Turn(str(ALICE), 0.2, speech[ALICE]), Turn(str(BOB), 6.0, speech[BOB])])
         # Frames went in ~10x faster than real time, but a speaker's utterance closes once the session
         # clock is 0.6 s past their last packet: Bob's row (and the edit) come when real time catches up.
@@ -449,12 +449,12 @@ def test_forget_mid_session_removes_the_speaker_everywhere_in_one_go(tmp_path: P
         notes = await world.harness.start()
         world.turn_on_live_feedback()
         world.opt_in(ALICE, BOB)
-        await cog.start.callback(cog, world.interaction(BOB))
+        await invoke(cog.start, world.interaction(BOB))
         await world.talk([Turn(str(ALICE), 0.2, speech[ALICE]), Turn(str(BOB), 1.0, speech[BOB])])
         await eventually(lambda: {r.speaker for r in world.harness.bot.sessions.utterances(1)} == {str(ALICE), str(BOB)}, 15)
 
         ask = world.interaction(BOB)
-        await notes.forget.callback(notes, ask)
+        await invoke(notes.forget, ask)
         done = world.interaction(BOB)
         await ask.sent()[0]["view"].confirm.callback(done)
         assert "your name on 1 sessions you started" in sent_texts(done)
@@ -462,7 +462,7 @@ def test_forget_mid_session_removes_the_speaker_everywhere_in_one_go(tmp_path: P
         assert str(BOB) not in active.consenting and str(BOB) not in active.moods and str(BOB) not in active.live.tracks
 
         await world.talk([Turn(str(BOB), 0.0, speech[BOB])])  # he is still in the channel, talking
-        await cog.stop.callback(cog, world.interaction(ALICE))
+        await invoke(cog.stop, world.interaction(ALICE))
         sessions = world.harness.bot.sessions
         assert {r.speaker for r in sessions.utterances(1)} == {str(ALICE)}
         assert str(BOB) not in sessions.consenting(str(world.guild.id))
@@ -485,7 +485,7 @@ def test_a_summary_is_posted_even_when_finishing_the_session_fails(tmp_path: Pat
             raise RuntimeError("disk full")
 
         monkeypatch.setattr(world.harness.bot.sessions, "finish", broken)
-        await cog.stop.callback(cog, world.interaction(ALICE))
+        await invoke(cog.stop, world.interaction(ALICE))
         summary = world.text.sent[-1].kwargs["embed"]
         assert summary.title.startswith("📋 Session summary") and "<@1001>" in summary.fields[0].value
 
@@ -526,13 +526,13 @@ def test_sessions_across_servers_are_capped(tmp_path: Path, pipeline: Pipeline) 
 
     async def scenario() -> None:
         cog = await world.start()
-        await cog.start.callback(cog, world.interaction(ALICE))
+        await invoke(cog.start, world.interaction(ALICE))
         other = world.interaction(BOB)
         other.guild = Guild(VoiceChannel(id=CHANNEL + 1))
         other.guild.id = 556
         other.guild_id = 556
         other.user = other.guild.by_id[BOB]
-        await cog.start.callback(cog, other)
+        await invoke(cog.start, other)
         assert "as many voice channels as I can" in sent_texts(other)
         await cog.close()
 
@@ -547,11 +547,11 @@ def test_a_forged_rtp_timestamp_does_not_cut_everyone_else(tmp_path: Path, pipel
     async def scenario() -> None:
         cog = await world.start()
         world.opt_in(ALICE, BOB)
-        await cog.start.callback(cog, world.interaction(ALICE))
+        await invoke(cog.start, world.interaction(ALICE))
         long_turn = np.concatenate([speech[ALICE], speech[ALICE]])
         forged = lambda user, at: 123_456 + 48_000 * 3600 if user == BOB else None  # noqa: E731
         await world.talk([Turn(str(ALICE), 0.0, long_turn), Turn(str(BOB), 1.0, speech[BOB][:8_000])], stamp=forged)
-        await cog.stop.callback(cog, world.interaction(ALICE))
+        await invoke(cog.stop, world.interaction(ALICE))
         alice = [r for r in world.harness.bot.sessions.utterances(1) if r.speaker == str(ALICE)]
         assert alice and min(r.duration for r in alice) > 1.0  # whole utterances, not 0.1 s pieces at each tick
 
@@ -576,7 +576,7 @@ def test_a_slow_session_hook_does_not_stall_the_bot(tmp_path: Path, pipeline: Pi
             loop_ran.set()
 
         task = asyncio.create_task(meanwhile())
-        await cog.start.callback(cog, world.interaction(ALICE))
+        await invoke(cog.start, world.interaction(ALICE))
         await task
         await cog.close()
 
@@ -618,7 +618,7 @@ def test_a_large_export_is_compressed_or_refused_never_a_failed_upload(tmp_path:
         cog = world.cog if hasattr(world, "cog") else await world.start()
         world.guild.filesize_limit = limit
         asked = world.interaction(ALICE)
-        await cog.export.callback(cog, asked, info.id)
+        await invoke(cog.export, asked, info.id)
         return asked
 
     compressed = asyncio.run(export(100_000))
@@ -640,7 +640,7 @@ def test_an_opt_out_the_database_refused_is_not_reported_as_done(tmp_path: Path,
         cog = await world.start()
         monkeypatch.setattr(world.harness.bot.sessions, "set_consent", busy)
         out = world.interaction(BOB)
-        await cog.optout.callback(cog, out)
+        await invoke(cog.optout, out)
         assert sent_texts(out).startswith("Nothing was changed: the database is busy")
 
     asyncio.run(scenario())

@@ -75,6 +75,20 @@ class Outcome:
     error: str | None = None
 
 
+def server_admin(interaction: discord.Interaction) -> bool:
+    """The settings commands' check, run by discord.py before the command. Discord's default permissions
+    already hide them from members without Manage Server, but a server can grant them to any role, so
+    the bot checks too."""
+    if interaction.guild_id is None:
+        raise app_commands.NoPrivateMessage("Server settings can only be changed in a server.")
+    if not interaction.permissions.manage_guild:
+        raise app_commands.MissingPermissions(["manage_guild"])
+    return True
+
+
+PERMISSION_NAMES = {"manage_guild": "Manage Server"}  # as Discord's own settings name them
+
+
 class VoiceNotes(commands.Cog):
     emotion = app_commands.Group(name="emotion", description="Hear the emotion in a voice note")
     admin = app_commands.Group(
@@ -344,23 +358,12 @@ class VoiceNotes(commands.Cog):
 
     # -- admins: server settings ---------------------------------------------------------------------------
 
-    async def _admin_only(self, interaction: discord.Interaction) -> bool:
-        if interaction.guild_id is None:
-            await interaction.response.send_message("Server settings can only be changed in a server.", ephemeral=True)
-            return False
-        if not interaction.permissions.manage_guild:
-            log.info("user %s without Manage Server tried a settings command", interaction.user.id)
-            await interaction.response.send_message("You need the **Manage Server** permission for this.", ephemeral=True)
-            return False
-        return True
-
+    @app_commands.check(server_admin)
     @admin.command(name="channel", description="Analyse voice notes in a channel automatically, or stop")
     @app_commands.describe(enabled="Analyse voice notes posted here", channel="Default: this channel")
     async def set_channel(
         self, interaction: discord.Interaction, enabled: bool, channel: discord.TextChannel | None = None
     ) -> None:
-        if not await self._admin_only(interaction):
-            return
         channel_id = channel.id if channel else interaction.channel_id
 
         def edit(current: GuildSettings) -> GuildSettings:
@@ -371,6 +374,7 @@ class VoiceNotes(commands.Cog):
         state = "now analyses" if enabled else "no longer analyses"
         await interaction.response.send_message(f"sera {state} voice notes in <#{channel_id}>.", ephemeral=True)
 
+    @app_commands.check(server_admin)
     @admin.command(name="style", description="How sera answers in this server")
     @app_commands.describe(
         reply="Answer with an embed", reaction="React with the emotion's emoji",
@@ -386,17 +390,14 @@ class VoiceNotes(commands.Cog):
         ephemeral: bool | None = None,
         live_feedback: bool | None = None,
     ) -> None:
-        if not await self._admin_only(interaction):
-            return
         chosen = dict(reply=reply, reaction=reaction, chart=chart, ephemeral=ephemeral, live_feedback=live_feedback)
         changes = {k: v for k, v in chosen.items() if v is not None}
         settings = await asyncio.to_thread(self.store.update_settings, interaction.guild_id, lambda s: replace(s, **changes))
         await interaction.response.send_message(describe(settings), ephemeral=True)
 
+    @app_commands.check(server_admin)
     @admin.command(name="plugin", description="Turn an analyzer plugin on or off in this server")
     async def set_plugin(self, interaction: discord.Interaction, name: str, enabled: bool) -> None:
-        if not await self._admin_only(interaction):
-            return
         known = [a.name for a in self.pipeline.plugins.analyzers]
         if name not in known:
             await interaction.response.send_message(f"No analyzer called `{name}`. Known: {', '.join(known)}.", ephemeral=True)
@@ -414,10 +415,9 @@ class VoiceNotes(commands.Cog):
         names = [a.name for a in self.pipeline.plugins.analyzers]
         return [app_commands.Choice(name=n, value=n) for n in names if current.lower() in n.lower()][:25]
 
+    @app_commands.check(server_admin)
     @admin.command(name="settings", description="Show sera's settings for this server")
     async def show_settings(self, interaction: discord.Interaction) -> None:
-        if not await self._admin_only(interaction):
-            return
         settings = await asyncio.to_thread(self.store.settings, interaction.guild_id)
         stopped = "".join(f"\n**{i.name}:** {i.status}" for i in self.pipeline.plugins.failures())
         await interaction.response.send_message(describe(settings) + stopped, ephemeral=True)
@@ -426,11 +426,19 @@ class VoiceNotes(commands.Cog):
 async def answer_failure(interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
     """One ephemeral sentence for the user and one log line for the operator, for any cog's command."""
     cause = getattr(error, "original", error)
-    if isinstance(cause, SeraError):
-        log.warning("command %s failed: %s", interaction.command and interaction.command.qualified_name, cause)
+    command = interaction.command and interaction.command.qualified_name
+    if isinstance(cause, app_commands.MissingPermissions):
+        names = " and ".join(f"**{PERMISSION_NAMES.get(p, p.replace('_', ' ').title())}**" for p in cause.missing_permissions)
+        log.info("user %s without %s tried /%s", interaction.user.id, cause.missing_permissions, command)
+        text = f"You need the {names} permission for this."
+    elif isinstance(cause, app_commands.CheckFailure):
+        log.info("user %s cannot run /%s here: %s", interaction.user.id, command, cause)
+        text = str(cause)
+    elif isinstance(cause, SeraError):
+        log.warning("command %s failed: %s", command, cause)
         text = f"Nothing was changed: {cause}."
     else:
-        log.error("command %s failed", interaction.command and interaction.command.qualified_name, exc_info=cause)
+        log.error("command %s failed", command, exc_info=cause)
         text = "Something went wrong on my side; the operator has been told."
     try:
         if interaction.response.is_done():
