@@ -27,8 +27,10 @@ import discord
 from discord import app_commands
 
 from bot.config import Config, DiscordOptions
-from bot.adapters.discord.app import SeraBot
-from bot.adapters.discord.cog import VoiceNotes
+from bot.adapters.discord.app import EXTENSIONS, SeraBot
+from bot.adapters.discord.notes import VoiceNotes
+from bot.adapters.discord.privacy import Privacy
+from bot.adapters.discord.settings import ServerSettings
 from bot.adapters.discord.store import Store
 from bot.pipeline import Pipeline
 
@@ -193,10 +195,15 @@ class Harness:
         self.store = Store(self.db_path)
         self.bot = SeraBot(self.config, self.pipeline, self.store)
         self.cog: VoiceNotes
+        self.settings: ServerSettings
+        self.privacy: Privacy
 
     async def start(self) -> VoiceNotes:
-        self.cog = VoiceNotes(self.bot, self.pipeline, self.store, self.config.discord)
-        await self.bot.add_cog(self.cog)
+        """The bot's own cogs, loaded as the bot loads them (its extensions); a live-listening test adds
+        its own offline ``Listening``."""
+        for name in EXTENSIONS:
+            await self.bot.load_extension(name)
+        self.cog, self.settings, self.privacy = (self.bot.get_cog(name) for name in ("VoiceNotes", "ServerSettings", "Privacy"))
         return self.cog
 
     def attachment(

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from bot.audio import decode
-from bot.adapters.discord.cog import PRIVACY, ForgetView
+from bot.adapters.discord.privacy import PRIVACY, ForgetView
 from bot.pipeline import Pipeline
 from tests.conftest import SAMPLE_NOTE, encode, tone
 from tests.discord_harness import FakeChannel, FakeGuild, FakeUser, Harness, invoke
@@ -74,12 +74,12 @@ def test_guild_channels_need_enabling_by_an_admin(harness: Harness) -> None:
     assert before.replies == []
 
     refused = harness.interaction(guild, channel, admin=False)
-    asyncio.run(invoke(harness.cog.set_channel, refused, True))
+    asyncio.run(invoke(harness.settings.set_channel, refused, True))
     assert "Manage Server" in refused.sent()[0]["content"] and refused.sent()[0]["ephemeral"] is True
     assert harness.store.settings(guild.id).channels == frozenset()
 
     admin = harness.interaction(guild, channel, admin=True)
-    asyncio.run(invoke(harness.cog.set_channel, admin, True))
+    asyncio.run(invoke(harness.settings.set_channel, admin, True))
     assert f"<#{channel.id}>" in admin.sent()[0]["content"]
 
     after = harness.message(harness.attachment(NOTE), guild=guild, channel=channel)
@@ -92,9 +92,9 @@ def test_settings_survive_a_restart(tmp_path: Path, pipeline: Pipeline) -> None:
     first = Harness(tmp_path, pipeline=pipeline)
     asyncio.run(first.start())
     admin = first.interaction(guild, channel, admin=True)
-    asyncio.run(invoke(first.cog.set_channel, admin, True))
-    asyncio.run(invoke(first.cog.set_style, first.interaction(guild, channel, admin=True), reaction=False, ephemeral=True))
-    asyncio.run(invoke(first.cog.set_plugin, first.interaction(guild, channel, admin=True), "prosody", False))
+    asyncio.run(invoke(first.settings.set_channel, admin, True))
+    asyncio.run(invoke(first.settings.set_style, first.interaction(guild, channel, admin=True), reaction=False, ephemeral=True))
+    asyncio.run(invoke(first.settings.set_plugin, first.interaction(guild, channel, admin=True), "prosody", False))
     first.close()
 
     second = Harness(tmp_path, pipeline=pipeline)
@@ -111,8 +111,8 @@ def test_settings_survive_a_restart(tmp_path: Path, pipeline: Pipeline) -> None:
 
 def test_admin_commands_refuse_non_admins_and_dms(harness: Harness) -> None:
     guild = FakeGuild()
-    cog = harness.cog
-    from bot.adapters.discord.cog import server_admin
+    cog = harness.settings
+    from bot.adapters.discord.settings import server_admin
 
     assert all(server_admin in command.checks for command in cog.admin.commands)  # a new settings command too
     for command, args in [(cog.set_channel, {"enabled": True}), (cog.set_style, {"chart": True}),
@@ -280,12 +280,12 @@ def test_privacy_and_forget(harness: Harness) -> None:
     assert harness.store.analyses_of(user.id) == 2
 
     privacy = harness.interaction(user=user)
-    asyncio.run(invoke(harness.cog.privacy, privacy))
+    asyncio.run(invoke(harness.privacy.privacy, privacy))
     assert privacy.sent() == [{"content": PRIVACY, "ephemeral": True}]
     assert "No audio is stored" in PRIVACY
 
     ask = harness.interaction(user=user)
-    asyncio.run(invoke(harness.cog.forget, ask))
+    asyncio.run(invoke(harness.privacy.forget, ask))
     prompt = ask.sent()[0]
     assert "all 2 analyses" in prompt["content"] and prompt["ephemeral"] is True
     view: ForgetView = prompt["view"]
@@ -374,8 +374,8 @@ def test_doctor_checklist(tmp_path: Path) -> None:
 
 def test_chart_is_attached_when_the_guild_asks(harness: Harness) -> None:
     guild, channel = FakeGuild(), FakeChannel()
-    asyncio.run(invoke(harness.cog.set_channel, harness.interaction(guild, channel, admin=True), True))
-    asyncio.run(invoke(harness.cog.set_style, harness.interaction(guild, channel, admin=True), chart=True))
+    asyncio.run(invoke(harness.settings.set_channel, harness.interaction(guild, channel, admin=True), True))
+    asyncio.run(invoke(harness.settings.set_style, harness.interaction(guild, channel, admin=True), chart=True))
     message = harness.message(harness.attachment(NOTE), guild=guild, channel=channel)
     asyncio.run(harness.cog.on_message(message))
     attached: discord.File = message.replies[0]["file"]
@@ -386,7 +386,7 @@ def test_chart_is_attached_when_the_guild_asks(harness: Harness) -> None:
 
 def test_someone_elses_note_only_where_enabled_privately_and_never_against_their_wish(harness: Harness) -> None:
     guild, enabled, other_channel = FakeGuild(), FakeChannel(), FakeChannel()
-    asyncio.run(invoke(harness.cog.set_channel, harness.interaction(guild, enabled, admin=True), True))
+    asyncio.run(invoke(harness.settings.set_channel, harness.interaction(guild, enabled, admin=True), True))
     alice, bob = FakeUser(), FakeUser()
 
     def menu(channel: FakeChannel, caller: FakeUser):
@@ -408,7 +408,7 @@ def test_someone_elses_note_only_where_enabled_privately_and_never_against_their
         assert db.execute("SELECT user_id, requested_by FROM analyses").fetchall() == [(alice.id, bob.id)]  # ...naming who asked
 
     optout = harness.interaction(user=alice)
-    asyncio.run(invoke(harness.cog.privacy, optout, analysis_by_others=False))
+    asyncio.run(invoke(harness.privacy.privacy, optout, analysis_by_others=False))
     assert "nobody else can analyse your voice notes" in optout.sent()[0]["content"]
     declined = menu(enabled, bob)
     assert "asked not to be analysed by others" in declined.sent()[0]["content"]
@@ -416,7 +416,7 @@ def test_someone_elses_note_only_where_enabled_privately_and_never_against_their
     assert_emotion_embed(own.sent()[0]["embed"])
 
     ask = harness.interaction(user=alice)
-    asyncio.run(invoke(harness.cog.forget, ask))
+    asyncio.run(invoke(harness.privacy.forget, ask))
     done = harness.interaction(user=alice)
     asyncio.run(ask.sent()[0]["view"].confirm.callback(done))
     assert done.sent()[0]["content"].startswith("Done: 2 analyses")  # the one Bob asked for too
@@ -427,8 +427,8 @@ def test_a_dollar_file_name_still_gets_its_answer_and_chart(harness: Harness) ->
     import matplotlib.pyplot as plt
 
     guild, channel = FakeGuild(), FakeChannel()
-    asyncio.run(invoke(harness.cog.set_channel, harness.interaction(guild, channel, admin=True), True))
-    asyncio.run(invoke(harness.cog.set_style, harness.interaction(guild, channel, admin=True), chart=True))
+    asyncio.run(invoke(harness.settings.set_channel, harness.interaction(guild, channel, admin=True), True))
+    asyncio.run(invoke(harness.settings.set_style, harness.interaction(guild, channel, admin=True), chart=True))
     notes = [harness.attachment(NOTE, filename=name) for name in ("price_$5_and_$6.ogg", "$\\frac{$.ogg", "plain.ogg")]
     message = harness.message(*notes, guild=guild, channel=channel)
     asyncio.run(harness.cog.on_message(message))
@@ -493,7 +493,7 @@ def test_forget_reports_what_went_and_a_failure_deletes_nothing(harness: Harness
 
     monkeypatch.setattr(harness.bot.sessions, "delete_user_data", locked)
     ask = harness.interaction(user=user)
-    asyncio.run(invoke(harness.cog.forget, ask))
+    asyncio.run(invoke(harness.privacy.forget, ask))
     done = harness.interaction(user=user)
     asyncio.run(ask.sent()[0]["view"].confirm.callback(done))
     assert done.sent()[0]["content"].startswith("Nothing was deleted: the database is busy")

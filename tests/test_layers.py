@@ -50,8 +50,8 @@ def test_adapters_reach_plugins_only_through_the_registry(path: Path) -> None:
 def test_the_layer_check_catches_a_forbidden_import(tmp_path: Path) -> None:
     """The rule above reads real imports: a core module importing the Discord adapter lazily is caught."""
     sneaky = tmp_path / "sneaky.py"
-    sneaky.write_text("def later():\n    from bot.adapters.discord.cog import VoiceNotes\n    import torch.nn as nn\n")
-    assert sorted(m for m in imports(sneaky) if within(m, NOT_IN_THE_CORE)) == ["bot.adapters.discord.cog", "torch.nn"]
+    sneaky.write_text("def later():\n    from bot.adapters.discord.notes import VoiceNotes\n    import torch.nn as nn\n")
+    assert sorted(m for m in imports(sneaky) if within(m, NOT_IN_THE_CORE)) == ["bot.adapters.discord.notes", "torch.nn"]
 
 
 @pytest.mark.parametrize("argv", [["--version"], ["--help"], ["config"]])

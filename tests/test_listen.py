@@ -20,7 +20,7 @@ import pytest
 from discord.opus import Encoder
 
 from bot.config import Config, LiveOptions
-from bot.adapters.discord.cog import ForgetView
+from bot.adapters.discord.privacy import ForgetView
 from bot.adapters.discord.listen import Listening
 from bot.pipeline import Pipeline
 from bot.sessions import INTERRUPTED
@@ -222,6 +222,19 @@ def sent_texts(interaction: FakeInteraction) -> str:
     return " ".join(str(kw.get("content")) for kw in interaction.sent())
 
 
+def test_the_bot_loads_every_feature_as_an_extension(tmp_path: Path, pipeline: Pipeline) -> None:
+    """What ``setup_hook`` loads: one cog per feature, each from its extension's ``setup(bot)``; live
+    listening only where the operator enabled it."""
+    for live, expected in ((False, set()), (True, {"Listening"})):
+        harness = Harness(tmp_path / str(live), config=Config(live=LiveOptions(enabled=live)), pipeline=pipeline)
+        asyncio.run(harness.bot.load_cogs())
+        assert set(harness.bot.cogs) == {"VoiceNotes", "ServerSettings", "Privacy"} | expected
+        commands = {c.name for c in harness.bot.tree.get_commands()}
+        assert {"emotion", "sera", "privacy", "forget", "Analyse emotion"} <= commands
+        assert ("listen" in commands) is live
+        harness.close()
+
+
 def test_a_study_session_from_start_to_summary(tmp_path: Path, pipeline: Pipeline, speech) -> None:
     world = World(tmp_path, pipeline)
 
@@ -287,7 +300,8 @@ def test_a_study_session_from_start_to_summary(tmp_path: Path, pipeline: Pipelin
         assert "No session #1 in this server" in sent_texts(elsewhere)
 
         forget = world.interaction(BOB)
-        view = ForgetView(BOB, (await world.harness.start()).forget_user)
+        await world.harness.start()
+        view = ForgetView(BOB, world.harness.privacy.forget_user)
         await view.confirm.callback(forget)
         assert "voice-channel utterances deleted" in sent_texts(forget)
         assert {r.speaker for r in world.harness.bot.sessions.utterances(1)} == {str(ALICE)}
@@ -446,7 +460,7 @@ def test_forget_mid_session_removes_the_speaker_everywhere_in_one_go(tmp_path: P
 
     async def scenario() -> None:
         cog = await world.start()
-        notes = await world.harness.start()
+        await world.harness.start()
         world.turn_on_live_feedback()
         world.opt_in(ALICE, BOB)
         await invoke(cog.start, world.interaction(BOB))
@@ -454,7 +468,7 @@ def test_forget_mid_session_removes_the_speaker_everywhere_in_one_go(tmp_path: P
         await eventually(lambda: {r.speaker for r in world.harness.bot.sessions.utterances(1)} == {str(ALICE), str(BOB)}, 15)
 
         ask = world.interaction(BOB)
-        await invoke(notes.forget, ask)
+        await invoke(world.harness.privacy.forget, ask)
         done = world.interaction(BOB)
         await ask.sent()[0]["view"].confirm.callback(done)
         assert "your name on 1 sessions you started" in sent_texts(done)

@@ -12,7 +12,7 @@ import discord
 from discord.ext import commands
 
 from bot.config import Config
-from bot.adapters.discord.cog import VoiceNotes
+from bot.adapters.discord.notes import VoiceNotes
 from bot.adapters.discord.store import Store
 from bot.errors import SeraError
 from bot.pipeline import Pipeline
@@ -28,6 +28,10 @@ def intents(message_content: bool) -> discord.Intents:
     return chosen
 
 
+EXTENSIONS = ("bot.adapters.discord.notes", "bot.adapters.discord.settings", "bot.adapters.discord.privacy")
+LIVE_EXTENSION = "bot.adapters.discord.listen"
+
+
 class SeraBot(commands.Bot):
     def __init__(self, config: Config, pipeline: Pipeline, store: Store) -> None:
         super().__init__(command_prefix=commands.when_mentioned, intents=intents(config.discord.message_content), help_command=None)
@@ -38,12 +42,14 @@ class SeraBot(commands.Bot):
         self.closing = False
         self._summarised_interrupted = False
 
-    async def setup_hook(self) -> None:
-        await self.add_cog(VoiceNotes(self, self.pipeline, self.store, self.config.discord))
-        if self.config.live.enabled:
-            from bot.adapters.discord.listen import Listening  # experimental; only loaded where the operator enabled it
+    async def load_cogs(self) -> None:
+        """Each feature is an extension with its own ``setup(bot)``, as in discord.py's ``ext`` packages;
+        live listening (experimental) only where the operator enabled it."""
+        for name in EXTENSIONS + ((LIVE_EXTENSION,) if self.config.live.enabled else ()):
+            await self.load_extension(name)
 
-            await self.add_cog(Listening(self, self.pipeline, self.sessions, self.store, self.config.live))
+    async def setup_hook(self) -> None:
+        await self.load_cogs()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:

@@ -27,7 +27,7 @@ from discord import app_commands
 from discord.ext import commands, voice_recv
 
 from bot.config import LiveOptions
-from bot.adapters.discord.cog import answer_failure
+from bot.adapters.discord.failures import answer_failure
 from bot.adapters.discord.receive import SeraSink
 from bot.adapters.discord.store import Store
 from bot.errors import SeraError
@@ -477,3 +477,7 @@ class Listening(commands.Cog):
         """Bot shutdown: every running session ends (and is summarised) before Discord closes."""
         for guild_id in list(self.active):
             await self.end(guild_id, INTERRUPTED, "sera is shutting down")
+
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(Listening(bot, bot.pipeline, bot.sessions, bot.store, bot.config.live))

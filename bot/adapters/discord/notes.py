@@ -1,4 +1,4 @@
-"""Voice notes in, emotion feedback out: the cog that talks to Discord users.
+"""Voice notes in, emotion feedback out: the cog that hears notes and answers them.
 
 Every path (a voice note in an enabled channel or a DM, ``/emotion analyse``, the "Analyse emotion"
 message menu) goes through ``analyse``, which applies the limits before downloading anything, runs the
@@ -17,8 +17,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import PurePath
 
 import discord
@@ -26,6 +25,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.config import DiscordOptions
+from bot.adapters.discord.failures import answer_failure
 from bot.adapters.discord.limits import InFlight, RateLimiter, Slots
 from bot.adapters.discord.store import GuildSettings, Origin, Store
 from bot.errors import AudioError, SeraError
@@ -38,26 +38,6 @@ log = logging.getLogger(__name__)
 AUDIO_SUFFIXES = {".ogg", ".oga", ".opus", ".mp3", ".wav", ".m4a", ".aac", ".webm", ".flac", ".mp4"}
 MAX_NOTES_PER_MESSAGE = 3
 SHUTDOWN_GRACE_SECONDS = 20.0
-
-PRIVACY = (
-    "**What sera does with your audio**\n"
-    "• It analyses voice notes you send in DMs or in channels a server's admins enabled, and audio you ask it "
-    "to analyse with `/emotion analyse` or *Analyse emotion*.\n"
-    "• The audio is decoded in memory (never written to disk) and thrown away once analysed. "
-    "**No audio is stored.**\n"
-    "• Stored per analysis, until you delete it: whose voice it was and who asked, the server, channel and "
-    "message ids, the time, the note's length and the result (emotion probabilities and the other analyzers' "
-    "numbers).\n"
-    "• Others can analyse your voice notes only in channels a server's admins enabled, and only they see the "
-    "answer; `/privacy analysis_by_others:False` stops that everywhere.\n"
-    "• In voice channels (`/listen`), only members who opted in are analysed; everyone else's audio is "
-    "dropped unheard. Stored per utterance: who spoke, when, and the analysis; never the audio.\n"
-    "• Server settings (enabled channels, reply style) and your opt-in are stored per server.\n"
-    "• `/forget` deletes everything stored about you, at once and for good, in running sessions too (sessions "
-    "you started keep no trace of you); only your choice not to be analysed by others is kept.\n"
-    "• Emotion recognition from voice is uncertain; results are a hint, not a judgement about anyone."
-)
-
 
 def is_audio(attachment: discord.Attachment) -> bool:
     if attachment.is_voice_message():
@@ -75,28 +55,8 @@ class Outcome:
     error: str | None = None
 
 
-def server_admin(interaction: discord.Interaction) -> bool:
-    """The settings commands' check, run by discord.py before the command. Discord's default permissions
-    already hide them from members without Manage Server, but a server can grant them to any role, so
-    the bot checks too."""
-    if interaction.guild_id is None:
-        raise app_commands.NoPrivateMessage("Server settings can only be changed in a server.")
-    if not interaction.permissions.manage_guild:
-        raise app_commands.MissingPermissions(["manage_guild"])
-    return True
-
-
-PERMISSION_NAMES = {"manage_guild": "Manage Server"}  # as Discord's own settings name them
-
-
 class VoiceNotes(commands.Cog):
     emotion = app_commands.Group(name="emotion", description="Hear the emotion in a voice note")
-    admin = app_commands.Group(
-        name="sera",
-        description="Server settings for sera",
-        guild_only=True,
-        default_permissions=discord.Permissions(manage_guild=True),
-    )
 
     def __init__(self, bot: commands.Bot, pipeline: Pipeline, store: Store, options: DiscordOptions) -> None:
         self.bot = bot
@@ -313,197 +273,6 @@ class VoiceNotes(commands.Cog):
         except discord.HTTPException as error:
             log.warning("could not answer interaction %s: %s", interaction.id, error)
 
-    # -- everyone: privacy -------------------------------------------------------------------------------
 
-    @app_commands.command(name="privacy", description="What sera processes and stores, and for how long")
-    @app_commands.describe(analysis_by_others="Whether other members may analyse your voice notes (where admins enabled it)")
-    async def privacy(self, interaction: discord.Interaction, analysis_by_others: bool | None = None) -> None:
-        if analysis_by_others is None:
-            await interaction.response.send_message(PRIVACY, ephemeral=True)
-            return
-        try:
-            await asyncio.to_thread(self.store.set_analysis_by_others, interaction.user.id, analysis_by_others)
-        except SeraError as error:
-            await interaction.response.send_message(f"Nothing was changed: {error}.", ephemeral=True)
-            return
-        log.info("user %s %s analysis by others", interaction.user.id, "allowed" if analysis_by_others else "declined")
-        text = (
-            "Others may analyse your voice notes again, in channels where admins enabled it (only they see the answer)."
-            if analysis_by_others
-            else "Done: nobody else can analyse your voice notes with sera, in any server."
-        )
-        await interaction.response.send_message(text, ephemeral=True)
-
-    @app_commands.command(name="forget", description="Delete everything sera has stored about you")
-    async def forget(self, interaction: discord.Interaction) -> None:
-        count = await asyncio.to_thread(self.store.analyses_of, interaction.user.id)
-        view = ForgetView(interaction.user.id, self.forget_user)
-        await interaction.response.send_message(
-            f"This deletes all {count} analyses stored about you, your voice-channel utterances and your "
-            "opt-ins, and removes you from running sessions. There is no undo.",
-            view=view,
-            ephemeral=True,
-        )
-
-    async def forget_user(self, user_id: int) -> dict[str, int]:
-        """Everything about the user, gone: running sessions first (so nothing new is stored), then every
-        store in one transaction, then each plugin's own data. Returns what went, by kind."""
-        listening = self.bot.get_cog("Listening")
-        if listening is not None:
-            await listening.forget_speaker(str(user_id))
-        deleted = await asyncio.to_thread(self.store.db.forget_user, str(user_id))
-        deleted.update(await asyncio.to_thread(self.pipeline.plugins.forget_user, str(user_id)))
-        log.info("user %s deleted their data: %s", user_id, deleted)
-        return deleted
-
-    # -- admins: server settings ---------------------------------------------------------------------------
-
-    @app_commands.check(server_admin)
-    @admin.command(name="channel", description="Analyse voice notes in a channel automatically, or stop")
-    @app_commands.describe(enabled="Analyse voice notes posted here", channel="Default: this channel")
-    async def set_channel(
-        self, interaction: discord.Interaction, enabled: bool, channel: discord.TextChannel | None = None
-    ) -> None:
-        channel_id = channel.id if channel else interaction.channel_id
-
-        def edit(current: GuildSettings) -> GuildSettings:
-            channels = current.channels | {channel_id} if enabled else current.channels - {channel_id}
-            return replace(current, channels=frozenset(channels))
-
-        await asyncio.to_thread(self.store.update_settings, interaction.guild_id, edit)
-        state = "now analyses" if enabled else "no longer analyses"
-        await interaction.response.send_message(f"sera {state} voice notes in <#{channel_id}>.", ephemeral=True)
-
-    @app_commands.check(server_admin)
-    @admin.command(name="style", description="How sera answers in this server")
-    @app_commands.describe(
-        reply="Answer with an embed", reaction="React with the emotion's emoji",
-        chart="Attach a chart", ephemeral="Slash-command answers only visible to the caller",
-        live_feedback="While listening in voice (/listen), keep a live mood message up to date",
-    )  # fmt: skip
-    async def set_style(
-        self,
-        interaction: discord.Interaction,
-        reply: bool | None = None,
-        reaction: bool | None = None,
-        chart: bool | None = None,
-        ephemeral: bool | None = None,
-        live_feedback: bool | None = None,
-    ) -> None:
-        chosen = dict(reply=reply, reaction=reaction, chart=chart, ephemeral=ephemeral, live_feedback=live_feedback)
-        changes = {k: v for k, v in chosen.items() if v is not None}
-        settings = await asyncio.to_thread(self.store.update_settings, interaction.guild_id, lambda s: replace(s, **changes))
-        await interaction.response.send_message(describe(settings), ephemeral=True)
-
-    @app_commands.check(server_admin)
-    @admin.command(name="plugin", description="Turn an analyzer plugin on or off in this server")
-    async def set_plugin(self, interaction: discord.Interaction, name: str, enabled: bool) -> None:
-        known = [a.name for a in self.pipeline.plugins.analyzers]
-        if name not in known:
-            await interaction.response.send_message(f"No analyzer called `{name}`. Known: {', '.join(known)}.", ephemeral=True)
-            return
-
-        def edit(current: GuildSettings) -> GuildSettings:
-            disabled = current.disabled_plugins - {name} if enabled else current.disabled_plugins | {name}
-            return replace(current, disabled_plugins=frozenset(disabled))
-
-        settings = await asyncio.to_thread(self.store.update_settings, interaction.guild_id, edit)
-        await interaction.response.send_message(describe(settings), ephemeral=True)
-
-    @set_plugin.autocomplete("name")
-    async def _plugin_names(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        names = [a.name for a in self.pipeline.plugins.analyzers]
-        return [app_commands.Choice(name=n, value=n) for n in names if current.lower() in n.lower()][:25]
-
-    @app_commands.check(server_admin)
-    @admin.command(name="settings", description="Show sera's settings for this server")
-    async def show_settings(self, interaction: discord.Interaction) -> None:
-        settings = await asyncio.to_thread(self.store.settings, interaction.guild_id)
-        stopped = "".join(f"\n**{i.name}:** {i.status}" for i in self.pipeline.plugins.failures())
-        await interaction.response.send_message(describe(settings) + stopped, ephemeral=True)
-
-
-async def answer_failure(interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
-    """One ephemeral sentence for the user and one log line for the operator, for any cog's command."""
-    cause = getattr(error, "original", error)
-    command = interaction.command and interaction.command.qualified_name
-    if isinstance(cause, app_commands.MissingPermissions):
-        names = " and ".join(f"**{PERMISSION_NAMES.get(p, p.replace('_', ' ').title())}**" for p in cause.missing_permissions)
-        log.info("user %s without %s tried /%s", interaction.user.id, cause.missing_permissions, command)
-        text = f"You need the {names} permission for this."
-    elif isinstance(cause, app_commands.CheckFailure):
-        log.info("user %s cannot run /%s here: %s", interaction.user.id, command, cause)
-        text = str(cause)
-    elif isinstance(cause, SeraError):
-        log.warning("command %s failed: %s", command, cause)
-        text = f"Nothing was changed: {cause}."
-    else:
-        log.error("command %s failed", command, exc_info=cause)
-        text = "Something went wrong on my side; the operator has been told."
-    try:
-        if interaction.response.is_done():
-            await interaction.followup.send(text, ephemeral=True)
-        else:
-            await interaction.response.send_message(text, ephemeral=True)
-    except discord.HTTPException as failure:
-        log.warning("could not answer interaction %s: %s", interaction.id, failure)
-
-
-def describe(settings: GuildSettings) -> str:
-    channels = ", ".join(f"<#{c}>" for c in sorted(settings.channels)) or "none (use /sera channel)"
-    onoff = {True: "on", False: "off"}
-    return (
-        f"**Channels:** {channels}\n"
-        f"**Reply:** {onoff[settings.reply]} · **Reaction:** {onoff[settings.reaction]} · "
-        f"**Chart:** {onoff[settings.chart]} · **Ephemeral:** {onoff[settings.ephemeral]} · "
-        f"**Live feedback:** {onoff[settings.live_feedback]}\n"
-        f"**Plugins off:** {', '.join(sorted(settings.disabled_plugins)) or 'none'}"
-    )
-
-
-class ForgetView(discord.ui.View):
-    """Confirm or cancel ``/forget``; only the user who asked can press the buttons."""
-
-    def __init__(self, user_id: int, erase: Callable[[int], Awaitable[dict[str, int]]]) -> None:
-        super().__init__(timeout=120)
-        self.user_id = user_id
-        self.erase = erase
-
-    async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        return interaction.user.id == self.user_id
-
-    @discord.ui.button(label="Delete my data", style=discord.ButtonStyle.danger)
-    async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
-        self.stop()
-        try:
-            deleted = await self.erase(self.user_id)
-        except SeraError as error:
-            await interaction.response.edit_message(content=f"Nothing was deleted: {error}. Please try again.", view=None)
-            return
-        except Exception:
-            log.exception("forgetting user %s failed", self.user_id)
-            await interaction.response.edit_message(
-                content="Nothing was deleted: something went wrong on my side (the operator has been told). "
-                "Please try again later.",
-                view=None,
-            )
-            return
-        await interaction.response.edit_message(content=forgotten(deleted), view=None)
-
-    @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary)
-    async def cancel(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
-        self.stop()
-        await interaction.response.edit_message(content="Nothing was deleted.", view=None)
-
-
-def forgotten(deleted: dict[str, int]) -> str:
-    """What ``/forget`` removed, in words."""
-    parts = [
-        f"{deleted.get('analyses', 0)} analyses",
-        f"{deleted.get('utterances', 0)} voice-channel utterances",
-    ]
-    if deleted.get("sessions_started"):
-        parts.append(f"your name on {deleted['sessions_started']} sessions you started")
-    parts += [f"{count} items kept by the {name} plugin" for name, count in deleted.items()
-              if name not in {"analyses", "utterances", "sessions_started"}]  # fmt: skip
-    return "Done: " + ", ".join(parts[:-1]) + " and " + parts[-1] + " deleted."
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(VoiceNotes(bot, bot.pipeline, bot.store, bot.config.discord))
