@@ -21,6 +21,7 @@ from discord.opus import Encoder
 
 from bot.config import Config, LiveOptions
 from bot.adapters.discord.privacy import ForgetView
+from bot.adapters.discord.history import SessionHistory
 from bot.adapters.discord.listen import Listening
 from bot.pipeline import Pipeline
 from bot.sessions import INTERRUPTED
@@ -146,6 +147,7 @@ class World:
         self.speakers = {u: Speaker(u, 100 + i, members[u]) for i, u in enumerate(LINES)}
         self.clock = Clock()  # the sessions' clock: frames go in ten times faster than real time
         self.cog: OfflineListening
+        self.history: SessionHistory
 
     async def start(self) -> OfflineListening:
         bot = self.harness.bot
@@ -154,6 +156,8 @@ class World:
         self.cog.guild = self.guild
         self.cog.clock = self.clock
         await bot.add_cog(self.cog)
+        self.history = SessionHistory(bot.pipeline, bot.sessions)
+        await bot.add_cog(self.history)
         return self.cog
 
     def interaction(self, user: int) -> FakeInteraction:
@@ -225,13 +229,13 @@ def sent_texts(interaction: FakeInteraction) -> str:
 def test_the_bot_loads_every_feature_as_an_extension(tmp_path: Path, pipeline: Pipeline) -> None:
     """What ``setup_hook`` loads: one cog per feature, each from its extension's ``setup(bot)``; live
     listening only where the operator enabled it."""
-    for live, expected in ((False, set()), (True, {"Listening"})):
+    for live, expected in ((False, set()), (True, {"Listening", "SessionHistory"})):
         harness = Harness(tmp_path / str(live), config=Config(live=LiveOptions(enabled=live)), pipeline=pipeline)
         asyncio.run(harness.bot.load_cogs())
         assert set(harness.bot.cogs) == {"VoiceNotes", "ServerSettings", "Privacy"} | expected
         commands = {c.name for c in harness.bot.tree.get_commands()}
         assert {"emotion", "sera", "privacy", "forget", "Analyse emotion"} <= commands
-        assert ("listen" in commands) is live
+        assert ("listen" in commands) is live and ("sessions" in commands) is live
         harness.close()
 
 
@@ -277,16 +281,16 @@ def test_a_study_session_from_start_to_summary(tmp_path: Path, pipeline: Pipelin
         assert {r.speaker for r in rows} == {str(ALICE), str(BOB)}
 
         listed = world.interaction(ALICE)
-        await invoke(cog.list_sessions, listed)
+        await invoke(world.history.list_sessions, listed)
         assert "`#1`" in sent_texts(listed) and "ended" in sent_texts(listed)
         shown = world.interaction(ALICE)
-        await invoke(cog.show, shown, 1)
+        await invoke(world.history.show, shown, 1)
         assert shown.sent()[-1]["embed"].title.startswith("📋")
         exported = world.interaction(ALICE)
-        await invoke(cog.export, exported, 1)
+        await invoke(world.history.export, exported, 1)
         names = [f.filename for f in exported.sent()[-1]["files"]]
         assert names == ["session-1.csv", "session-1.json"]
-        for command in (cog.show, cog.export):  # Carol neither spoke nor started it
+        for command in (world.history.show, world.history.export):  # Carol neither spoke nor started it
             carol = world.interaction(CAROL)
             await invoke(command, carol, 1)
             assert "history is for those who spoke in it" in sent_texts(carol) and "files" not in carol.sent()[-1]
@@ -296,7 +300,7 @@ def test_a_study_session_from_start_to_summary(tmp_path: Path, pipeline: Pipelin
             assert "history is for" not in sent_texts(admin)
         elsewhere = world.interaction(ALICE)
         elsewhere.guild_id = 999
-        await invoke(cog.show, elsewhere, 1)
+        await invoke(world.history.show, elsewhere, 1)
         assert "No session #1 in this server" in sent_texts(elsewhere)
 
         forget = world.interaction(BOB)
@@ -629,10 +633,11 @@ def test_a_large_export_is_compressed_or_refused_never_a_failed_upload(tmp_path:
     sessions.finish(info.id, "ended")
 
     async def export(limit: int) -> FakeInteraction:
-        cog = world.cog if hasattr(world, "cog") else await world.start()
+        if not hasattr(world, "history"):
+            await world.start()
         world.guild.filesize_limit = limit
         asked = world.interaction(ALICE)
-        await invoke(cog.export, asked, info.id)
+        await invoke(world.history.export, asked, info.id)
         return asked
 
     compressed = asyncio.run(export(100_000))

@@ -13,11 +13,9 @@ Experimental until tried on a real server: the cog is only loaded when ``live.en
 from __future__ import annotations
 
 import asyncio
-import gzip
-import io
 import logging
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,13 +26,14 @@ from discord.ext import commands, voice_recv
 
 from bot.config import LiveOptions
 from bot.adapters.discord.failures import answer_failure
+from bot.adapters.discord.history import member_names, stored_summary, summary_message
 from bot.adapters.discord.receive import SeraSink
 from bot.adapters.discord.store import Store
 from bot.errors import SeraError
 from bot.live import LiveSession
 from bot.pipeline import Pipeline
 from bot.sessions import ENDED, INTERRUPTED, SessionStore, StoredSession
-from bot.summary import SessionSummary, Utterance, clock, summarize
+from bot.summary import SessionSummary, Utterance
 from bot.emotions import emoji
 
 log = logging.getLogger(__name__)
@@ -42,9 +41,6 @@ log = logging.getLogger(__name__)
 OPT_IN_ID = "sera:listen:optin"
 OPT_OUT_ID = "sera:listen:optout"
 CONNECT_TIMEOUT_SECONDS = 20.0
-SESSIONS_LISTED = 10
-BUILTIN_TEXT_REPORTERS = {"text", "json"}  # the embed already says what they would
-DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # what any server accepts; boosted servers take more
 
 
 def notice(starter: discord.abc.User, channel: discord.abc.GuildChannel, minutes: float) -> discord.Embed:
@@ -103,7 +99,6 @@ class Active:
 
 class Listening(commands.Cog):
     listen = app_commands.Group(name="listen", description="Listen to this server's voice channel", guild_only=True)
-    history = app_commands.Group(name="sessions", description="Past listening sessions in this server", guild_only=True)
 
     def __init__(self, bot: commands.Bot, pipeline: Pipeline, sessions: SessionStore, store: Store, options: LiveOptions) -> None:
         self.bot = bot
@@ -281,7 +276,7 @@ class Listening(commands.Cog):
             log.exception("leaving the voice channel in guild %s failed", guild_id)
         finally:
             self.active.pop(guild_id, None)
-        names = self._names(active.guild, active.live.tracks)
+        names = member_names(active.guild, active.live.tracks)
         try:
             summary = await asyncio.to_thread(active.live.finish, status, names)
         except Exception:
@@ -290,7 +285,7 @@ class Listening(commands.Cog):
             log.exception("finishing session %d failed", active.live.info.id)
             known = StoredSession(active.live.info, status, active.live.elapsed(), active.live.shed, None)
             try:
-                summary = await asyncio.to_thread(self.stored_summary, known, active.guild)
+                summary = await asyncio.to_thread(stored_summary, self.sessions, known, active.guild)
             except SeraError:
                 await self._post(active.channel, {"content": f"Session #{active.live.info.id} ended, but its summary "
                                                   "could not be built now; it will be posted when I'm back."})  # fmt: skip
@@ -299,31 +294,9 @@ class Listening(commands.Cog):
                  len(summary.timeline), summary.shed)  # fmt: skip
         await self.post_summary(active.channel, summary, reason)
 
-    def _names(self, guild: discord.Guild, speakers: Iterable[str]) -> dict[str, str]:
-        names = {}
-        for speaker in speakers:
-            member = guild.get_member(int(speaker))
-            names[speaker] = member.display_name if member else speaker
-        return names
-
-    async def summary_message(self, summary: SessionSummary, reason: str | None) -> dict[str, Any]:
-        """``send`` keyword arguments for a summary: the embed, other reporters' words, the chart."""
-        rendered = await asyncio.to_thread(self.pipeline.plugins.render_session, summary)
-        embed = rendered.get("embed") or {"title": f"Session {summary.session.id}"}
-        if reason:
-            embed["description"] = f"Ended: {reason}."
-        for name, text in rendered.items():  # other reporters (third-party ones too) that answer in words
-            if isinstance(text, str) and name not in BUILTIN_TEXT_REPORTERS:
-                embed.setdefault("fields", []).append({"name": name, "value": text[:1024], "inline": False})
-        kwargs: dict[str, Any] = {"embed": discord.Embed.from_dict(embed)}
-        png = rendered.get("chart")
-        if isinstance(png, bytes):
-            kwargs["file"] = discord.File(io.BytesIO(png), filename=f"session-{summary.session.id}.png")
-        return kwargs
-
     async def post_summary(self, channel: discord.abc.Messageable, summary: SessionSummary, reason: str | None) -> bool:
         """Post a session's summary; False when Discord refused it (it is logged)."""
-        return await self._post(channel, await self.summary_message(summary, reason), summary.session.id)
+        return await self._post(channel, await summary_message(self.pipeline, summary, reason), summary.session.id)
 
     async def _post(self, channel: discord.abc.Messageable, kwargs: dict[str, Any], session_id: int | None = None) -> bool:
         try:
@@ -345,20 +318,10 @@ class Listening(commands.Cog):
             if channel is None:
                 log.warning("session %d was cut short, and its channel is gone: no summary posted", session_id)
             else:
-                summary = await asyncio.to_thread(self.stored_summary, known, None, True)
+                summary = await asyncio.to_thread(stored_summary, self.sessions, known, self.bot.get_guild(int(known.info.space)), True)
                 if not await self.post_summary(channel, summary, "sera restarted during this session"):
                     continue
             await asyncio.to_thread(self.sessions.mark_interrupted, session_id)
-
-    def stored_summary(self, known: StoredSession, guild: discord.Guild | None = None, cut_short: bool = False) -> SessionSummary:
-        """A session's summary from its stored rows. ``cut_short``: a session a crash left open, summarised
-        as ``mark_interrupted`` will close it (interrupted, ended at its last utterance)."""
-        rows = self.sessions.utterances(known.info.id)
-        if cut_short:
-            known = known._replace(status=INTERRUPTED, duration=max((r.end for r in rows), default=0.0))
-        guild = guild or self.bot.get_guild(int(known.info.space))
-        names = self._names(guild, {r.speaker for r in rows}) if guild else {}
-        return summarize(known.info, known.status, known.duration, rows, names, known.shed)
 
     # -- consent -------------------------------------------------------------------------------------------
 
@@ -394,77 +357,6 @@ class Listening(commands.Cog):
     async def optout(self, interaction: discord.Interaction) -> None:
         await self.set_consent(interaction, False)
 
-    # -- history -------------------------------------------------------------------------------------------
-
-    @history.command(name="list", description="The latest listening sessions in this server")
-    async def list_sessions(self, interaction: discord.Interaction) -> None:
-        found = await asyncio.to_thread(self.sessions.latest, str(interaction.guild_id), SESSIONS_LISTED)
-        if not found:
-            await interaction.response.send_message("No sessions yet. Start one with `/listen start`.", ephemeral=True)
-            return
-        lines = [
-            f"`#{s.info.id}` <t:{int(s.info.started_at)}:f> in <#{s.info.room}> · {clock(s.duration)} · {s.status}"
-            for s in found
-        ]
-        await interaction.response.send_message("\n".join(lines), ephemeral=True)
-
-    async def _visible_session(self, interaction: discord.Interaction, session_id: int) -> StoredSession | None:
-        """The session, if it belongs to this server and the caller may see its per-utterance history: they
-        spoke in it, started it, or have Manage Server. Otherwise the user is told why not, and None."""
-        known = await asyncio.to_thread(self.sessions.info, session_id)
-        if known is None or known.info.space != str(interaction.guild_id):
-            await interaction.response.send_message(f"No session #{session_id} in this server.", ephemeral=True)
-            return None
-        caller = str(interaction.user.id)
-        admin = interaction.permissions.manage_guild
-        if not admin and caller != known.info.started_by and caller not in await asyncio.to_thread(self.sessions.speakers, session_id):
-            log.info("user %s was refused the history of session %d", caller, session_id)
-            await interaction.response.send_message(
-                f"Session #{session_id}'s history is for those who spoke in it, who started it, and members with "
-                "Manage Server.", ephemeral=True,
-            )  # fmt: skip
-            return None
-        return known
-
-    @history.command(name="show", description="The summary of a past session")
-    async def show(self, interaction: discord.Interaction, session_id: int) -> None:
-        known = await self._visible_session(interaction, session_id)
-        if known is None:
-            return
-        await interaction.response.defer(thinking=True, ephemeral=True)
-        summary = await asyncio.to_thread(self.stored_summary, known, interaction.guild)
-        await interaction.followup.send(**await self.summary_message(summary, None), ephemeral=True)
-
-    @history.command(name="export", description="A past session's utterances as CSV and JSON")
-    async def export(self, interaction: discord.Interaction, session_id: int) -> None:
-        if await self._visible_session(interaction, session_id) is None:
-            return
-        csv_text = await asyncio.to_thread(self.sessions.export_csv, session_id)
-        json_text = await asyncio.to_thread(self.sessions.export_json, session_id)
-        files = {f"session-{session_id}.csv": csv_text.encode(), f"session-{session_id}.json": json_text.encode()}
-        limit = getattr(interaction.guild, "filesize_limit", DEFAULT_UPLOAD_LIMIT)
-        note = "one row per utterance"
-        if sum(map(len, files.values())) > limit:  # too big to attach as they are: gzip shrinks them ~10x
-            files = {f"{name}.gz": await asyncio.to_thread(gzip.compress, data) for name, data in files.items()}
-            note += ", gzipped to fit Discord's upload limit"
-        if sum(map(len, files.values())) > limit:
-            log.warning("session %d export is %d bytes gzipped, over the %d-byte limit", session_id,
-                        sum(map(len, files.values())), limit)  # fmt: skip
-            await interaction.response.send_message(
-                f"Session #{session_id} is too long to export through Discord ({sum(map(len, files.values())) / 1e6:.1f} MB "
-                f"even compressed; the limit here is {limit / 1e6:.0f} MB). The operator can export it from the database.",
-                ephemeral=True,
-            )  # fmt: skip
-            return
-        attachments = [discord.File(io.BytesIO(data), filename=name) for name, data in files.items()]
-        try:
-            await interaction.response.send_message(f"Session #{session_id}: {note}.", files=attachments, ephemeral=True)
-        except discord.HTTPException as error:
-            log.warning("could not send the export of session %d: %s", session_id, error)
-            await interaction.response.send_message(
-                f"I couldn't attach session #{session_id}'s export ({error.text or error.status}).", ephemeral=True
-            )
-
     async def forget_speaker(self, speaker: str) -> None:
         """``/forget`` while sessions run: the speaker is no longer heard, their queued audio and live mood
         go, and nothing more of theirs is stored (the stores then delete what was)."""
@@ -481,3 +373,4 @@ class Listening(commands.Cog):
 
 async def setup(bot: commands.Bot) -> None:
     await bot.add_cog(Listening(bot, bot.pipeline, bot.sessions, bot.store, bot.config.live))
+    await bot.load_extension("bot.adapters.discord.history")
