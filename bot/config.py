@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import platformdirs
 import yaml
 
 from bot.audio import Limits
@@ -63,7 +64,7 @@ class DiscordOptions:
     """The Discord adapter's settings; the token itself only ever comes from the environment."""
 
     token_env: str = "DISCORD_TOKEN"
-    database: str = "sera.db"
+    database: str = ""  # empty: sera.db in the user's data folder (database_path)
     queue_size: int = bounded(16, min=1)  # analyses waiting or running at once; more are told to retry
     user_rate_per_minute: int = bounded(6, min=1)
     user_in_flight: int = bounded(2, min=1)  # one user's notes queued or running at once; more are told to wait
@@ -99,6 +100,14 @@ class Config:
     discord: DiscordOptions = field(default_factory=DiscordOptions)
     live: LiveOptions = field(default_factory=LiveOptions)
     source: str = "built-in defaults"  # where it was read from, for messages
+
+    def database_path(self) -> Path:
+        """``discord.database`` (relative to the config file), else ``sera.db`` in the user's data folder
+        (``~/.local/share/sera`` on Linux, ``$XDG_DATA_HOME/sera`` where set): never the directory the
+        command happened to be started in."""
+        if self.discord.database:
+            return self.path(self.discord.database)
+        return platformdirs.user_data_path("sera") / "sera.db"
 
     def path(self, value: str | Path) -> Path:
         """A path from the config, relative to the config file's folder."""

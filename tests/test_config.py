@@ -102,3 +102,10 @@ def test_sera_config_prints_the_effective_config(tmp_path: Path) -> None:
     bad = write(tmp_path, "workers: 0\n")
     done = subprocess.run([sys.executable, "-m", "bot", "-c", str(bad), "config"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.strip() == f"sera: {bad}: 'workers' must be between 1 and 64, not 0"
+
+
+def test_the_database_lives_in_the_user_data_folder_unless_the_config_says(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert Config().database_path() == tmp_path / "data" / "sera" / "sera.db"  # not ./sera.db
+    config = load(write(tmp_path, "discord:\n  database: db/bot.db\n"))
+    assert config.database_path() == tmp_path / "db" / "bot.db"  # relative to the config file

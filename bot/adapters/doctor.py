@@ -73,7 +73,7 @@ def _token(config: Config) -> Check:
 def _database(config: Config) -> Check:
     from bot.adapters.discord.store import Store
 
-    path = config.path(config.discord.database)
+    path = config.database_path()
     try:
         store = Store(path)
         store.close()

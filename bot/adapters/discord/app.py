@@ -99,7 +99,7 @@ def token(config: Config) -> str:
 
 def run(config: Config) -> int:
     secret = token(config)
-    store = Store(config.path(config.discord.database))
+    store = Store(config.database_path())
     bot = SeraBot(config, Pipeline(config), store)
     try:
         bot.run(secret, log_handler=None)
