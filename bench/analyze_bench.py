@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bot.audio import SAMPLE_RATE, decode
-from bot.config import Config
-from bot.model import model_input
-from bot.pipeline import Pipeline
-from bot.plugin import Segment
+from sera.audio import SAMPLE_RATE, decode
+from sera.config import Config
+from sera.model import model_input
+from sera.pipeline import Pipeline
+from sera.plugin import Segment
 
 TEXT = (
     "I really did not expect the exam to be this hard. We studied for weeks, and still the last "

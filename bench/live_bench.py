@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bot.config import Config, LiveOptions
-from bot.live import LiveSession
-from bot.pipeline import Pipeline
-from bot.sessions import SessionStore
+from sera.config import Config, LiveOptions
+from sera.live import LiveSession
+from sera.pipeline import Pipeline
+from sera.sessions import SessionStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the frame simulator is shared with the tests
 from tests.voice_sim import Clock, FRAME_SECONDS, load_speech, stereo_frames  # noqa: E402

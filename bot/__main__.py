@@ -1,5 +1,5 @@
-"""``python -m bot`` is the same as the ``sera`` command."""
+"""``python -m sera`` is the same as the ``sera`` command."""
 
-from bot.adapters.cli import main
+from sera.adapters.cli import main
 
 raise SystemExit(main())

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from pydub import AudioSegment
 
-from bot.errors import AudioError
+from sera.errors import AudioError
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Bounds on numeric settings, declared beside the field they bound.
 
 ``bounded`` marks a dataclass field of the config (or of a plugin's ``Options``) with the values it
-may take; ``bot.config.build`` checks them when the file is read, so ``workers: 0`` or a speech
+may take; ``sera.config.build`` checks them when the file is read, so ``workers: 0`` or a speech
 threshold of 7 is refused with the file and key named, instead of failing later inside the bot.
 """
 

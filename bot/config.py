@@ -9,6 +9,7 @@ their own ``Options``.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import os
 import types
 import typing
@@ -19,14 +20,13 @@ from typing import Any, TypeVar
 import platformdirs
 import yaml
 
-from bot.audio import Limits
-from bot.bounds import BOUNDS, bounded
-from bot.errors import ConfigError
+from sera.audio import Limits
+from sera.bounds import BOUNDS, bounded
+from sera.errors import ConfigError
 
 T = TypeVar("T")
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-DEFAULT_MODELS_DIR = PROJECT_DIR / "models"
+DEFAULT_MODELS_DIR = Path(str(importlib.resources.files("sera.models")))  # models/ in a checkout, sera/models in a wheel
 CONFIG_ENV = "SERA_CONFIG"
 
 

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.emotions import EMOTIONS
-from bot.errors import SeraError
+from sera.emotions import EMOTIONS
+from sera.errors import SeraError
 
 RAVDESS_EMOTIONS = {f"{code:02d}": label for code, label in enumerate(EMOTIONS, 1)}  # file name code -> label
 AUDIO_SUFFIXES = {".flac", ".wav", ".ogg", ".opus", ".mp3", ".m4a", ".webm"}

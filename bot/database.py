@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
-from bot.errors import SeraError
+from sera.errors import SeraError
 
 log = logging.getLogger(__name__)
 

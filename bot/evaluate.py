@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from bot.audio import encode_opus
-from bot.corpora import load_corpus
-from bot.errors import SeraError
-from bot.metrics import Scores, score
-from bot.model import EMOTION_PLUGIN
-from bot.pipeline import Pipeline
-from bot.plugin import EmotionResult
+from sera.audio import encode_opus
+from sera.corpora import load_corpus
+from sera.errors import SeraError
+from sera.metrics import Scores, score
+from sera.model import EMOTION_PLUGIN
+from sera.pipeline import Pipeline
+from sera.plugin import EmotionResult
 
 
 

@@ -1,7 +1,7 @@
 """The one feature function: speech samples -> fixed-length analysis windows -> log-Mel spectrograms.
 
 Training imports these functions and writes the ``FeatureParams`` it used into the ONNX file; serving
-reads them back from there (``bot.model``). Nothing else computes features, so the two cannot drift.
+reads them back from there (``sera.model``). Nothing else computes features, so the two cannot drift.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields
 import librosa
 import numpy as np
 
-from bot.audio import SAMPLE_RATE
+from sera.audio import SAMPLE_RATE
 
 METADATA_KEY = "sera.features"
 

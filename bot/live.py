@@ -30,13 +30,13 @@ from concurrent.futures import Executor
 import numpy as np
 import soxr
 
-from bot.audio import PCM16_SCALE, SAMPLE_RATE
-from bot.config import LiveOptions
-from bot.pipeline import Pipeline
-from bot.plugin import EmotionResult, Segment
-from bot.sessions import ENDED, SessionStore
-from bot.speech import SpeechStream
-from bot.summary import SessionInfo, SessionSummary, Utterance, summarize
+from sera.audio import PCM16_SCALE, SAMPLE_RATE
+from sera.config import LiveOptions
+from sera.pipeline import Pipeline
+from sera.plugin import EmotionResult, Segment
+from sera.sessions import ENDED, SessionStore
+from sera.speech import SpeechStream
+from sera.summary import SessionInfo, SessionSummary, Utterance, summarize
 
 log = logging.getLogger(__name__)
 

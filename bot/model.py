@@ -1,7 +1,7 @@
 """The emotion model file: an ONNX graph from log-Mel windows to class logits, plus its metadata.
 
 The metadata carries what serving needs to reproduce training exactly: the feature parameters
-(``bot.features.FeatureParams``), the label names in output order and the calibration temperature.
+(``sera.features.FeatureParams``), the label names in output order and the calibration temperature.
 A file without them is refused with a clear message rather than run with guessed numbers.
 """
 
@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from bot.errors import ModelError
-from bot.features import METADATA_KEY, FeatureParams, log_mel, windows
-from bot.audio import normalize_loudness
-from bot.speech import session_options
+from sera.errors import ModelError
+from sera.features import METADATA_KEY, FeatureParams, log_mel, windows
+from sera.audio import normalize_loudness
+from sera.speech import session_options
 
 MODEL_FILE = "sera-emotion.onnx"  # the shipped emotion model, in the models folder
 EMOTION_PLUGIN = "emotion_cnn"  # the built-in analyzer that serves it

@@ -4,7 +4,7 @@ It knows nothing of Discord. The CLI calls ``analyze``; the bot awaits ``analyze
 the same work on a small thread pool so that the asyncio loop (and Discord's heartbeat) never waits on
 ffmpeg, librosa or onnxruntime, all of which release the GIL for their heavy parts.
 
-Each analyzer runs isolated, through its guard (``bot.registry.Guard``): one that raises, overruns
+Each analyzer runs isolated, through its guard (``sera.registry.Guard``): one that raises, overruns
 ``plugin_timeout_seconds`` or returns something that is not a list of ``Result`` objects is logged under
 its name and reported to the user as a short notice, and the other analyzers' results are kept.
 """
@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bot.audio import SAMPLE_RATE, decode
-from bot.config import Config
-from bot.plugin import Analyzer, PluginOutput, Report, Result, Segment
-from bot.registry import PluginFailure, PluginSet
-from bot.speech import SpeechDetector
+from sera.audio import SAMPLE_RATE, decode
+from sera.config import Config
+from sera.plugin import Analyzer, PluginOutput, Report, Result, Segment
+from sera.registry import PluginFailure, PluginSet
+from sera.speech import SpeechDetector
 
 log = logging.getLogger(__name__)
 

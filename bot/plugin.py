@@ -28,9 +28,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from bot.bounds import bounded
-from bot.emotions import EMOTIONS, UNSURE, color, emoji
-from bot.summary import SessionInfo, SessionSummary, Utterance
+from sera.bounds import bounded
+from sera.emotions import EMOTIONS, UNSURE, color, emoji
+from sera.summary import SessionInfo, SessionSummary, Utterance
 
 __all__ = [
     "EMOTIONS",

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, TypeVar
 
-from bot import DISTRIBUTION
-from bot.config import Config, build
-from bot.errors import SeraError
-from bot.plugin import Analyzer, Plugin, PluginContext, Report, Reporter, SessionSummary
+from sera import DISTRIBUTION
+from sera.config import Config, build
+from sera.errors import SeraError
+from sera.plugin import Analyzer, Plugin, PluginContext, Report, Reporter, SessionSummary
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
-from bot.database import Database
-from bot.errors import SeraError
-from bot.summary import SessionInfo, Utterance
+from sera.database import Database
+from sera.errors import SeraError
+from sera.summary import SessionInfo, Utterance
 
 LIVE, ENDED, INTERRUPTED = "live", "ended", "interrupted"
 FORGOTTEN = "forgotten"  # stands in for the id of a user who asked to be forgotten

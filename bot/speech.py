@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from bot.config import SpeechOptions
+from sera.config import SpeechOptions
 
 VAD_SAMPLE_RATE = 16_000
 CHUNK = 512  # samples per VAD step at 16 kHz (32 ms), fixed by the model

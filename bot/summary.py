@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.emotions import NEGATIVE
+from sera.emotions import NEGATIVE
 
 SHARP_CHANGE_GAP_SECONDS = 20.0  # two utterances further apart than this are not one "change of mood"
 SHARP_CHANGE_MIN_CONFIDENCE = 0.5

@@ -1,1 +1,1 @@
-"""sera's built-in plugins. They use only ``bot.plugin``'s public API, exactly as third-party plugins do."""
+"""sera's built-in plugins. They use only ``sera.plugin``'s public API, exactly as third-party plugins do."""

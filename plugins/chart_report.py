@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import io
 
-from bot.errors import SeraError
-from bot.plugin import Report, Reporter, SessionSummary, color
+from sera.errors import SeraError
+from sera.plugin import Report, Reporter, SessionSummary, color
 
 UNSURE_GREY = "#d0d0d0"
 

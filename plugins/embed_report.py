@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.plugin import EmotionResult, Report, Reporter, SessionSummary, color, emoji
-from bot.summary import clock
+from sera.plugin import EmotionResult, Report, Reporter, SessionSummary, color, emoji
+from sera.summary import clock
 
 BAR_WIDTH = 12
 MAX_TIMELINE_ROWS = 12  # Discord caps a field at 1024 characters

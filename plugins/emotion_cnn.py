@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bot.errors import ModelError
-from bot.model import MODEL_FILE, EmotionModel, model_input
-from bot.plugin import Analyzer, EmotionResult, Result, Segment, bounded
+from sera.errors import ModelError
+from sera.model import MODEL_FILE, EmotionModel, model_input
+from sera.plugin import Analyzer, EmotionResult, Result, Segment, bounded
 
 BATCH_WINDOWS = 32  # bounds the memory of one onnxruntime call on a long file
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from bot.plugin import Report, Reporter, SessionSummary
+from sera.plugin import Report, Reporter, SessionSummary
 
 
 class JsonReporter(Reporter):

@@ -14,7 +14,7 @@ from typing import ClassVar
 import librosa
 import numpy as np
 
-from bot.plugin import Analyzer, NoOptions, Result, Segment
+from sera.plugin import Analyzer, NoOptions, Result, Segment
 
 FMIN_HZ = 65.0  # below a low male voice
 FMAX_HZ = 500.0  # above a high child's voice

@@ -7,8 +7,8 @@ appear without any change here.
 
 from __future__ import annotations
 
-from bot.plugin import EmotionResult, Report, Reporter, SessionSummary
-from bot.summary import clock
+from sera.plugin import EmotionResult, Report, Reporter, SessionSummary
+from sera.summary import clock
 
 BAR_WIDTH = 20
 

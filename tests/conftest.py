@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bot.config import Config
-from bot.pipeline import Pipeline
+from sera.config import Config
+from sera.pipeline import Pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_NOTE = ROOT / "examples" / "voice-note.ogg"

@@ -26,13 +26,13 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from bot.config import Config, DiscordOptions
-from bot.adapters.discord.app import EXTENSIONS, SeraBot
-from bot.adapters.discord.notes import VoiceNotes
-from bot.adapters.discord.privacy import Privacy
-from bot.adapters.discord.settings import ServerSettings
-from bot.adapters.discord.store import Store
-from bot.pipeline import Pipeline
+from sera.config import Config, DiscordOptions
+from sera.adapters.discord.app import EXTENSIONS, SeraBot
+from sera.adapters.discord.notes import VoiceNotes
+from sera.adapters.discord.privacy import Privacy
+from sera.adapters.discord.settings import ServerSettings
+from sera.adapters.discord.store import Store
+from sera.pipeline import Pipeline
 
 _ids = itertools.count(1_000_000_000_000_000)
 

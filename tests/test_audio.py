@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bot.audio import SAMPLE_RATE, Limits, decode, normalize_loudness, rms_dbfs
-from bot.errors import AudioError
+from sera.audio import SAMPLE_RATE, Limits, decode, normalize_loudness, rms_dbfs
+from sera.errors import AudioError
 from tests.conftest import SAMPLE_NOTE, encode, tone
 
 FORMATS = {

@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bot.adapters.cli import main
+from sera.adapters.cli import main
 from tests.conftest import SAMPLE_NOTE, encode, noise, tone
 
 LABELS = {"neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"}
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bot", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "sera", *args], capture_output=True, text=True, timeout=120)
 
 
 def test_analyze_sample_note_prints_a_table() -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import Config, build, load
-from bot.errors import ConfigError
+from sera.config import Config, build, load
+from sera.errors import ConfigError
 from tests.conftest import ROOT
 
 
@@ -80,7 +80,7 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
 
 
 def test_a_plugin_option_out_of_range_names_its_key() -> None:
-    from plugins.emotion_cnn import Options
+    from sera.plugins.emotion_cnn import Options
 
     with pytest.raises(ConfigError, match=r"sera.yaml: 'plugins.emotion_cnn.unsure_below' must be between 0 and 1, not 3"):
         build(Options, {"unsure_below": 3}, "sera.yaml", prefix="plugins.emotion_cnn.")
@@ -93,14 +93,14 @@ def test_sera_config_prints_the_effective_config(tmp_path: Path) -> None:
     import yaml
 
     good = write(tmp_path, "workers: 3\nspeech:\n  threshold: 0.6\n")
-    done = subprocess.run([sys.executable, "-m", "bot", "config", str(good)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "sera", "config", str(good)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"# {good}: valid.")
     effective = yaml.safe_load(done.stdout)
     assert effective["workers"] == 3 and effective["speech"]["threshold"] == 0.6
     assert effective["discord"]["user_rate_per_minute"] == Config().discord.user_rate_per_minute  # defaults filled in
     bad = write(tmp_path, "workers: 0\n")
-    done = subprocess.run([sys.executable, "-m", "bot", "-c", str(bad), "config"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "sera", "-c", str(bad), "config"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.strip() == f"sera: {bad}: 'workers' must be between 1 and 64, not 0"
 
 

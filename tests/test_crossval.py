@@ -13,12 +13,12 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the training tests need the [train] extra: pip install -e '.[train]'")
 
-from bot.corpora import EMOTIONS, LABELS, Clip, load_corpora
-from bot.errors import SeraError
+from sera.corpora import EMOTIONS, LABELS, Clip, load_corpora
+from sera.errors import SeraError
 from tests.conftest import SHARED_DATA, say
 from tests.test_training import CODES, run
-from training.crossval import speaker_folds
-from training.train import label_mask, masked_log_softmax
+from sera.training.crossval import speaker_folds
+from sera.training.train import label_mask, masked_log_softmax
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_corpora_are_pooled_with_their_own_labels(tiny_data: Path) -> None:
     (tiny_data / "broken").mkdir(exist_ok=True)
     (tiny_data / "broken" / "metadata.csv").write_text("path,label,speaker\nx.wav,furious,Z\n")
     with pytest.raises(SeraError, match="unknown label 'furious'"):
-        from bot.corpora import from_metadata
+        from sera.corpora import from_metadata
 
         from_metadata("broken", LABELS["nemo"])(tiny_data / "broken")
 
@@ -124,7 +124,7 @@ def test_sera_train_cross_validates_pooled_corpora(tiny_data: Path, tmp_path: Pa
 def test_the_shipped_model_trains_beside_the_folds_and_takes_their_temperature(tiny_data: Path, tmp_path: Path) -> None:
     """One run: the folds and the model on every speaker share the pool; a test-only corpus is scored by
     every fold's model and never trained on; the shipped temperature is the out-of-fold one."""
-    from bot.model import EmotionModel
+    from sera.model import EmotionModel
 
     done = run("train", "--corpus", "ravdess", "--test-corpus", "nemo", "--data", str(tiny_data), "--out", str(tmp_path),
                "--smoke", "--no-cache", "--cv", "2", "--val-speakers", "", "--test-speakers", "")  # fmt: skip
@@ -144,7 +144,7 @@ def test_the_shipped_model_trains_beside_the_folds_and_takes_their_temperature(t
 
 
 def test_batches_give_every_corpus_an_equal_share() -> None:
-    from training.train import balanced_batches
+    from sera.training.train import balanced_batches
 
     corpus_of = np.array([0] * 30 + [1] * 90)
     train = np.arange(120)
@@ -158,7 +158,7 @@ def test_batches_give_every_corpus_an_equal_share() -> None:
 
 
 def test_a_personal_baseline_never_uses_the_clip_itself() -> None:
-    from training.train import speaker_references
+    from sera.training.train import speaker_references
 
     clips = [Clip(Path(str(i)), "neutral" if i % 4 == 0 else "sad", f"s{i // 4}", "female", "ravdess") for i in range(8)]
     features = np.zeros((8, 6, 4, 10), dtype=np.float16)

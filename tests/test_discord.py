@@ -14,9 +14,9 @@ import discord
 import numpy as np
 import pytest
 
-from bot.audio import decode
-from bot.adapters.discord.privacy import PRIVACY, ForgetView
-from bot.pipeline import Pipeline
+from sera.audio import decode
+from sera.adapters.discord.privacy import PRIVACY, ForgetView
+from sera.pipeline import Pipeline
 from tests.conftest import SAMPLE_NOTE, encode, tone
 from tests.discord_harness import FakeChannel, FakeGuild, FakeUser, Harness, invoke
 
@@ -112,7 +112,7 @@ def test_settings_survive_a_restart(tmp_path: Path, pipeline: Pipeline) -> None:
 def test_admin_commands_refuse_non_admins_and_dms(harness: Harness) -> None:
     guild = FakeGuild()
     cog = harness.settings
-    from bot.adapters.discord.settings import server_admin
+    from sera.adapters.discord.settings import server_admin
 
     assert all(server_admin in command.checks for command in cog.admin.commands)  # a new settings command too
     for command, args in [(cog.set_channel, {"enabled": True}), (cog.set_style, {"chart": True}),
@@ -243,7 +243,7 @@ def test_fifty_notes_at_once_are_all_answered_off_the_event_loop(
     """Every decode runs on a worker thread, never on the loop's (asyncio.run runs the loop on this
     thread). The loop's lag is printed, not asserted: a timing bound fails on a busy machine;
     ``bench/throughput_bench.py`` measures it."""
-    import bot.pipeline as core
+    import sera.pipeline as core
 
     decoded_on: list[int] = []
     real_decode = core.decode
@@ -330,13 +330,13 @@ def test_run_without_a_network_is_one_clear_error_and_never_shows_the_token(tmp_
     env = dict(os.environ, DISCORD_TOKEN=secret)
     config = tmp_path / "sera.yaml"
     config.write_text("discord:\n  database: bot.db\n")
-    done = subprocess.run([sys.executable, "-m", "bot", "--config", str(config), "run"], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "sera", "--config", str(config), "run"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "sera: cannot reach Discord" in done.stderr
     assert "Traceback" not in done.stderr
     assert secret not in done.stderr + done.stdout
     assert "super-secret" not in done.stderr + done.stdout
-    missing = subprocess.run([sys.executable, "-m", "bot", "run"], env={k: v for k, v in env.items() if k != "DISCORD_TOKEN"},
+    missing = subprocess.run([sys.executable, "-m", "sera", "run"], env={k: v for k, v in env.items() if k != "DISCORD_TOKEN"},
                              capture_output=True, text=True, timeout=60)  # fmt: skip
     assert missing.returncode == 2 and "no Discord token: set the environment variable DISCORD_TOKEN" in missing.stderr
 
@@ -358,7 +358,7 @@ def test_doctor_checklist(tmp_path: Path) -> None:
     config = tmp_path / "sera.yaml"
     config.write_text("discord:\n  database: data/bot.db\nlive:\n  enabled: true\n")
     env = dict(os.environ, DISCORD_TOKEN="x.y.z")
-    ok = subprocess.run([sys.executable, "-m", "bot", "--config", str(config), "doctor"], env=env, capture_output=True, text=True, timeout=120)
+    ok = subprocess.run([sys.executable, "-m", "sera", "--config", str(config), "doctor"], env=env, capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stdout
     for name in ("config", "ffmpeg", "Opus decoder", "emotion model", "speech detector", "Discord token", "database",
                  "voice channels"):  # fmt: skip
@@ -366,7 +366,7 @@ def test_doctor_checklist(tmp_path: Path) -> None:
     assert ok.stdout.strip().endswith("all good") and "x.y.z" not in ok.stdout
     env.pop("DISCORD_TOKEN")
     config.write_text("discord:\n  database: /proc/nope/bot.db\n")
-    bad = subprocess.run([sys.executable, "-m", "bot", "--config", str(config), "doctor"], env=env, capture_output=True, text=True, timeout=120)
+    bad = subprocess.run([sys.executable, "-m", "sera", "--config", str(config), "doctor"], env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2
     assert "✘ Discord token: $DISCORD_TOKEN is not set" in bad.stdout and "fix: export DISCORD_TOKEN=" in bad.stdout
     assert "✘ database:" in bad.stdout and "2 problems to fix" in bad.stdout
@@ -469,7 +469,7 @@ def test_one_user_cannot_fill_the_queue(tmp_path: Path, pipeline: Pipeline) -> N
 
 
 def test_the_rate_limiter_forgets_quiet_users() -> None:
-    from bot.adapters.discord.limits import RateLimiter
+    from sera.adapters.discord.limits import RateLimiter
 
     now = [0.0]
     limiter = RateLimiter(6, clock=lambda: now[0])
@@ -483,7 +483,7 @@ def test_the_rate_limiter_forgets_quiet_users() -> None:
 
 
 def test_forget_reports_what_went_and_a_failure_deletes_nothing(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    from bot.database import StorageError
+    from sera.database import StorageError
 
     user = FakeUser()
     asyncio.run(harness.cog.on_message(harness.message(harness.attachment(NOTE), author=user)))
@@ -503,7 +503,7 @@ def test_forget_reports_what_went_and_a_failure_deletes_nothing(harness: Harness
 def test_a_command_that_fails_is_answered_not_left_hanging(harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
     from discord import app_commands
 
-    from bot.database import StorageError
+    from sera.database import StorageError
 
     command = harness.bot.tree.get_command("sera").get_command("style")
     busy = app_commands.CommandInvokeError(command, StorageError("the database is busy (another process is writing to it)"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bot.features import FeatureParams, log_mel, windows
+from sera.features import FeatureParams, log_mel, windows
 
 PARAMS = FeatureParams()
 

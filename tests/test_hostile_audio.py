@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from pydub import AudioSegment
 
-from bot.audio import SAMPLE_RATE, decode
-from bot.errors import AudioError
+from sera.audio import SAMPLE_RATE, decode
+from sera.errors import AudioError
 from tests.conftest import ROOT, encode, tone
 
 
@@ -41,7 +41,7 @@ def test_many_huge_video_streams_cost_no_memory_and_the_audio_still_decodes(tmp_
     assert hostile.stat().st_size < 5_000_000
     # A fresh interpreter, so that the peak memory of its children is this decode's ffmpeg alone.
     script = (
-        "import resource, sys; from bot.audio import decode; "
+        "import resource, sys; from sera.audio import decode; "
         "samples = decode(open(sys.argv[1], 'rb').read()); "
         "print(samples.size, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
     )
@@ -53,7 +53,7 @@ def test_many_huge_video_streams_cost_no_memory_and_the_audio_still_decodes(tmp_
 
 
 def test_the_address_space_limit_stops_ffmpeg_not_the_bot() -> None:
-    from bot.audio import Limits
+    from sera.audio import Limits
 
     with pytest.raises(AudioError, match="could not read this audio"):
         decode(Path(ROOT / "examples" / "voice-note.ogg"), Limits(max_memory_bytes=8 << 20))
@@ -153,15 +153,15 @@ def test_ffmpeg_complaints_are_kept_to_a_short_tail(tmp_path: Path, caplog: pyte
     broken = bytearray(good)
     for i in rng.integers(2_000, len(broken), 3_000):
         broken[i] = rng.integers(0, 256)
-    from bot.audio import Limits, run_bounded
+    from sera.audio import Limits, run_bounded
 
     code, out, err = run_bounded(["-v", "debug", "-i", "pipe:0", "-f", "s16le", "pipe:1"], Limits(), data=bytes(broken))
     assert len(err) <= 4_096 and out
 
 
 def test_the_bot_takes_its_token_out_of_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from bot.config import Config
-    from bot.adapters.discord.app import token
+    from sera.config import Config
+    from sera.adapters.discord.app import token
 
     monkeypatch.setenv("DISCORD_TOKEN", "MTIzNDU2Nzg5.secret-token")
     assert token(Config()) == "MTIzNDU2Nzg5.secret-token"

@@ -15,10 +15,10 @@ from tests.conftest import ROOT
 
 BOT = ROOT / "bot"
 ADAPTERS = BOT / "adapters"
-ENTRY = BOT / "__main__.py"  # ``python -m bot``: the command line's entry, so an adapter
+ENTRY = BOT / "__main__.py"  # ``python -m sera``: the command line's entry, so an adapter
 CORE = sorted(p for p in BOT.rglob("*.py") if ADAPTERS not in p.parents and p != ENTRY)
 ADAPTER_FILES = sorted([*ADAPTERS.rglob("*.py"), ENTRY])
-NOT_IN_THE_CORE = ("bot.adapters", "discord", "davey", "aiohttp", "torch", "onnx", "training", "plugins")
+NOT_IN_THE_CORE = ("sera.adapters", "discord", "davey", "aiohttp", "torch", "onnx", "sera.training", "sera.plugins", "bot", "plugins", "training")
 HEAVY = ("librosa", "onnxruntime", "torch", "sklearn", "discord")
 
 
@@ -44,20 +44,20 @@ def test_the_core_imports_no_adapter_discord_torch_training_or_plugin(path: Path
 
 @pytest.mark.parametrize("path", ADAPTER_FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_adapters_reach_plugins_only_through_the_registry(path: Path) -> None:
-    assert not sorted(m for m in imports(path) if within(m, ("plugins",)))
+    assert not sorted(m for m in imports(path) if within(m, ("sera.plugins", "plugins")))
 
 
 def test_the_layer_check_catches_a_forbidden_import(tmp_path: Path) -> None:
     """The rule above reads real imports: a core module importing the Discord adapter lazily is caught."""
     sneaky = tmp_path / "sneaky.py"
-    sneaky.write_text("def later():\n    from bot.adapters.discord.notes import VoiceNotes\n    import torch.nn as nn\n")
-    assert sorted(m for m in imports(sneaky) if within(m, NOT_IN_THE_CORE)) == ["bot.adapters.discord.notes", "torch.nn"]
+    sneaky.write_text("def later():\n    from sera.adapters.discord.notes import VoiceNotes\n    import torch.nn as nn\n")
+    assert sorted(m for m in imports(sneaky) if within(m, NOT_IN_THE_CORE)) == ["sera.adapters.discord.notes", "torch.nn"]
 
 
 @pytest.mark.parametrize("argv", [["--version"], ["--help"], ["config"]])
 def test_light_commands_import_nothing_heavy(argv: list[str]) -> None:
     probe = (
-        "import sys\nfrom bot.adapters.cli import main\n"
+        "import sys\nfrom sera.adapters.cli import main\n"
         f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
         f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))\n"
     )

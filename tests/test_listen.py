@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 from discord.opus import Encoder
 
-from bot.config import Config, LiveOptions
-from bot.adapters.discord.privacy import ForgetView
-from bot.adapters.discord.history import SessionHistory
-from bot.adapters.discord.listen import Listening
-from bot.pipeline import Pipeline
-from bot.sessions import INTERRUPTED
-from bot.summary import Utterance
+from sera.config import Config, LiveOptions
+from sera.adapters.discord.privacy import ForgetView
+from sera.adapters.discord.history import SessionHistory
+from sera.adapters.discord.listen import Listening
+from sera.pipeline import Pipeline
+from sera.sessions import INTERRUPTED
+from sera.summary import Utterance
 from tests.conftest import SAMPLE_NOTE, say
 from tests.dave_harness import FakeVoiceClient, Speaker, VoiceServer
 from tests.discord_harness import FakeInteraction, Harness, invoke
@@ -648,7 +648,7 @@ def test_a_large_export_is_compressed_or_refused_never_a_failed_upload(tmp_path:
 
 
 def test_an_opt_out_the_database_refused_is_not_reported_as_done(tmp_path: Path, pipeline: Pipeline, monkeypatch) -> None:
-    from bot.database import StorageError
+    from sera.database import StorageError
 
     world = World(tmp_path, pipeline)
 

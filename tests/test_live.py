@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bot.config import Config, LiveOptions
-from bot.live import LiveSession
-from bot.pipeline import Pipeline
-from bot.sessions import ENDED, INTERRUPTED, SessionStore
-from bot.summary import summarize
+from sera.config import Config, LiveOptions
+from sera.live import LiveSession
+from sera.pipeline import Pipeline
+from sera.sessions import ENDED, INTERRUPTED, SessionStore
+from sera.summary import summarize
 from tests.conftest import ROOT, say
 from tests.voice_sim import Clock, Turn, frames, load_speech, speech_extent
 
@@ -223,7 +223,7 @@ def test_store_consent_exports_and_forgetting(tmp_path: Path):
     store.set_consent("g", "bob", False)
     assert store.consenting("g") == {"alice"}
     info = store.start("g", "vc", "alice")
-    from bot.summary import Utterance
+    from sera.summary import Utterance
 
     store.add(info.id, [Utterance("alice", 1.0, 2.5, "calm", 0.7, {"calm": 0.7, "sad": 0.3}, {"x": {"a": 1}})])
     csv_text = store.export_csv(info.id)

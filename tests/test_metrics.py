@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bot.metrics import score
+from sera.metrics import score
 
 LABELS = ("a", "b", "c", "d")
 TRUTH = [0, 0, 1, 1, 2]

@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from bot.audio import SAMPLE_RATE
-from bot.config import Config
-from bot.errors import SeraError
-from bot.pipeline import Pipeline
-from bot.registry import PluginSet
+from sera.audio import SAMPLE_RATE
+from sera.config import Config
+from sera.errors import SeraError
+from sera.pipeline import Pipeline
+from sera.registry import PluginSet
 from tests.conftest import ROOT, SAMPLE_NOTE
 
 BAD_PLUGINS = '''
 import time
-from bot.plugin import Analyzer, Reporter, Result
+from sera.plugin import Analyzer, Reporter, Result
 
 class Raises(Analyzer):
     def analyze(self, segments):
@@ -164,7 +164,7 @@ def example_installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str
 
 
 def sera(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bot", *args], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "sera", *args], env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_example_package_is_listed(example_installed: dict[str, str]) -> None:
@@ -195,7 +195,7 @@ def test_example_reporter_renders(example_installed: dict[str, str]) -> None:
 
 HANGS = '''
 import time
-from bot.plugin import Analyzer, Reporter
+from sera.plugin import Analyzer, Reporter
 
 class Hangs(Analyzer):
     def analyze(self, segments):
@@ -250,7 +250,7 @@ def test_a_hung_analyzer_costs_only_itself_and_is_stopped(tmp_path: Path, monkey
 
 def test_hung_calls_do_not_pile_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """While as many calls as the plugin may run are hung, the next one fails at once, holding nothing."""
-    from bot.registry import Guard, PluginFailure
+    from sera.registry import Guard, PluginFailure
 
     guard = Guard("slow", timeout=0.2, max_timeouts=10, concurrency=2)
     release = threading.Event()
@@ -269,7 +269,7 @@ def test_hung_calls_do_not_pile_up(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_every_hook_has_a_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from bot.summary import SessionInfo, summarize
+    from sera.summary import SessionInfo, summarize
 
     install(tmp_path / "site", monkeypatch, "hang-plugins", "hang_plugins", HANGS, {"hangs_everywhere": "hang_plugins:HangsEverywhere"})
     config = Config(plugin_timeout_seconds=0.3, plugin_max_timeouts=10, plugins={"hangs_everywhere": {"enabled": True}})
@@ -291,10 +291,10 @@ def test_shutdown_is_not_held_up_by_a_hung_plugin(tmp_path: Path) -> None:
     script = f"""
 import sys, time
 sys.path.insert(0, {str(tmp_path)!r})
-from bot.config import Config
-from bot.pipeline import Pipeline
-from bot.plugin import PluginContext, Segment
-from bot.registry import Guard, PluginFailure, PluginInfo, PluginSet
+from sera.config import Config
+from sera.pipeline import Pipeline
+from sera.plugin import PluginContext, Segment
+from sera.registry import Guard, PluginFailure, PluginInfo, PluginSet
 import hang_plugins, numpy as np
 config = Config(workers=1, plugin_timeout_seconds=0.5)
 plugins = PluginSet(config, 16000, only=set())
@@ -322,15 +322,15 @@ def test_disabled_plugins_are_never_imported(bad_distribution: Path, monkeypatch
 
 def test_built_in_is_decided_by_the_distribution_and_name_clashes_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     install(tmp_path / "a", monkeypatch, "evil-plugins", "evil_plugins", BAD_PLUGINS,
-            {"text": "evil_plugins:Raises", "sneaky": "plugins.text_report:TextReporter", "twice": "evil_plugins:Raises"})  # fmt: skip
+            {"text": "evil_plugins:Raises", "sneaky": "sera.plugins.text_report:TextReporter", "twice": "evil_plugins:Raises"})  # fmt: skip
     install(tmp_path / "b", monkeypatch, "other-plugins", "other_plugins", None, {"twice": "evil_plugins:Raises"})
     plugins = PluginSet(Config(plugins={"twice": {"enabled": True}}), SAMPLE_RATE, only={"text", "sneaky", "twice"})
     try:
         rows = [(i.name, i.origin, i.status) for i in plugins.infos]
         assert ("text", "built-in", "loaded") in rows
         assert ("text", "evil-plugins 1.0", "failed: name clash: 'text' is a built-in plugin's name; choose another name in evil-plugins 1.0") in rows
-        assert type(plugins.reporter("text")).__module__ == "plugins.text_report"
-        # a module path under plugins. does not make a third party's entry point built-in (or enabled)
+        assert type(plugins.reporter("text")).__module__ == "sera.plugins.text_report"
+        # a module path under sera.plugins. does not make a third party's entry point built-in (or enabled)
         assert ("sneaky", "evil-plugins 1.0", "disabled") in rows
         twice = [status for name, _, status in rows if name == "twice"]
         assert len(twice) == 2 and all("name clash" in s and "neither is loaded" in s for s in twice)

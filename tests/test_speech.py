@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bot.audio import SAMPLE_RATE, decode
-from bot.config import DEFAULT_MODELS_DIR
-from bot.speech import SpeechDetector, split_long
+from sera.audio import SAMPLE_RATE, decode
+from sera.config import DEFAULT_MODELS_DIR
+from sera.speech import SpeechDetector, split_long
 from tests.conftest import noise, tone
 
 

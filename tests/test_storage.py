@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from bot.database import Database, StorageError
-from bot.adapters.discord.store import Origin, Store
-from bot.plugin import Report
-from bot.sessions import SessionStore
-from bot.summary import Utterance
+from sera.database import Database, StorageError
+from sera.adapters.discord.store import Origin, Store
+from sera.plugin import Report
+from sera.sessions import SessionStore
+from sera.summary import Utterance
 
 ROW = Utterance("alice", 1.0, 2.0, "calm", 0.8, {"calm": 0.8, "sad": 0.2}, {})
 REPORT = Report(source="note.ogg", duration=3.0, segments=[(0.5, 2.5)], outputs={})

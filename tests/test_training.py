@@ -15,17 +15,17 @@ import pytest
 onnx = pytest.importorskip("onnx", reason="the training tests need the [train] extra: pip install -e '.[train]'")
 torch = pytest.importorskip("torch", reason="the training tests need the [train] extra: pip install -e '.[train]'")
 
-from bot.corpora import EMOTIONS, RAVDESS_EMOTIONS, ravdess
-from bot.errors import ModelError
-from bot.model import EmotionModel
+from sera.corpora import EMOTIONS, RAVDESS_EMOTIONS, ravdess
+from sera.errors import ModelError
+from sera.model import EmotionModel
 from tests.conftest import SHARED_DATA, say
-from training.net import EmotionNet
+from sera.training.net import EmotionNet
 
 CODES = {label: code for code, label in RAVDESS_EMOTIONS.items()}
 
 
 def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bot", *args], capture_output=True, text=True, timeout=600, env=env)
+    return subprocess.run([sys.executable, "-m", "sera", *args], capture_output=True, text=True, timeout=600, env=env)
 
 
 @pytest.fixture(scope="module")

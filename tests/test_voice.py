@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from discord.opus import Encoder
 
-from bot.config import Config, LiveOptions
-from bot.adapters.discord.receive import SILENCE, FrameDecryptor, SeraSink
-from bot.live import LiveSession
-from bot.sessions import SessionStore
+from sera.config import Config, LiveOptions
+from sera.adapters.discord.receive import SILENCE, FrameDecryptor, SeraSink
+from sera.live import LiveSession
+from sera.sessions import SessionStore
 from tests.dave_harness import FakeVoiceClient, Speaker, VoiceServer
 from tests.voice_sim import Clock, Turn, frames, load_speech, speech_extent
 

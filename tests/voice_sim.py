@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import soxr
 
-from bot.audio import SAMPLE_RATE, decode
-from bot.live import FRAME_SAMPLES, SOURCE_RATE
+from sera.audio import SAMPLE_RATE, decode
+from sera.live import FRAME_SAMPLES, SOURCE_RATE
 
 FRAME_SECONDS = FRAME_SAMPLES / SOURCE_RATE
 TRANSMIT_MARGIN_SECONDS = 0.2  # clients keep sending briefly around speech

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bot.evaluate import Evaluation
+from sera.evaluate import Evaluation
 
 CARD_FILE = "MODEL_CARD.md"
 CONFUSION_FILE = "confusion.png"
@@ -163,7 +163,7 @@ def write(out_dir: Path, results: dict, clean: Evaluation | None, opus: Evaluati
             )
         lines.append("")
     if r.get("crossval"):
-        from training.crossval import markdown
+        from sera.training.crossval import markdown
 
         lines += ["## Cross-validation (voices never heard)", "", markdown(r["crossval"]), ""]
     rec = r["recipe"]

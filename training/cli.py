@@ -13,11 +13,11 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bot.errors import SeraError
+from sera.errors import SeraError
 
 if TYPE_CHECKING:
-    from bot.config import Config
-    from training.crossval import Plan
+    from sera.config import Config
+    from sera.training.crossval import Plan
 
 log = logging.getLogger(__name__)
 
@@ -32,19 +32,19 @@ def speakers(text: str) -> set[str]:
 
 def main(args: argparse.Namespace, config: Config) -> int:
     try:
-        from training.train import MODEL_FILE, OPSET, run  # torch: imported only when training
+        from sera.training.train import MODEL_FILE, OPSET, run  # torch: imported only when training
     except ImportError as exc:
         raise SeraError(f"training needs the [train] extra (pip install -e '.[train]'): {exc}") from None
-    from bot.audio import SAMPLE_RATE
-    from bot.config import Config
-    from bot.corpora import load_corpora
-    from bot.emotions import EMOTIONS
-    from bot.evaluate import Item, evaluate, terminal_progress
-    from bot.model import EMOTION_PLUGIN, EmotionModel
-    from bot.pipeline import Pipeline
-    from bot.registry import PluginSet
-    from training import card
-    progress = logging.getLogger("training")
+    from sera.audio import SAMPLE_RATE
+    from sera.config import Config
+    from sera.corpora import load_corpora
+    from sera.emotions import EMOTIONS
+    from sera.evaluate import Item, evaluate, terminal_progress
+    from sera.model import EMOTION_PLUGIN, EmotionModel
+    from sera.pipeline import Pipeline
+    from sera.registry import PluginSet
+    from sera.training import card
+    progress = logging.getLogger("sera.training")
     if progress.getEffectiveLevel() > logging.INFO:
         progress.setLevel(logging.INFO)  # half an hour of training says how far it got, without -v
 
@@ -111,8 +111,8 @@ def plan(args: argparse.Namespace) -> Plan:
     """``--cv K``: the shipped recipe (or its personal-baseline variant) over K speaker-grouped folds."""
     from dataclasses import replace
 
-    from training.crossval import Plan
-    from training.train import FINAL, PERSONAL
+    from sera.training.crossval import Plan
+    from sera.training.train import FINAL, PERSONAL
 
     base = PERSONAL if args.reference == "speaker" else FINAL
     recipe = replace(base, epochs=1 if args.smoke else args.epochs or base.epochs)
@@ -126,11 +126,11 @@ def run_crossval(args: argparse.Namespace, clips: list, config: Config, out: Pat
 
     import numpy as np
 
-    from bot.emotions import EMOTIONS
-    from bot.features import FeatureParams
-    from bot.pipeline import VAD_MODEL
-    from training.crossval import cross_validate
-    from training.data import build_features
+    from sera.emotions import EMOTIONS
+    from sera.features import FeatureParams
+    from sera.pipeline import VAD_MODEL
+    from sera.training.crossval import cross_validate
+    from sera.training.data import build_features
 
     cache = None if args.no_cache else Path(args.cache).expanduser()
     features = build_features(clips, FeatureParams(), config.models_dir / VAD_MODEL, cache, args.seed)
@@ -141,7 +141,7 @@ def run_crossval(args: argparse.Namespace, clips: list, config: Config, out: Pat
 
 
 def write_crossval(args: argparse.Namespace, result: dict, out: Path) -> None:
-    from training.crossval import markdown
+    from sera.training.crossval import markdown
 
     table = markdown(result)
     (out / CV_RESULTS_FILE).write_text(json.dumps(result, indent=2) + "\n")

@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from bot.corpora import LABELS, Clip
-from bot.metrics import score
-from bot.model import softmax
-from training.data import OFFSETS_PER_CONDITION
-from plugins.emotion_cnn import Options as EmotionOptions
-from training.net import EmotionNet
-from training.train import (
+from sera.corpora import LABELS, Clip
+from sera.metrics import score
+from sera.model import softmax
+from sera.training.data import OFFSETS_PER_CONDITION
+from sera.plugins.emotion_cnn import Options as EmotionOptions
+from sera.training.net import EmotionNet
+from sera.training.train import (
     REFERENCE_CLIPS, Recipe, Split, Trained, corpus_ids, fit_temperature, label_mask, predict, speaker_references,
     train_side_by_side, training_references,
 )  # fmt: skip

@@ -1,7 +1,7 @@
 """Turning a corpus into training tensors with the runtime's own functions.
 
-Each clip is decoded (``bot.audio.decode``), trimmed to its speech by the same speech detector the
-pipeline uses, and featurised with the runtime's own ``bot.model.model_input`` at several time offsets, as it is and after an Opus
+Each clip is decoded (``sera.audio.decode``), trimmed to its speech by the same speech detector the
+pipeline uses, and featurised with the runtime's own ``sera.model.model_input`` at several time offsets, as it is and after an Opus
 round trip at voice-note bitrate (Discord voice notes are Opus). Training then draws one of those
 variants per clip and epoch. The result is cached on disk, keyed by everything it depends on.
 """
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bot.audio import Limits, decode, encode_opus
-from bot.corpora import Clip
-from bot.features import FeatureParams
-from bot.model import model_input
-from bot.speech import SpeechDetector
+from sera.audio import Limits, decode, encode_opus
+from sera.corpora import Clip
+from sera.features import FeatureParams
+from sera.model import model_input
+from sera.speech import SpeechDetector
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ recipe and its ablation within 45 minutes on two cores, and 20 ms frames still r
 (held-out accuracy was the same at 10 and 20 ms in our runs).
 
 Each window is also standardised inside the network, so the ONNX file takes the plain dB log-Mel that
-``bot.features.log_mel`` produces and nothing else needs to agree on a mean and scale.
+``sera.features.log_mel`` produces and nothing else needs to agree on a mean and scale.
 """
 
 from __future__ import annotations

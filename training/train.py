@@ -3,7 +3,7 @@
 The split is by speaker, as ``../shared/data/README.md`` requires: test speakers and validation
 speakers are whole actors that never appear in training. Calibration (temperature scaling) uses the
 validation speakers only; the test speakers are touched once, at the end, through the shipped pipeline
-(``bot.evaluate``), clean and re-encoded as a 24 kbit/s Opus voice note.
+(``sera.evaluate``), clean and re-encoded as a 24 kbit/s Opus voice note.
 """
 
 from __future__ import annotations
@@ -25,16 +25,16 @@ import onnx
 import torch
 import torch.nn.functional as F
 
-from bot.corpora import LABELS, Clip
-from bot.features import FeatureParams
-from bot.metrics import score
-from bot.model import INPUT_NAME, MODEL_FILE, OUTPUT_NAME, ModelInfo, softmax
-from bot.pipeline import VAD_MODEL
-from training.data import OFFSETS_PER_CONDITION, build_features
-from training.net import EmotionNet
+from sera.corpora import LABELS, Clip
+from sera.features import FeatureParams
+from sera.metrics import score
+from sera.model import INPUT_NAME, MODEL_FILE, OUTPUT_NAME, ModelInfo, softmax
+from sera.pipeline import VAD_MODEL
+from sera.training.data import OFFSETS_PER_CONDITION, build_features
+from sera.training.net import EmotionNet
 
 if TYPE_CHECKING:
-    from training.crossval import Plan
+    from sera.training.crossval import Plan
 
 log = logging.getLogger(__name__)
 

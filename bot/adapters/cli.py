@@ -12,9 +12,9 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from bot import __version__
-from bot.config import Config, load
-from bot.errors import SeraError
+from sera import __version__
+from sera.config import Config, load
+from sera.errors import SeraError
 
 log = logging.getLogger("sera")
 
@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = command("train", cmd_train, "train the emotion CNN, export it to ONNX and write its model card")
     try:
-        from training.cli import add_arguments
+        from sera.training.cli import add_arguments
     except ImportError:  # the [train] extra is not installed; cmd_train says how to get it
         train.add_argument("rest", nargs=argparse.REMAINDER)
     else:
@@ -91,7 +91,7 @@ def config_of(args: argparse.Namespace) -> Config:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from bot.pipeline import Pipeline
+    from sera.pipeline import Pipeline
 
     pipeline = Pipeline(config_of(args))
     try:
@@ -151,8 +151,8 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from bot.audio import SAMPLE_RATE
-    from bot.registry import PluginSet
+    from sera.audio import SAMPLE_RATE
+    from sera.registry import PluginSet
 
     plugins = PluginSet(config_of(args), SAMPLE_RATE)
     try:
@@ -169,11 +169,11 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from bot.audio import SAMPLE_RATE
-    from bot.evaluate import evaluate, format_text, from_corpus, from_manifest, terminal_progress
-    from bot.model import EMOTION_PLUGIN
-    from bot.pipeline import Pipeline
-    from bot.registry import PluginSet
+    from sera.audio import SAMPLE_RATE
+    from sera.evaluate import evaluate, format_text, from_corpus, from_manifest, terminal_progress
+    from sera.model import EMOTION_PLUGIN
+    from sera.pipeline import Pipeline
+    from sera.registry import PluginSet
 
     if args.corpus and not args.data:
         raise SeraError("--corpus needs --data, the corpus folder")
@@ -195,14 +195,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     try:
-        from training.cli import main as train_main
+        from sera.training.cli import main as train_main
     except ImportError as exc:
         raise SeraError(f"training needs the [train] extra (pip install -e '.[train]'): {exc}") from None
     return train_main(args, config_of(args))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bot.adapters.discord.app import run
+    from sera.adapters.discord.app import run
 
     if not args.verbose:
         logging.getLogger().setLevel(logging.INFO)  # the operator's log: one line per start, failure, stop
@@ -211,7 +211,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from bot.adapters.doctor import report, run_checks
+    from sera.adapters.doctor import report, run_checks
 
     checks = run_checks(args.config)
     print(report(checks))

@@ -9,9 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.audio import ffmpeg_binary
-from bot.config import Config, load
-from bot.errors import SeraError
+from sera.audio import ffmpeg_binary
+from sera.config import Config, load
+from sera.errors import SeraError
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,9 @@ def _opus() -> Check:
 
 
 def _models(config: Config) -> list[Check]:
-    from bot.model import EMOTION_PLUGIN, MODEL_FILE, EmotionModel
-    from bot.pipeline import VAD_MODEL
-    from bot.speech import SpeechDetector
+    from sera.model import EMOTION_PLUGIN, MODEL_FILE, EmotionModel
+    from sera.pipeline import VAD_MODEL
+    from sera.speech import SpeechDetector
 
     checks = []
     model_name = config.plugins.get(EMOTION_PLUGIN, {}).get("model", MODEL_FILE)
@@ -71,7 +71,7 @@ def _token(config: Config) -> Check:
 
 
 def _database(config: Config) -> Check:
-    from bot.adapters.discord.store import Store
+    from sera.adapters.discord.store import Store
 
     path = config.database_path()
     try:

@@ -1,2 +1,2 @@
 """The Discord adapter: voice notes and slash commands in, embeds out. No audio or model code lives here;
-it calls ``bot.pipeline.Pipeline`` and renders with the ``embed`` and ``chart`` reporters."""
+it calls ``sera.pipeline.Pipeline`` and renders with the ``embed`` and ``chart`` reporters."""

@@ -11,12 +11,12 @@ import aiohttp
 import discord
 from discord.ext import commands
 
-from bot.config import Config
-from bot.adapters.discord.notes import VoiceNotes
-from bot.adapters.discord.store import Store
-from bot.errors import SeraError
-from bot.pipeline import Pipeline
-from bot.sessions import SessionStore
+from sera.config import Config
+from sera.adapters.discord.notes import VoiceNotes
+from sera.adapters.discord.store import Store
+from sera.errors import SeraError
+from sera.pipeline import Pipeline
+from sera.sessions import SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +28,8 @@ def intents(message_content: bool) -> discord.Intents:
     return chosen
 
 
-EXTENSIONS = ("bot.adapters.discord.notes", "bot.adapters.discord.settings", "bot.adapters.discord.privacy")
-LIVE_EXTENSION = "bot.adapters.discord.listen"
+EXTENSIONS = ("sera.adapters.discord.notes", "sera.adapters.discord.settings", "sera.adapters.discord.privacy")
+LIVE_EXTENSION = "sera.adapters.discord.listen"
 
 
 class SeraBot(commands.Bot):

@@ -8,7 +8,7 @@ import logging
 import discord
 from discord import app_commands
 
-from bot.errors import SeraError
+from sera.errors import SeraError
 
 log = logging.getLogger(__name__)
 

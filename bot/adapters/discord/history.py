@@ -15,10 +15,10 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.adapters.discord.failures import answer_failure
-from bot.pipeline import Pipeline
-from bot.sessions import INTERRUPTED, SessionStore, StoredSession
-from bot.summary import SessionSummary, clock, summarize
+from sera.adapters.discord.failures import answer_failure
+from sera.pipeline import Pipeline
+from sera.sessions import INTERRUPTED, SessionStore, StoredSession
+from sera.summary import SessionSummary, clock, summarize
 
 log = logging.getLogger(__name__)
 

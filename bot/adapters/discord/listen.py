@@ -24,17 +24,17 @@ import discord
 from discord import app_commands
 from discord.ext import commands, voice_recv
 
-from bot.config import LiveOptions
-from bot.adapters.discord.failures import answer_failure
-from bot.adapters.discord.history import member_names, stored_summary, summary_message
-from bot.adapters.discord.receive import SeraSink
-from bot.adapters.discord.store import Store
-from bot.errors import SeraError
-from bot.live import LiveSession
-from bot.pipeline import Pipeline
-from bot.sessions import ENDED, INTERRUPTED, SessionStore, StoredSession
-from bot.summary import SessionSummary, Utterance
-from bot.emotions import emoji
+from sera.config import LiveOptions
+from sera.adapters.discord.failures import answer_failure
+from sera.adapters.discord.history import member_names, stored_summary, summary_message
+from sera.adapters.discord.receive import SeraSink
+from sera.adapters.discord.store import Store
+from sera.errors import SeraError
+from sera.live import LiveSession
+from sera.pipeline import Pipeline
+from sera.sessions import ENDED, INTERRUPTED, SessionStore, StoredSession
+from sera.summary import SessionSummary, Utterance
+from sera.emotions import emoji
 
 log = logging.getLogger(__name__)
 
@@ -373,4 +373,4 @@ class Listening(commands.Cog):
 
 async def setup(bot: commands.Bot) -> None:
     await bot.add_cog(Listening(bot, bot.pipeline, bot.sessions, bot.store, bot.config.live))
-    await bot.load_extension("bot.adapters.discord.history")
+    await bot.load_extension("sera.adapters.discord.history")

@@ -24,14 +24,14 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.config import DiscordOptions
-from bot.adapters.discord.failures import answer_failure
-from bot.adapters.discord.limits import InFlight, RateLimiter, Slots
-from bot.adapters.discord.store import GuildSettings, Origin, Store
-from bot.errors import AudioError, SeraError
-from bot.pipeline import Pipeline
-from bot.plugin import Report
-from bot.emotions import emoji
+from sera.config import DiscordOptions
+from sera.adapters.discord.failures import answer_failure
+from sera.adapters.discord.limits import InFlight, RateLimiter, Slots
+from sera.adapters.discord.store import GuildSettings, Origin, Store
+from sera.errors import AudioError, SeraError
+from sera.pipeline import Pipeline
+from sera.plugin import Report
+from sera.emotions import emoji
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.adapters.discord.failures import answer_failure
-from bot.adapters.discord.store import Store
-from bot.errors import SeraError
-from bot.pipeline import Pipeline
+from sera.adapters.discord.failures import answer_failure
+from sera.adapters.discord.store import Store
+from sera.errors import SeraError
+from sera.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 

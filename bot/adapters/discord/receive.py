@@ -14,7 +14,7 @@ cached). What other libraries learned the hard way is handled here:
 
 ``SeraSink.write`` runs on the library's packet-router thread. It drops the audio of anyone who has
 not opted in before touching it, and otherwise only decrypts, decodes and queues: all analysis
-happens in ``bot.live`` on the worker pool.
+happens in ``sera.live`` on the worker pool.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import discord
 from discord.ext import voice_recv
 from discord.opus import Decoder, OpusError
 
-from bot.live import FRAME_SAMPLES, SOURCE_CHANNELS, SOURCE_RATE, LiveSession
+from sera.live import FRAME_SAMPLES, SOURCE_CHANNELS, SOURCE_RATE, LiveSession
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.adapters.discord.failures import answer_failure
-from bot.adapters.discord.store import GuildSettings, Store
-from bot.pipeline import Pipeline
+from sera.adapters.discord.failures import answer_failure
+from sera.adapters.discord.store import GuildSettings, Store
+from sera.pipeline import Pipeline
 
 
 def server_admin(interaction: discord.Interaction) -> bool:

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bot.database import Database
-from bot.plugin import Report
+from sera.database import Database
+from sera.plugin import Report
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS guild_settings (

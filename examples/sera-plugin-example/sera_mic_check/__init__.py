@@ -2,7 +2,7 @@
 
 ``MicCheck`` tells a speaker whether their microphone clips or is too quiet; ``OneLine`` renders a
 report as a single line; ``TalkBalance`` says, at the end of a voice-channel session, whether one
-person did most of the talking. All use only ``bot.plugin`` (no Discord code); enable them in the
+person did most of the talking. All use only ``sera.plugin`` (no Discord code); enable them in the
 sera config:
 
     plugins:
@@ -19,7 +19,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from bot.plugin import Analyzer, Report, Reporter, Result, Segment, SessionInfo, SessionSummary
+from sera.plugin import Analyzer, Report, Reporter, Result, Segment, SessionInfo, SessionSummary
 
 CLIP_LEVEL = 0.99  # samples at or above this magnitude count as clipped
 QUIET_PEAK_DBFS = -30.0

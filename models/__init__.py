@@ -1,0 +1,1 @@
+"""The shipped models, package data of ``sera``: ``importlib.resources.files("sera.models")``."""
