@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, TypeVar
 
-from sera import DISTRIBUTION
+from packaging.requirements import InvalidRequirement, Requirement
+
+from sera import DISTRIBUTION, __version__
 from sera.config import Config, build
 from sera.errors import SeraError
 from sera.plugin import Analyzer, Plugin, PluginContext, Report, Reporter, SessionSummary
@@ -241,6 +243,10 @@ class PluginSet:
             return info
         if not enabled:
             return info  # never imported: a disabled plugin's code does not run
+        if not builtin and (needs := incompatible(ep)):
+            info.error = f"{origin} needs {needs}; this is {DISTRIBUTION} {__version__}"
+            log.error("plugin %s not loaded: %s", ep.name, info.error)
+            return info
         guard = Guard(ep.name, config.plugin_timeout_seconds, config.plugin_max_timeouts, config.workers * 2)
         try:
             cls = ep.load()
@@ -264,6 +270,21 @@ class PluginSet:
             info.error = f"{type(exc).__name__}: {exc}"
             log.exception("plugin %s failed to load", ep.name)
         return info
+
+
+def incompatible(ep: EntryPoint) -> str | None:
+    """The plugin distribution's requirement on sera when this sera does not meet it (``Requires-Dist:
+    sera-voice>=0.2``), so a plugin built for another plugin API is refused by name rather than failing
+    at some later call; None when it states none or this version meets it."""
+    for line in (ep.dist.requires or []) if ep.dist else []:
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement:
+            continue
+        if _normalise(requirement.name) == _normalise(DISTRIBUTION) and not requirement.marker:
+            if not requirement.specifier.contains(__version__, prereleases=True):
+                return f"{DISTRIBUTION}{requirement.specifier}"
+    return None
 
 
 def _is_builtin(ep: EntryPoint) -> bool:

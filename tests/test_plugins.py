@@ -336,3 +336,25 @@ def test_built_in_is_decided_by_the_distribution_and_name_clashes_are_refused(tm
         assert len(twice) == 2 and all("name clash" in s and "neither is loaded" in s for s in twice)
     finally:
         plugins.close()
+
+
+@pytest.mark.parametrize(("requires", "status"), [
+    ("sera-voice>=99", "failed: compat-plugins 1.0 needs sera-voice>=99; this is sera-voice 0.1.0"),
+    ("sera-voice>=0.1,<1", "loaded"),
+    ("numpy", "loaded"),  # no requirement on sera stated: nothing to check
+])  # fmt: skip
+def test_a_plugin_built_for_another_sera_is_refused_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, requires: str, status: str
+) -> None:
+    (tmp_path / "compat_plugins.py").write_text("from sera.plugin import Reporter\n\nclass Quiet(Reporter):\n    def render(self, report):\n        return ''\n")
+    info = tmp_path / "compat_plugins-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: compat-plugins\nVersion: 1.0\nRequires-Dist: {requires}\n")
+    (info / "entry_points.txt").write_text("[sera.plugins]\nquiet = compat_plugins:Quiet\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    plugins = PluginSet(Config(plugins={"quiet": {"enabled": True}}), SAMPLE_RATE, only={"quiet"})
+    try:
+        assert next(i for i in plugins.infos if i.name == "quiet").status == status
+    finally:
+        plugins.close()
