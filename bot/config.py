@@ -70,6 +70,8 @@ class DiscordOptions:
     user_in_flight: int = bounded(2, min=1)  # one user's notes queued or running at once; more are told to wait
     chart: bool = False  # attach a PNG chart in DMs (needs matplotlib); servers choose with /sera style
     message_content: bool = False  # privileged intent: analyse notes in enabled channels without being asked
+    sync_commands: bool = True  # send the slash commands to Discord on start
+    sync_guild: int = bounded(0, min=0)  # a server id: sync there only, at once (development); 0: globally
 
 
 @dataclass(frozen=True)

@@ -518,3 +518,21 @@ def test_a_command_that_fails_is_answered_not_left_hanging(harness: Harness, cap
     asyncio.run(harness.cog.cog_app_command_error(deferred, bug))
     assert "the operator has been told" in deferred.sent()[-1]["content"] and "oops" not in deferred.sent()[-1]["content"]
     assert any("command sera style failed" in r.message and r.exc_info for r in caplog.records)
+
+
+@pytest.mark.parametrize(("options", "synced_to"), [({}, "global"), ({"sync_guild": 4242}, 4242), ({"sync_commands": False}, None)])
+def test_commands_sync_globally_to_one_server_or_not_at_all(tmp_path: Path, pipeline: Pipeline, options: dict, synced_to) -> None:
+    harness = Harness(tmp_path, pipeline=pipeline, **options)
+    calls = []
+
+    async def sync(*, guild=None):  # Discord's side of the sync; the tree is the real one
+        calls.append(guild.id if guild else "global")
+        return harness.bot.tree.get_commands(guild=guild)
+
+    harness.bot.tree.sync = sync
+    asyncio.run(harness.bot.load_cogs())
+    asyncio.run(harness.bot.sync_commands())
+    assert calls == ([synced_to] if synced_to else [])
+    if synced_to == 4242:  # the development server gets every command, copied from the global ones
+        assert {"emotion", "sera", "privacy", "forget"} <= {c.name for c in harness.bot.tree.get_commands(guild=discord.Object(4242))}
+    harness.close()

@@ -56,8 +56,24 @@ class SeraBot(commands.Bot):
                 loop.add_signal_handler(sig, lambda: asyncio.ensure_future(self.close()))
             except (NotImplementedError, RuntimeError):  # not on this platform, or not the main thread
                 pass
+        await self.sync_commands()
+
+    async def sync_commands(self) -> None:
+        """Send the slash commands to Discord: globally (they can take up to an hour to reach every server),
+        to one development server (at once, and only there), or not at all (an unchanged deployment
+        restarting need not resend them; Discord rate-limits syncs)."""
+        options = self.config.discord
+        if not options.sync_commands:
+            log.info("application commands not synced (discord.sync_commands: false)")
+            return
+        if options.sync_guild:
+            guild = discord.Object(id=options.sync_guild)
+            self.tree.copy_global_to(guild=guild)
+            synced = await self.tree.sync(guild=guild)
+            log.info("synced %d application commands to server %d only", len(synced), options.sync_guild)
+            return
         synced = await self.tree.sync()
-        log.info("synced %d application commands", len(synced))
+        log.info("synced %d application commands globally", len(synced))
 
     async def on_ready(self) -> None:
         plugins = ", ".join(a.name for a in self.pipeline.plugins.analyzers) or "none"
