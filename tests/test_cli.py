@@ -146,3 +146,12 @@ def test_plugins_lists_builtins() -> None:
     names = {row.split()[0]: row for row in rows}
     assert {"emotion_cnn", "prosody", "text", "json"} <= names.keys()
     assert all("built-in" in names[n] and "loaded" in names[n] for n in ("emotion_cnn", "prosody", "text", "json"))
+
+
+def test_the_operator_log_can_be_json_lines(tmp_path: Path) -> None:
+    config = tmp_path / "sera.yaml"
+    config.write_text("plugins:\n  emotion_cnn:\n    unsure_below: 3\n")
+    done = run("--log-format", "json", "--config", str(config), "plugins")
+    entries = [json.loads(line) for line in done.stderr.splitlines()]
+    assert entries and all(set(e) >= {"time", "level", "logger", "message"} for e in entries)
+    assert any(e["level"] == "ERROR" and "'plugins.emotion_cnn.unsure_below' must be between 0 and 1" in e["message"] for e in entries)

@@ -18,6 +18,7 @@ from sera.errors import SeraError
 
 log = logging.getLogger("sera")
 
+TEXT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
 
@@ -25,9 +26,10 @@ EXIT_BAD_INPUT = 2
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if args.log_format == "json" else logging.Formatter(TEXT_LOG_FORMAT))
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING, handlers=[handler]
     )
     if not hasattr(args, "handler"):
         parser.print_help()
@@ -41,11 +43,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line, for log collectors (journald, Loki, CloudWatch) to parse."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sera", description="Hear emotion in speech.")
     parser.add_argument("--version", action="version", version=f"sera {__version__}")
     parser.add_argument("-c", "--config", help="YAML config file (default: $SERA_CONFIG, else built-in defaults)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="operator log on stderr: text, or one JSON object per line"
+    )
     commands = parser.add_subparsers(metavar="COMMAND")
 
     def command(name: str, handler: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
