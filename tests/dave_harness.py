@@ -14,6 +14,11 @@ by byte: the exact wire format is the point of the test.
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("davey", reason="voice-channel tests need the [voice] extra: pip install -e '.[voice]'")
+pytest.importorskip("nacl", reason="voice-channel tests need the [voice] extra: pip install -e '.[voice]'")
+
 import struct
 from dataclasses import dataclass, field
 from typing import Any

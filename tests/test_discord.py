@@ -536,3 +536,18 @@ def test_commands_sync_globally_to_one_server_or_not_at_all(tmp_path: Path, pipe
     if synced_to == 4242:  # the development server gets every command, copied from the global ones
         assert {"emotion", "sera", "privacy", "forget"} <= {c.name for c in harness.bot.tree.get_commands(guild=discord.Object(4242))}
     harness.close()
+
+
+def test_listening_without_the_voice_extra_says_how_to_get_it(tmp_path: Path) -> None:
+    """live.enabled with davey missing (a plain install): one line naming the extra, before any login."""
+    blocker = tmp_path / "blocker" / "davey"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError(\"No module named 'davey'\", name='davey')\n")
+    config = tmp_path / "sera.yaml"
+    config.write_text("live:\n  enabled: true\n")
+    env = {**os.environ, "PYTHONPATH": str(blocker.parent), "DISCORD_TOKEN": "x.y.z"}
+    done = subprocess.run([sys.executable, "-m", "sera", "--config", str(config), "run"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "live.enabled is true, but davey is not installed: pip install 'sera-voice[voice]'" in done.stderr
+    doctor = subprocess.run([sys.executable, "-m", "sera", "--config", str(config), "doctor"], env=env, capture_output=True, text=True, timeout=120)
+    assert "✘ voice channels: missing davey" in doctor.stdout and "sera-voice[voice]" in doctor.stdout

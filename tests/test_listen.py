@@ -17,6 +17,8 @@ import davey
 import discord
 import numpy as np
 import pytest
+
+pytest.importorskip("davey", reason="voice-channel tests need the [voice] extra: pip install -e '.[voice]'")
 from discord.opus import Encoder
 
 from sera.config import Config, LiveOptions

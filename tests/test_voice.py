@@ -14,6 +14,8 @@ from pathlib import Path
 import davey
 import numpy as np
 import pytest
+
+pytest.importorskip("davey", reason="voice-channel tests need the [voice] extra: pip install -e '.[voice]'")
 from discord.opus import Encoder
 
 from sera.config import Config, LiveOptions

@@ -84,6 +84,9 @@ def _database(config: Config) -> Check:
         return Check("database", False, str(exc), "point discord.database at a writable path")
 
 
+VOICE_EXTRA_FIX = "pip install 'sera-voice[voice]' (discord.py[voice] and discord-ext-voice-recv)"
+
+
 def _voice(config: Config) -> Check:
     """Only where listening is enabled: libopus (to decode received voice) and davey (DAVE decryption)."""
     if not config.live.enabled:
@@ -93,7 +96,7 @@ def _voice(config: Config) -> Check:
         import discord.opus
         from discord.ext import voice_recv  # noqa: F401
     except ImportError as exc:
-        return Check("voice channels", False, f"missing {exc.name}", "pip install -e . (brings discord.py[voice] and discord-ext-voice-recv)")
+        return Check("voice channels", False, f"missing {exc.name}", VOICE_EXTRA_FIX)
     if not discord.opus.is_loaded() and not discord.opus._load_default():
         return Check("voice channels", False, "libopus not found", "apt-get install libopus0")
     return Check("voice channels", True, f"experimental; libopus loaded, davey {davey.__version__} (DAVE protocol {davey.DAVE_PROTOCOL_VERSION})")

@@ -113,7 +113,18 @@ def token(config: Config) -> str:
     return value
 
 
+def require_voice() -> None:
+    """Listening needs the [voice] extra; say so before logging in, not as a traceback from setup_hook."""
+    try:
+        import davey  # noqa: F401
+        from discord.ext import voice_recv  # noqa: F401
+    except ImportError as exc:
+        raise SeraError(f"live.enabled is true, but {exc.name} is not installed: pip install 'sera-voice[voice]'") from None
+
+
 def run(config: Config) -> int:
+    if config.live.enabled:
+        require_voice()
     secret = token(config)
     store = Store(config.database_path())
     bot = SeraBot(config, Pipeline(config), store)
