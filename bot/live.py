@@ -221,13 +221,13 @@ class LiveSession:
                     samples.append(audio)
             if not found:
                 return []
-            rows = self._analyse(found, samples)
+            rows = self._analyze(found, samples)
             self.store.add(self.info.id, rows)
         if self.on_results:
             self.on_results(rows)
         return rows
 
-    def _analyse(self, found: list[Utterance], samples: list[np.ndarray]) -> list[Utterance]:
+    def _analyze(self, found: list[Utterance], samples: list[np.ndarray]) -> list[Utterance]:
         segments = [Segment(s, SAMPLE_RATE, u.start, u.end, u.speaker) for u, s in zip(found, samples)]
         outputs, notices = self.pipeline.analyze_segments(segments, self.skip)
         for notice in notices:

@@ -131,7 +131,7 @@ def test_admin_commands_refuse_non_admins_and_dms(harness: Harness) -> None:
 
 def test_slash_command_analyses_a_file(harness: Harness) -> None:
     interaction = harness.interaction(FakeGuild())
-    asyncio.run(invoke(harness.cog.analyse_file, interaction, harness.attachment(NOTE, voice=False)))
+    asyncio.run(invoke(harness.cog.analyze_file, interaction, harness.attachment(NOTE, voice=False)))
     kinds = [kind for kind, _ in interaction.log]
     assert kinds == ["defer", "followup"]
     assert interaction.log[0][1]["thinking"] is True
@@ -188,7 +188,7 @@ def test_limits_are_checked_before_download(harness: Harness) -> None:
     assert harness.cdn.downloads == 0
 
     interaction = harness.interaction(FakeGuild())
-    asyncio.run(invoke(harness.cog.analyse_file, interaction, harness.attachment(NOTE, size=10**9)))
+    asyncio.run(invoke(harness.cog.analyze_file, interaction, harness.attachment(NOTE, size=10**9)))
     # a failed slash command is answered ephemerally, and its public "thinking" notice is removed
     assert [k for k, _ in interaction.log] == ["defer", "delete_original", "followup"]
     assert interaction.sent()[0]["ephemeral"] is True
@@ -449,7 +449,7 @@ def test_a_failing_reporter_never_costs_the_answer(harness: Harness, monkeypatch
     assert len(message.replies) == 2
     assert all(any(label in r["content"] for label in (*LABELS, "unsure")) for r in message.replies)
     interaction = harness.interaction(FakeGuild())
-    asyncio.run(invoke(harness.cog.analyse_file, interaction, harness.attachment(NOTE, voice=False)))
+    asyncio.run(invoke(harness.cog.analyze_file, interaction, harness.attachment(NOTE, voice=False)))
     assert [k for k, _ in interaction.log] == ["defer", "followup"]  # never stuck on "thinking"
 
 

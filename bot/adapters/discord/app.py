@@ -40,7 +40,7 @@ class SeraBot(commands.Bot):
         self.store = store
         self.sessions = SessionStore(store.db)  # live sessions and consent, on the same connection
         self.closing = False
-        self._summarised_interrupted = False
+        self._summarized_interrupted = False
 
     async def load_cogs(self) -> None:
         """Each feature is an extension with its own ``setup(bot)``, as in discord.py's ``ext`` packages;
@@ -79,8 +79,8 @@ class SeraBot(commands.Bot):
         plugins = ", ".join(a.name for a in self.pipeline.plugins.analyzers) or "none"
         log.info("sera is online as %s in %d guilds; analyzers: %s", self.user, len(self.guilds), plugins)
         listening = self.get_cog("Listening")
-        if listening is not None and not self._summarised_interrupted:
-            self._summarised_interrupted = True
+        if listening is not None and not self._summarized_interrupted:
+            self._summarized_interrupted = True
             await listening.summarize_orphans()
 
     async def close(self) -> None:

@@ -68,7 +68,7 @@ class VoiceNotes(commands.Cog):
         self.in_flight = InFlight(options.user_in_flight)
         self._handlers: set[asyncio.Task] = set()
         self._work: set[asyncio.Future] = set()
-        self.menu = app_commands.ContextMenu(name="Analyse emotion", callback=self.analyse_message)
+        self.menu = app_commands.ContextMenu(name="Analyse emotion", callback=self.analyze_message)
 
     async def cog_load(self) -> None:
         self.bot.tree.add_command(self.menu)
@@ -82,7 +82,7 @@ class VoiceNotes(commands.Cog):
 
     # -- the one road every note takes ---------------------------------------------------------------
 
-    async def analyse(self, attachment: discord.Attachment, origin: Origin, settings: GuildSettings) -> Outcome:
+    async def analyze(self, attachment: discord.Attachment, origin: Origin, settings: GuildSettings) -> Outcome:
         limits = self.pipeline.limits
         user_id = origin.requested_by
         if attachment.size > limits.max_bytes:
@@ -102,13 +102,13 @@ class VoiceNotes(commands.Cog):
                 log.warning("analysis queue full (%d); refusing a note from user %s", self.slots.size, user_id)
                 return Outcome(error="I'm busy with a lot of notes right now. Please try again in a minute.")
             try:
-                return await self._analyse(attachment, origin, settings)
+                return await self._analyze(attachment, origin, settings)
             finally:
                 self.slots.give()
         finally:
             self.in_flight.give(user_id)
 
-    async def _analyse(self, attachment: discord.Attachment, origin: Origin, settings: GuildSettings) -> Outcome:
+    async def _analyze(self, attachment: discord.Attachment, origin: Origin, settings: GuildSettings) -> Outcome:
         try:
             data = await attachment.read()
             work = asyncio.ensure_future(
@@ -205,7 +205,7 @@ class VoiceNotes(commands.Cog):
         origin = Origin(message.author.id, message.author.id, guild_id, message.channel.id, message.id)
         for note in notes:
             try:
-                outcome = await self.analyse(note, origin, settings)
+                outcome = await self.analyze(note, origin, settings)
                 await self._answer_message(message, outcome, settings)
             except Exception:  # one note's failure never costs the others their answer
                 log.exception("answering note %s of message %s failed", note.filename, message.id)
@@ -224,10 +224,10 @@ class VoiceNotes(commands.Cog):
 
     @emotion.command(name="analyse", description="Analyse the emotion in an audio file or voice note")
     @app_commands.describe(file="A voice note or audio file (ogg, mp3, wav, m4a, webm, flac...)")
-    async def analyse_file(self, interaction: discord.Interaction, file: discord.Attachment) -> None:
+    async def analyze_file(self, interaction: discord.Interaction, file: discord.Attachment) -> None:
         await self._answer_interaction(interaction, file, interaction.user.id)
 
-    async def analyse_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
+    async def analyze_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
         """The "Analyse emotion" message menu: works without the message-content intent.
 
         Someone else's note only where an admin enabled analysis and its author did not decline, and the
@@ -265,7 +265,7 @@ class VoiceNotes(commands.Cog):
         private = settings.ephemeral or author_id != interaction.user.id  # someone else's voice: only the caller sees it
         await interaction.response.defer(thinking=True, ephemeral=private)
         origin = Origin(author_id, interaction.user.id, guild_id, interaction.channel_id, message_id)
-        outcome = await self.analyse(note, origin, settings)
+        outcome = await self.analyze(note, origin, settings)
         try:
             if outcome.error and not private:
                 await interaction.delete_original_response()  # the "thinking" notice was public
