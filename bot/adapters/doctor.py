@@ -91,12 +91,14 @@ def _voice(config: Config) -> Check:
     """Only where listening is enabled: libopus (to decode received voice) and davey (DAVE decryption)."""
     if not config.live.enabled:
         return Check("voice channels", True, "off (live.enabled: false)")
-    try:
-        import davey
-        import discord.opus
-        from discord.ext import voice_recv  # noqa: F401
-    except ImportError as exc:
-        return Check("voice channels", False, f"missing {exc.name}", VOICE_EXTRA_FIX)
+    from sera.adapters.discord.app import missing_voice_module
+
+    missing = missing_voice_module()
+    if missing:
+        return Check("voice channels", False, f"missing {missing}", VOICE_EXTRA_FIX)
+    import davey
+    import discord.opus
+
     if not discord.opus.is_loaded() and not discord.opus._load_default():
         return Check("voice channels", False, "libopus not found", "apt-get install libopus0")
     return Check("voice channels", True, f"experimental; libopus loaded, davey {davey.__version__} (DAVE protocol {davey.DAVE_PROTOCOL_VERSION})")

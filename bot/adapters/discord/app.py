@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import signal
@@ -113,13 +114,24 @@ def token(config: Config) -> str:
     return value
 
 
+VOICE_MODULES = ("davey", "discord.ext.voice_recv")  # the [voice] extra
+
+
+def missing_voice_module() -> str | None:
+    """The first module of the [voice] extra that cannot be imported; None when all can."""
+    for name in VOICE_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            return exc.name or name
+    return None
+
+
 def require_voice() -> None:
     """Listening needs the [voice] extra; say so before logging in, not as a traceback from setup_hook."""
-    try:
-        import davey  # noqa: F401
-        from discord.ext import voice_recv  # noqa: F401
-    except ImportError as exc:
-        raise SeraError(f"live.enabled is true, but {exc.name} is not installed: pip install 'sera-voice[voice]'") from None
+    missing = missing_voice_module()
+    if missing:
+        raise SeraError(f"live.enabled is true, but {missing} is not installed: pip install 'sera-voice[voice]'")
 
 
 def run(config: Config) -> int:
