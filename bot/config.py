@@ -111,6 +111,13 @@ class Config:
             return self.path(self.discord.database)
         return platformdirs.user_data_path("sera") / "sera.db"
 
+    def status_path(self) -> Path:
+        """Where a running bot keeps its status for ``sera status``: beside a configured database, else
+        in the user's state folder (``~/.local/state/sera``)."""
+        if self.discord.database:
+            return self.database_path().with_name("status.json")
+        return platformdirs.user_state_path("sera") / "status.json"
+
     def path(self, value: str | Path) -> Path:
         """A path from the config, relative to the config file's folder."""
         path = Path(value).expanduser()

@@ -186,9 +186,9 @@ class Harness:
 
     def __init__(self, folder: Path, config: Config | None = None, pipeline: Pipeline | None = None, **discord_options: Any) -> None:
         base = config or Config()
-        options = DiscordOptions(**{**base.discord.__dict__, **discord_options})
+        self.db_path = folder / "sera.db"  # the status file goes beside it, never into the user's folders
+        options = DiscordOptions(**{**base.discord.__dict__, "database": str(self.db_path), **discord_options})
         self.config = Config(**{**base.__dict__, "discord": options})
-        self.db_path = folder / "sera.db"
         self.cdn = FakeCDN()
         self.state = FakeState(self.cdn)
         self.pipeline = pipeline or Pipeline(self.config)

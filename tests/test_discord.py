@@ -551,3 +551,29 @@ def test_listening_without_the_voice_extra_says_how_to_get_it(tmp_path: Path) ->
     assert "live.enabled is true, but davey is not installed: pip install 'sera-voice[voice]'" in done.stderr
     doctor = subprocess.run([sys.executable, "-m", "sera", "--config", str(config), "doctor"], env=env, capture_output=True, text=True, timeout=120)
     assert "✘ voice channels: missing davey" in doctor.stdout and "sera-voice[voice]" in doctor.stdout
+
+
+def test_the_running_bot_reports_its_health_to_sera_status(harness: Harness) -> None:
+    """The Health cog's status file counts what the bot did; `sera status` reads it, and calls a file
+    older than three beats a bot that is not responding (exit 2)."""
+    from sera.adapters.discord.health import STALE_SECONDS, write_status
+
+    asyncio.run(harness.cog.on_message(harness.message(harness.attachment(NOTE))))
+    asyncio.run(harness.cog.on_message(harness.message(harness.attachment(b"not audio at all"))))
+    status = harness.bot.get_cog("Health").status()
+    assert status["notes"] == {"answered": 1, "not answered": 1} and status["queue"] == {"busy": 0, "size": 16}
+    path = harness.config.status_path()
+    assert path.parent == harness.db_path.parent  # beside the configured database
+    config = harness.db_path.parent / "sera.yaml"
+    config.write_text(f"discord:\n  database: {harness.db_path}\n")
+    sera = [sys.executable, "-m", "sera", "--config", str(config), "status"]
+    write_status(path, status)
+    fresh = subprocess.run(sera, capture_output=True, text=True, timeout=120)
+    assert fresh.returncode == 0 and fresh.stdout.startswith("running: pid")
+    assert "voice notes: 1 answered, 1 not; queue 0/16" in fresh.stdout
+    write_status(path, status | {"updated_at": status["updated_at"] - STALE_SECONDS - 1})
+    stale = subprocess.run(sera, capture_output=True, text=True, timeout=120)
+    assert stale.returncode == 2 and stale.stdout.startswith("NOT RESPONDING")
+    path.unlink()
+    missing = subprocess.run(sera, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "is `sera run` running with this config?" in missing.stderr

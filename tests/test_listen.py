@@ -234,7 +234,7 @@ def test_the_bot_loads_every_feature_as_an_extension(tmp_path: Path, pipeline: P
     for live, expected in ((False, set()), (True, {"Listening", "SessionHistory"})):
         harness = Harness(tmp_path / str(live), config=Config(live=LiveOptions(enabled=live)), pipeline=pipeline)
         asyncio.run(harness.bot.load_cogs())
-        assert set(harness.bot.cogs) == {"VoiceNotes", "ServerSettings", "Privacy"} | expected
+        assert set(harness.bot.cogs) == {"VoiceNotes", "ServerSettings", "Privacy", "Health"} | expected
         commands = {c.name for c in harness.bot.tree.get_commands()}
         assert {"emotion", "sera", "privacy", "forget", "Analyse emotion"} <= commands
         assert ("listen" in commands) is live and ("sessions" in commands) is live

@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print the figures as one JSON object")
 
     command("run", cmd_run, "start the Discord bot (token from $DISCORD_TOKEN or discord.token_env)")
+    command("status", cmd_status, "how the running bot is doing (from the status file it rewrites every 30 s)")
     command("doctor", cmd_doctor, "check ffmpeg, Opus, models, config, token and database, with fixes")
 
     train = command("train", cmd_train, "train the emotion CNN, export it to ONNX and write its model card")
@@ -228,6 +229,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         logging.getLogger().setLevel(logging.INFO)  # the operator's log: one line per start, failure, stop
     logging.getLogger("discord").setLevel(logging.WARNING)
     return run(config_of(args))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import time
+
+    from sera.adapters.discord.health import read_status
+
+    path = config_of(args).status_path()
+    try:
+        status, fresh = read_status(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise SeraError(f"no status at {path} ({exc.__class__.__name__}): is `sera run` running with this config?") from None
+    age = time.time() - status["updated_at"]
+    notes = status.get("notes", {})
+    queue = status.get("queue", {})
+    print(f"{'running' if fresh else 'NOT RESPONDING'}: pid {status['pid']}, up {(time.time() - status['started_at']) / 3600:.1f} h, "
+          f"status {age:.0f} s old")  # fmt: skip
+    print(f"guilds {status['guilds']}, gateway latency {status['latency_ms']} ms, sessions {status['sessions']}")
+    print(f"voice notes: {notes.get('answered', 0)} answered, {notes.get('not answered', 0)} not; "
+          f"queue {queue.get('busy', 0)}/{queue.get('size', 0)}")  # fmt: skip
+    if status.get("plugins_stopped"):
+        print(f"plugins stopped: {', '.join(status['plugins_stopped'])}")
+    return EXIT_OK if fresh else EXIT_BAD_INPUT
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

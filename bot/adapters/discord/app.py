@@ -29,7 +29,8 @@ def intents(message_content: bool) -> discord.Intents:
     return chosen
 
 
-EXTENSIONS = ("sera.adapters.discord.notes", "sera.adapters.discord.settings", "sera.adapters.discord.privacy")
+EXTENSIONS = ("sera.adapters.discord.notes", "sera.adapters.discord.settings", "sera.adapters.discord.privacy",
+              "sera.adapters.discord.health")  # fmt: skip
 LIVE_EXTENSION = "sera.adapters.discord.listen"
 
 

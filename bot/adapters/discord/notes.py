@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import PurePath
 
@@ -68,6 +69,7 @@ class VoiceNotes(commands.Cog):
         self.in_flight = InFlight(options.user_in_flight)
         self._handlers: set[asyncio.Task] = set()
         self._work: set[asyncio.Future] = set()
+        self.counts: Counter[str] = Counter()
         self.menu = app_commands.ContextMenu(name="Analyse emotion", callback=self.analyze_message)
 
     async def cog_load(self) -> None:
@@ -83,6 +85,12 @@ class VoiceNotes(commands.Cog):
     # -- the one road every note takes ---------------------------------------------------------------
 
     async def analyze(self, attachment: discord.Attachment, origin: Origin, settings: GuildSettings) -> Outcome:
+        outcome = await self._admit(attachment, origin, settings)
+        self.counts["answered" if outcome.report else "not answered"] += 1  # for the operator (sera status)
+        return outcome
+
+    async def _admit(self, attachment: discord.Attachment, origin: Origin, settings: GuildSettings) -> Outcome:
+        """The limits, before anything is downloaded; then the analysis."""
         limits = self.pipeline.limits
         user_id = origin.requested_by
         if attachment.size > limits.max_bytes:
