@@ -18,7 +18,7 @@ from sera.audio import decode
 from sera.adapters.discord.privacy import PRIVACY, ForgetView
 from sera.pipeline import Pipeline
 from tests.conftest import SAMPLE_NOTE, encode, tone
-from tests.discord_harness import FakeChannel, FakeGuild, FakeUser, Harness, invoke
+from sera.adapters.discord.testing import FakeChannel, FakeGuild, FakeUser, Harness, invoke
 
 LABELS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
 NOTE = SAMPLE_NOTE.read_bytes()

@@ -30,7 +30,7 @@ from sera.sessions import INTERRUPTED
 from sera.summary import Utterance
 from tests.conftest import SAMPLE_NOTE, say
 from tests.dave_harness import FakeVoiceClient, Speaker, VoiceServer
-from tests.discord_harness import FakeInteraction, Harness, invoke
+from sera.adapters.discord.testing import FakeInteraction, Harness, invoke
 from tests.voice_sim import Clock, Turn, frames, load_speech
 
 CHANNEL = 880_000_000_000_000_001

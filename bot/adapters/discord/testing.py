@@ -4,11 +4,13 @@ Attachments are real ``discord.Attachment`` objects built from the gateway's JSO
 ``is_voice_message()``, ``size``, ``duration`` and ``read()`` behave as in production); ``read()``
 fetches from an in-memory CDN instead of Discord's. Messages and interactions are small fakes with the
 same method signatures as discord.py's, recording every reply, reaction, deferral and follow-up.
-Application commands are invoked through their callbacks, as Discord would after its own checks.
+Application commands are run by ``invoke``, through their checks and error handlers, as discord.py's
+``CommandTree`` runs them. It ships in the package (``sera.adapters.discord.testing``) for plugin
+authors' own tests; nothing in the running bot imports it.
 
     harness = Harness(tmp_path)            # a real SeraBot, Pipeline and SQLite store
     await harness.start()
-    note = harness.voice_note(ogg_bytes)
+    note = harness.attachment(ogg_bytes)
     message = harness.message(note, guild=None)
     await harness.cog.on_message(message)
     message.replies[0]["embed"].title
