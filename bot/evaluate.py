@@ -36,7 +36,7 @@ class Item:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class Prediction:
     item: Item
     predicted: str
 
@@ -44,17 +44,17 @@ class Outcome:
 @dataclass
 class Evaluation:
     scores: Scores
-    outcomes: list[Outcome] = field(default_factory=list)
+    predictions: list[Prediction] = field(default_factory=list)
     unreadable: dict[str, str] = field(default_factory=dict)  # path -> reason
     no_speech: list[str] = field(default_factory=list)
 
     def accuracy_by(self, group: Callable[[Item], str]) -> dict[str, float]:
         """Accuracy per group of clips (per speaker, per gender...), groups named "" left out."""
         hits: dict[str, list[bool]] = {}
-        for outcome in self.outcomes:
-            key = group(outcome.item)
+        for prediction in self.predictions:
+            key = group(prediction.item)
             if key:
-                hits.setdefault(key, []).append(outcome.predicted == outcome.item.label)
+                hits.setdefault(key, []).append(prediction.predicted == prediction.item.label)
         return {key: float(np.mean(values)) for key, values in sorted(hits.items())}
 
     @property
@@ -105,7 +105,7 @@ def evaluate(
     mask[present if only_present_labels else slice(None)] = True
 
     truth, rows = [], []
-    outcomes: list[Outcome] = []
+    predictions: list[Prediction] = []
     unreadable: dict[str, str] = {}
     no_speech: list[str] = []
     for done, item in enumerate(items, 1):
@@ -125,12 +125,12 @@ def evaluate(
             probs = np.where(mask, probs, 0.0)
             rows.append(probs / probs.sum())
             truth.append(labels.index(item.label))
-            outcomes.append(Outcome(item, labels[int(np.argmax(rows[-1]))]))
+            predictions.append(Prediction(item, labels[int(np.argmax(rows[-1]))]))
         if progress:
             progress(done, len(items))
     if not rows:
         raise SeraError("no clip could be read")
-    return Evaluation(score(truth, np.stack(rows), labels), outcomes, unreadable, no_speech)
+    return Evaluation(score(truth, np.stack(rows), labels), predictions, unreadable, no_speech)
 
 
 def terminal_progress(done: int, total: int) -> None:
