@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from sera.adapters.cli import main
-from tests.conftest import SAMPLE_NOTE, encode, noise, tone
+from tests.conftest import ROOT, SAMPLE_NOTE, encode, noise, tone
 
 LABELS = {"neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"}
 
@@ -155,3 +155,12 @@ def test_the_operator_log_can_be_json_lines(tmp_path: Path) -> None:
     entries = [json.loads(line) for line in done.stderr.splitlines()]
     assert entries and all(set(e) >= {"time", "level", "logger", "message"} for e in entries)
     assert any(e["level"] == "ERROR" and "'plugins.emotion_cnn.unsure_below' must be between 0 and 1" in e["message"] for e in entries)
+
+
+def test_the_readme_shows_what_sera_analyze_prints_for_the_sample() -> None:
+    """The README's sample output is the shipped model's, not a stale one: regenerate it with the command."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("$ sera analyze examples/voice-note.ogg\n", 1)[1].split("```", 1)[0]
+    done = run("analyze", str(SAMPLE_NOTE))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == block
