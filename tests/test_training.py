@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch", reason="the training tests need the [train]
 from sera.corpora import EMOTIONS, RAVDESS_EMOTIONS, ravdess
 from sera.errors import ModelError
 from sera.model import EmotionModel
-from tests.conftest import SHARED_DATA, say
+from tests.conftest import ROOT, SHARED_DATA, say
 from sera.training.net import EmotionNet
 
 CODES = {label: code for code, label in RAVDESS_EMOTIONS.items()}
@@ -161,13 +161,31 @@ def test_model_without_metadata_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "ravdess").is_dir(), reason="../shared/data/ravdess is not here")
-def test_shipped_model_on_held_out_actors() -> None:
-    """The shipped model against chance on the actors it never heard (the card has the full figures)."""
-    done = run("evaluate", "--corpus", "ravdess", "--data", str(SHARED_DATA / "ravdess"), "--speakers", "21", "--json")
+def test_the_shipped_model_is_what_its_card_says() -> None:
+    """Trained on every RAVDESS and nEMO speaker, never on EmoSpeech, calibrated with the temperature its
+    cross-validation fitted, and its card shows that cross-validation's table."""
+    results = json.loads((ROOT / "models" / "training-results.json").read_text())
+    crossval = json.loads((ROOT / "models" / "crossval-results.json").read_text())
+    info = EmotionModel(ROOT / "models" / "sera-emotion.onnx").info
+    assert info.labels == EMOTIONS and info.temperature == pytest.approx(crossval["pooled"]["temperature"])
+    assert results["corpus"] == "ravdess,nemo" and results["test_corpus"] == "emospeech"
+    assert set(results["speakers"]["train"]) == {f"{a:02d}" for a in range(1, 22)} | {"EB0", "IC0", "KD0", "KS0", "SM0", "TP0", "WR0"}
+    card = (ROOT / "models" / "MODEL_CARD.md").read_text()
+    ravdess = crossval["summary"]["ravdess"]["clean"]["accuracy"]
+    assert f"| ravdess | 1259 | {ravdess['mean']:.1%} ± {ravdess['std']:.1%} |" in card
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "emospeech").is_dir(), reason="../shared/data is not here: the shipped model is not scored on real voices")
+def test_the_shipped_model_on_a_corpus_it_never_heard() -> None:
+    """EmoSpeech (phone recordings, Indian English commands) is in none of the shipped model's training
+    data. Three of its speakers, 297 clips, argmax over its 4 labels: 30.3 % when this model shipped,
+    barely above chance (25 %), as the README says; this guards against shipping worse."""
+    done = run("evaluate", "--corpus", "emospeech", "--data", str(SHARED_DATA / "emospeech"),
+               "--speakers", "61da3711,0e17afa3,b85700a6", "--only-present-labels", "--json")  # fmt: skip
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert result["n"] == 60
-    assert result["accuracy"] > 0.35  # chance is 0.125
+    assert result["n"] == 297
+    assert result["accuracy"] > 0.28 and result["macro_f1"] > 0.22
 
 
 def test_training_without_the_train_extra_says_how_to_get_it(tiny_corpus: Path, tmp_path: Path) -> None:
