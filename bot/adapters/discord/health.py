@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -47,7 +48,7 @@ class Health(commands.Cog):
             "started_at": self.started,
             "updated_at": time.time(),
             "guilds": len(self.bot.guilds),
-            "latency_ms": round(latency * 1000, 1) if latency == latency and latency != float("inf") else None,
+            "latency_ms": round(latency * 1000, 1) if math.isfinite(latency) else None,  # nan/inf before the first heartbeat
             "notes": dict(notes.counts) if notes else {},
             "queue": {"busy": notes.slots.used, "size": notes.slots.size} if notes else {},
             "sessions": len(listening.active) if listening else 0,

@@ -1,7 +1,7 @@
 """Voice notes in, emotion feedback out: the cog that hears notes and answers them.
 
 Every path (a voice note in an enabled channel or a DM, ``/emotion analyse``, the "Analyse emotion"
-message menu) goes through ``analyse``, which applies the limits before downloading anything, runs the
+message menu) goes through ``analyze``, which applies the limits before downloading anything, runs the
 core pipeline off the event loop and stores the result under the voice's author. Failures become one
 friendly sentence for the user and one log line for the operator; slash-command failures are answered
 ephemerally. Rendering is a plugin's work too, so it runs off the loop and a failing reporter costs the
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 AUDIO_SUFFIXES = {".ogg", ".oga", ".opus", ".mp3", ".wav", ".m4a", ".aac", ".webm", ".flac", ".mp4"}
 MAX_NOTES_PER_MESSAGE = 3
 SHUTDOWN_GRACE_SECONDS = 20.0
+
 
 def is_audio(attachment: discord.Attachment) -> bool:
     if attachment.is_voice_message():
