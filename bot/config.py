@@ -133,9 +133,7 @@ def load(path: str | Path | None = None) -> Config:
         return Config()
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-        refuse_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader), str(path))
-        data = yaml.safe_load(text)
+        data = parse_yaml(path.read_text(encoding="utf-8"), str(path))
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -147,6 +145,17 @@ def load(path: str | Path | None = None) -> Config:
     config = build(Config, data, str(path), exclude={"source"})
     config = dataclasses.replace(config, source=str(path))
     return dataclasses.replace(config, models_dir=config.path(config.models_dir))
+
+
+def parse_yaml(text: str, file: str) -> Any:
+    """``yaml.safe_load``, parsing once: the node tree is checked for duplicate keys, then constructed."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        refuse_duplicate_keys(node, file)
+        return loader.construct_document(node) if node is not None else None
+    finally:
+        loader.dispose()
 
 
 def refuse_duplicate_keys(node: yaml.Node | None, file: str, prefix: str = "") -> None:

@@ -577,3 +577,16 @@ def test_the_running_bot_reports_its_health_to_sera_status(harness: Harness) -> 
     path.unlink()
     missing = subprocess.run(sera, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "is `sera run` running with this config?" in missing.stderr
+
+
+def test_a_refused_privacy_choice_says_nothing_changed(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sera.database import StorageError
+
+    def busy(*args):
+        raise StorageError("the database is busy (another process is writing to it); nothing was changed, try again")
+
+    monkeypatch.setattr(harness.store, "set_analysis_by_others", busy)
+    asked = harness.interaction()
+    asyncio.run(invoke(harness.privacy.privacy, asked, analysis_by_others=False))
+    assert asked.sent() == [{"content": "Nothing was changed: the database is busy (another process is writing to it); "
+                                        "nothing was changed, try again.", "ephemeral": True}]  # fmt: skip

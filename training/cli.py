@@ -34,7 +34,7 @@ def main(args: argparse.Namespace, config: Config) -> int:
     try:
         from sera.training.train import MODEL_FILE, OPSET, run  # torch: imported only when training
     except ImportError as exc:
-        raise SeraError(f"training needs the [train] extra (pip install -e '.[train]'): {exc}") from None
+        raise SeraError(f"training needs the [train] extra (pip install 'sera-voice[train]'; -e '.[train]' in a checkout): {exc}") from None
     from sera.audio import SAMPLE_RATE
     from sera.config import Config
     from sera.corpora import load_corpora

@@ -97,13 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     command("status", cmd_status, "how the running bot is doing (from the status file it rewrites every 30 s)")
     command("doctor", cmd_doctor, "check ffmpeg, Opus, models, config, token and database, with fixes")
 
-    train = command("train", cmd_train, "train the emotion CNN, export it to ONNX and write its model card")
-    try:
-        from sera.training.cli import add_arguments
-    except ImportError:  # the [train] extra is not installed; cmd_train says how to get it
-        train.add_argument("rest", nargs=argparse.REMAINDER)
-    else:
-        add_arguments(train)
+    from sera.training.cli import add_arguments  # stdlib only at import: no torch, librosa or onnxruntime
+
+    add_arguments(command("train", cmd_train, "train the emotion CNN, export it to ONNX and write its model card"))
     return parser
 
 
@@ -215,10 +211,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    try:
-        from sera.training.cli import main as train_main
-    except ImportError as exc:
-        raise SeraError(f"training needs the [train] extra (pip install -e '.[train]'): {exc}") from None
+    from sera.training.cli import main as train_main  # says how to get the [train] extra when torch is missing
+
     return train_main(args, config_of(args))
 
 

@@ -54,11 +54,8 @@ class Privacy(commands.Cog):
         if analysis_by_others is None:
             await interaction.response.send_message(PRIVACY, ephemeral=True)
             return
-        try:
-            await asyncio.to_thread(self.store.set_analysis_by_others, interaction.user.id, analysis_by_others)
-        except SeraError as error:
-            await interaction.response.send_message(f"Nothing was changed: {error}.", ephemeral=True)
-            return
+        # a refused write reaches cog_app_command_error: "Nothing was changed: <why>."
+        await asyncio.to_thread(self.store.set_analysis_by_others, interaction.user.id, analysis_by_others)
         log.info("user %s %s analysis by others", interaction.user.id, "allowed" if analysis_by_others else "declined")
         text = (
             "Others may analyse your voice notes again, in channels where admins enabled it (only they see the answer)."
