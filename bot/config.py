@@ -71,7 +71,8 @@ class DiscordOptions:
     chart: bool = False  # attach a PNG chart in DMs (needs matplotlib); servers choose with /sera style
     message_content: bool = False  # privileged intent: analyse notes in enabled channels without being asked
     sync_commands: bool = True  # send the slash commands to Discord on start
-    sync_guild: int = bounded(0, min=0)  # a server id: sync there only, at once (development); 0: globally
+    dev_guild: int = bounded(0, min=0)  # a server id: sync there only, at once (development); 0: globally
+    metrics_port: int = bounded(0, min=0, max=65535)  # Prometheus metrics on http://127.0.0.1:PORT/metrics; 0: off
 
 
 @dataclass(frozen=True)

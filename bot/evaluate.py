@@ -9,7 +9,6 @@ be read is counted and named, never fatal; a clip in which no speech is heard co
 from __future__ import annotations
 
 import csv
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from sera.metrics import Scores, score
 from sera.model import EMOTION_PLUGIN
 from sera.pipeline import Pipeline
 from sera.plugin import EmotionResult
+from sera.progress import progress
 
 
 
@@ -91,11 +91,10 @@ def evaluate(
     items: Sequence[Item],
     only_present_labels: bool = False,
     opus_bitrate: str | None = None,
-    progress: Callable[[int, int], None] | None = None,
 ) -> Evaluation:
     analyzer = next((a for a in pipeline.plugins.analyzers if a.name == EMOTION_PLUGIN), None)
     if analyzer is None:
-        raise SeraError(f"the {EMOTION_PLUGIN} analyzer is not loaded; `sera plugins` says why")
+        raise SeraError(f"the {EMOTION_PLUGIN} analyzer is not loaded; `sera plugins --check` says why")
     labels = list(analyzer.labels)
     unknown = sorted({i.label for i in items} - set(labels))
     if unknown:
@@ -108,7 +107,7 @@ def evaluate(
     predictions: list[Prediction] = []
     unreadable: dict[str, str] = {}
     no_speech: list[str] = []
-    for done, item in enumerate(items, 1):
+    for item in progress(items, f"evaluating{' (Opus ' + opus_bitrate + ')' if opus_bitrate else ''}"):
         try:
             source = encode_opus(item.path, opus_bitrate) if opus_bitrate else item.path
             report = pipeline.analyze(source, item.path.name)
@@ -126,23 +125,9 @@ def evaluate(
             rows.append(probs / probs.sum())
             truth.append(labels.index(item.label))
             predictions.append(Prediction(item, labels[int(np.argmax(rows[-1]))]))
-        if progress:
-            progress(done, len(items))
     if not rows:
         raise SeraError("no clip could be read")
     return Evaluation(score(truth, np.stack(rows), labels), predictions, unreadable, no_speech)
-
-
-def terminal_progress(done: int, total: int) -> None:
-    """A one-line progress bar on stderr, drawn only on a terminal."""
-    if not sys.stderr.isatty():
-        return
-    width = 30
-    filled = done * width // total
-    sys.stderr.write(f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
-    if done == total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
 
 
 def format_text(evaluation: Evaluation) -> str:

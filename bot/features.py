@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 
-import librosa
 import numpy as np
 
 from sera.audio import SAMPLE_RATE
@@ -75,6 +74,8 @@ def windows(samples: np.ndarray, params: FeatureParams, offset: int = -1) -> np.
 
 def log_mel(batch: np.ndarray, params: FeatureParams) -> np.ndarray:
     """Log-Mel spectrograms in dB, shape ``(n, n_mels, window_frames)`` for ``(n, samples)`` input."""
+    import librosa  # when features are computed, not with the module (it takes a second to import)
+
     power = librosa.feature.melspectrogram(
         y=np.ascontiguousarray(batch, dtype=np.float32),
         sr=params.sample_rate,

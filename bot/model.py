@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from sera.errors import ModelError
 from sera.features import METADATA_KEY, FeatureParams, log_mel, windows
@@ -76,6 +75,8 @@ class EmotionModel:
     def __init__(self, path: Path) -> None:
         if not path.is_file():
             raise ModelError(f"model file not found: {path}")
+        import onnxruntime as ort  # when a model is loaded (see session_options)
+
         try:
             self.session = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs

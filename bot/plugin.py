@@ -14,7 +14,14 @@ its ``speaker``, analysed like a voice note's; every plugin hears ``session_star
 Plugins are found through the ``sera.plugins`` entry-point group and configured by name in the YAML
 ``plugins:`` section; the keys a plugin accepts are the fields of its ``Options`` dataclass, and a
 number that must lie in a range is declared with ``bounded`` (``threshold: float = bounded(0.5, min=0,
-max=1)``), so a wrong value is refused with the file and key named when the config is read.
+max=1)``), so a wrong value is refused with the file and key named when the config is read. A plugin
+names its options type as the class parameter (``class MyAnalyzer(Analyzer[MyOptions])``), so that
+``self.options`` is typed for the author's editor and type checker.
+
+``SERA_PLUGIN_API`` is this API's version. A plugin states the version it was written for as its class
+attribute ``api``; sera refuses, with the reason shown in ``sera plugins``, a plugin written for another
+major version (names were removed or changed meaning) or for a later minor one (it may call what this
+sera does not have yet).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 
@@ -34,6 +41,7 @@ from sera.summary import SessionInfo, SessionSummary, Utterance
 
 __all__ = [
     "EMOTIONS",
+    "SERA_PLUGIN_API",
     "Analyzer",
     "EmotionResult",
     "NoOptions",
@@ -47,10 +55,28 @@ __all__ = [
     "SessionInfo",
     "SessionSummary",
     "Utterance",
+    "api_mismatch",
     "bounded",
     "color",
     "emoji",
 ]
+
+SERA_PLUGIN_API = (1, 0)  # (major, minor): a new minor adds, a new major breaks
+
+OptionsT = TypeVar("OptionsT")
+
+
+def api_mismatch(wanted: tuple[int, int] | None) -> str | None:
+    """Why a plugin written for plugin API ``wanted`` cannot run on this sera; None when it can (or
+    states no version: written before versions were stated)."""
+    if wanted is None:
+        return None
+    if not (isinstance(wanted, tuple) and len(wanted) == 2 and all(isinstance(n, int) for n in wanted)):
+        return f"its api attribute must be (major, minor), not {wanted!r}"
+    if wanted[0] != SERA_PLUGIN_API[0] or wanted[1] > SERA_PLUGIN_API[1]:
+        have = ".".join(map(str, SERA_PLUGIN_API))
+        return f"written for plugin API {wanted[0]}.{wanted[1]}; this sera has {have}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -135,13 +161,15 @@ class PluginContext:
     sample_rate: int  # the rate of every Segment's samples
 
 
-class Plugin:
-    """Base of all plugins. ``name`` is the entry-point name, set when the plugin is loaded."""
+class Plugin(Generic[OptionsT]):
+    """Base of all plugins. ``name`` is the entry-point name, set when the plugin is loaded; ``Options``
+    is the dataclass its config section is read into; ``api`` the plugin API version it was written for."""
 
     name: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
+    api: ClassVar[tuple[int, int] | None] = None
 
-    def __init__(self, options: Any, context: PluginContext) -> None:
+    def __init__(self, options: OptionsT, context: PluginContext) -> None:
         self.options = options
         self.context = context
         self.log = logging.getLogger(f"sera.plugin.{self.name or type(self).__name__}")
@@ -164,7 +192,7 @@ class Plugin:
         return 0
 
 
-class Analyzer(Plugin, ABC):
+class Analyzer(Plugin[OptionsT], ABC):
     """Turns speech segments into results: one ``Result`` (or None) per segment, in order."""
 
     @abstractmethod
@@ -227,7 +255,7 @@ class Report:
         }
 
 
-class Reporter(Plugin, ABC):
+class Reporter(Plugin[OptionsT], ABC):
     """Turns a finished report into output for a person or a machine."""
 
     @abstractmethod

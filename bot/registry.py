@@ -27,7 +27,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from sera import DISTRIBUTION, __version__
 from sera.config import Config, build
 from sera.errors import SeraError
-from sera.plugin import Analyzer, Plugin, PluginContext, Report, Reporter, SessionSummary
+from sera.plugin import Analyzer, Plugin, PluginContext, Report, Reporter, SessionSummary, api_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,7 @@ class PluginInfo:
     error: str | None = None
     plugin: Plugin | None = None
     guard: Guard | None = None
+    ready: bool = False  # imported, API and options checked, not set up (``PluginSet(set_up=False)``)
 
     @property
     def status(self) -> str:
@@ -126,7 +127,9 @@ class PluginInfo:
             return f"failed: {self.error}"
         if self.guard is not None and self.guard.stopped:
             return self.guard.stopped
-        return "loaded" if self.plugin else "disabled"
+        if self.plugin:
+            return "loaded"
+        return "ready" if self.ready else "disabled"
 
     @property
     def active(self) -> bool:
@@ -136,8 +139,10 @@ class PluginInfo:
 class PluginSet:
     """The loaded plugins of one configuration, in discovery order."""
 
-    def __init__(self, config: Config, sample_rate: int, only: Collection[str] | None = None) -> None:
-        """Load every enabled plugin, or with ``only`` just those named (``sera evaluate`` needs one)."""
+    def __init__(self, config: Config, sample_rate: int, only: Collection[str] | None = None, set_up: bool = True) -> None:
+        """Load every enabled plugin, or with ``only`` just those named (``sera evaluate`` needs one).
+        Without ``set_up``, plugins are imported and their options checked but not set up (no model is
+        loaded): what ``sera plugins`` lists in a blink."""
         context = PluginContext(models_dir=config.models_dir, sample_rate=sample_rate)
         found: dict[str, list[EntryPoint]] = {}
         for ep in entry_points(group=GROUP):
@@ -148,7 +153,7 @@ class PluginSet:
             chosen, refused = _resolve_clash(eps)
             self.infos += refused
             if chosen is not None:
-                self.infos.append(self._load(chosen, config, context))
+                self.infos.append(self._load(chosen, config, context, set_up))
         for name in sorted(config.plugins.keys() - found.keys() if only is None else set(only) - found.keys()):
             log.warning("plugin %r is configured in %s but not installed", name, config.source)
             self.infos.append(PluginInfo(name, "config", enabled=True, error="not installed"))
@@ -231,7 +236,7 @@ class PluginSet:
                 return info.guard
         raise SeraError(f"plugin {plugin.name!r} is not loaded")
 
-    def _load(self, ep: EntryPoint, config: Config, context: PluginContext) -> PluginInfo:
+    def _load(self, ep: EntryPoint, config: Config, context: PluginContext, set_up: bool) -> PluginInfo:
         builtin = _is_builtin(ep)
         origin = "built-in" if builtin else _distribution(ep)
         raw = dict(config.plugins.get(ep.name, {}))
@@ -252,9 +257,14 @@ class PluginSet:
             cls = ep.load()
             if not (isinstance(cls, type) and issubclass(cls, (Analyzer, Reporter))):
                 raise TypeError(f"{ep.value} is not an Analyzer or Reporter subclass")
+            if mismatch := api_mismatch(cls.api):
+                raise SeraError(mismatch)
             info.kind = "analyzer" if issubclass(cls, Analyzer) else "reporter"
             cls.name = cls.name or ep.name
             options = build(cls.Options, raw, config.source, prefix=f"plugins.{ep.name}.")
+            if not set_up:
+                info.ready = True
+                return info
             plugin = cls(options, context)
             guard.call("setup", plugin.setup, timeout=max(SETUP_TIMEOUT_SECONDS, config.plugin_timeout_seconds))
             info.plugin, info.guard = plugin, guard

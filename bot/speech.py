@@ -8,11 +8,14 @@ a trained voice-activity detector is the speech gate. ``models/silero_vad.onnx``
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnxruntime as ort
 
 from sera.config import SpeechOptions
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 VAD_SAMPLE_RATE = 16_000
 CHUNK = 512  # samples per VAD step at 16 kHz (32 ms), fixed by the model
@@ -21,7 +24,12 @@ STATE_SHAPE = (2, 1, 128)
 
 
 def session_options() -> ort.SessionOptions:
-    """One thread per session: sera scales by running several analyses at once, not by fanning out one."""
+    """One thread per session: sera scales by running several analyses at once, not by fanning out one.
+
+    onnxruntime is imported here, when a model is loaded, not with the module: listing plugins or
+    checking a config does not pay for it."""
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
@@ -32,6 +40,8 @@ class SpeechDetector:
     """Speech segments of a 16 kHz signal. Thread-safe: each call carries its own recurrent state."""
 
     def __init__(self, model_path: Path, options: SpeechOptions = SpeechOptions()) -> None:
+        import onnxruntime as ort
+
         self.options = options
         self._session = ort.InferenceSession(str(model_path), session_options(), providers=["CPUExecutionProvider"])
         self._rate = np.array(VAD_SAMPLE_RATE, dtype=np.int64)

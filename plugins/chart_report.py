@@ -14,12 +14,13 @@ from __future__ import annotations
 import io
 
 from sera.errors import SeraError
-from sera.plugin import Report, Reporter, SessionSummary, color
+from sera.plugin import SERA_PLUGIN_API, NoOptions, Report, Reporter, SessionSummary, color
 
 UNSURE_GREY = "#d0d0d0"
 
 
-class ChartReporter(Reporter):
+class ChartReporter(Reporter[NoOptions]):
+    api = SERA_PLUGIN_API
     def setup(self) -> None:
         try:
             import matplotlib

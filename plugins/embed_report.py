@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sera.plugin import EmotionResult, Report, Reporter, SessionSummary, color, emoji
+from sera.plugin import SERA_PLUGIN_API, EmotionResult, NoOptions, Report, Reporter, SessionSummary, color, emoji
 from sera.summary import clock
 
 BAR_WIDTH = 12
@@ -34,7 +34,8 @@ def timeline(report: Report, name: str) -> str:
     return "\n".join(rows)
 
 
-class EmbedReporter(Reporter):
+class EmbedReporter(Reporter[NoOptions]):
+    api = SERA_PLUGIN_API
     def render(self, report: Report) -> dict[str, Any]:
         if not report.speech_detected:
             return {"title": "🔇 No speech detected", "description": "I couldn't hear anyone speaking in this audio.",

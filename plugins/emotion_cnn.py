@@ -15,7 +15,7 @@ import numpy as np
 
 from sera.errors import ModelError
 from sera.model import MODEL_FILE, EmotionModel, model_input
-from sera.plugin import Analyzer, EmotionResult, Result, Segment, bounded
+from sera.plugin import SERA_PLUGIN_API, Analyzer, EmotionResult, Result, Segment, bounded
 
 BATCH_WINDOWS = 32  # bounds the memory of one onnxruntime call on a long file
 
@@ -26,8 +26,9 @@ class Options:
     unsure_below: float = bounded(0.4, min=0, max=1)  # top calibrated probability under which the answer is "unsure"
 
 
-class EmotionCNN(Analyzer):
+class EmotionCNN(Analyzer[Options]):
     Options = Options
+    api = SERA_PLUGIN_API
 
     def setup(self) -> None:
         path = Path(self.options.model)

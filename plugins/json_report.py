@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
-from sera.plugin import Report, Reporter, SessionSummary
+from sera.plugin import SERA_PLUGIN_API, NoOptions, Report, Reporter, SessionSummary
 
 
-class JsonReporter(Reporter):
+class JsonReporter(Reporter[NoOptions]):
+    api = SERA_PLUGIN_API
     def render(self, report: Report) -> str:
         return json.dumps(report.to_dict(), ensure_ascii=False)
 

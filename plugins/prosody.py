@@ -11,10 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-import librosa
 import numpy as np
 
-from sera.plugin import Analyzer, NoOptions, Result, Segment
+from sera.plugin import SERA_PLUGIN_API, Analyzer, NoOptions, Result, Segment
 
 FMIN_HZ = 65.0  # below a low male voice
 FMAX_HZ = 500.0  # above a high child's voice
@@ -49,8 +48,8 @@ def _clean(value: object) -> object:
     return round(value, 3) if math.isfinite(value) else None
 
 
-class Prosody(Analyzer):
-    Options = NoOptions
+class Prosody(Analyzer[NoOptions]):
+    api = SERA_PLUGIN_API
 
     def setup(self) -> None:
         """Warm librosa's YIN and onset code, which compile on first use."""
@@ -83,6 +82,8 @@ class Prosody(Analyzer):
 
 
 def measure(segment: Segment) -> ProsodyResult:
+    import librosa  # imported by setup's first measure, not with the module: `sera plugins` lists without it
+
     y, sr = segment.samples, segment.sample_rate
     rms = librosa.feature.rms(y=y, frame_length=FRAME, hop_length=HOP)[0]
     power = float(np.mean(np.square(y, dtype=np.float64)))

@@ -7,7 +7,7 @@ appear without any change here.
 
 from __future__ import annotations
 
-from sera.plugin import EmotionResult, Report, Reporter, SessionSummary
+from sera.plugin import SERA_PLUGIN_API, EmotionResult, NoOptions, Report, Reporter, SessionSummary
 from sera.summary import clock
 
 BAR_WIDTH = 20
@@ -22,7 +22,8 @@ def span(start: float, end: float) -> str:
     return f"{start:.1f}-{end:.1f} s".rjust(13)
 
 
-class TextReporter(Reporter):
+class TextReporter(Reporter[NoOptions]):
+    api = SERA_PLUGIN_API
     def render(self, report: Report) -> str:
         lines = [f"{report.source}  ({report.duration:.1f} s audio, {report.speech_seconds:.1f} s speech)"]
         if not report.speech_detected:

@@ -2,19 +2,59 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import shutil
 import subprocess
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from sera.adapters.cli import main
 from sera.config import Config
 from sera.pipeline import Pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_NOTE = ROOT / "examples" / "voice-note.ogg"
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slow", action="store_true", help="also run the tests marked slow (training runs, real corpora), as CI does")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: trains a model or reads a whole corpus (seconds to a minute); run with --slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The working loop leaves out what takes a minute; CI (``.ci/run``) and the README's test command
+    run everything, and every left-out test is listed as skipped with the way to run it."""
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --slow (CI does)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def sera(*args: str) -> subprocess.CompletedProcess:
+    """``sera ARGS`` in this interpreter: its exit code and what it printed, as a run would give them,
+    without paying for a fresh interpreter loading librosa and the models. A few tests still run the
+    installed entry point (``python -m sera``), where the process itself is what they check."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            code = main(list(args))
+    except SystemExit as exit:  # argparse refusing the command line
+        code = exit.code if isinstance(exit.code, int) else 2
+    finally:
+        root.handlers[:], root.level = handlers, level
+    return subprocess.CompletedProcess(["sera", *args], code, out.getvalue(), err.getvalue())
 
 
 def encode(samples: np.ndarray, rate: int, path: Path, *codec: str, channels: int = 1) -> Path:

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sera.adapters.cli import main
 from tests.conftest import ROOT, SAMPLE_NOTE, encode, noise, tone
+from tests.conftest import sera as run
 
 LABELS = {"neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"}
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
+def entry_point(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sera", *args], capture_output=True, text=True, timeout=120)
 
 
@@ -47,10 +47,13 @@ def test_analyze_json_has_the_documented_fields() -> None:
     assert 60 < prosody["pitch_hz"] < 300  # espeak-ng's male voice
 
 
-def test_module_and_entry_point_agree(capsys: pytest.CaptureFixture) -> None:
-    assert main(["analyze", "--json", str(SAMPLE_NOTE)]) == 0
-    in_process = json.loads(capsys.readouterr().out)
-    assert in_process == json.loads(run("analyze", "--json", str(SAMPLE_NOTE)).stdout)
+def test_module_and_entry_point_agree() -> None:
+    """The one check of the installed command itself; every other test here calls it in-process."""
+    in_process = run("analyze", "--json", str(SAMPLE_NOTE))
+    installed = entry_point("analyze", "--json", str(SAMPLE_NOTE))
+    assert (installed.returncode, json.loads(installed.stdout)) == (in_process.returncode, json.loads(in_process.stdout))
+    bad = entry_point("analyze")
+    assert bad.returncode == 2 and "the following arguments are required: FILE" in bad.stderr
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +132,7 @@ def test_wrong_config_is_one_clear_error(tmp_path: Path) -> None:
 def test_missing_model_is_reported_not_fatal(tmp_path: Path) -> None:
     config = tmp_path / "sera.yaml"
     config.write_text("plugins:\n  emotion_cnn:\n    model: missing.onnx\n")
-    listing = run("--config", str(config), "plugins")
+    listing = run("--config", str(config), "plugins", "--check")
     assert listing.returncode == 0
     assert "model file not found" in listing.stdout
     done = run("--config", str(config), "analyze", "--json", str(SAMPLE_NOTE))
@@ -139,13 +142,16 @@ def test_missing_model_is_reported_not_fatal(tmp_path: Path) -> None:
 
 
 def test_plugins_lists_builtins() -> None:
-    done = run("plugins")
-    assert done.returncode == 0
-    header, *rows = done.stdout.splitlines()
-    assert header.split() == ["NAME", "KIND", "ORIGIN", "ENABLED", "STATUS"]
-    names = {row.split()[0]: row for row in rows}
-    assert {"emotion_cnn", "prosody", "text", "json"} <= names.keys()
-    assert all("built-in" in names[n] and "loaded" in names[n] for n in ("emotion_cnn", "prosody", "text", "json"))
+    """At a glance without loading a model; with --check, each one set up for real."""
+    for flags, status in (((), "ready"), (("--check",), "loaded")):
+        done = run("plugins", *flags)
+        assert done.returncode == 0
+        header, *rows = done.stdout.split("\n\n")[0].splitlines()
+        assert header.split() == ["NAME", "KIND", "ORIGIN", "ENABLED", "STATUS"]
+        assert done.stdout.endswith("\nsera 0.1.0, plugin API 1.0\n")
+        names = {row.split()[0]: row for row in rows}
+        assert {"emotion_cnn", "prosody", "text", "json"} <= names.keys()
+        assert all(names[n].split()[2:] == ["built-in", "yes", status] for n in ("emotion_cnn", "prosody", "text", "json"))
 
 
 def test_the_operator_log_can_be_json_lines(tmp_path: Path) -> None:
@@ -164,3 +170,21 @@ def test_the_readme_shows_what_sera_analyze_prints_for_the_sample() -> None:
     done = run("analyze", str(SAMPLE_NOTE))
     assert done.returncode == 0, done.stderr
     assert done.stdout == block
+
+
+def test_progress_bars_are_drawn_on_a_terminal_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """sera evaluate and sera train draw tqdm bars for a person at a terminal; CI logs and pipes stay clean."""
+    import io
+
+    from sera.progress import bar, progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for stream, drawn in ((Terminal(), True), (io.StringIO(), False)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        assert list(progress(range(3), "evaluating")) == [0, 1, 2]
+        with bar(4, "training 2 models", unit="epoch") as epochs:
+            epochs.update(4)
+        assert ("evaluating:" in stream.getvalue() and "training 2 models:" in stream.getvalue()) == drawn, stream.getvalue()

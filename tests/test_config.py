@@ -8,7 +8,7 @@ import pytest
 
 from sera.config import Config, build, load
 from sera.errors import ConfigError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, sera
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -87,20 +87,17 @@ def test_a_plugin_option_out_of_range_names_its_key() -> None:
 
 
 def test_sera_config_prints_the_effective_config(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     import yaml
 
     good = write(tmp_path, "workers: 3\nspeech:\n  threshold: 0.6\n")
-    done = subprocess.run([sys.executable, "-m", "sera", "config", str(good)], capture_output=True, text=True, timeout=120)
+    done = sera("config", str(good))
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"# {good}: valid.")
     effective = yaml.safe_load(done.stdout)
     assert effective["workers"] == 3 and effective["speech"]["threshold"] == 0.6
     assert effective["discord"]["user_rate_per_minute"] == Config().discord.user_rate_per_minute  # defaults filled in
     bad = write(tmp_path, "workers: 0\n")
-    done = subprocess.run([sys.executable, "-m", "sera", "-c", str(bad), "config"], capture_output=True, text=True, timeout=120)
+    done = sera("-c", str(bad), "config")
     assert done.returncode == 2 and done.stderr.strip() == f"sera: {bad}: 'workers' must be between 1 and 64, not 0"
 
 

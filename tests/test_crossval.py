@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch", reason="the training tests need the [train]
 from sera.corpora import EMOTIONS, LABELS, Clip, load_corpora
 from sera.errors import SeraError
 from tests.conftest import SHARED_DATA, say
-from tests.test_training import CODES, run
+from tests.test_training import CODES, train
 from sera.training.crossval import speaker_folds
 from sera.training.train import label_mask, masked_log_softmax
 
@@ -99,8 +99,9 @@ def test_the_real_corpora_load_with_speakers_from_their_metadata() -> None:
         assert len({int(f) for c, f in zip(clips, fold) if c.speaker == speaker}) == 1
 
 
+@pytest.mark.slow
 def test_sera_train_cross_validates_pooled_corpora(tiny_data: Path, tmp_path: Path) -> None:
-    done = run("train", "--corpus", "ravdess,nemo", "--data", str(tiny_data), "--out", str(tmp_path), "--smoke",
+    done = train("--corpus", "ravdess,nemo", "--data", str(tiny_data), "--out", str(tmp_path), "--smoke",
                "--no-cache", "--cv", "2", "--cv-only")  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "crossval-results.json").read_text())
@@ -121,12 +122,13 @@ def test_sera_train_cross_validates_pooled_corpora(tiny_data: Path, tmp_path: Pa
     assert "| nemo | ravdess | one model trained on the others | 12 |" in table
 
 
+@pytest.mark.slow
 def test_the_shipped_model_trains_beside_the_folds_and_takes_their_temperature(tiny_data: Path, tmp_path: Path) -> None:
     """One run: the folds and the model on every speaker share the pool; a test-only corpus is scored by
     every fold's model and never trained on; the shipped temperature is the out-of-fold one."""
     from sera.model import EmotionModel
 
-    done = run("train", "--corpus", "ravdess", "--test-corpus", "nemo", "--data", str(tiny_data), "--out", str(tmp_path),
+    done = train("--corpus", "ravdess", "--test-corpus", "nemo", "--data", str(tiny_data), "--out", str(tmp_path),
                "--smoke", "--no-cache", "--cv", "2", "--val-speakers", "", "--test-speakers", "")  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "crossval-results.json").read_text())
@@ -173,8 +175,9 @@ def test_a_personal_baseline_never_uses_the_clip_itself() -> None:
     assert np.allclose(enrolled[0, 0, 0], 0)  # no other neutral clip: the clip's own window
 
 
+@pytest.mark.slow
 def test_sera_train_cross_validates_the_personal_baseline(tiny_data: Path, tmp_path: Path) -> None:
-    done = run("train", "--corpus", "ravdess", "--data", str(tiny_data), "--out", str(tmp_path), "--smoke",
+    done = train("--corpus", "ravdess", "--data", str(tiny_data), "--out", str(tmp_path), "--smoke",
                "--no-cache", "--cv", "2", "--cv-only", "--reference", "speaker")  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "crossval-results.json").read_text())

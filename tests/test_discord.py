@@ -17,7 +17,7 @@ import pytest
 from sera.audio import decode
 from sera.adapters.discord.privacy import PRIVACY, ForgetView
 from sera.pipeline import Pipeline
-from tests.conftest import SAMPLE_NOTE, encode, tone
+from tests.conftest import SAMPLE_NOTE, encode, sera, tone
 from sera.adapters.discord.testing import FakeChannel, FakeGuild, FakeUser, Harness, invoke
 
 LABELS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
@@ -354,19 +354,19 @@ def test_store_is_wal_and_keeps_rows_across_connections(tmp_path: Path, harness:
     other.close()
 
 
-def test_doctor_checklist(tmp_path: Path) -> None:
+def test_doctor_checklist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "sera.yaml"
     config.write_text("discord:\n  database: data/bot.db\nlive:\n  enabled: true\n")
-    env = dict(os.environ, DISCORD_TOKEN="x.y.z")
-    ok = subprocess.run([sys.executable, "-m", "sera", "--config", str(config), "doctor"], env=env, capture_output=True, text=True, timeout=120)
+    monkeypatch.setenv("DISCORD_TOKEN", "x.y.z")
+    ok = sera("--config", str(config), "doctor")
     assert ok.returncode == 0, ok.stdout
     for name in ("config", "ffmpeg", "Opus decoder", "emotion model", "speech detector", "Discord token", "database",
                  "voice channels"):  # fmt: skip
         assert f"✔ {name}:" in ok.stdout
     assert ok.stdout.strip().endswith("all good") and "x.y.z" not in ok.stdout
-    env.pop("DISCORD_TOKEN")
+    monkeypatch.delenv("DISCORD_TOKEN")
     config.write_text("discord:\n  database: /proc/nope/bot.db\n")
-    bad = subprocess.run([sys.executable, "-m", "sera", "--config", str(config), "doctor"], env=env, capture_output=True, text=True, timeout=120)
+    bad = sera("--config", str(config), "doctor")
     assert bad.returncode == 2
     assert "✘ Discord token: $DISCORD_TOKEN is not set" in bad.stdout and "fix: export DISCORD_TOKEN=" in bad.stdout
     assert "✘ database:" in bad.stdout and "2 problems to fix" in bad.stdout
@@ -520,7 +520,7 @@ def test_a_command_that_fails_is_answered_not_left_hanging(harness: Harness, cap
     assert any("command sera style failed" in r.message and r.exc_info for r in caplog.records)
 
 
-@pytest.mark.parametrize(("options", "synced_to"), [({}, "global"), ({"sync_guild": 4242}, 4242), ({"sync_commands": False}, None)])
+@pytest.mark.parametrize(("options", "synced_to"), [({}, "global"), ({"dev_guild": 4242}, 4242), ({"sync_commands": False}, None)])
 def test_commands_sync_globally_to_one_server_or_not_at_all(tmp_path: Path, pipeline: Pipeline, options: dict, synced_to) -> None:
     harness = Harness(tmp_path, pipeline=pipeline, **options)
     calls = []
@@ -536,6 +536,52 @@ def test_commands_sync_globally_to_one_server_or_not_at_all(tmp_path: Path, pipe
     if synced_to == 4242:  # the development server gets every command, copied from the global ones
         assert {"emotion", "sera", "privacy", "forget"} <= {c.name for c in harness.bot.tree.get_commands(guild=discord.Object(4242))}
     harness.close()
+
+
+def test_sera_sync_shows_what_would_change_and_syncs_only_when_asked(tmp_path: Path, pipeline: Pipeline) -> None:
+    """Discord's side is faked at the command tree's two HTTP calls (fetch and bulk upsert); the commands
+    compared are the bot's real ones. Discord holds /emotion as it is, /sera with an old description, an
+    old command of its own, and lacks the rest."""
+    from discord.app_commands import AppCommand
+
+    from sera.adapters.discord.sync import sync
+
+    harness = Harness(tmp_path, pipeline=pipeline)
+    asyncio.run(harness.bot.load_cogs())
+    tree = harness.bot.tree
+    local = {c["name"]: c for c in (command.to_dict(tree) for command in tree.get_commands())}
+    held = [local["emotion"], local["sera"] | {"description": "an older description"},
+            {"type": 1, "name": "old", "description": "a command this version dropped", "options": []}]  # fmt: skip
+    sent: list = []
+
+    async def fetch_commands(*, guild=None):
+        return [AppCommand(data={"id": str(1000 + i), "application_id": "1"} | c, state=harness.bot._connection) for i, c in enumerate(held)]
+
+    async def upsert(*, guild=None):
+        sent.append(guild.id if guild else "global")
+        return []
+
+    tree.fetch_commands, tree.sync = fetch_commands, upsert
+    dry = asyncio.run(sync(harness.bot, None, dry_run=True)).splitlines()
+    assert dry[0] == "application commands for every server (global commands):" and dry[-1] == "nothing sent (--dry-run)"
+    lines = {line.split()[1]: line.split()[0] for line in dry[1:-1]}
+    assert lines["/emotion"] == "keep" and lines["/sera"] == "change" and lines["/old"] == "delete"
+    assert lines["/privacy"] == lines["/forget"] == lines["Analyse"] == "create"  # "Analyse emotion (message menu)"
+    assert "  change  /sera  (description)" in dry and sent == []
+    done = asyncio.run(sync(harness.bot, 4242, dry_run=False))
+    assert done.startswith("application commands for server 4242 only:") and sent == [4242]
+    held = [{"description": ""} | c for c in (command.to_dict(tree) for command in tree.get_commands())]  # Discord gives menus ""
+    assert "nothing to sync" in asyncio.run(sync(harness.bot, None, dry_run=False)) and sent == [4242]  # in step: nothing sent
+    harness.close()
+
+
+def test_sera_sync_without_a_network_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "sera.yaml"
+    config.write_text("discord:\n  database: bot.db\n")
+    monkeypatch.setenv("DISCORD_TOKEN", "MTIz.GAbCdE.secret-value")
+    done = sera("--config", str(config), "sync", "--dry-run")
+    assert done.returncode == 2 and done.stderr.startswith("sera: cannot reach Discord")
+    assert "secret-value" not in done.stdout + done.stderr
 
 
 def test_listening_without_the_voice_extra_says_how_to_get_it(tmp_path: Path) -> None:
@@ -566,17 +612,81 @@ def test_the_running_bot_reports_its_health_to_sera_status(harness: Harness) -> 
     assert path.parent == harness.db_path.parent  # beside the configured database
     config = harness.db_path.parent / "sera.yaml"
     config.write_text(f"discord:\n  database: {harness.db_path}\n")
-    sera = [sys.executable, "-m", "sera", "--config", str(config), "status"]
+    command = ("--config", str(config), "status")
     write_status(path, status)
-    fresh = subprocess.run(sera, capture_output=True, text=True, timeout=120)
+    fresh = sera(*command)
     assert fresh.returncode == 0 and fresh.stdout.startswith("running: pid")
     assert "voice notes: 1 answered, 1 not; queue 0/16" in fresh.stdout
+    assert "not answered, by why: bad_audio 1\n" in fresh.stdout and "event-loop lag: " in fresh.stdout
     write_status(path, status | {"updated_at": status["updated_at"] - STALE_SECONDS - 1})
-    stale = subprocess.run(sera, capture_output=True, text=True, timeout=120)
+    stale = sera(*command)
     assert stale.returncode == 2 and stale.stdout.startswith("NOT RESPONDING")
     path.unlink()
-    missing = subprocess.run(sera, capture_output=True, text=True, timeout=120)
+    missing = sera(*command)
     assert missing.returncode == 2 and "is `sera run` running with this config?" in missing.stderr
+
+
+def test_each_voice_note_is_one_json_log_line_with_its_event(harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    """``sera --log-format json run``: a line per note, with the event (and the server, where there is one)."""
+    import json
+    import logging
+
+    from sera.adapters.cli import JsonFormatter
+
+    caplog.set_level(logging.INFO, logger="sera.adapters.discord.notes")
+    asyncio.run(harness.cog.on_message(harness.message(harness.attachment(NOTE))))
+    asyncio.run(harness.cog.on_message(harness.message(harness.attachment(b"not audio at all"))))
+    lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records if getattr(r, "event", None)]
+    assert [line["event"] for line in lines] == ["note_answered", "note_bad_audio"]
+    assert all("guild" not in line for line in lines)  # direct messages: no server
+    record = logging.LogRecord("sera", logging.INFO, __file__, 1, "note", None, None)
+    record.guild, record.event = 4242, "note_answered"
+    assert json.loads(JsonFormatter().format(record)) | {"time": None} == {
+        "time": None, "level": "INFO", "logger": "sera", "message": "note", "guild": 4242, "event": "note_answered"}
+
+
+def test_prometheus_metrics_are_served_on_loopback_when_asked(tmp_path: Path, pipeline: Pipeline) -> None:
+    """A real HTTP request to the bot's metrics port: notes answered and failed by kind, the queue, live
+    sessions and the event loop's lag, in Prometheus's text format; bound to 127.0.0.1 only, off by default."""
+    import socket
+
+    import aiohttp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    harness = Harness(tmp_path, pipeline=pipeline, metrics_port=port)
+
+    async def scenario() -> tuple[int, str, str, list]:
+        await harness.start()
+        await harness.cog.on_message(harness.message(harness.attachment(NOTE)))
+        await harness.cog.on_message(harness.message(harness.attachment(b"not audio at all")))
+        await harness.cog.on_message(harness.message(harness.attachment(NOTE, size=10**9)))
+        await asyncio.sleep(0.3)  # one sample of the loop's lag
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as response:
+            answer = response.status, response.headers["Content-Type"], await response.text()
+        bound = harness.bot.get_cog("Health")._server.addresses
+        await harness.bot.remove_cog("Health")
+        return (*answer, bound)
+
+    status, content_type, text, bound = asyncio.run(scenario())
+    assert status == 200 and content_type.startswith("text/plain")
+    assert bound == [("127.0.0.1", port)]
+    assert "# TYPE sera_notes_failed_total counter" in text
+    samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+    assert samples["sera_up"] == "1" and samples["sera_notes_answered_total"] == "1"
+    assert samples['sera_notes_failed_total{kind="bad_audio"}'] == "1"
+    assert samples['sera_notes_failed_total{kind="too_large"}'] == "1"
+    assert samples['sera_notes_failed_total{kind="internal"}'] == "0"
+    assert samples["sera_queue_busy"] == "0" and samples["sera_queue_size"] == "16" and samples["sera_live_sessions"] == "0"
+    assert 0 <= float(samples["sera_event_loop_lag_seconds"]) <= float(samples["sera_event_loop_lag_max_seconds"])
+    with socket.socket() as after:  # the cog unloaded: the port is free again
+        after.bind(("127.0.0.1", port))
+    harness.close()
+    default = Harness(tmp_path / "default", pipeline=pipeline)
+    asyncio.run(default.start())
+    assert default.config.discord.metrics_port == 0 and default.bot.get_cog("Health")._server is None
+    default.close()
 
 
 def test_a_refused_privacy_choice_says_nothing_changed(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -32,6 +32,7 @@ def host_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_many_huge_video_streams_cost_no_memory_and_the_audio_still_decodes(tmp_path: Path) -> None:
     """12 PNG streams of 8192x8192 beside 2 s of Opus, named .webm: ffmpeg used 2.4 GB probing them."""
     hostile = tmp_path / "voice-message.webm"

@@ -54,7 +54,7 @@ def test_the_layer_check_catches_a_forbidden_import(tmp_path: Path) -> None:
     assert sorted(m for m in imports(sneaky) if within(m, NOT_IN_THE_CORE)) == ["sera.adapters.discord.notes", "torch.nn"]
 
 
-@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["config"]])
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["config"], ["plugins"]])
 def test_light_commands_import_nothing_heavy(argv: list[str]) -> None:
     probe = (
         "import sys\nfrom sera.adapters.cli import main\n"

@@ -54,6 +54,21 @@ class BadSetup(Analyzer):
 
 class NotAPlugin:
     pass
+
+class FromTheFuture(Reporter):
+    api = (2, 0)
+    def render(self, report):
+        return "never called"
+
+class NeedsNewerMinor(Reporter):
+    api = (1, 99)
+    def render(self, report):
+        return "never called"
+
+class StatesItsApi(Reporter):
+    api = (1, 0)
+    def render(self, report):
+        return "rendered"
 '''
 
 ENTRY_POINTS = {
@@ -64,6 +79,9 @@ ENTRY_POINTS = {
     "not_json": "NotJson",
     "bad_setup": "BadSetup",
     "not_a_plugin": "NotAPlugin",
+    "future_api": "FromTheFuture",
+    "newer_minor": "NeedsNewerMinor",
+    "current_api": "StatesItsApi",
     "missing_module": None,
 }
 
@@ -112,6 +130,9 @@ def test_broken_plugins_are_isolated_and_reported(bad_distribution: Path, speech
         assert "cannot open my model" in infos["bad_setup"].status
         assert "not an Analyzer or Reporter" in infos["not_a_plugin"].status
         assert "No module named 'no_such_module'" in infos["missing_module"].status
+        assert infos["future_api"].status == "failed: written for plugin API 2.0; this sera has 1.0"
+        assert infos["newer_minor"].status == "failed: written for plugin API 1.99; this sera has 1.0"
+        assert infos["current_api"].status == "loaded"
         report = pipeline.analyze(speech_wav)
     finally:
         pipeline.close()
@@ -168,9 +189,9 @@ def sera(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
 
 
 def test_example_package_is_listed(example_installed: dict[str, str]) -> None:
-    done = sera(example_installed, "plugins")
+    done = sera(example_installed, "plugins", "--check")
     assert done.returncode == 0, done.stderr
-    rows = {line.split()[0]: line for line in done.stdout.splitlines()[1:]}
+    rows = {line.split()[0]: line for line in done.stdout.split("\n\n")[0].splitlines()[1:]}
     assert "sera-mic-check 0.1.0" in rows["mic_check"] and "loaded" in rows["mic_check"]
     assert "reporter" in rows["oneline"]
 
@@ -358,3 +379,25 @@ def test_a_plugin_built_for_another_sera_is_refused_by_name(
         assert next(i for i in plugins.infos if i.name == "quiet").status == status
     finally:
         plugins.close()
+
+
+def test_a_new_plugin_from_the_template_installs_and_runs(tmp_path: Path) -> None:
+    """``sera plugins new NAME``: the package installs (pip, for real) and its analyzer shows up in
+    ``sera analyze`` with the config it ships; a name that is not an identifier is refused."""
+    from tests.conftest import sera as cli
+
+    done = cli("plugins", "new", "loud_meter", "--dir", str(tmp_path))
+    assert done.returncode == 0 and f"pip install -e {tmp_path}/loud_meter" in done.stdout
+    again = cli("plugins", "new", "loud_meter", "--dir", str(tmp_path))
+    assert again.returncode == 2 and "already exists" in again.stderr
+    assert cli("plugins", "new", "Bad-Name", "--dir", str(tmp_path)).returncode == 2
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
+                    "--target", str(site), str(tmp_path / "loud_meter")], check=True)  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=f"{site}{os.pathsep}{ROOT}", SERA_CONFIG=str(tmp_path / "loud_meter" / "sera.yaml"))
+    analyzed = sera(env, "analyze", "--json", str(SAMPLE_NOTE))
+    assert analyzed.returncode == 0, analyzed.stderr
+    loudness = json.loads(analyzed.stdout)["analyzers"]["loud_meter"]["overall"]
+    assert loudness["type"] == "loud_meter" and -60 < loudness["dbfs"] < 0
+    listed = sera(env, "plugins", "--check")
+    assert "sera-loud-meter 0.1.0" in listed.stdout and "loaded" in listed.stdout

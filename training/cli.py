@@ -39,11 +39,12 @@ def main(args: argparse.Namespace, config: Config) -> int:
     from sera.config import Config
     from sera.corpora import load_corpora
     from sera.emotions import EMOTIONS
-    from sera.evaluate import Item, evaluate, terminal_progress
+    from sera.evaluate import Item, evaluate
     from sera.model import EMOTION_PLUGIN, EmotionModel
     from sera.pipeline import Pipeline
     from sera.registry import PluginSet
     from sera.training import card
+    from sera.training.results import HeldOut, ShippedModel, results_json
     progress = logging.getLogger("sera.training")
     if progress.getEffectiveLevel() > logging.INFO:
         progress.setLevel(logging.INFO)  # half an hour of training says how far it got, without -v
@@ -62,7 +63,7 @@ def main(args: argparse.Namespace, config: Config) -> int:
     val, test = speakers(args.val_speakers), speakers(args.test_speakers)
     if args.ablation_epochs and not test:
         raise SeraError("--ablation-epochs scores every step on the test speakers: give some with --test-speakers")
-    model, split, results = run(
+    split, trained = run(
         clips,
         out,
         config.models_dir,
@@ -77,33 +78,29 @@ def main(args: argparse.Namespace, config: Config) -> int:
         data_root=str(data),
         crossval=plan(args) if args.cv else None,
     )
-    if results["crossval"]:
-        write_crossval(args, results["crossval"], out)
+    if trained.crossval:
+        write_crossval(args, trained.crossval, out)
     model_path = out / MODEL_FILE
-    results.update(
-        model_file=MODEL_FILE,
-        size_mb=model_path.stat().st_size / 1e6,
-        opset=OPSET,
-        ms_per_window=EmotionModel(model_path).window_latency_ms(),
-    )
-    clean = opus = None
+    shipped = ShippedModel(MODEL_FILE, model_path.stat().st_size / 1e6, OPSET, EmotionModel(model_path).window_latency_ms())
+    held_out = None
     if len(split.test):
         plugin_config = Config(models_dir=config.models_dir, plugins={EMOTION_PLUGIN: {"model": str(model_path.resolve())}})
         pipeline = Pipeline(plugin_config, PluginSet(plugin_config, SAMPLE_RATE, only={EMOTION_PLUGIN}))
         try:
             items = [Item(clips[i].path, clips[i].label, clips[i].speaker, clips[i].gender) for i in split.test]
-            clean = evaluate(pipeline, items, progress=terminal_progress)
-            opus = evaluate(pipeline, items, opus_bitrate="24k", progress=terminal_progress)
+            held_out = HeldOut(
+                evaluate(pipeline, items),
+                evaluate(pipeline, items, opus_bitrate="24k"),
+            )
         finally:
             pipeline.close()
-        results["test_clean"] = clean.to_dict()
-        results["test_opus24"] = opus.to_dict()
     command = reproduce(args)
-    (out / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str) + "\n")
-    card_path = card.write(out, results, clean, opus, command)
+    (out / RESULTS_FILE).write_text(json.dumps(results_json(trained, shipped, held_out), indent=2, default=str) + "\n")
+    card_path = card.write(out, trained, shipped, held_out, command)
     print(f"model: {model_path}\ncard:  {card_path}")
-    if clean and opus:
-        print(f"held-out speakers {sorted(test)}: accuracy {clean.scores.accuracy:.1%} clean, {opus.scores.accuracy:.1%} Opus 24k")
+    if held_out:
+        print(f"held-out speakers {sorted(test)}: accuracy {held_out.clean.scores.accuracy:.1%} clean, "
+              f"{held_out.opus.scores.accuracy:.1%} Opus 24k")  # fmt: skip
     return 0
 
 

@@ -19,6 +19,7 @@ from sera.audio import Limits, decode, encode_opus
 from sera.corpora import Clip
 from sera.features import FeatureParams
 from sera.model import model_input
+from sera.progress import progress
 from sera.speech import SpeechDetector
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,8 @@ def build_features(
         detector = detector or [SpeechDetector(vad_model)]
         log.info("%s: featurising %d clips", corpus or "corpus", len(group))
         with ThreadPoolExecutor(workers) as pool:
-            done = list(pool.map(lambda ic: clip_features(ic[1], params, detector[0], seed + ic[0]), enumerate(group)))
+            work = pool.map(lambda ic: clip_features(ic[1], params, detector[0], seed + ic[0]), enumerate(group))
+            done = list(progress(work, f"{corpus or 'corpus'}: features", total=len(group)))
         parts.append(np.stack(done))
         if cache:
             cache.parent.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,9 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from queue import Empty
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,10 +31,14 @@ from sera.features import FeatureParams
 from sera.metrics import score
 from sera.model import INPUT_NAME, MODEL_FILE, OUTPUT_NAME, ModelInfo, softmax
 from sera.pipeline import VAD_MODEL
+from sera.progress import bar
 from sera.training.data import OFFSETS_PER_CONDITION, build_features
 from sera.training.net import EmotionNet
+from sera.training.results import Calibration, Speakers, TrainingRun
 
 if TYPE_CHECKING:
+    from multiprocessing.queues import Queue
+
     from sera.training.crossval import Plan
 
 log = logging.getLogger(__name__)
@@ -205,7 +210,7 @@ def with_reference(x: torch.Tensor, reference: torch.Tensor | None) -> torch.Ten
 
 def train_one(
     recipe: Recipe, features: np.ndarray, y: np.ndarray, split: Split, n_labels: int, seed: int, mask: np.ndarray | None = None,
-    references: np.ndarray | None = None, corpus_of: np.ndarray | None = None,
+    references: np.ndarray | None = None, corpus_of: np.ndarray | None = None, on_epoch: Callable[[], None] | None = None,
 ) -> tuple[EmotionNet, list[dict]]:
     """Train for the whole schedule and keep the final weights.
 
@@ -270,6 +275,8 @@ def train_one(
             val = score(y[split.val], softmax(predict(model, val_x)), range(n_labels))
             history[-1].update(val_acc=val.accuracy, val_f1=val.macro_f1)
         log.info("%s, %d training clips, epoch %d/%d: %s", recipe.name, len(split.train), epoch + 1, recipe.epochs, history[-1])
+        if on_epoch:
+            on_epoch()
     model.eval()
     return model, history
 
@@ -286,17 +293,19 @@ _worker: dict = {}
 
 def _start_worker(
     features: np.ndarray, y: np.ndarray, mask: np.ndarray | None, references: np.ndarray | None, corpus_of: np.ndarray | None,
-    n_labels: int, log_level: int,
+    n_labels: int, log_level: int, epochs_done: Queue,
 ) -> None:
     torch.set_num_threads(1)
     logging.basicConfig(level=log_level, format="%(asctime)s %(processName)s %(message)s")
-    _worker.update(features=features, y=y, mask=mask, references=references, corpus_of=corpus_of, n_labels=n_labels)
+    _worker.update(features=features, y=y, mask=mask, references=references, corpus_of=corpus_of, n_labels=n_labels,
+                   epochs_done=epochs_done)  # fmt: skip
 
 
 def _train_in_worker(recipe: Recipe, split: Split, seed: int) -> Trained:
     started = time.perf_counter()
     w = _worker
-    model, history = train_one(recipe, w["features"], w["y"], split, w["n_labels"], seed, w["mask"], w["references"], w["corpus_of"])
+    model, history = train_one(recipe, w["features"], w["y"], split, w["n_labels"], seed, w["mask"], w["references"], w["corpus_of"],
+                               lambda: w["epochs_done"].put(1))  # fmt: skip
     return Trained(model, history, (time.perf_counter() - started) / 60)
 
 
@@ -311,13 +320,22 @@ def train_side_by_side(
     after the other with all cores each. Single-threaded and seeded, a job's result does not depend on
     how many cores the machine has or how the jobs are scheduled.
     """
+    context = multiprocessing.get_context("spawn")  # a fork of a process that has run torch can deadlock
+    epochs_done = context.Queue()  # one item per finished epoch, for the progress bar
     with ProcessPoolExecutor(
         workers,
-        mp_context=multiprocessing.get_context("spawn"),  # a fork of a process that has run torch can deadlock
+        mp_context=context,
         initializer=_start_worker,
-        initargs=(features, y, mask, references, corpus_of, n_labels, log.getEffectiveLevel()),
+        initargs=(features, y, mask, references, corpus_of, n_labels, log.getEffectiveLevel(), epochs_done),
     ) as pool:
-        return list(pool.map(_train_in_worker, *zip(*jobs), [seed] * len(jobs)))
+        running = [pool.submit(_train_in_worker, recipe, split, seed) for recipe, split in jobs]
+        with bar(sum(recipe.epochs for recipe, _ in jobs), f"training {len(jobs)} models", unit="epoch") as drawn:
+            while not all(job.done() for job in running):
+                try:
+                    drawn.update(epochs_done.get(timeout=0.5))
+                except Empty:
+                    pass
+        return [job.result() for job in running]
 
 
 def fit_temperature(logits: np.ndarray, truth: np.ndarray) -> float:
@@ -368,8 +386,8 @@ def run(
     corpus: str = "ravdess",
     data_root: str = "",
     crossval: Plan | None = None,
-) -> tuple[EmotionNet, Split, dict]:
-    """Features, training and export; returns the model, the split and the numbers for the card.
+) -> tuple[Split, TrainingRun]:
+    """Features, training and export; returns the split and what the run measured.
 
     With a cross-validation ``Plan``, its models train in the same process pool as the shipped one (the
     recipe is fixed before either starts), and with no validation speakers the shipped model takes the
@@ -402,46 +420,42 @@ def run(
     if table:
         shipped = {"recipe": f"shipped: {recipe.name}", "epochs": recipe.epochs, "minutes": trained[0].minutes}
         table.append(shipped | held_out_scores(final, features, y, split.test, len(labels)))
-    temperature, calibration = 1.0, {"ece_raw": None, "ece_calibrated": None}
+    temperature, calibration = 1.0, Calibration()
     if cv and not len(split.val):
         temperature = cv.pooled["temperature"]
     if len(split.val):
         val_logits = predict(final, features[split.val, 0])
         temperature = fit_temperature(val_logits, y[split.val])
-        calibration = {
-            "ece_raw": score(y[split.val], softmax(val_logits), labels).ece,
-            "ece_calibrated": score(y[split.val], softmax(val_logits, temperature), labels).ece,
-        }
+        calibration = Calibration(
+            ece_raw=score(y[split.val], softmax(val_logits), labels).ece,
+            ece_calibrated=score(y[split.val], softmax(val_logits, temperature), labels).ece,
+        )
     info = ModelInfo(features=params, labels=labels, temperature=temperature)
     model_path = out_dir / MODEL_FILE
     export_onnx(final, info, model_path)
-    return final, split, {
-        "corpus": corpus,
-        "test_corpus": ",".join(sorted(crossval.test_only)) if crossval else "",
-        "data_root": data_root,
-        "clips": len(clips) - (sum(c.corpus in crossval.test_only for c in clips) if crossval else 0),
-        "speakers": {
-            "train": sorted({clips[i].speaker for i in split.train}),
-            "val": sorted(val_speakers),
-            "test": sorted(test_speakers),
-        },
-        "split_sizes": {"train": len(split.train), "val": len(split.val), "test": len(split.test)},
-        "recipe": asdict(recipe),
-        "features": asdict(params),
-        "labels": list(labels),
-        "temperature": temperature,
-        "val_before_after_calibration": calibration,
-        "parameters": sum(p.numel() for p in final.parameters()),
-        "history": history,
-        "ablation": table,
-        "seed": seed,
-        "feature_minutes": feature_seconds / 60,
-        "train_minutes": train_seconds / 60,
-        "total_minutes": (time.perf_counter() - started) / 60,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {workers} single-threaded training processes",
-        "crossval": cv.to_dict() if cv else None,
-        "parity_max_abs_diff": parity(final, model_path, features[split.test if len(split.test) else split.train, 0]),
-    }
+    return split, TrainingRun(
+        corpus=corpus,
+        test_corpus=",".join(sorted(crossval.test_only)) if crossval else "",
+        data_root=data_root,
+        clips=len(clips) - (sum(c.corpus in crossval.test_only for c in clips) if crossval else 0),
+        speakers=Speakers(sorted({clips[i].speaker for i in split.train}), sorted(val_speakers), sorted(test_speakers)),
+        split_sizes={"train": len(split.train), "val": len(split.val), "test": len(split.test)},
+        recipe=recipe,
+        features=params,
+        labels=labels,
+        temperature=temperature,
+        val_before_after_calibration=calibration,
+        parameters=sum(p.numel() for p in final.parameters()),
+        history=history,
+        ablation=table,
+        seed=seed,
+        feature_minutes=feature_seconds / 60,
+        train_minutes=train_seconds / 60,
+        total_minutes=(time.perf_counter() - started) / 60,
+        machine=f"{platform.machine()}, {os.cpu_count()} cores, {workers} single-threaded training processes",
+        crossval=cv.to_dict() if cv else None,
+        parity_max_abs_diff=parity(final, model_path, features[split.test if len(split.test) else split.train, 0]),
+    )
 
 
 def parity(model: EmotionNet, onnx_path: Path, mel: np.ndarray) -> float:

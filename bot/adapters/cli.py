@@ -29,7 +29,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if args.log_format == "json" else logging.Formatter(TEXT_LOG_FORMAT))
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING, handlers=[handler]
+        level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,
+        handlers=[handler],
+        force=True,  # the command owns the process's logging, also when main() is called twice in one process
     )
     if not hasattr(args, "handler"):
         parser.print_help()
@@ -43,6 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+LOG_CONTEXT = ("guild", "event")
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per log line, for log collectors (journald, Loki, CloudWatch) to parse."""
 
@@ -53,6 +58,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        for key in LOG_CONTEXT:  # set by the bot through ``extra=`` where a line concerns one server or event
+            if getattr(record, key, None) is not None:
+                entry[key] = getattr(record, key)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
@@ -79,7 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--json", action="store_true", help="print one JSON object per file")
     output.add_argument("--reporter", default="text", help="render with this reporter plugin (default: text)")
 
-    command("plugins", cmd_plugins, "list the plugins found, whether each is enabled, and why one failed")
+    plugins = command("plugins", cmd_plugins, "list the plugins found, whether each is enabled, and why one failed")
+    plugins.add_argument("--check", action="store_true", help="also set each enabled plugin up (load its model) and say whether it works")
+    new = plugins.add_subparsers(metavar="ACTION").add_parser(
+        "new", help="write a plugin package to start from", description="write a plugin package to start from"
+    )
+    new.add_argument("name", metavar="NAME", help="the plugin's name (its key under plugins: in the config)")
+    new.add_argument("--dir", default=".", help="where the package folder goes (default: here)")
+    new.set_defaults(handler=cmd_new_plugin)
     check = command("config", cmd_config, "check a config file and print the configuration it gives, defaults filled in")
     check.add_argument("file", nargs="?", metavar="FILE", help="the YAML file (default: -c, else $SERA_CONFIG)")
 
@@ -94,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print the figures as one JSON object")
 
     command("run", cmd_run, "start the Discord bot (token from $DISCORD_TOKEN or discord.token_env)")
+    sync = command("sync", cmd_sync, "show what a sync would change in Discord's slash commands, then sync them")
+    sync.add_argument("--guild", type=int, metavar="ID", help="one server only, at once (default: discord.dev_guild, else global)")
+    sync.add_argument("--dry-run", action="store_true", help="only show what would be created, changed or deleted")
     command("status", cmd_status, "how the running bot is doing (from the status file it rewrites every 30 s)")
     command("doctor", cmd_doctor, "check ffmpeg, Opus, models, config, token and database, with fixes")
 
@@ -169,25 +187,40 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_plugins(args: argparse.Namespace) -> int:
     from sera.audio import SAMPLE_RATE
+    from sera.plugin import SERA_PLUGIN_API
     from sera.registry import PluginSet
 
-    plugins = PluginSet(config_of(args), SAMPLE_RATE)
+    plugins = PluginSet(config_of(args), SAMPLE_RATE, set_up=args.check)
     try:
         rows = [("NAME", "KIND", "ORIGIN", "ENABLED", "STATUS")]
         rows += [(i.name, i.kind, i.origin, "yes" if i.enabled else "no", i.status) for i in plugins.infos]
         widths = [max(len(row[col]) for row in rows) for col in range(4)]
         for row in rows:
             print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
+        if not args.check:
+            print("\nready: imported, plugin API and options checked; `sera plugins --check` also sets each one up")
+        print(f"\nsera {__version__}, plugin API {SERA_PLUGIN_API[0]}.{SERA_PLUGIN_API[1]}")
         return EXIT_OK
     finally:
         plugins.close()
+
+
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sera.adapters.plugin_template import create
+
+    folder = create(args.name, Path(args.dir))
+    print(f"wrote {folder}/ (read its README.md); try it:\n  pip install -e {folder}\n"
+          f"  SERA_CONFIG={folder}/sera.yaml sera analyze NOTE.ogg")  # fmt: skip
+    return EXIT_OK
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from sera.audio import SAMPLE_RATE
-    from sera.evaluate import evaluate, format_text, from_corpus, from_manifest, terminal_progress
+    from sera.evaluate import evaluate, format_text, from_corpus, from_manifest
     from sera.model import EMOTION_PLUGIN
     from sera.pipeline import Pipeline
     from sera.registry import PluginSet
@@ -203,7 +236,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     config = config_of(args)
     pipeline = Pipeline(config, PluginSet(config, SAMPLE_RATE, only={EMOTION_PLUGIN}))
     try:
-        result = evaluate(pipeline, items, args.only_present_labels, args.opus, terminal_progress)
+        result = evaluate(pipeline, items, args.only_present_labels, args.opus)
     finally:
         pipeline.close()
     print(json.dumps(result.to_dict()) if args.json else format_text(result))
@@ -225,6 +258,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run(config_of(args))
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    from sera.adapters.discord.sync import run
+
+    logging.getLogger("discord").setLevel(logging.WARNING)
+    print(run(config_of(args), args.guild, args.dry_run))
+    return EXIT_OK
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     import time
 
@@ -243,6 +284,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"guilds {status['guilds']}, gateway latency {status['latency_ms']} ms, sessions {status['sessions']}")
     print(f"voice notes: {notes.get('answered', 0)} answered, {notes.get('not answered', 0)} not; "
           f"queue {queue.get('busy', 0)}/{queue.get('size', 0)}")  # fmt: skip
+    failed = {kind: n for kind, n in status.get("notes_failed", {}).items() if n}
+    if failed:
+        print("not answered, by why: " + ", ".join(f"{kind} {n}" for kind, n in failed.items()))
+    lag = status.get("loop_lag_ms", {})
+    print(f"event-loop lag: {lag.get('last', 0)} ms now, worst {lag.get('worst', 0)} ms since start")
     if status.get("plugins_stopped"):
         print(f"plugins stopped: {', '.join(status['plugins_stopped'])}")
     return EXIT_OK if fresh else EXIT_BAD_INPUT

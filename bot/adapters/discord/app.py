@@ -68,11 +68,11 @@ class SeraBot(commands.Bot):
         if not options.sync_commands:
             log.info("application commands not synced (discord.sync_commands: false)")
             return
-        if options.sync_guild:
-            guild = discord.Object(id=options.sync_guild)
+        if options.dev_guild:
+            guild = discord.Object(id=options.dev_guild)
             self.tree.copy_global_to(guild=guild)
             synced = await self.tree.sync(guild=guild)
-            log.info("synced %d application commands to server %d only", len(synced), options.sync_guild)
+            log.info("synced %d application commands to server %d only", len(synced), options.dev_guild)
             return
         synced = await self.tree.sync()
         log.info("synced %d application commands globally", len(synced))

@@ -1,9 +1,14 @@
-"""How a running bot is doing, for its operator: a small JSON status file, rewritten every
-``STATUS_SECONDS``, that ``sera status`` reads (and a service manager or monitor can too). A file, not a
-port: nothing new listens on the network, and a bot that stalls shows as a stale file."""
+"""How a running bot is doing, for its operator.
+
+Always: a small JSON status file, rewritten every ``STATUS_SECONDS``, that ``sera status`` reads; a bot
+that stalls shows as a stale file. Where ``discord.metrics_port`` is set: Prometheus metrics over HTTP
+on the loopback interface only (``http://127.0.0.1:PORT/metrics``), for a scraper on the same machine
+or behind the operator's own proxy; served by aiohttp, which discord.py already runs on.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -12,25 +17,78 @@ import time
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from discord.ext import commands, tasks
+
+from sera.adapters.discord.notes import FAILURE_KINDS
 
 log = logging.getLogger(__name__)
 
 STATUS_SECONDS = 30.0
 STALE_SECONDS = 3 * STATUS_SECONDS  # older than this, the bot is down or its event loop is stuck
+LAG_PROBE_SECONDS = 0.25  # how often the event loop's lateness is sampled
+METRICS_HOST = "127.0.0.1"
+
+
+class LagProbe:
+    """How late the event loop wakes a task that asked to sleep: the delay every Discord heartbeat and
+    reply would see. Keeps the last sample and the worst since start."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+        self.worst = 0.0
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            start = loop.time()
+            await asyncio.sleep(LAG_PROBE_SECONDS)
+            self.last = max(0.0, loop.time() - start - LAG_PROBE_SECONDS)
+            self.worst = max(self.worst, self.last)
 
 
 class Health(commands.Cog):
-    def __init__(self, bot: commands.Bot, path: Path) -> None:
+    def __init__(self, bot: commands.Bot, path: Path, metrics_port: int = 0) -> None:
         self.bot = bot
         self.path = path
+        self.metrics_port = metrics_port
         self.started = time.time()
+        self.lag = LagProbe()
+        self._probe: asyncio.Task | None = None
+        self._server: web.AppRunner | None = None
 
     async def cog_load(self) -> None:
         self.beat.start()
+        self._probe = asyncio.create_task(self.lag.run())
+        if self.metrics_port:
+            await self.serve_metrics()
 
     async def cog_unload(self) -> None:
         self.beat.cancel()
+        if self._probe:
+            self._probe.cancel()
+        if self._server:
+            await self._server.cleanup()
+
+    async def serve_metrics(self) -> None:
+        """Listen on the loopback interface only; a port already taken is the operator's to fix, and
+        costs the metrics, not the bot."""
+        app = web.Application()
+        app.router.add_get("/metrics", self.metrics)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, METRICS_HOST, self.metrics_port).start()
+        except OSError as error:
+            log.error("metrics not served on %s:%d: %s", METRICS_HOST, self.metrics_port, error)
+            await runner.cleanup()
+            return
+        self._server = runner
+        log.info("Prometheus metrics on http://%s:%d/metrics", METRICS_HOST, self.metrics_port)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(text=prometheus(self.status()), content_type="text/plain", charset="utf-8",
+                            headers={"Cache-Control": "no-store"})  # fmt: skip
 
     @tasks.loop(seconds=STATUS_SECONDS)
     async def beat(self) -> None:
@@ -50,10 +108,39 @@ class Health(commands.Cog):
             "guilds": len(self.bot.guilds),
             "latency_ms": round(latency * 1000, 1) if math.isfinite(latency) else None,  # nan/inf before the first heartbeat
             "notes": dict(notes.counts) if notes else {},
+            "notes_failed": {kind: notes.failures[kind] if notes else 0 for kind in FAILURE_KINDS},
             "queue": {"busy": notes.slots.used, "size": notes.slots.size} if notes else {},
             "sessions": len(listening.active) if listening else 0,
             "plugins_stopped": [i.name for i in self.bot.pipeline.plugins.failures()],
+            "loop_lag_ms": {"last": round(self.lag.last * 1000, 1), "worst": round(self.lag.worst * 1000, 1)},
         }
+
+
+METRICS = (  # name, type, help, how to read it from the status
+    ("sera_up", "gauge", "1 while the bot's event loop answers.", lambda s: 1),
+    ("sera_notes_answered_total", "counter", "Voice notes answered with an analysis.", lambda s: s["notes"].get("answered", 0)),
+    ("sera_notes_failed_total", "counter", "Voice notes answered without one, by why.", lambda s: s["notes_failed"]),
+    ("sera_queue_busy", "gauge", "Voice notes being analysed or waiting now.", lambda s: s["queue"].get("busy", 0)),
+    ("sera_queue_size", "gauge", "Voice notes that may be analysed or waiting at once.", lambda s: s["queue"].get("size", 0)),
+    ("sera_live_sessions", "gauge", "Voice-channel sessions being listened to.", lambda s: s["sessions"]),
+    ("sera_guilds", "gauge", "Servers the bot is in.", lambda s: s["guilds"]),
+    ("sera_plugins_stopped", "gauge", "Plugins stopped after overrunning their timeout.", lambda s: len(s["plugins_stopped"])),
+    ("sera_event_loop_lag_seconds", "gauge", "How late the event loop last woke a sleeping task.", lambda s: s["loop_lag_ms"]["last"] / 1000),
+    ("sera_event_loop_lag_max_seconds", "gauge", "The worst such lateness since start.", lambda s: s["loop_lag_ms"]["worst"] / 1000),
+)  # fmt: skip
+
+
+def prometheus(status: dict[str, Any]) -> str:
+    """The Prometheus text exposition format (version 0.0.4): HELP, TYPE, then one sample per series."""
+    lines = []
+    for name, kind, text, read in METRICS:
+        lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+        value = read(status)
+        if isinstance(value, dict):
+            lines += [f'{name}{{kind="{label}"}} {count}' for label, count in value.items()]
+        else:
+            lines.append(f"{name} {value}")
+    return "\n".join(lines) + "\n"
 
 
 def write_status(path: Path, status: dict[str, Any]) -> None:
@@ -72,4 +159,4 @@ def read_status(path: Path, now: float | None = None) -> tuple[dict[str, Any], b
 
 
 async def setup(bot: commands.Bot) -> None:
-    await bot.add_cog(Health(bot, bot.config.status_path()))
+    await bot.add_cog(Health(bot, bot.config.status_path(), bot.config.discord.metrics_port))

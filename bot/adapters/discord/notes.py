@@ -49,12 +49,17 @@ def is_audio(attachment: discord.Attachment) -> bool:
     return PurePath(attachment.filename).suffix.lower() in AUDIO_SUFFIXES
 
 
+FAILURE_KINDS = ("too_large", "too_long", "user_busy", "rate_limited", "queue_full", "bad_audio", "download", "refused",
+                 "shutdown", "internal")  # Outcome.kind: why a note got no analysis, counted for the operator  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Outcome:
     """A report, or the sentence that tells the user why there is none."""
 
     report: Report | None = None
     error: str | None = None
+    kind: str = ""  # why there is none, in one word, for the operator's counters (sera status, /metrics)
 
 
 class VoiceNotes(commands.Cog):
@@ -71,6 +76,7 @@ class VoiceNotes(commands.Cog):
         self._handlers: set[asyncio.Task] = set()
         self._work: set[asyncio.Future] = set()
         self.counts: Counter[str] = Counter()
+        self.failures: Counter[str] = Counter()  # notes not answered, by Outcome.kind
         self.menu = app_commands.ContextMenu(name="Analyse emotion", callback=self.analyze_message)
 
     async def cog_load(self) -> None:
@@ -88,6 +94,10 @@ class VoiceNotes(commands.Cog):
     async def analyze(self, attachment: discord.Attachment, origin: Origin, settings: GuildSettings) -> Outcome:
         outcome = await self._admit(attachment, origin, settings)
         self.counts["answered" if outcome.report else "not answered"] += 1  # for the operator (sera status)
+        if outcome.kind:
+            self.failures[outcome.kind] += 1
+        event = f"note_{outcome.kind or 'answered'}"
+        log.info("voice note from user %s: %s", origin.requested_by, event, extra={"guild": origin.guild_id, "event": event})
         return outcome
 
     async def _admit(self, attachment: discord.Attachment, origin: Origin, settings: GuildSettings) -> Outcome:
@@ -96,20 +106,20 @@ class VoiceNotes(commands.Cog):
         user_id = origin.requested_by
         if attachment.size > limits.max_bytes:
             return Outcome(error=f"That file is {attachment.size / 1e6:.1f} MB; I can listen to files up to "
-                                 f"{limits.max_bytes / 1e6:.0f} MB.")  # fmt: skip
+                                 f"{limits.max_bytes / 1e6:.0f} MB.", kind="too_large")  # fmt: skip
         if attachment.duration is not None and attachment.duration > limits.max_seconds:
             return Outcome(error=f"That note is {attachment.duration:.0f} s long; I can listen to up to "
-                                 f"{limits.max_seconds:.0f} s.")  # fmt: skip
+                                 f"{limits.max_seconds:.0f} s.", kind="too_long")  # fmt: skip
         if not self.in_flight.take(user_id):
             return Outcome(error=f"I'm still listening to your last {self.in_flight.per_user} notes; "
-                                 "send this one again when they're answered.")  # fmt: skip
+                                 "send this one again when they're answered.", kind="user_busy")  # fmt: skip
         try:
             wait = self.rate.retry_after(user_id)
             if wait:
-                return Outcome(error=f"You're sending notes faster than I can listen 🙂 Try again in {wait:.0f} s.")
+                return Outcome(error=f"You're sending notes faster than I can listen 🙂 Try again in {wait:.0f} s.", kind="rate_limited")
             if not self.slots.take():
                 log.warning("analysis queue full (%d); refusing a note from user %s", self.slots.size, user_id)
-                return Outcome(error="I'm busy with a lot of notes right now. Please try again in a minute.")
+                return Outcome(error="I'm busy with a lot of notes right now. Please try again in a minute.", kind="queue_full")
             try:
                 return await self._analyze(attachment, origin, settings)
             finally:
@@ -128,20 +138,20 @@ class VoiceNotes(commands.Cog):
             report = await work
         except AudioError as error:
             log.info("note %s from user %s: %s", attachment.filename, origin.requested_by, error)
-            return Outcome(error=f"😕 I couldn't use this audio: {error}.")
+            return Outcome(error=f"😕 I couldn't use this audio: {error}.", kind="bad_audio")
         except asyncio.CancelledError:
             if self.bot.is_closed() or self._closing():
-                return Outcome(error="I'm restarting and couldn't finish this one. Please send it again in a minute.")
+                return Outcome(error="I'm restarting and couldn't finish this one. Please send it again in a minute.", kind="shutdown")
             raise
         except discord.HTTPException as error:
             log.warning("could not download note %s for user %s: %s", attachment.filename, origin.requested_by, error)
-            return Outcome(error="I couldn't fetch that file from Discord. Please try again.")
+            return Outcome(error="I couldn't fetch that file from Discord. Please try again.", kind="download")
         except SeraError as error:
             log.warning("note %s from user %s failed: %s", attachment.filename, origin.requested_by, error)
-            return Outcome(error=f"😕 {error}")
+            return Outcome(error=f"😕 {error}", kind="refused")
         except Exception:
             log.exception("analysing %s for user %s failed", attachment.filename, origin.requested_by)
-            return Outcome(error="Something went wrong on my side; the operator has been told.")
+            return Outcome(error="Something went wrong on my side; the operator has been told.", kind="internal")
         try:
             await asyncio.to_thread(self.store.record, report, origin)
         except SeraError as error:  # the analysis is done: the user still gets it, the operator is told

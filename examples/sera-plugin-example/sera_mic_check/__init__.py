@@ -19,8 +19,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from sera.plugin import Analyzer, Report, Reporter, Result, Segment, SessionInfo, SessionSummary
+from sera.plugin import Analyzer, NoOptions, Report, Reporter, Result, Segment, SessionInfo, SessionSummary
 
+PLUGIN_API = (1, 0)  # the sera.plugin version these were written for (sera.plugin.SERA_PLUGIN_API then)
 CLIP_LEVEL = 0.99  # samples at or above this magnitude count as clipped
 QUIET_PEAK_DBFS = -30.0
 
@@ -42,8 +43,9 @@ class Options:
     clip_warning_percent: float = 1.0
 
 
-class MicCheck(Analyzer):
+class MicCheck(Analyzer[Options]):
     Options = Options
+    api = PLUGIN_API
 
     def analyze(self, segments: Sequence[Segment]) -> list[MicResult]:
         return [self._check(s.start, s.end, s.samples) for s in segments]
@@ -68,7 +70,9 @@ class MicCheck(Analyzer):
         return MicResult(start, end, round(peak_dbfs, 2), round(clipped, 3), verdict)
 
 
-class OneLine(Reporter):
+class OneLine(Reporter[NoOptions]):
+    api = PLUGIN_API
+
     def render(self, report: Report) -> str:
         emotion = report.emotion()
         mood = emotion.headline() if emotion else "no speech detected"
@@ -80,10 +84,11 @@ class BalanceOptions:
     dominant_share: float = 0.6  # one speaker above this share of the talk time "dominates"
 
 
-class TalkBalance(Reporter):
+class TalkBalance(Reporter[BalanceOptions]):
     """A study-group helper built only on the session hooks: who talked how much."""
 
     Options = BalanceOptions
+    api = PLUGIN_API
 
     def session_started(self, session: SessionInfo) -> None:
         self.log.info("session %d started: timing who talks", session.id)

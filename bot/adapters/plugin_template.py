@@ -1,0 +1,139 @@
+"""``sera plugins new NAME``: a plugin package to start from, that installs and runs as it is.
+
+It holds one analyzer (the loudness of each speech segment: a few lines of numpy, so the shape of a
+plugin is not hidden behind a model), typed options, the plugin API version it was written for, its
+entry point, and a config that enables it, so ``pip install -e NAME`` and one ``sera analyze`` show it
+working before the author changes anything.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+from pathlib import Path
+
+from sera import __version__
+from sera.errors import SeraError
+from sera.plugin import SERA_PLUGIN_API
+
+PYPROJECT = """\
+[build-system]
+requires = ["setuptools>=68"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "{dist}"
+version = "0.1.0"
+description = "A sera plugin: {name}"
+requires-python = ">=3.11"
+dependencies = ["numpy", "sera-voice>={version},<{next_major}"]
+
+# sera finds plugins through this entry-point group; the name is the key under plugins: in its config.
+[project.entry-points."sera.plugins"]
+{name} = "{package}:{cls}"
+
+[tool.setuptools]
+packages = ["{package}"]
+"""
+
+MODULE = '''\
+"""{name}: a sera analyzer. Start here; ``sera.plugin``'s docstring describes the whole API."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from sera.plugin import Analyzer, Result, Segment, bounded
+
+
+@dataclass(frozen=True)
+class Options:
+    """The keys this plugin accepts under ``plugins: {name}:`` in the sera config."""
+
+    quiet_below_dbfs: float = bounded(-35.0, max=0)
+
+
+@dataclass(frozen=True)
+class SegmentLoudness(Result):
+    dbfs: float = 0.0
+    quiet: bool = False
+
+    kind: ClassVar[str] = "{name}"
+
+    def headline(self) -> str:
+        return f"{{self.dbfs:.0f}} dBFS" + (" (quiet)" if self.quiet else "")
+
+
+class {cls}(Analyzer[Options]):
+    Options = Options
+    api = {api}  # the sera plugin API this was written for (sera.plugin.SERA_PLUGIN_API)
+
+    def analyze(self, segments: Sequence[Segment]) -> list[SegmentLoudness]:
+        return [self._measure(s) for s in segments]
+
+    def summarize(self, results: Sequence[Result]) -> SegmentLoudness | None:
+        mine = [r for r in results if isinstance(r, SegmentLoudness)]
+        if not mine:
+            return None
+        dbfs = float(np.mean([r.dbfs for r in mine]))
+        return SegmentLoudness(mine[0].start, mine[-1].end, round(dbfs, 1), dbfs < self.options.quiet_below_dbfs)
+
+    def _measure(self, segment: Segment) -> SegmentLoudness:
+        rms = float(np.sqrt(np.mean(np.square(segment.samples)))) if segment.samples.size else 0.0
+        dbfs = float(20 * np.log10(rms)) if rms > 0 else -120.0  # plain floats: results must be JSON
+        return SegmentLoudness(segment.start, segment.end, round(dbfs, 1), dbfs < self.options.quiet_below_dbfs)
+'''
+
+CONFIG = """\
+# A sera config that enables this plugin: SERA_CONFIG={folder}/sera.yaml sera analyze NOTE.ogg
+plugins:
+  {name}:
+    enabled: true
+    quiet_below_dbfs: -35
+"""
+
+README = """\
+# {dist}
+
+A sera plugin. Install it beside sera and see it run:
+
+```bash
+pip install -e {folder}
+SERA_CONFIG={folder}/sera.yaml sera analyze NOTE.ogg     # a "{name}" line joins the emotion and prosody ones
+sera plugins                                            # {name}  analyzer  {dist} 0.1.0  ...
+```
+
+`{package}/__init__.py` holds the analyzer; change what `_measure` computes, add options to `Options`
+(a wrong value in a config is refused with the file and key named), and keep `api` at the
+`sera.plugin.SERA_PLUGIN_API` you wrote it for: sera refuses a plugin written for another major version.
+"""
+
+
+def create(name: str, parent: Path) -> Path:
+    """Write the package for plugin ``name`` into ``parent/name``; refuses to overwrite anything."""
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or keyword.iskeyword(name):
+        raise SeraError(f"a plugin name is lower case letters, digits and _, starting with a letter: not {name!r}")
+    folder = parent / name
+    if folder.exists():
+        raise SeraError(f"{folder} already exists; choose another name or folder")
+    package = f"sera_{name}"
+    fields = {
+        "name": name,
+        "dist": f"sera-{name.replace('_', '-')}",
+        "package": package,
+        "cls": "".join(part.title() for part in name.split("_")),
+        "api": repr(SERA_PLUGIN_API),
+        "version": __version__,
+        "next_major": f"{int(__version__.split('.')[0]) + 1}",
+        "folder": folder.as_posix(),
+    }
+    (folder / package).mkdir(parents=True)
+    (folder / "pyproject.toml").write_text(PYPROJECT.format(**fields))
+    (folder / package / "__init__.py").write_text(MODULE.format(**fields))
+    (folder / "sera.yaml").write_text(CONFIG.format(**fields))
+    (folder / "README.md").write_text(README.format(**fields))
+    return folder
