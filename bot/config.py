@@ -73,6 +73,10 @@ class DiscordOptions:
     sync_commands: bool = True  # send the slash commands to Discord on start
     dev_guild: int = bounded(0, min=0)  # a server id: sync there only, at once (development); 0: globally
     metrics_port: int = bounded(0, min=0, max=65535)  # Prometheus metrics on http://127.0.0.1:PORT/metrics; 0: off
+    catch_up_hours: float = bounded(24.0, min=0, max=14 * 24)  # answer notes posted up to this long before a (re)start; 0: off
+    catch_up_max: int = bounded(50, min=0, max=1000)  # notes answered per channel by one catch-up
+    shard_count: int = bounded(0, min=0, max=100_000)  # shards across every process; 0: as Discord recommends, all here
+    shard_ids: list[int] = field(default_factory=list)  # this process's shards, with shard_count; empty: all of them
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,7 @@ class Config:
 
     models_dir: Path = DEFAULT_MODELS_DIR
     workers: int = bounded(2, min=1, max=64)  # threads that decode and run models, off the asyncio loop
+    worker_processes: bool = False  # the bot's workers as processes (each loads the models): scales with cores, costs memory
     plugin_timeout_seconds: float = bounded(20.0, above=0)
     plugin_max_timeouts: int = bounded(3, min=1)  # a plugin that overran this many times is not called again until restart
     audio: AudioOptions = field(default_factory=AudioOptions)

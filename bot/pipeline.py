@@ -1,8 +1,11 @@
 """The core pipeline: audio in -> decode -> speech segments -> analyzers -> a ``Report``.
 
 It knows nothing of Discord. The CLI calls ``analyze``; the bot awaits ``analyze_async``, which runs
-the same work on a small thread pool so that the asyncio loop (and Discord's heartbeat) never waits on
-ffmpeg, librosa or onnxruntime, all of which release the GIL for their heavy parts.
+the same work on a pool of ``workers`` so that the asyncio loop (and Discord's heartbeat) never waits on
+ffmpeg, librosa or onnxruntime. Threads by default: ffmpeg and onnxruntime release the GIL, but
+librosa's feature and pitch code holds it for much of its time, so two threads answer only about 1.4x
+the notes of one (``bench/throughput_bench.py``). With ``worker_processes`` each worker is a process
+with its own models (spawned, loaded once, kept), which scales with cores at the cost of memory.
 
 Each analyzer runs isolated, through its guard (``sera.registry.Guard``): one that raises, overruns
 ``plugin_timeout_seconds`` or returns something that is not a list of ``Result`` objects is logged under
@@ -15,10 +18,13 @@ import asyncio
 import json
 import logging
 from collections.abc import Collection, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import multiprocessing
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from sera.audio import SAMPLE_RATE, decode
 from sera.config import Config
@@ -36,10 +42,20 @@ class Pipeline:
 
     def __init__(self, config: Config, plugins: PluginSet | None = None) -> None:
         self.config = config
+        # One BLAS thread per analysis, as onnxruntime has (speech.session_options): sera runs several
+        # analyses at once, and OpenBLAS's own threads would fight the workers for the same cores
+        # (1.24x the notes of one worker with two threads, 1.65x with BLAS on one thread each).
+        threadpool_limits(1, user_api="blas")
         self.detector = SpeechDetector(config.models_dir / VAD_MODEL, config.speech)
         self.plugins = plugins or PluginSet(config, SAMPLE_RATE)
         self.limits = config.audio.limits()
-        self.workers = ThreadPoolExecutor(config.workers, thread_name_prefix="sera-worker")
+        self.workers: Executor = ThreadPoolExecutor(config.workers, thread_name_prefix="sera-worker")
+        self._in_process = True  # analyze_async calls this object's analyze on a thread
+        if config.worker_processes:
+            self.workers = ProcessPoolExecutor(
+                config.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker, initargs=(config,)
+            )
+            self._in_process = False
 
     def analyze(
         self, source: bytes | str | Path, name: str | None = None, skip: Collection[str] = frozenset()
@@ -57,7 +73,14 @@ class Pipeline:
     ) -> Report:
         """``analyze`` on the worker pool, awaited without blocking the event loop."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.workers, self.analyze, source, name, skip)
+        work = self.analyze if self._in_process else _analyze_in_worker
+        return await loop.run_in_executor(self.workers, work, source, name, skip)
+
+    def start_workers(self) -> None:
+        """Start every worker process and load its models now, not on the first users' notes."""
+        if not self._in_process:
+            for done in [self.workers.submit(_analyze_in_worker, None, None, ()) for _ in range(self.config.workers)]:
+                done.result()
 
     def analyze_samples(self, samples: np.ndarray, name: str, skip: Collection[str] = frozenset()) -> Report:
         spans = self.detector.segments(samples)
@@ -89,6 +112,18 @@ class Pipeline:
         and release the plugins."""
         self.workers.shutdown(wait=True, cancel_futures=True)
         self.plugins.close()
+
+
+_worker: list[Pipeline] = []  # in a worker process: its own pipeline
+
+
+def _start_worker(config: Config) -> None:
+    _worker.append(Pipeline(replace(config, workers=1, worker_processes=False)))
+
+
+def _analyze_in_worker(source: bytes | str | Path | None, name: str | None, skip: Collection[str]) -> Report | None:
+    """``Pipeline.analyze`` in a worker process; ``None`` source: only make sure the worker is up."""
+    return None if source is None else _worker[0].analyze(source, name, skip)
 
 
 def _call(analyzer: Analyzer, segments: Sequence[Segment]) -> PluginOutput:

@@ -26,7 +26,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: trains a model or reads a whole corpus (seconds to a minute); run with --slow")
+    config.addinivalue_line("markers", "slow: 8 s or more on a 2-core machine (a training run, a whole corpus, a long live session); run with --slow")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -98,3 +98,27 @@ def test_loudness_normalisation_hits_target_and_caps_gain() -> None:
     assert rms_dbfs(normalize_loudness(whisper, -23.0, max_gain_db=30.0)) < -60
     silence = np.zeros(100, dtype=np.float32)
     np.testing.assert_array_equal(normalize_loudness(silence, -23.0), silence)
+
+
+def test_worker_processes_give_the_same_report_as_the_process_itself() -> None:
+    """``worker_processes``: the note is analysed in a spawned worker with its own models, off the event
+    loop, and the report is the one the process itself would give."""
+    import asyncio
+    import os
+    from dataclasses import replace
+
+    from sera.config import Config
+    from sera.pipeline import Pipeline
+
+    in_process = Pipeline(Config())
+    pooled = Pipeline(replace(Config(), workers=1, worker_processes=True))
+    try:
+        pooled.start_workers()
+        worker_pid = pooled.workers.submit(os.getpid).result()
+        report = asyncio.run(pooled.analyze_async(SAMPLE_NOTE.read_bytes(), "note.ogg"))
+    finally:
+        pooled.close()
+    assert worker_pid != os.getpid()
+    expected = in_process.analyze(SAMPLE_NOTE.read_bytes(), "note.ogg")
+    in_process.close()
+    assert report.to_dict() == expected.to_dict()

@@ -234,13 +234,14 @@ def test_the_bot_loads_every_feature_as_an_extension(tmp_path: Path, pipeline: P
     for live, expected in ((False, set()), (True, {"Listening", "SessionHistory"})):
         harness = Harness(tmp_path / str(live), config=Config(live=LiveOptions(enabled=live)), pipeline=pipeline)
         asyncio.run(harness.bot.load_cogs())
-        assert set(harness.bot.cogs) == {"VoiceNotes", "ServerSettings", "Privacy", "Health"} | expected
+        assert set(harness.bot.cogs) == {"VoiceNotes", "CatchUp", "ServerSettings", "Privacy", "Health"} | expected
         commands = {c.name for c in harness.bot.tree.get_commands()}
         assert {"emotion", "sera", "privacy", "forget", "Analyse emotion"} <= commands
         assert ("listen" in commands) is live and ("sessions" in commands) is live
         harness.close()
 
 
+@pytest.mark.slow
 def test_a_study_session_from_start_to_summary(tmp_path: Path, pipeline: Pipeline, speech) -> None:
     world = World(tmp_path, pipeline)
 
@@ -436,6 +437,7 @@ def test_sessions_a_crash_left_open_are_summarised_after_a_restart(tmp_path: Pat
     restarted.harness.close()
 
 
+@pytest.mark.slow
 def test_live_feedback_is_posted_then_edited_when_the_server_turned_it_on(tmp_path: Path, pipeline: Pipeline, speech) -> None:
     world = World(tmp_path, pipeline, feedback_seconds=0.0)
 
@@ -460,6 +462,7 @@ def test_live_feedback_is_posted_then_edited_when_the_server_turned_it_on(tmp_pa
     world.harness.close()
 
 
+@pytest.mark.slow
 def test_forget_mid_session_removes_the_speaker_everywhere_in_one_go(tmp_path: Path, pipeline: Pipeline, speech) -> None:
     """Bob started the session and spoke; his /forget while it runs leaves no row, no name, no opt-in."""
     world = World(tmp_path, pipeline, feedback_seconds=0.0)
@@ -560,6 +563,7 @@ def test_sessions_across_servers_are_capped(tmp_path: Path, pipeline: Pipeline) 
     world.harness.close()
 
 
+@pytest.mark.slow
 def test_a_forged_rtp_timestamp_does_not_cut_everyone_else(tmp_path: Path, pipeline: Pipeline, speech) -> None:
     """Through the DAVE receive path: Bob's client stamps one frame an hour ahead while Alice talks."""
     world = World(tmp_path, pipeline, max_utterance_seconds=30.0)

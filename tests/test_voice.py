@@ -143,6 +143,7 @@ def _speakers(group) -> tuple[VoiceServer, davey.DaveSession, list[Speaker]]:
     return server, bot, [Speaker(ALICE, 11, alice), Speaker(BOB, 22, bob), Speaker(CAROL, 33, carol)]
 
 
+@pytest.mark.slow
 def test_encrypted_speech_through_the_receive_path_is_analysed_only_for_those_who_opted_in(
     group, pipeline, tmp_path: Path, speech_wav: Path
 ):

@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from sera import __version__
 from sera.config import Config, load
@@ -108,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--only-present-labels", action="store_true", help="restrict the argmax to labels in the data")
     evaluate.add_argument("--json", action="store_true", help="print the figures as one JSON object")
 
-    command("run", cmd_run, "start the Discord bot (token from $DISCORD_TOKEN or discord.token_env)")
+    run = command("run", cmd_run, "start the Discord bot (token from $DISCORD_TOKEN or discord.token_env)")
+    run.add_argument("--shard-count", type=int, metavar="N", help="shards across every process (discord.shard_count)")
+    run.add_argument("--shard-ids", metavar="IDS", help="this process's shards, comma-separated: 0,1 (discord.shard_ids)")
     sync = command("sync", cmd_sync, "show what a sync would change in Discord's slash commands, then sync them")
     sync.add_argument("--guild", type=int, metavar="ID", help="one server only, at once (default: discord.dev_guild, else global)")
     sync.add_argument("--dry-run", action="store_true", help="only show what would be created, changed or deleted")
@@ -255,7 +258,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.verbose:
         logging.getLogger().setLevel(logging.INFO)  # the operator's log: one line per start, failure, stop
     logging.getLogger("discord").setLevel(logging.WARNING)
-    return run(config_of(args))
+    config = config_of(args)
+    if args.shard_count is not None or args.shard_ids is not None:
+        try:
+            ids = [int(i) for i in args.shard_ids.split(",")] if args.shard_ids else list(config.discord.shard_ids)
+        except ValueError:
+            raise SeraError(f"--shard-ids must be numbers separated by commas, like 0,1: not {args.shard_ids!r}") from None
+        count = config.discord.shard_count if args.shard_count is None else args.shard_count
+        config = replace(config, discord=replace(config.discord, shard_count=count, shard_ids=ids))
+    return run(config)
 
 
 def cmd_sync(args: argparse.Namespace) -> int:

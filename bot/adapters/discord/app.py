@@ -29,14 +29,31 @@ def intents(message_content: bool) -> discord.Intents:
     return chosen
 
 
-EXTENSIONS = ("sera.adapters.discord.notes", "sera.adapters.discord.settings", "sera.adapters.discord.privacy",
-              "sera.adapters.discord.health")  # fmt: skip
+EXTENSIONS = ("sera.adapters.discord.notes", "sera.adapters.discord.catchup", "sera.adapters.discord.settings",
+              "sera.adapters.discord.privacy", "sera.adapters.discord.health")  # fmt: skip
 LIVE_EXTENSION = "sera.adapters.discord.listen"
 
 
-class SeraBot(commands.Bot):
+def shards(config: Config) -> tuple[int | None, list[int] | None]:
+    """``(shard_count, shard_ids)`` for discord.py, checked: Discord wants shards past 2,500 servers,
+    and each process of a sharded deployment runs its own share of them (``sera run --shard-ids``)."""
+    count, ids = config.discord.shard_count, list(config.discord.shard_ids)
+    if ids and not count:
+        raise SeraError("discord.shard_ids needs discord.shard_count, the number of shards across every process")
+    if wrong := [i for i in ids if not 0 <= i < count]:
+        raise SeraError(f"discord.shard_ids {wrong} must be between 0 and discord.shard_count - 1 ({count - 1})")
+    if len(set(ids)) != len(ids):
+        raise SeraError(f"discord.shard_ids {ids} names a shard twice")
+    return count or None, ids or None
+
+
+class SeraBot(commands.AutoShardedBot):
+    """One process of the bot: every shard (a small bot has one) or the ones its config names."""
+
     def __init__(self, config: Config, pipeline: Pipeline, store: Store) -> None:
-        super().__init__(command_prefix=commands.when_mentioned, intents=intents(config.discord.message_content), help_command=None)
+        count, ids = shards(config)
+        super().__init__(command_prefix=commands.when_mentioned, intents=intents(config.discord.message_content),
+                         help_command=None, shard_count=count, shard_ids=ids)  # fmt: skip
         self.config = config
         self.pipeline = pipeline
         self.store = store
@@ -136,11 +153,14 @@ def require_voice() -> None:
 
 
 def run(config: Config) -> int:
+    shards(config)
     if config.live.enabled:
         require_voice()
     secret = token(config)
     store = Store(config.database_path())
-    bot = SeraBot(config, Pipeline(config), store)
+    pipeline = Pipeline(config)
+    pipeline.start_workers()
+    bot = SeraBot(config, pipeline, store)
     try:
         bot.run(secret, log_handler=None)
     except discord.LoginFailure:

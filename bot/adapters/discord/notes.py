@@ -75,6 +75,7 @@ class VoiceNotes(commands.Cog):
         self.in_flight = InFlight(options.user_in_flight)
         self._handlers: set[asyncio.Task] = set()
         self._work: set[asyncio.Future] = set()
+        self._answering: set[int] = set()  # message ids being answered now
         self.counts: Counter[str] = Counter()
         self.failures: Counter[str] = Counter()  # notes not answered, by Outcome.kind
         self.menu = app_commands.ContextMenu(name="Analyse emotion", callback=self.analyze_message)
@@ -208,26 +209,45 @@ class VoiceNotes(commands.Cog):
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
-        if message.author.bot:
-            return
+        await self.handle(message)
+
+    async def handle(self, message: discord.Message) -> bool:
+        """Answer a message's voice notes, live or caught up after a restart (``catchup``); whether it
+        was answered now. A message is answered once: the one being answered is remembered here, the
+        ones answered before in the database."""
+        if message.author.bot or message.id in self._answering:
+            return False
+        if self._closing():  # shutting down: not started now, answered by the catch-up after the restart
+            return False
         notes = [a for a in message.attachments if is_audio(a)][:MAX_NOTES_PER_MESSAGE]
         if not notes:
-            return
-        if message.guild is not None:
-            settings = await asyncio.to_thread(self.store.settings, message.guild.id)
+            return False
+        guild_id = message.guild.id if message.guild else None
+        if guild_id is not None:
+            settings = await asyncio.to_thread(self.store.settings, guild_id)
             if message.channel.id not in settings.channels:
-                return
+                return False
         else:
             settings = GuildSettings(chart=self.options.chart)
-        self._track()
-        guild_id = message.guild.id if message.guild else None
-        origin = Origin(message.author.id, message.author.id, guild_id, message.channel.id, message.id)
-        for note in notes:
+        self._answering.add(message.id)
+        try:
+            if await asyncio.to_thread(self.store.was_answered, message.id):
+                return False
+            self._track()
+            origin = Origin(message.author.id, message.author.id, guild_id, message.channel.id, message.id)
+            for note in notes:
+                try:
+                    outcome = await self.analyze(note, origin, settings)
+                    await self._answer_message(message, outcome, settings)
+                except Exception:  # one note's failure never costs the others their answer
+                    log.exception("answering note %s of message %s failed", note.filename, message.id)
             try:
-                outcome = await self.analyze(note, origin, settings)
-                await self._answer_message(message, outcome, settings)
-            except Exception:  # one note's failure never costs the others their answer
-                log.exception("answering note %s of message %s failed", note.filename, message.id)
+                await asyncio.to_thread(self.store.mark_answered, message.id, message.channel.id, guild_id)
+            except SeraError as error:
+                log.error("could not note message %s as answered: %s", message.id, error)
+            return True
+        finally:
+            self._answering.discard(message.id)
 
     async def _answer_message(self, message: discord.Message, outcome: Outcome, settings: GuildSettings) -> None:
         try:

@@ -40,6 +40,13 @@ CREATE TABLE IF NOT EXISTS analysis_optout (
     user_id INTEGER PRIMARY KEY,
     since REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS answered_messages (
+    message_id INTEGER PRIMARY KEY,
+    channel_id INTEGER NOT NULL,
+    guild_id INTEGER,
+    answered REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS answered_messages_channel ON answered_messages (channel_id, message_id);
 """
 # Added after the first release: whose request an analysis was, when it is not the voice's author's own.
 MIGRATIONS = {"analyses": {"requested_by": "ALTER TABLE analyses ADD COLUMN requested_by INTEGER"}}
@@ -135,6 +142,36 @@ class Store:
     def analysis_by_others_allowed(self, user_id: int) -> bool:
         with self.db.read() as db:
             return db.execute("SELECT 1 FROM analysis_optout WHERE user_id = ?", (user_id,)).fetchone() is None
+
+    def mark_answered(self, message_id: int, channel_id: int, guild_id: int | None) -> None:
+        """A message whose voice notes were answered (or apologised for): never answered again, and where
+        the bot picks up in its channel after a restart."""
+        with self.db.transaction() as tx:
+            tx.execute("INSERT OR IGNORE INTO answered_messages (message_id, channel_id, guild_id, answered) VALUES (?, ?, ?, ?)",
+                       (message_id, channel_id, guild_id, time.time()))  # fmt: skip
+
+    def was_answered(self, message_id: int) -> bool:
+        with self.db.read() as db:
+            return db.execute("SELECT 1 FROM answered_messages WHERE message_id = ?", (message_id,)).fetchone() is not None
+
+    def catch_up_channels(self) -> list[tuple[int, int | None, int | None]]:
+        """(channel, its server or None for a direct message, the last message answered there or None):
+        every channel the bot answered in, and every channel a server enabled."""
+        with self.db.read() as db:
+            marks = {channel: (guild, last) for channel, guild, last in db.execute(
+                "SELECT channel_id, guild_id, MAX(message_id) FROM answered_messages GROUP BY channel_id")}  # fmt: skip
+            for guild_id, settings in db.execute("SELECT guild_id, settings FROM guild_settings"):
+                for channel in GuildSettings.from_json(settings).channels:
+                    marks.setdefault(channel, (guild_id, None))
+        return [(channel, guild, last) for channel, (guild, last) in sorted(marks.items())]
+
+    def forget_answered_before(self, cutoff: float) -> int:
+        """Marks older than any catch-up looks back; the newest of each channel is kept, as where to start."""
+        with self.db.transaction() as tx:
+            return tx.execute(
+                "DELETE FROM answered_messages WHERE answered < ? AND message_id NOT IN "
+                "(SELECT MAX(message_id) FROM answered_messages GROUP BY channel_id)", (cutoff,)
+            ).rowcount
 
     def delete_user_data(self, tx: sqlite3.Connection, user: str) -> dict[str, int]:
         """Inside the caller's transaction: every analysis of the user's voice or asked for by them.

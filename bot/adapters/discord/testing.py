@@ -19,8 +19,10 @@ authors' own tests; nothing in the running bot imports it.
 from __future__ import annotations
 
 import base64
+import datetime
 import inspect
 import itertools
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,11 +38,13 @@ from sera.adapters.discord.settings import ServerSettings
 from sera.adapters.discord.store import Store
 from sera.pipeline import Pipeline
 
-_ids = itertools.count(1_000_000_000_000_000)
+_increment = itertools.count()
 
 
-def snowflake() -> int:
-    return next(_ids)
+def snowflake(at: datetime.datetime | None = None) -> int:
+    """A Discord id: the time it was made (now, or ``at``: a message posted while the bot was down) in
+    the high bits, so ids sort by time as Discord's do, and a counter in the low 22 bits."""
+    return discord.utils.time_snowflake(at or discord.utils.utcnow()) + next(_increment) % (1 << 22)
 
 
 class FakeCDN:
@@ -88,6 +92,16 @@ class FakeGuild:
 @dataclass(frozen=True)
 class FakeChannel:
     id: int = field(default_factory=snowflake)
+    messages: list[FakeMessage] = field(default_factory=list, compare=False, repr=False)  # what history() reads
+
+    async def history(self, *, limit: int | None = 100, after: Any = None, oldest_first: bool | None = None) -> AsyncIterator[FakeMessage]:
+        """As ``Messageable.history``: newest first, or oldest first after ``after`` (an id or a time)."""
+        floor = discord.utils.time_snowflake(after) if isinstance(after, datetime.datetime) else getattr(after, "id", 0)
+        chosen = sorted((m for m in self.messages if m.id > floor), key=lambda m: m.id)
+        if not (after is not None if oldest_first is None else oldest_first):
+            chosen.reverse()
+        for message in chosen[:limit]:
+            yield message
 
 
 @dataclass
@@ -196,6 +210,9 @@ class Harness:
         self.pipeline = pipeline or Pipeline(self.config)
         self.store = Store(self.db_path)
         self.bot = SeraBot(self.config, self.pipeline, self.store)
+        self.channels: dict[int, tuple[FakeChannel, bool]] = {}  # every channel a message was posted in (and in a server?)
+        self.bot.get_channel = self._cached_channel  # type: ignore[method-assign]
+        self.bot.fetch_channel = self._fetch_channel  # type: ignore[method-assign]
         self.cog: VoiceNotes
         self.settings: ServerSettings
         self.privacy: Privacy
@@ -227,9 +244,25 @@ class Harness:
             payload["waveform"] = base64.b64encode(bytes(range(0, 256, 4))).decode()
         return discord.Attachment(data=payload, state=self.state)  # type: ignore[arg-type]
 
-    def message(self, *attachments: discord.Attachment, guild: FakeGuild | None = None,
-                channel: FakeChannel | None = None, author: FakeUser | None = None) -> FakeMessage:  # fmt: skip
-        return FakeMessage(author or FakeUser(), channel or FakeChannel(), guild, list(attachments))
+    def message(self, *attachments: discord.Attachment, guild: FakeGuild | None = None, channel: FakeChannel | None = None,
+                author: FakeUser | None = None, at: datetime.datetime | None = None) -> FakeMessage:  # fmt: skip
+        """A message as Discord delivers it, kept in its channel's history; ``at``: posted then."""
+        channel = channel or FakeChannel()
+        message = FakeMessage(author or FakeUser(), channel, guild, list(attachments), id=snowflake(at))
+        channel.messages.append(message)
+        self.channels[channel.id] = (channel, guild is not None)
+        return message
+
+    def _cached_channel(self, channel_id: int) -> FakeChannel | None:
+        """``Client.get_channel``: a server's channels are in the cache from the start; direct messages
+        only once one arrives (so after a restart they must be fetched)."""
+        channel, in_guild = self.channels.get(channel_id, (None, False))
+        return channel if in_guild else None
+
+    async def _fetch_channel(self, channel_id: int) -> FakeChannel:
+        if channel_id not in self.channels:
+            raise discord.NotFound(_Response(404), "Unknown Channel")
+        return self.channels[channel_id][0]
 
     def interaction(self, guild: FakeGuild | None = None, channel: FakeChannel | None = None,
                     user: FakeUser | None = None, admin: bool = False) -> FakeInteraction:  # fmt: skip
