@@ -16,7 +16,7 @@ if ((${#need[@]})); then
 fi
 
 # torch==2.13.0 (CPU) for the [train] extra comes from local disk; never another version.
-python3 -m pip install --quiet --disable-pip-version-check -e '.[train,test,voice]'
+python3 -m pip install --quiet --disable-pip-version-check -e '.[train,test,voice,postgres]'
 
 if [ "${1:-}" != "--no-run" ]; then
   sera analyze examples/voice-note.ogg

@@ -22,6 +22,7 @@ import yaml
 
 from sera.audio import Limits
 from sera.bounds import BOUNDS, bounded
+from sera.database import POSTGRES_SCHEMES
 from sera.errors import ConfigError
 
 T = TypeVar("T")
@@ -75,6 +76,7 @@ class DiscordOptions:
     metrics_port: int = bounded(0, min=0, max=65535)  # Prometheus metrics on http://127.0.0.1:PORT/metrics; 0: off
     catch_up_hours: float = bounded(24.0, min=0, max=14 * 24)  # answer notes posted up to this long before a (re)start; 0: off
     catch_up_max: int = bounded(50, min=0, max=1000)  # notes answered per channel by one catch-up
+    retention_days: float = bounded(0.0, min=0)  # delete analyses and utterances older than this, daily; 0: keep until /forget
     shard_count: int = bounded(0, min=0, max=100_000)  # shards across every process; 0: as Discord recommends, all here
     shard_ids: list[int] = field(default_factory=list)  # this process's shards, with shard_count; empty: all of them
 
@@ -109,19 +111,23 @@ class Config:
     live: LiveOptions = field(default_factory=LiveOptions)
     source: str = "built-in defaults"  # where it was read from, for messages
 
-    def database_path(self) -> Path:
-        """``discord.database`` (relative to the config file), else ``sera.db`` in the user's data folder
+    def database_path(self) -> Path | str:
+        """What ``sera.database.connect`` opens: a ``postgresql://`` URL as it is; else the SQLite file
+        ``discord.database`` (relative to the config file), or ``sera.db`` in the user's data folder
         (``~/.local/share/sera`` on Linux, ``$XDG_DATA_HOME/sera`` where set): never the directory the
         command happened to be started in."""
+        if self.discord.database.startswith(POSTGRES_SCHEMES):
+            return self.discord.database
         if self.discord.database:
             return self.path(self.discord.database)
         return platformdirs.user_data_path("sera") / "sera.db"
 
     def status_path(self) -> Path:
-        """Where a running bot keeps its status for ``sera status``: beside a configured database, else
+        """Where a running bot keeps its status for ``sera status``: beside a configured SQLite file, else
         in the user's state folder (``~/.local/state/sera``)."""
-        if self.discord.database:
-            return self.database_path().with_name("status.json")
+        database = self.database_path()
+        if self.discord.database and isinstance(database, Path):
+            return database.with_name("status.json")
         return platformdirs.user_state_path("sera") / "status.json"
 
     def path(self, value: str | Path) -> Path:

@@ -1,14 +1,22 @@
-"""sera's SQLite file: one connection per process, shared by every store, and one way to write to it.
+"""Where sera keeps its rows: one database per process, shared by every store, with one way to write.
 
-WAL, so readers never wait on the writer; ``synchronous=FULL``, so a committed row (an analysis, an
-opt-out, a ``/forget``) survives a power cut, not only a crash (sera commits a few rows a second at
-most, so the extra fsync is cheap); ``secure_delete``, so deleted rows are overwritten, not left
-readable in free pages.
+Two engines behind the same small interface. **SQLite** (the default, embedded: a file, nothing to run)
+in WAL mode, so readers never wait on the writer; ``synchronous=FULL``, so a committed row (an analysis,
+an opt-out, a ``/forget``) survives a power cut, not only a crash (sera commits a few rows a second at
+most, so the extra fsync is cheap); ``secure_delete``, so deleted rows are overwritten, not left readable
+in free pages. **PostgreSQL** (``discord.database: postgresql://...``, through psycopg 3) for bots whose
+processes run on several machines: they cannot share one SQLite file.
+
+Stores write portable SQL: ``?`` placeholders, ``ON CONFLICT``, ``RETURNING``; the few words the
+engines spell differently (an auto-increment key, a 64-bit integer, a float, a row lock) come from the
+engine (``types``, ``for_update``). The schema is versioned per component (``migrate``): a component
+lists its migrations in order, each database records how far it got, and ``sera db upgrade`` (or opening
+a store) applies the rest, one transaction each.
 
 Every write goes through ``transaction``: it commits, or it rolls back and raises ``StorageError``.
-A failed write (another process holding the lock past the busy timeout, a full disk) therefore never
-leaves the shared connection inside an open transaction, where every later write would silently wait
-for a commit that never comes and be lost at restart.
+A failed write (another process holding the lock past the busy timeout, a full disk, a lost server)
+therefore never leaves the shared connection inside an open transaction, where every later write would
+silently wait for a commit that never comes and be lost at restart.
 """
 
 from __future__ import annotations
@@ -16,52 +24,77 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator
+import time
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from sera.errors import SeraError
 
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_SECONDS = 5.0
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 class StorageError(SeraError):
     """The database refused a read or write; nothing of that write was kept."""
 
 
+class Connection(Protocol):
+    """What stores use inside ``read`` and ``transaction``: sqlite3's connection API, ``?`` placeholders."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ...) -> Any: ...
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any: ...
+
+
 class HoldsUserData(Protocol):
     """A store that keeps rows about a person registers itself (``Database.holds_user_data``), so that
     ``/forget`` reaches it without anyone listing the stores by hand."""
 
-    def delete_user_data(self, tx: sqlite3.Connection, user: str) -> dict[str, int]:
+    def delete_user_data(self, tx: Connection, user: str) -> dict[str, int]:
         """Inside ``tx``: delete what this store keeps about ``user``; return counts by kind."""
         ...
 
 
-class Database:
-    """One connection shared across threads, serialised by a lock (SQLite calls take microseconds)."""
+@dataclass(frozen=True)
+class Migration:
+    """One step of a component's schema. ``sql`` may name ``{id}`` (an auto-increment primary key),
+    ``{bigint}`` (Discord's 64-bit ids) and ``{real}`` (a double), which each engine spells its way;
+    ``before``, when given, runs first in the same transaction (an in-place fix only one engine needs)."""
 
-    def __init__(self, path: Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> None:
-        self.path = path
+    version: int
+    name: str
+    sql: str
+    before: Callable[[Database, Connection], None] | None = None
+
+
+class Database:
+    """The engine-independent part: the user-data registry, ``forget_user`` and migrations."""
+
+    engine = ""
+    types: dict[str, str] = {}
+    for_update = ""  # appended to a SELECT that reads a row it is about to rewrite
+
+    def __init__(self) -> None:
         self._lock = threading.RLock()
         self._holders: list[HoldsUserData] = []
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=busy_timeout)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA secure_delete=ON")
-        except (sqlite3.Error, OSError) as exc:
-            raise SeraError(f"cannot open the database {path}: {exc}") from None
 
-    def apply(self, schema: str) -> None:
-        """Create what ``schema`` describes (``CREATE ... IF NOT EXISTS``), in one transaction."""
-        with self.transaction() as db:
-            for statement in filter(str.strip, schema.split(";")):
-                db.execute(statement)
+    def transaction(self) -> Any:
+        raise NotImplementedError
+
+    def read(self) -> Any:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def columns(self, tx: Connection, table: str) -> set[str]:
+        raise NotImplementedError
 
     def holds_user_data(self, store: HoldsUserData) -> None:
         self._holders.append(store)
@@ -74,9 +107,73 @@ class Database:
                 deleted.update(store.delete_user_data(tx, user))
         return deleted
 
-    def columns(self, table: str) -> set[str]:
-        with self.read() as db:
-            return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+    def apply(self, schema: str) -> None:
+        """Run ``schema``'s statements (``CREATE ... IF NOT EXISTS``) in one transaction."""
+        with self.transaction() as tx:
+            for statement in filter(str.strip, schema.format(**self.types).split(";")):
+                tx.execute(statement)
+
+    def version(self, component: str) -> int:
+        with self.transaction() as tx:
+            return self._version(tx, component)
+
+    def migrate(self, component: str, migrations: Sequence[Migration]) -> list[Migration]:
+        """Apply ``component``'s migrations this database has not had, in order, each in a transaction
+        of its own (and under a lock, so two processes starting at once apply each step once)."""
+        applied = []
+        for migration in migrations:
+            with self.transaction() as tx:
+                self._lock_migrations(tx, component)
+                if self._version(tx, component) >= migration.version:
+                    continue
+                if migration.before:
+                    migration.before(self, tx)
+                for statement in filter(str.strip, migration.sql.format(**self.types).split(";")):
+                    tx.execute(statement)
+                tx.execute(
+                    "INSERT INTO schema_versions (component, version, name, applied) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (component) DO UPDATE SET version = excluded.version, name = excluded.name, applied = excluded.applied",
+                    (component, migration.version, migration.name, time.time()),
+                )
+            log.info("database: %s schema %d applied (%s)", component, migration.version, migration.name)
+            applied.append(migration)
+        return applied
+
+    def _version(self, tx: Connection, component: str) -> int:
+        tx.execute(
+            "CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL,"
+            f" name TEXT NOT NULL, applied {self.types['real']} NOT NULL)"
+        )
+        row = tx.execute("SELECT version FROM schema_versions WHERE component = ?", (component,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def _lock_migrations(self, tx: Connection, component: str) -> None:
+        """Serialise migrations across processes; SQLite's write transaction already does."""
+
+
+class SQLiteDatabase(Database):
+    """One connection shared across threads, serialised by a lock (SQLite calls take microseconds)."""
+
+    engine = "sqlite"
+    types = {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "bigint": "INTEGER", "real": "REAL"}
+
+    def __init__(self, path: Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> None:
+        super().__init__()
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=busy_timeout)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA secure_delete=ON")
+        except (sqlite3.Error, OSError) as exc:
+            raise SeraError(f"cannot open the database {path}: {exc}") from None
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def columns(self, tx: Connection, table: str) -> set[str]:
+        return {row[1] for row in tx.execute(f"PRAGMA table_info({table})")}
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -109,8 +206,95 @@ class Database:
             self._db.close()
 
 
-def _storage_error(what: str, exc: sqlite3.Error) -> StorageError:
+class _Portable:
+    """A psycopg connection that takes the stores' ``?`` placeholders."""
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Any:
+        return self._connection.execute(sql.replace("?", "%s"), parameters)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any:
+        cursor = self._connection.cursor()
+        cursor.executemany(sql.replace("?", "%s"), rows)
+        return cursor
+
+
+class PostgresDatabase(Database):
+    """One psycopg connection per process, shared across threads under a lock, as with SQLite: sera's
+    writes are a few short transactions a second, and every call already runs off the event loop."""
+
+    engine = "postgresql"
+    types = {"id": "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY", "bigint": "BIGINT", "real": "DOUBLE PRECISION"}
+    for_update = " FOR UPDATE"
+
+    def __init__(self, url: str, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> None:
+        super().__init__()
+        try:
+            import psycopg
+        except ImportError:
+            raise SeraError("discord.database is a PostgreSQL URL, but psycopg is not installed: pip install 'sera-voice[postgres]'") from None
+        self._psycopg = psycopg
+        self.url = url
+        try:
+            # autocommit: every unit of work is an explicit ``transaction()`` block (BEGIN ... COMMIT)
+            self._db = psycopg.connect(url, autocommit=True, connect_timeout=max(2, round(busy_timeout)),
+                                       options=f"-c lock_timeout={round(busy_timeout * 1000)}")  # fmt: skip
+        except psycopg.Error as exc:
+            raise SeraError(f"cannot open the database {redact(url)}: {str(exc).strip()}") from None
+
+    def __str__(self) -> str:
+        return redact(self.url)
+
+    def columns(self, tx: Connection, table: str) -> set[str]:
+        return {r[0] for r in tx.execute("SELECT column_name FROM information_schema.columns WHERE table_name = ?", (table,))}
+
+    def _lock_migrations(self, tx: Connection, component: str) -> None:
+        tx.execute("SELECT pg_advisory_xact_lock(?)", (zlib.crc32(f"sera:{component}".encode()),))
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        with self._lock:
+            try:
+                with self._db.transaction():
+                    yield _Portable(self._db)
+            except self._psycopg.Error as exc:
+                raise _storage_error("write", exc) from None
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self._lock:
+            try:
+                with self._db.transaction():
+                    yield _Portable(self._db)
+            except self._psycopg.Error as exc:
+                raise _storage_error("read", exc) from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def connect(target: str | Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> Database:
+    """A ``postgresql://`` URL opens PostgreSQL; anything else is the path of a SQLite file."""
+    if isinstance(target, str) and target.startswith(POSTGRES_SCHEMES):
+        return PostgresDatabase(target, busy_timeout)
+    return SQLiteDatabase(Path(target), busy_timeout)
+
+
+def redact(url: str) -> str:
+    """A database URL fit for a log line: any password replaced."""
+    scheme, _, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if at and ":" in credentials:
+        credentials = credentials.split(":", 1)[0] + ":***"
+    return f"{scheme}://{credentials}{at}{host}"
+
+
+def _storage_error(what: str, exc: Exception) -> StorageError:
     log.error("database %s failed: %s", what, exc)
-    if "locked" in str(exc) or "busy" in str(exc):
+    text = str(exc)
+    if any(word in text for word in ("locked", "busy", "lock timeout", "could not serialize", "deadlock")):
         return StorageError("the database is busy (another process is writing to it); nothing was changed, try again")
-    return StorageError(f"the database failed ({exc}); nothing was changed")
+    return StorageError(f"the database failed ({text.strip()}); nothing was changed")

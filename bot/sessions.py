@@ -12,39 +12,40 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sqlite3
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
-from sera.database import Database
+from sera.database import Connection, Database, Migration, connect
 from sera.errors import SeraError
 from sera.summary import SessionInfo, Utterance
 
 LIVE, ENDED, INTERRUPTED = "live", "ended", "interrupted"
 FORGOTTEN = "forgotten"  # stands in for the id of a user who asked to be forgotten
 
-SCHEMA = """
+COMPONENT = "sessions"
+MIGRATIONS = (
+    Migration(1, "live sessions, utterances, consent", """
 CREATE TABLE IF NOT EXISTS sessions (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id {id},
     space TEXT NOT NULL,
     room TEXT NOT NULL,
     report_to TEXT,
     started_by TEXT NOT NULL,
-    started_at REAL NOT NULL,
-    ended_at REAL,
+    started_at {real} NOT NULL,
+    ended_at {real},
     status TEXT NOT NULL,
     shed INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS utterances (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    session_id INTEGER NOT NULL REFERENCES sessions (id),
+    id {id},
+    session_id {bigint} NOT NULL REFERENCES sessions (id),
     speaker TEXT NOT NULL,
-    start_s REAL NOT NULL,
-    end_s REAL NOT NULL,
+    start_s {real} NOT NULL,
+    end_s {real} NOT NULL,
     label TEXT,
-    confidence REAL,
+    confidence {real},
     probabilities TEXT NOT NULL,
     outputs TEXT NOT NULL
 );
@@ -53,10 +54,10 @@ CREATE INDEX IF NOT EXISTS utterances_speaker ON utterances (speaker);
 CREATE TABLE IF NOT EXISTS consent (
     space TEXT NOT NULL,
     speaker TEXT NOT NULL,
-    since REAL NOT NULL,
+    since {real} NOT NULL,
     PRIMARY KEY (space, speaker)
-);
-"""
+)"""),
+)  # fmt: skip
 
 
 class StoredSession(NamedTuple):
@@ -77,20 +78,21 @@ EXPORT_FIELDS = ("session", "speaker", "start_s", "end_s", "label", "confidence"
 class SessionStore:
     """Live sessions, utterances and consent, on the process's shared ``Database``."""
 
-    def __init__(self, db: Database | Path) -> None:
+    def __init__(self, db: Database | Path | str) -> None:
         self._owns = not isinstance(db, Database)
-        self.db = Database(db) if self._owns else db
-        self.db.apply(SCHEMA)
+        self.db = connect(db) if self._owns else db
+        self.db.migrate(COMPONENT, MIGRATIONS)
         self.db.holds_user_data(self)
 
     def start(self, space: str, room: str, started_by: str, report_to: str | None = None) -> SessionInfo:
         now = time.time()
         with self.db.transaction() as tx:
             cursor = tx.execute(
-                "INSERT INTO sessions (space, room, report_to, started_by, started_at, status) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO sessions (space, room, report_to, started_by, started_at, status) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
                 (space, room, report_to, started_by, now, LIVE),
             )
-        return SessionInfo(int(cursor.lastrowid), space, room, started_by, now)
+            session_id = int(cursor.fetchall()[0][0])  # to the end: SQLite commits no open statement
+        return SessionInfo(session_id, space, room, started_by, now)
 
     def add(self, session_id: int, rows: Iterable[Utterance]) -> None:
         values = [
@@ -194,7 +196,7 @@ class SessionStore:
         with self.db.transaction() as tx:
             if consents:
                 tx.execute(
-                    "INSERT OR IGNORE INTO consent (space, speaker, since) VALUES (?, ?, ?)", (space, speaker, time.time())
+                    "INSERT INTO consent (space, speaker, since) VALUES (?, ?, ?) ON CONFLICT DO NOTHING", (space, speaker, time.time())
                 )
             else:
                 tx.execute("DELETE FROM consent WHERE space = ? AND speaker = ?", (space, speaker))
@@ -203,7 +205,16 @@ class SessionStore:
         with self.db.read() as db:
             return {r[0] for r in db.execute("SELECT speaker FROM consent WHERE space = ?", (space,))}
 
-    def delete_user_data(self, tx: sqlite3.Connection, speaker: str) -> dict[str, int]:
+    def delete_older_than(self, cutoff: float) -> int:
+        """Sessions that ended before ``cutoff``, with their utterances (``discord.retention_days``);
+        returns the utterances deleted. Running sessions are kept whole."""
+        finished = f"SELECT id FROM sessions WHERE status != '{LIVE}' AND COALESCE(ended_at, started_at) < ?"
+        with self.db.transaction() as tx:
+            utterances = tx.execute(f"DELETE FROM utterances WHERE session_id IN ({finished})", (cutoff,)).rowcount
+            tx.execute(f"DELETE FROM sessions WHERE id IN ({finished})", (cutoff,))
+        return utterances
+
+    def delete_user_data(self, tx: Connection, speaker: str) -> dict[str, int]:
         """Inside the caller's transaction: the speaker's utterances and opt-ins go, and the sessions they
         started no longer name them."""
         utterances = tx.execute("DELETE FROM utterances WHERE speaker = ?", (speaker,)).rowcount

@@ -4,6 +4,7 @@ back, oldest first and once each; a shutdown in the middle of a burst loses none
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -179,3 +180,36 @@ def test_each_process_runs_its_shards_and_only_shard_0s_catches_up_direct_messag
                            (["--shard-count", "2", "--shard-ids", "zero"], "--shard-ids must be numbers")):  # fmt: skip
         done = sera("run", *flags)
         assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
+def test_retention_deletes_old_analyses_and_utterances_and_privacy_says_so(tmp_path: Path, pipeline: Pipeline) -> None:
+    from sera.adapters.discord.store import Origin
+    from sera.adapters.discord.testing import invoke
+    from sera.plugin import Report
+    from sera.sessions import ENDED
+    from sera.summary import Utterance
+
+    harness = Harness(tmp_path, pipeline=pipeline, retention_days=30)
+    asyncio.run(harness.start())
+    report = Report(source="note.ogg", duration=3.0, segments=[(0.5, 2.5)], outputs={})
+    old, recent = (harness.store.record(report, Origin(7, 7, None, None, None)) for _ in range(2))
+    sessions = harness.bot.sessions
+    finished, running = sessions.start("g", "r", "7"), sessions.start("g", "r", "7")
+    for info in (finished, running):
+        sessions.add(info.id, [Utterance("7", 0.0, 1.0, "calm", 0.9, {"calm": 0.9}, {})])
+    sessions.finish(finished.id, ENDED)
+    forty_days_ago = time.time() - 40 * 24 * 3600
+    with harness.store.db.transaction() as tx:
+        tx.execute("UPDATE analyses SET created = ? WHERE id = ?", (forty_days_ago, old))
+        tx.execute("UPDATE sessions SET started_at = ?, ended_at = ?", (forty_days_ago, forty_days_ago))
+    deleted = asyncio.run(harness.bot.get_cog("Retention").sweep())
+    assert deleted == {"analyses": 1, "utterances": 1}
+    assert harness.store.analyses_of(7) == 1 and sessions.info(finished.id) is None and sessions.utterances(running.id)
+    asked = harness.interaction()
+    asyncio.run(invoke(harness.privacy.privacy, asked))
+    assert "deleted after 30 days" in asked.sent()[0]["content"]
+    harness.close()
+    off = Harness(tmp_path / "off", pipeline=pipeline)
+    asyncio.run(off.start())
+    assert off.bot.get_cog("Retention") is None and off.bot.get_cog("CatchUp") is not None  # retention: off by default
+    off.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sera.database import Database, StorageError
+from sera.database import SQLiteDatabase, StorageError
 from sera.adapters.discord.store import Origin, Store
 from sera.plugin import Report
 from sera.sessions import SessionStore
@@ -18,8 +18,8 @@ ROW = Utterance("alice", 1.0, 2.0, "calm", 0.8, {"calm": 0.8, "sad": 0.2}, {})
 REPORT = Report(source="note.ogg", duration=3.0, segments=[(0.5, 2.5)], outputs={})
 
 
-def open_stores(path: Path) -> tuple[Database, Store, SessionStore]:
-    db = Database(path, busy_timeout=0.2)
+def open_stores(path: Path) -> tuple[SQLiteDatabase, Store, SessionStore]:
+    db = SQLiteDatabase(path, busy_timeout=0.2)
     return db, Store(db), SessionStore(db)
 
 
@@ -69,7 +69,7 @@ def test_an_error_inside_a_transaction_keeps_none_of_it(tmp_path: Path) -> None:
 
 
 def test_pragmas_that_keep_data_safe(tmp_path: Path) -> None:
-    db = Database(tmp_path / "sera.db")
+    db = SQLiteDatabase(tmp_path / "sera.db")
     with db.read() as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert connection.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL

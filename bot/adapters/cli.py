@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     sync = command("sync", cmd_sync, "show what a sync would change in Discord's slash commands, then sync them")
     sync.add_argument("--guild", type=int, metavar="ID", help="one server only, at once (default: discord.dev_guild, else global)")
     sync.add_argument("--dry-run", action="store_true", help="only show what would be created, changed or deleted")
+    db = command("db", cmd_db, "the database's schema: which migrations it has (status), and applying the rest (upgrade)")
+    db.add_argument("action", choices=("status", "upgrade"), help="status: what is applied and pending; upgrade: apply the rest")
     command("status", cmd_status, "how the running bot is doing (from the status file it rewrites every 30 s)")
     command("doctor", cmd_doctor, "check ffmpeg, Opus, models, config, token and database, with fixes")
 
@@ -275,6 +277,26 @@ def cmd_sync(args: argparse.Namespace) -> int:
     logging.getLogger("discord").setLevel(logging.WARNING)
     print(run(config_of(args), args.guild, args.dry_run))
     return EXIT_OK
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from sera.adapters.discord import store
+    from sera.database import connect
+    from sera import sessions
+
+    db = connect(config_of(args).database_path())
+    try:
+        print(f"database: {db} ({db.engine})")
+        for component, migrations in ((sessions.COMPONENT, sessions.MIGRATIONS), (store.COMPONENT, store.MIGRATIONS)):
+            if args.action == "upgrade":
+                for migration in db.migrate(component, migrations):
+                    print(f"  {component}: applied {migration.version} ({migration.name})")
+            current = db.version(component)
+            pending = [f"{m.version} ({m.name})" for m in migrations if m.version > current]
+            print(f"{component}: schema {current} of {migrations[-1].version}" + (f"; pending: {', '.join(pending)}" if pending else ", up to date"))
+        return EXIT_OK
+    finally:
+        db.close()
 
 
 def cmd_status(args: argparse.Namespace) -> int:

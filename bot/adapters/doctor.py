@@ -76,12 +76,15 @@ def _database(config: Config) -> Check:
     path = config.database_path()
     try:
         store = Store(path)
+        where = f"{store.db}, schema {store.db.version('discord')}"
         store.close()
+        if isinstance(path, str):
+            return Check("database", True, f"PostgreSQL {where}: reachable, writable")
         probe = tempfile.NamedTemporaryFile(dir=path.parent, prefix=".sera-doctor-")
         probe.close()
         return Check("database", True, f"{path} is writable (WAL)")
     except (SeraError, OSError) as exc:
-        return Check("database", False, str(exc), "point discord.database at a writable path")
+        return Check("database", False, str(exc), "point discord.database at a writable path or a reachable postgresql:// URL")
 
 
 VOICE_EXTRA_FIX = "pip install 'sera-voice[voice]' (discord.py[voice] and discord-ext-voice-recv)"

@@ -30,7 +30,7 @@ def intents(message_content: bool) -> discord.Intents:
 
 
 EXTENSIONS = ("sera.adapters.discord.notes", "sera.adapters.discord.catchup", "sera.adapters.discord.settings",
-              "sera.adapters.discord.privacy", "sera.adapters.discord.health")  # fmt: skip
+              "sera.adapters.discord.privacy", "sera.adapters.discord.health", "sera.adapters.discord.retention")  # fmt: skip
 LIVE_EXTENSION = "sera.adapters.discord.listen"
 
 

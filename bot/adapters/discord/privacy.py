@@ -38,6 +38,13 @@ PRIVACY = (
 )
 
 
+def privacy(retention_days: float) -> str:
+    """``PRIVACY``, with how long analyses are kept where the operator set ``discord.retention_days``."""
+    if not retention_days:
+        return PRIVACY
+    return PRIVACY + f"\n• Analyses and voice-channel utterances are deleted after {retention_days:g} days, whatever you do."
+
+
 
 class Privacy(commands.Cog):
     def __init__(self, bot: commands.Bot, pipeline: Pipeline, store: Store) -> None:
@@ -52,7 +59,7 @@ class Privacy(commands.Cog):
     @app_commands.describe(analysis_by_others="Whether other members may analyse your voice notes (where admins enabled it)")
     async def privacy(self, interaction: discord.Interaction, analysis_by_others: bool | None = None) -> None:
         if analysis_by_others is None:
-            await interaction.response.send_message(PRIVACY, ephemeral=True)
+            await interaction.response.send_message(privacy(self.bot.config.discord.retention_days), ephemeral=True)
             return
         # a refused write reaches cog_app_command_error: "Nothing was changed: <why>."
         await asyncio.to_thread(self.store.set_analysis_by_others, interaction.user.id, analysis_by_others)

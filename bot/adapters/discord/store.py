@@ -8,48 +8,57 @@ what the analysis said.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sera.database import Database
+from sera.database import Connection, Database, Migration, connect
 from sera.plugin import Report
 
-SCHEMA = """
+
+def _add_requested_by(db: Database, tx: Connection) -> None:
+    """A file from before ``requested_by`` (whose request an analysis was, when not the voice's author's)."""
+    existing = db.columns(tx, "analyses")
+    if existing and "requested_by" not in existing:
+        tx.execute("ALTER TABLE analyses ADD COLUMN requested_by {bigint}".format(**db.types))
+
+
+COMPONENT = "discord"
+MIGRATIONS = (
+    Migration(1, "guild settings, analyses, opt-outs of analysis by others", """
 CREATE TABLE IF NOT EXISTS guild_settings (
-    guild_id INTEGER PRIMARY KEY,
+    guild_id {bigint} PRIMARY KEY,
     settings TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS analyses (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    created REAL NOT NULL,
-    user_id INTEGER NOT NULL,
-    guild_id INTEGER,
-    channel_id INTEGER,
-    message_id INTEGER,
-    duration_s REAL NOT NULL,
-    speech_s REAL NOT NULL,
+    id {id},
+    created {real} NOT NULL,
+    user_id {bigint} NOT NULL,
+    guild_id {bigint},
+    channel_id {bigint},
+    message_id {bigint},
+    duration_s {real} NOT NULL,
+    speech_s {real} NOT NULL,
     label TEXT,
-    confidence REAL,
-    result TEXT NOT NULL
+    confidence {real},
+    result TEXT NOT NULL,
+    requested_by {bigint}
 );
 CREATE INDEX IF NOT EXISTS analyses_user ON analyses (user_id);
 CREATE TABLE IF NOT EXISTS analysis_optout (
-    user_id INTEGER PRIMARY KEY,
-    since REAL NOT NULL
-);
+    user_id {bigint} PRIMARY KEY,
+    since {real} NOT NULL
+)""", before=_add_requested_by),
+    Migration(2, "answered messages, for the catch-up after a restart", """
 CREATE TABLE IF NOT EXISTS answered_messages (
-    message_id INTEGER PRIMARY KEY,
-    channel_id INTEGER NOT NULL,
-    guild_id INTEGER,
-    answered REAL NOT NULL
+    message_id {bigint} PRIMARY KEY,
+    channel_id {bigint} NOT NULL,
+    guild_id {bigint},
+    answered {real} NOT NULL
 );
-CREATE INDEX IF NOT EXISTS answered_messages_channel ON answered_messages (channel_id, message_id);
-"""
-# Added after the first release: whose request an analysis was, when it is not the voice's author's own.
-MIGRATIONS = {"analyses": {"requested_by": "ALTER TABLE analyses ADD COLUMN requested_by INTEGER"}}
+CREATE INDEX IF NOT EXISTS answered_messages_channel ON answered_messages (channel_id, message_id)"""),
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -81,17 +90,11 @@ class GuildSettings:
 class Store:
     """Guild settings and analyses, on the process's shared ``Database``."""
 
-    def __init__(self, db: Database | Path) -> None:
+    def __init__(self, db: Database | Path | str) -> None:
         self._owns = not isinstance(db, Database)
-        self.db = Database(db) if self._owns else db
-        self.db.apply(SCHEMA)
+        self.db = connect(db) if self._owns else db
+        self.db.migrate(COMPONENT, MIGRATIONS)
         self.db.holds_user_data(self)
-        for table, columns in MIGRATIONS.items():
-            missing = columns.keys() - self.db.columns(table)
-            if missing:
-                with self.db.transaction() as tx:
-                    for column in sorted(missing):
-                        tx.execute(columns[column])
 
     def settings(self, guild_id: int) -> GuildSettings:
         with self.db.read() as db:
@@ -100,7 +103,10 @@ class Store:
     def update_settings(self, guild_id: int, edit: Callable[[GuildSettings], GuildSettings]) -> GuildSettings:
         """Apply ``edit`` to the guild's settings and save them, as one transaction."""
         with self.db.transaction() as tx:
-            updated = edit(_load(tx, guild_id))
+            # the row first, so that two processes editing the same guild's settings take turns on it
+            tx.execute("INSERT INTO guild_settings (guild_id, settings) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                       (guild_id, GuildSettings().to_json()))  # fmt: skip
+            updated = edit(_load(tx, guild_id, self.db.for_update))
             tx.execute(
                 "INSERT INTO guild_settings (guild_id, settings) VALUES (?, ?) "
                 "ON CONFLICT (guild_id) DO UPDATE SET settings = excluded.settings",
@@ -115,14 +121,15 @@ class Store:
         with self.db.transaction() as tx:
             cursor = tx.execute(
                 "INSERT INTO analyses (created, user_id, requested_by, guild_id, channel_id, message_id, duration_s,"
-                " speech_s, label, confidence, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " speech_s, label, confidence, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (
                     time.time(), note.author_id, requested_by, note.guild_id, note.channel_id, note.message_id,
                     report.duration, report.speech_seconds, emotion.label if emotion else None,
                     emotion.confidence if emotion else None, json.dumps(report.to_dict()),
                 ),
             )  # fmt: skip
-        return int(cursor.lastrowid)
+            (row_id,) = cursor.fetchall()[0]  # read to the end inside the transaction: SQLite commits no open statement
+        return int(row_id)
 
     def analyses_of(self, user_id: int) -> int:
         """Analyses that name the user: of their voice, or asked for by them."""
@@ -137,18 +144,23 @@ class Store:
             if allowed:
                 tx.execute("DELETE FROM analysis_optout WHERE user_id = ?", (user_id,))
             else:
-                tx.execute("INSERT OR IGNORE INTO analysis_optout (user_id, since) VALUES (?, ?)", (user_id, time.time()))
+                tx.execute("INSERT INTO analysis_optout (user_id, since) VALUES (?, ?) ON CONFLICT DO NOTHING", (user_id, time.time()))
 
     def analysis_by_others_allowed(self, user_id: int) -> bool:
         with self.db.read() as db:
             return db.execute("SELECT 1 FROM analysis_optout WHERE user_id = ?", (user_id,)).fetchone() is None
 
+    def delete_older_than(self, cutoff: float) -> int:
+        """Analyses stored before ``cutoff`` (``discord.retention_days``)."""
+        with self.db.transaction() as tx:
+            return tx.execute("DELETE FROM analyses WHERE created < ?", (cutoff,)).rowcount
+
     def mark_answered(self, message_id: int, channel_id: int, guild_id: int | None) -> None:
         """A message whose voice notes were answered (or apologised for): never answered again, and where
         the bot picks up in its channel after a restart."""
         with self.db.transaction() as tx:
-            tx.execute("INSERT OR IGNORE INTO answered_messages (message_id, channel_id, guild_id, answered) VALUES (?, ?, ?, ?)",
-                       (message_id, channel_id, guild_id, time.time()))  # fmt: skip
+            tx.execute("INSERT INTO answered_messages (message_id, channel_id, guild_id, answered) VALUES (?, ?, ?, ?)"
+                       " ON CONFLICT DO NOTHING", (message_id, channel_id, guild_id, time.time()))  # fmt: skip
 
     def was_answered(self, message_id: int) -> bool:
         with self.db.read() as db:
@@ -159,7 +171,7 @@ class Store:
         every channel the bot answered in, and every channel a server enabled."""
         with self.db.read() as db:
             marks = {channel: (guild, last) for channel, guild, last in db.execute(
-                "SELECT channel_id, guild_id, MAX(message_id) FROM answered_messages GROUP BY channel_id")}  # fmt: skip
+                "SELECT channel_id, guild_id, MAX(message_id) FROM answered_messages GROUP BY channel_id, guild_id")}  # fmt: skip
             for guild_id, settings in db.execute("SELECT guild_id, settings FROM guild_settings"):
                 for channel in GuildSettings.from_json(settings).channels:
                     marks.setdefault(channel, (guild_id, None))
@@ -173,12 +185,13 @@ class Store:
                 "(SELECT MAX(message_id) FROM answered_messages GROUP BY channel_id)", (cutoff,)
             ).rowcount
 
-    def delete_user_data(self, tx: sqlite3.Connection, user: str) -> dict[str, int]:
+    def delete_user_data(self, tx: Connection, user: str) -> dict[str, int]:
         """Inside the caller's transaction: every analysis of the user's voice or asked for by them.
 
         Their refusal to be analysed by others is kept: deleting it would expose them again."""
-        # the columns are INTEGER, so SQLite compares a numeric id given as text as the number it is
-        deleted = tx.execute("DELETE FROM analyses WHERE user_id = ? OR requested_by = ?", (user, user)).rowcount
+        if not user.isdigit():  # a Discord user id; anything else has no analyses here
+            return {"analyses": 0}
+        deleted = tx.execute("DELETE FROM analyses WHERE user_id = ? OR requested_by = ?", (int(user), int(user))).rowcount
         return {"analyses": deleted}
 
     def close(self) -> None:
@@ -197,6 +210,6 @@ class Origin:
     message_id: int | None
 
 
-def _load(db: sqlite3.Connection, guild_id: int) -> GuildSettings:
-    row = db.execute("SELECT settings FROM guild_settings WHERE guild_id = ?", (guild_id,)).fetchone()
+def _load(db: Connection, guild_id: int, lock: str = "") -> GuildSettings:
+    row = db.execute(f"SELECT settings FROM guild_settings WHERE guild_id = ?{lock}", (guild_id,)).fetchone()
     return GuildSettings.from_json(row[0]) if row else GuildSettings()
