@@ -2,10 +2,11 @@
 
 It knows nothing of Discord. The CLI calls ``analyze``; the bot awaits ``analyze_async``, which runs
 the same work on a pool of ``workers`` so that the asyncio loop (and Discord's heartbeat) never waits on
-ffmpeg, librosa or onnxruntime. Threads by default: ffmpeg and onnxruntime release the GIL, but
-librosa's feature and pitch code holds it for much of its time, so two threads answer only about 1.4x
-the notes of one (``bench/throughput_bench.py``). With ``worker_processes`` each worker is a process
-with its own models (spawned, loaded once, kept), which scales with cores at the cost of memory.
+ffmpeg, librosa or onnxruntime. Threads by default: ffmpeg, onnxruntime and numpy's BLAS release the
+GIL, and with each analysis held to one thread of its own two workers answered 1.87x the notes of one
+(``bench/throughput_bench.py``). With ``worker_processes`` each worker is a process with its own models
+(spawned, loaded once, kept): 2.03x, as librosa holds the GIL for parts of its work, for about 150 MB
+a worker.
 
 Each analyzer runs isolated, through its guard (``sera.registry.Guard``): one that raises, overruns
 ``plugin_timeout_seconds`` or returns something that is not a list of ``Result`` objects is logged under
@@ -44,18 +45,19 @@ class Pipeline:
         self.config = config
         # One BLAS thread per analysis, as onnxruntime has (speech.session_options): sera runs several
         # analyses at once, and OpenBLAS's own threads would fight the workers for the same cores
-        # (1.24x the notes of one worker with two threads, 1.65x with BLAS on one thread each).
+        # (two threads: 1.24x the notes of one worker with BLAS's own threads, 1.87x with one each).
         threadpool_limits(1, user_api="blas")
         self.detector = SpeechDetector(config.models_dir / VAD_MODEL, config.speech)
         self.plugins = plugins or PluginSet(config, SAMPLE_RATE)
         self.limits = config.audio.limits()
-        self.workers: Executor = ThreadPoolExecutor(config.workers, thread_name_prefix="sera-worker")
-        self._in_process = True  # analyze_async calls this object's analyze on a thread
-        if config.worker_processes:
-            self.workers = ProcessPoolExecutor(
+        self._in_process = not config.worker_processes  # analyze_async runs this object's analyze on a thread
+        self.workers: Executor = (
+            ThreadPoolExecutor(config.workers, thread_name_prefix="sera-worker")
+            if self._in_process
+            else ProcessPoolExecutor(
                 config.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker, initargs=(config,)
             )
-            self._in_process = False
+        )
 
     def analyze(
         self, source: bytes | str | Path, name: str | None = None, skip: Collection[str] = frozenset()

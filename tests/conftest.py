@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import shutil
 import subprocess
+from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -55,6 +57,17 @@ def sera(*args: str) -> subprocess.CompletedProcess:
     finally:
         root.handlers[:], root.level = handlers, level
     return subprocess.CompletedProcess(["sera", *args], code, out.getvalue(), err.getvalue())
+
+
+async def eventually(check: Callable[[], object], seconds: float) -> None:
+    """Wait, polling every 20 ms for at most ``seconds``' worth of polls, until ``check()`` holds: the
+    work runs on other threads, so tests wait for what they check, never a fixed time. Raises when it
+    never holds."""
+    for _ in range(round(seconds / 0.02)):
+        if check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"still not true after {seconds} s: {check}")
 
 
 def encode(samples: np.ndarray, rate: int, path: Path, *codec: str, channels: int = 1) -> Path:

@@ -16,7 +16,7 @@ import pytest
 from sera.adapters.discord.testing import FakeChannel, FakeGuild, FakeMessage, FakeUser, Harness
 from sera.audio import decode
 from sera.pipeline import Pipeline
-from tests.conftest import SAMPLE_NOTE, encode
+from tests.conftest import SAMPLE_NOTE, encode, eventually
 
 NOTE = SAMPLE_NOTE.read_bytes()
 
@@ -119,7 +119,7 @@ def test_a_shutdown_during_a_burst_loses_no_note(tmp_path: Path, pipeline: Pipel
 
     async def burst() -> None:
         handlers = [asyncio.create_task(first.cog.on_message(m)) for m in in_flight]
-        await asyncio.sleep(0.05)  # they are being analysed
+        await eventually(lambda: first.cog.slots.used == len(in_flight), 10)  # they are being analysed
         first.bot.closing = True  # what SeraBot.close() sets before it drains
         late.extend(first.message(first.attachment(NOTE), channel=dm, author=alice) for _ in range(2))
         await asyncio.gather(*(first.cog.on_message(m) for m in late))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 from sera.audio import decode
 from sera.adapters.discord.privacy import PRIVACY, ForgetView
 from sera.pipeline import Pipeline
-from tests.conftest import SAMPLE_NOTE, encode, sera, tone
+from tests.conftest import SAMPLE_NOTE, encode, eventually, sera, tone
 from sera.adapters.discord.testing import FakeChannel, FakeGuild, FakeUser, Harness, invoke
 
 LABELS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
@@ -314,7 +315,7 @@ def test_shutdown_apologises_for_unfinished_work(tmp_path: Path, pipeline: Pipel
 
     async def scenario() -> None:
         handler = asyncio.create_task(harness.cog.on_message(message))
-        await asyncio.sleep(0.05)  # the note is being analysed
+        await eventually(lambda: harness.cog.slots.used == 1, 10)  # the note is being analysed
         harness.bot.closing = True
         await harness.cog.drain(timeout=0.01)
         await handler
@@ -336,6 +337,12 @@ def test_run_without_a_network_is_one_clear_error_and_never_shows_the_token(tmp_
     assert "Traceback" not in done.stderr
     assert secret not in done.stderr + done.stdout
     assert "super-secret" not in done.stderr + done.stdout
+    logged = subprocess.run([sys.executable, "-m", "sera", "--log-format", "json", "-v", "--config", str(config), "run"], env=env,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    lines = logged.stderr.strip().splitlines()
+    entries = [json.loads(line) for line in lines[:-1]]  # the operator's log; the last line is the person's message
+    assert entries and lines[-1].startswith("sera: cannot reach Discord") and "super-secret" not in logged.stderr + logged.stdout
+    assert all(set(e) >= {"time", "level", "logger", "message"} for e in entries)
     missing = subprocess.run([sys.executable, "-m", "sera", "run"], env={k: v for k, v in env.items() if k != "DISCORD_TOKEN"},
                              capture_output=True, text=True, timeout=60)  # fmt: skip
     assert missing.returncode == 2 and "no Discord token: set the environment variable DISCORD_TOKEN" in missing.stderr
@@ -628,7 +635,6 @@ def test_the_running_bot_reports_its_health_to_sera_status(harness: Harness) -> 
 
 def test_each_voice_note_is_one_json_log_line_with_its_event(harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
     """``sera --log-format json run``: a line per note, with the event (and the server, where there is one)."""
-    import json
     import logging
 
     from sera.adapters.cli import JsonFormatter
@@ -662,7 +668,7 @@ def test_prometheus_metrics_are_served_on_loopback_when_asked(tmp_path: Path, pi
         await harness.cog.on_message(harness.message(harness.attachment(NOTE)))
         await harness.cog.on_message(harness.message(harness.attachment(b"not audio at all")))
         await harness.cog.on_message(harness.message(harness.attachment(NOTE, size=10**9)))
-        await asyncio.sleep(0.3)  # one sample of the loop's lag
+        await eventually(lambda: harness.bot.get_cog("Health").lag.samples > 0, 5)  # the probe has sampled the loop
         async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as response:
             answer = response.status, response.headers["Content-Type"], await response.text()
         bound = harness.bot.get_cog("Health")._server.addresses

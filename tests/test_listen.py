@@ -28,7 +28,7 @@ from sera.adapters.discord.listen import Listening
 from sera.pipeline import Pipeline
 from sera.sessions import INTERRUPTED
 from sera.summary import Utterance
-from tests.conftest import SAMPLE_NOTE, say
+from tests.conftest import SAMPLE_NOTE, eventually, say
 from tests.dave_harness import FakeVoiceClient, Speaker, VoiceServer
 from sera.adapters.discord.testing import FakeInteraction, Harness, invoke
 from tests.voice_sim import Clock, Turn, frames, load_speech
@@ -211,17 +211,6 @@ class World:
         await asyncio.sleep(0.3)  # the library's router thread hands over what it buffered
         await eventually(lambda: not any(track.queue for track in live.tracks.values()), 10)  # the ticks catch up
         self.clock.now += ROUTER_SLACK_SECONDS + 1.0  # a pause: every speaker's utterance closes at the next tick
-
-
-async def eventually(check: Callable[[], object], seconds: float) -> None:
-    """Wait, polling every 20 ms for at most ``seconds``' worth of polls, until ``check()`` holds: the
-    session works on its own threads, so tests wait for what they check, never a fixed time. Raises when
-    it never holds."""
-    for _ in range(round(seconds / 0.02)):
-        if check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"still not true after {seconds} s: {check}")
 
 
 def sent_texts(interaction: FakeInteraction) -> str:

@@ -280,9 +280,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
+    from sera import sessions
     from sera.adapters.discord import store
     from sera.database import connect
-    from sera import sessions
 
     db = connect(config_of(args).database_path())
     try:

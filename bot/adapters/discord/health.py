@@ -37,6 +37,7 @@ class LagProbe:
     def __init__(self) -> None:
         self.last = 0.0
         self.worst = 0.0
+        self.samples = 0
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -45,6 +46,7 @@ class LagProbe:
             await asyncio.sleep(LAG_PROBE_SECONDS)
             self.last = max(0.0, loop.time() - start - LAG_PROBE_SECONDS)
             self.worst = max(self.worst, self.last)
+            self.samples += 1
 
 
 class Health(commands.Cog):

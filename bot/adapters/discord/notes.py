@@ -49,8 +49,9 @@ def is_audio(attachment: discord.Attachment) -> bool:
     return PurePath(attachment.filename).suffix.lower() in AUDIO_SUFFIXES
 
 
+# Outcome.kind: why a note got no analysis, in one word, counted for the operator (sera status, /metrics)
 FAILURE_KINDS = ("too_large", "too_long", "user_busy", "rate_limited", "queue_full", "bad_audio", "download", "refused",
-                 "shutdown", "internal")  # Outcome.kind: why a note got no analysis, counted for the operator  # fmt: skip
+                 "shutdown", "internal")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class Outcome:
 
     report: Report | None = None
     error: str | None = None
-    kind: str = ""  # why there is none, in one word, for the operator's counters (sera status, /metrics)
+    kind: str = ""  # one of FAILURE_KINDS when there is no report
 
 
 class VoiceNotes(commands.Cog):
