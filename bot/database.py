@@ -27,7 +27,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -253,23 +253,21 @@ class PostgresDatabase(Database):
     def _lock_migrations(self, tx: Connection, component: str) -> None:
         tx.execute("SELECT pg_advisory_xact_lock(?)", (zlib.crc32(f"sera:{component}".encode()),))
 
-    @contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        with self._lock:
-            try:
-                with self._db.transaction():
-                    yield _Portable(self._db)
-            except self._psycopg.Error as exc:
-                raise _storage_error("write", exc) from None
+    def transaction(self) -> AbstractContextManager[Connection]:
+        return self._block("write")
+
+    def read(self) -> AbstractContextManager[Connection]:
+        """Reads in a transaction too: one consistent snapshot, however many statements."""
+        return self._block("read")
 
     @contextmanager
-    def read(self) -> Iterator[Connection]:
+    def _block(self, what: str) -> Iterator[Connection]:
         with self._lock:
             try:
-                with self._db.transaction():
+                with self._db.transaction():  # BEGIN ... COMMIT, or ROLLBACK on any error
                     yield _Portable(self._db)
             except self._psycopg.Error as exc:
-                raise _storage_error("read", exc) from None
+                raise _storage_error(what, exc) from None
 
     def close(self) -> None:
         with self._lock:
