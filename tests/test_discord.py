@@ -326,6 +326,7 @@ def test_shutdown_apologises_for_unfinished_work(tmp_path: Path, pipeline: Pipel
     harness.close()
 
 
+@pytest.mark.slow
 def test_run_without_a_network_is_one_clear_error_and_never_shows_the_token(tmp_path: Path) -> None:
     secret = "MTIzNDU2Nzg5MDEyMzQ1Njc4.GAbCdE.super-secret-token-value"
     env = dict(os.environ, DISCORD_TOKEN=secret)

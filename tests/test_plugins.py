@@ -196,6 +196,7 @@ def test_example_package_is_listed(example_installed: dict[str, str]) -> None:
     assert "reporter" in rows["oneline"]
 
 
+@pytest.mark.slow
 def test_example_analyzer_runs_in_analyze(example_installed: dict[str, str]) -> None:
     done = sera(example_installed, "analyze", "--json", str(SAMPLE_NOTE))
     assert done.returncode == 0, done.stderr
@@ -381,6 +382,7 @@ def test_a_plugin_built_for_another_sera_is_refused_by_name(
         plugins.close()
 
 
+@pytest.mark.slow
 def test_a_new_plugin_from_the_template_installs_and_runs(tmp_path: Path) -> None:
     """``sera plugins new NAME``: the package installs (pip, for real) and its analyzer shows up in
     ``sera analyze`` with the config it ships; a name that is not an identifier is refused."""
