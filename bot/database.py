@@ -110,8 +110,7 @@ class Database:
     def apply(self, schema: str) -> None:
         """Run ``schema``'s statements (``CREATE ... IF NOT EXISTS``) in one transaction."""
         with self.transaction() as tx:
-            for statement in filter(str.strip, schema.format(**self.types).split(";")):
-                tx.execute(statement)
+            self._script(tx, schema)
 
     def version(self, component: str) -> int:
         with self.transaction() as tx:
@@ -128,8 +127,7 @@ class Database:
                     continue
                 if migration.before:
                     migration.before(self, tx)
-                for statement in filter(str.strip, migration.sql.format(**self.types).split(";")):
-                    tx.execute(statement)
+                self._script(tx, migration.sql)
                 tx.execute(
                     "INSERT INTO schema_versions (component, version, name, applied) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT (component) DO UPDATE SET version = excluded.version, name = excluded.name, applied = excluded.applied",
@@ -138,6 +136,11 @@ class Database:
             log.info("database: %s schema %d applied (%s)", component, migration.version, migration.name)
             applied.append(migration)
         return applied
+
+    def _script(self, tx: Connection, sql: str) -> None:
+        """Each ``;``-separated statement of ``sql``, with this engine's spelling of ``{id}``, ``{bigint}``, ``{real}``."""
+        for statement in filter(str.strip, sql.format(**self.types).split(";")):
+            tx.execute(statement)
 
     def _version(self, tx: Connection, component: str) -> int:
         tx.execute(

@@ -7,6 +7,8 @@ import importlib
 import logging
 import os
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import aiohttp
 import discord
@@ -161,8 +163,16 @@ def run(config: Config) -> int:
     pipeline = Pipeline(config)
     pipeline.start_workers()
     bot = SeraBot(config, pipeline, store)
-    try:
+    with said_plainly(config):
         bot.run(secret, log_handler=None)
+    return 0
+
+
+@contextmanager
+def said_plainly(config: Config) -> Iterator[None]:
+    """Discord's refusals and an unreachable network as one line for the person (``sera run``, ``sera sync``)."""
+    try:
+        yield
     except discord.LoginFailure:
         raise SeraError(
             f"Discord refused the token in {config.discord.token_env}: is it the bot token from the "
@@ -175,4 +185,3 @@ def run(config: Config) -> int:
             "discord.message_content is true, but the Message Content intent is not enabled for this bot "
             "in the Developer Portal (Bot page, Privileged Gateway Intents)"
         ) from None
-    return 0

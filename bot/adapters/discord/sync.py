@@ -11,11 +11,10 @@ import asyncio
 from dataclasses import dataclass, replace
 from typing import Any
 
-import aiohttp
 import discord
 from discord import app_commands
 
-from sera.adapters.discord.app import SeraBot, token
+from sera.adapters.discord.app import SeraBot, said_plainly, token
 from sera.adapters.discord.store import Store
 from sera.config import Config
 from sera.errors import SeraError
@@ -135,11 +134,8 @@ def run(config: Config, guild_id: int | None, dry_run: bool) -> str:
             await bot.login(secret)  # runs setup_hook: the cogs, hence the command tree, are loaded
             return await sync(bot, guild_id, dry_run)
 
-    try:
-        return asyncio.run(main())
-    except discord.LoginFailure:
-        raise SeraError(f"Discord refused the token in {config.discord.token_env}") from None
-    except discord.Forbidden:
-        raise SeraError(f"Discord refused: is the bot in server {guild_id} with the applications.commands scope?") from None
-    except (aiohttp.ClientError, OSError) as error:
-        raise SeraError(f"cannot reach Discord: {error}") from None
+    with said_plainly(config):
+        try:
+            return asyncio.run(main())
+        except discord.Forbidden:
+            raise SeraError(f"Discord refused: is the bot in server {guild_id} with the applications.commands scope?") from None
