@@ -9,25 +9,37 @@ be able to hang a worker forever.
 
 ffmpeg parses bytes a stranger sent, so it is run as if the file were hostile:
 
-- only the file itself may be read: protocols are limited to ``file`` (no playlists that name other
-  files, no ``concat:``), demuxers to the containers voice notes come in (no HLS, no ffconcat), and a
-  path is passed as ``file:/absolute/path`` so that no part of its name is read as a protocol;
-- only the first audio stream is decoded, and stream probing stops at once, so a file with a dozen
-  huge video streams costs nothing; an address-space limit bounds whatever memory ffmpeg could still
-  be driven to take;
-- the child gets a minimal environment (no Discord token), and its stderr is kept to a short tail;
-- uploaded bytes go to ffmpeg through an anonymous in-memory file (``memfd``), never through the
-  file system, so nothing is left on disk if the process is killed mid-decode.
+- it opens no file: the bytes (an upload, or a file the command line read) reach it through an
+  anonymous in-memory file (``memfd``), never the file system, so nothing is left on disk if the
+  process is killed mid-decode; protocols are limited to ``file`` and demuxers to the containers voice
+  notes come in (no playlists that name other files, no ``concat:``, no HLS, no ffconcat);
+- a first, bounded ``ffprobe`` refuses what no voice note is (over ``MAX_SAMPLE_RATE``, over
+  ``MAX_CHANNELS``, no audio stream) before any decoding is spent on it; only the first audio stream is
+  decoded, with stream probing off and at most ``MAX_STREAMS`` streams, so a file with a thousand
+  tracks or huge video streams costs nothing;
+- limits on its address space, CPU time (not only wall time), open files, and file writes (none);
+- it runs with no new privileges (``setpriv``), and, when sera runs as root, as ``nobody`` without
+  capabilities, so it can read neither the bot's memory, environment and open files (``/proc``) nor
+  anything a root process could; the bot process itself is made non-dumpable (``confine_process``)
+  once it holds its token, which shuts ``/proc/<pid>`` to children of the same user;
+- the child gets a minimal environment (no Discord token), and its stderr is kept to a short tail.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import pwd
+import re
 import selectors
+import shutil
+import signal
 import subprocess
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +59,12 @@ INT16_SCALE = 32_768.0
 FORMATS = ("ogg", "matroska", "webm", "mov", "mp4", "m4a", "3gp", "mp3", "wav", "w64", "flac", "aac", "aiff", "caf", "amr")
 STDERR_TAIL_BYTES = 4_096  # what is kept of ffmpeg's complaints for the operator's log
 CHUNK_BYTES = 1 << 16
+MAX_SAMPLE_RATE = 192_000  # the highest rate audio is recorded at; a 1 MHz FLAC is a CPU bomb, not a note
+MAX_CHANNELS = 8  # 7.1 surround
+MAX_STREAMS = 8  # a voice note has one stream (two with a cover picture); 999 Ogg streams cost 700 MB
+REFUSED = -1000  # run_bounded's exit code when ``refuse`` stopped the program
+OPEN_FILES = 64  # ffmpeg's own descriptor limit: its input, its pipes, its libraries
+UNPRIVILEGED_USER = "nobody"  # whom ffmpeg runs as when sera runs as root
 
 
 @dataclass(frozen=True)
@@ -56,7 +74,8 @@ class Limits:
     max_bytes: int = 25_000_000
     max_seconds: float = 600.0
     timeout_seconds: float = 30.0
-    max_memory_bytes: int = 1 << 30  # ffmpeg's address space; a 10-minute note needs well under half of it
+    max_memory_bytes: int = 384 << 20  # ffmpeg's address space: 266 MB is its floor, 10-minute notes fit in 320 MB
+    cpu_seconds: float = 10.0  # ffmpeg's CPU time; a 10-minute note takes under 2 s
 
 
 def ffmpeg_binary() -> str:
@@ -80,30 +99,44 @@ def child_environment() -> dict[str, str]:
 def decode(source: bytes | str | Path, limits: Limits = Limits(), sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Decode any audio ffmpeg reads into mono float32 in [-1, 1] at ``sample_rate``.
 
-    The size limit is checked before ffmpeg starts, the duration limit is enforced by ffmpeg itself
-    (it stops reading one second past it, so a 10-hour file costs no more than a long one), and ffmpeg
-    is killed after ``limits.timeout_seconds``.
+    The size limit is checked before anything is read, the stream's rate and channels before anything is
+    decoded, the duration limit is enforced by ffmpeg itself (it stops reading one second past it, so a
+    10-hour file costs no more than a long one), and ffmpeg is killed after ``limits.timeout_seconds``
+    of wall time or ``limits.cpu_seconds`` of CPU time.
     """
+    with memory_file(read(source, limits)) as (url, data, fd):
+        return _run_ffmpeg(url, limits, sample_rate, data, fd)
+
+
+def read(source: bytes | str | Path, limits: Limits = Limits()) -> bytes:
+    """The bytes of an upload or a file, its size checked first (a file's before it is read)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         _check_size(len(data), limits)
-        return _decode_bytes(data, limits, sample_rate)
+        return data
     path = Path(source)
     if not path.is_file():
         raise AudioError(f"no such audio file: {path}")
     _check_size(path.stat().st_size, limits)
-    return _run_ffmpeg(f"file:{path.resolve()}", limits, sample_rate)
+    try:
+        return path.read_bytes()[: limits.max_bytes]
+    except OSError as exc:
+        raise AudioError(f"cannot read {path}: {exc.strerror}") from None
 
 
-def _decode_bytes(data: bytes, limits: Limits, sample_rate: int) -> np.ndarray:
-    """Bytes through a memory-backed file: seekable (mp4/m4a keep their index at the end), never on disk."""
-    if not hasattr(os, "memfd_create"):  # not Linux: a pipe, which containers that need seeking cannot use
-        return _run_ffmpeg("pipe:0", limits, sample_rate, data=data)
+@contextmanager
+def memory_file(data: bytes) -> Iterator[tuple[str, bytes | None, int | None]]:
+    """``(url, stdin data, descriptor to pass)`` for ffmpeg: a memory-backed file, seekable (mp4/m4a keep
+    their index at the end) and never on disk; where there is no memfd (not Linux), a pipe, which
+    containers that need seeking cannot use."""
+    if not hasattr(os, "memfd_create"):
+        yield "pipe:0", data, None
+        return
     fd = os.memfd_create("sera-upload", os.MFD_CLOEXEC)
     try:
         with os.fdopen(os.dup(fd), "wb") as memory:
             memory.write(data)
-        return _run_ffmpeg(f"file:/proc/self/fd/{fd}", limits, sample_rate, keep_fd=fd)
+        yield f"file:/proc/self/fd/{fd}", None, fd
     finally:
         os.close(fd)
 
@@ -117,27 +150,24 @@ def _check_size(size: int, limits: Limits) -> None:
         )
 
 
-def _run_ffmpeg(url: str, limits: Limits, sample_rate: int, data: bytes | None = None, keep_fd: int | None = None) -> np.ndarray:
+def _demuxing(url: str) -> list[str]:
+    """The input options every ffmpeg and ffprobe run gets: only this file, only these containers, no probing."""
     protocols = "pipe" if url.startswith("pipe:") else "file"
-    arguments = [
-        *(["-nostdin"] if data is None else []), "-hide_banner", "-loglevel", "error",
-        "-protocol_whitelist", protocols, "-format_whitelist", ",".join(FORMATS),
-        "-probesize", "32", "-analyzeduration", "0",
-        "-i", url,
+    return ["-protocol_whitelist", protocols, "-format_whitelist", ",".join(FORMATS), "-probesize", "32",
+            "-analyzeduration", "0", "-max_streams", str(MAX_STREAMS), "-i", url]  # fmt: skip
+
+
+def _run_ffmpeg(url: str, limits: Limits, sample_rate: int, data: bytes | None = None, fd: int | None = None) -> np.ndarray:
+    arguments = [  # "info": ffmpeg announces the stream (rate, channels) before decoding it, for absurd_stream
+        *(["-nostdin"] if data is None else []), "-hide_banner", "-nostats", "-loglevel", "info", *_demuxing(url),
         "-map", "0:a:0", "-t", f"{limits.max_seconds + 1.0:.3f}",
         "-ac", "1", "-ar", str(sample_rate), "-f", "s16le", "-acodec", "pcm_s16le", "pipe:1",
     ]  # fmt: skip
-    try:
-        code, out, err = run_bounded(
-            arguments, limits, data=data, pass_fds=() if keep_fd is None else (keep_fd,),
-            max_output=round((limits.max_seconds + 2.0) * sample_rate) * 2,
-        )  # fmt: skip
-    except TimeoutError:
-        log.warning("ffmpeg timed out after %.0f s on %s", limits.timeout_seconds, url)
-        raise AudioError("could not read this audio: decoding took too long") from None
+    code, out, err = _bounded(ffmpeg_binary(), arguments, limits, data, fd, round((limits.max_seconds + 2.0) * sample_rate) * 2)
+    if code == REFUSED:
+        raise AudioError(f"could not read this audio: {absurd_stream(err)}")
     if code != 0:
-        reason = err.decode(errors="replace").strip().splitlines()
-        log.info("ffmpeg failed on %s: %s", url, reason[-1] if reason else f"exit {code}")
+        _refuse(url, code, err)
         raise AudioError("could not read this audio: it is corrupt or not an audio format ffmpeg knows")
     samples = np.frombuffer(out, dtype="<i2").astype(np.float32) / INT16_SCALE
     if samples.size == 0:
@@ -147,23 +177,69 @@ def _run_ffmpeg(url: str, limits: Limits, sample_rate: int, data: bytes | None =
     return samples
 
 
-def run_bounded(
-    arguments: Sequence[str], limits: Limits, data: bytes | None = None, pass_fds: Sequence[int] = (), max_output: int = 1 << 26
-) -> tuple[int, bytes, bytes]:
-    """Run ffmpeg with ``arguments`` under the memory and time limits: (exit code, stdout, stderr's tail).
+def _bounded(binary: str, arguments: list[str], limits: Limits, data: bytes | None, fd: int | None, max_output: int) -> tuple[int, bytes, bytes]:
+    try:
+        return run_bounded(arguments, limits, data=data, pass_fds=() if fd is None else (fd,), max_output=max_output, binary=binary,
+                           refuse=absurd_stream)  # fmt: skip
+    except TimeoutError:
+        log.warning("%s timed out after %.0f s", Path(binary).name, limits.timeout_seconds)
+        raise AudioError("could not read this audio: decoding took too long") from None
 
-    The address-space limit is set by ``sh``'s ``ulimit`` just before ffmpeg replaces it: unlike a
-    ``preexec_fn``, that is safe in a process with threads (decodes run on a worker pool). Output past
-    ``max_output`` bytes and stderr past a short tail are dropped, so neither can grow without bound.
-    Raises ``TimeoutError`` after ``limits.timeout_seconds`` (ffmpeg is killed first).
+
+def _refuse(url: str, code: int, err: bytes) -> None:
+    """Turn an ffmpeg that stopped on a limit into its own message; log the rest for the operator."""
+    reason = err.decode(errors="replace").strip().splitlines()
+    log.info("ffmpeg failed on %s: %s", url, reason[-1] if reason else f"exit {code}")
+    if code in (-signal.SIGXCPU, -signal.SIGKILL):  # the CPU-time limit (soft, then hard)
+        raise AudioError("could not read this audio: decoding took too long")
+    if any("max_streams" in line or "failed to create or replace stream" in line for line in reason):  # ffmpeg says ENOMEM here too
+        raise AudioError(f"could not read this audio: it holds more than {MAX_STREAMS} streams, and a voice note has one")
+    if any("Cannot allocate memory" in line for line in reason):
+        raise AudioError("could not read this audio: decoding it needs more memory than sera allows (audio.decode_memory_mb)")
+
+
+STREAM_LINE = re.compile(rb"Stream #0:\d+.*?: Audio: [^,\n]+, (\d+) Hz, ([^,\n]+)")
+
+
+def absurd_stream(stderr: bytes) -> str | None:
+    """Why the audio stream ffmpeg announced (its ``Stream #0:0: Audio: flac, 1000000 Hz, 7.1`` line,
+    printed before it decodes anything) is no recording, or None (also when no such line came yet)."""
+    found = STREAM_LINE.search(stderr)
+    if found is None:
+        return None
+    rate, layout = int(found.group(1)), found.group(2).decode(errors="replace").strip()
+    counted = re.fullmatch(r"(\d+) channels.*", layout)
+    dotted = re.fullmatch(r"(\d+)\.(\d+)(\(.*\))?", layout)
+    channels = int(counted.group(1)) if counted else sum(map(int, dotted.groups()[:2])) if dotted else 16 if layout == "hexadecagonal" else 0
+    if rate > MAX_SAMPLE_RATE or channels > MAX_CHANNELS:
+        return (f"{rate:,} Hz with {layout} is no recording "
+                f"(at most {MAX_SAMPLE_RATE:,} Hz and {MAX_CHANNELS} channels)")  # fmt: skip
+    return None
+
+
+def run_bounded(
+    arguments: Sequence[str], limits: Limits, data: bytes | None = None, pass_fds: Sequence[int] = (), max_output: int = 1 << 26,
+    binary: str | None = None, refuse: Callable[[bytes], str | None] | None = None,
+) -> tuple[int, bytes, bytes]:
+    """Run ffmpeg (or ``binary``) with ``arguments``, confined: (exit code, stdout, stderr's tail).
+
+    The limits are set by ``sh``'s ``ulimit`` just before the program replaces it (unlike a
+    ``preexec_fn``, that is safe in a process with threads: decodes run on a worker pool): address
+    space, CPU time, open files, and no file writes at all. ``setpriv`` then drops what it may not
+    need (``confinement``). Output past ``max_output`` bytes and stderr past a short tail are dropped,
+    so neither can grow without bound. ``refuse`` reads stderr as it comes: when it gives a reason, the
+    program is killed and the exit code is ``REFUSED``. Raises ``TimeoutError`` after
+    ``limits.timeout_seconds`` (the program is killed first).
     """
     kib = max(limits.max_memory_bytes // 1024, 1)
-    # Where the hard limit is already lower than ours, the soft limit goes to it (lower still protects).
-    limit = 'ulimit -v "$0" 2>/dev/null || ulimit -v "$(ulimit -H -v)"; exec "$@"'
-    command = ["/bin/sh", "-c", limit, str(kib), ffmpeg_binary(), *arguments]
+    cpu = max(1, round(limits.cpu_seconds))
+    # Where a hard limit is already lower than ours, the soft limit goes to it (lower still protects).
+    limit = ('ulimit -v "$0" 2>/dev/null || ulimit -v "$(ulimit -H -v)"; ulimit -t "$1" 2>/dev/null; '
+             f'ulimit -f 0; ulimit -n {OPEN_FILES} 2>/dev/null; shift; exec "$@"')  # fmt: skip
+    command = ["/bin/sh", "-c", limit, str(kib), str(cpu), *confinement(), binary or ffmpeg_binary(), *arguments]
     process = subprocess.Popen(
         command, stdin=subprocess.DEVNULL if data is None else subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, env=child_environment(), pass_fds=tuple(pass_fds),
+        stderr=subprocess.PIPE, env=child_environment(), pass_fds=tuple(pass_fds), close_fds=True,
     )  # fmt: skip
     out, err = bytearray(), bytearray()
     deadline = time.monotonic() + limits.timeout_seconds
@@ -188,11 +264,17 @@ def run_bounded(
                         continue
                     buffer: bytearray = key.data
                     buffer += chunk
+                    if buffer is err and refuse is not None and refuse(bytes(err)):
+                        raise _Refused
                     if buffer is err and len(err) > STDERR_TAIL_BYTES:
                         del err[: len(err) - STDERR_TAIL_BYTES]
                     elif buffer is out and len(out) > max_output:
                         del out[max_output:]
             code = process.wait(max(deadline - time.monotonic(), 0.001))
+        except _Refused:
+            process.kill()
+            process.wait()
+            code = REFUSED
         except (TimeoutError, subprocess.TimeoutExpired):
             process.kill()
             process.wait()
@@ -202,6 +284,52 @@ def run_bounded(
                 if pipe is not None:
                     pipe.close()
     return code, bytes(out), bytes(err)
+
+
+class _Refused(Exception):
+    """``run_bounded``'s ``refuse`` gave a reason: stop reading, kill the program."""
+
+
+@functools.cache
+def confinement() -> tuple[str, ...]:
+    """The ``setpriv`` words every ffmpeg runs behind: no new privileges (no set-uid program can raise
+    them back), and where sera is root, the unprivileged user with no capabilities. Checked once; where
+    ``setpriv`` is missing (not Linux) or refused (a container without CAP_SETUID), the strongest form
+    that works, with a warning for the operator."""
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    if setpriv is None:
+        log.warning("setpriv not found: ffmpeg runs with sera's own privileges (limits and environment still apply)")
+        return ()
+    choices = [[setpriv, "--no-new-privs"]]
+    if os.geteuid() == 0:
+        try:
+            nobody = pwd.getpwnam(UNPRIVILEGED_USER)
+        except KeyError:
+            nobody = None
+        if nobody is not None:
+            choices.insert(0, [setpriv, "--no-new-privs", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}",
+                               "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])  # fmt: skip
+    for choice in choices:
+        if subprocess.run([*choice, "true"], stdin=subprocess.DEVNULL, capture_output=True, env=child_environment()).returncode == 0:
+            if choice is not choices[0]:
+                log.warning("ffmpeg cannot run as %s here; it runs with no new privileges only", UNPRIVILEGED_USER)
+            return tuple(choice)
+    log.warning("setpriv refused every confinement: ffmpeg runs with sera's own privileges")
+    return ()
+
+
+def confine_process() -> bool:
+    """Make this process non-dumpable (Linux ``prctl(PR_SET_DUMPABLE, 0)``): other processes of the same
+    user, ffmpeg among them, can no longer read its memory, its environment (where the token was, even
+    after ``os.environ.pop``) or its open files (other users' uploads) through ``/proc/<pid>``. The bot
+    calls it once it has read its token. Returns whether the platform allowed it."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    PR_SET_DUMPABLE = 4
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
 
 
 def _feed(selector: selectors.BaseSelector, key: selectors.SelectorKey) -> None:
@@ -224,14 +352,18 @@ def encode_opus(source: np.ndarray | Path, bitrate: str, sample_rate: int = SAMP
 
     Training uses it to hear what Discord users send; ``sera evaluate --opus`` to measure it.
     """
+    limits = Limits(max_bytes=1 << 30, max_seconds=3600, timeout_seconds=timeout, cpu_seconds=timeout)
     if isinstance(source, np.ndarray):
-        data = np.clip(source * PCM16_SCALE, -PCM16_SCALE, PCM16_SCALE - 1).astype("<i2").tobytes()
-        inputs = ["-f", "s16le", "-ar", str(sample_rate), "-ac", "1", "-i", "pipe:0"]
-    else:
-        data, inputs = None, ["-i", f"file:{Path(source).resolve()}"]
-    arguments = ["-loglevel", "error", *inputs, "-c:a", "libopus", "-b:a", bitrate, "-f", "ogg", "pipe:1"]
+        pcm = np.clip(source * PCM16_SCALE, -PCM16_SCALE, PCM16_SCALE - 1).astype("<i2").tobytes()
+        return _encode(["-f", "s16le", "-ar", str(sample_rate), "-ac", "1", "-i", "pipe:0"], bitrate, limits, pcm, None)
+    with memory_file(read(source, limits)) as (url, data, fd):
+        return _encode(_demuxing(url), bitrate, limits, data, fd)
+
+
+def _encode(inputs: list[str], bitrate: str, limits: Limits, data: bytes | None, fd: int | None) -> bytes:
+    arguments = ["-loglevel", "error", *inputs, "-map", "0:a:0", "-c:a", "libopus", "-b:a", bitrate, "-f", "ogg", "pipe:1"]
     try:
-        code, out, _ = run_bounded(arguments, Limits(timeout_seconds=timeout), data=data)
+        code, out, _ = run_bounded(arguments, limits, data=data, pass_fds=() if fd is None else (fd,))
     except TimeoutError:
         raise AudioError("could not encode it as Opus: ffmpeg took too long") from None
     if code != 0:

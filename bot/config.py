@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import math
 import os
 import types
 import typing
@@ -29,6 +30,7 @@ T = TypeVar("T")
 
 DEFAULT_MODELS_DIR = Path(str(importlib.resources.files("sera.models")))  # models/ in a checkout, sera/models in a wheel
 CONFIG_ENV = "SERA_CONFIG"
+MAX_NODES = 10_000  # values in a config file, aliases expanded: the example has about 80
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,10 @@ class AudioOptions:
     max_file_mb: float = bounded(25.0, above=0)
     max_duration_seconds: float = bounded(600.0, above=0)
     decode_timeout_seconds: float = bounded(30.0, above=0)
-    decode_memory_mb: int = bounded(1024, min=128)  # ffmpeg itself needs about 60 MB of address space
+    decode_cpu_seconds: float = bounded(10.0, min=1)  # ffmpeg's CPU time per file; a 10-minute note takes under 2 s
+    # ffmpeg's address space: its libraries alone take 266 MB of it, so below 320 MB no note decodes at all;
+    # 10-minute ogg, m4a and mp3 notes decode within 320 MB, and 384 MB leaves room to spare.
+    decode_memory_mb: int = bounded(384, min=320, max=65536)
 
     def limits(self) -> Limits:
         return Limits(
@@ -46,6 +51,7 @@ class AudioOptions:
             max_seconds=self.max_duration_seconds,
             timeout_seconds=self.decode_timeout_seconds,
             max_memory_bytes=self.decode_memory_mb << 20,
+            cpu_seconds=self.decode_cpu_seconds,
         )
 
 
@@ -95,6 +101,12 @@ class LiveOptions:
     feedback_seconds: float = bounded(30.0, min=5)  # live mood message edited at most this often (when a server turns it on)
 
 
+# Built-ins that are off unless the config turns them on: the seed paper's CNN stays one line away
+# (``plugins: {emotion_cnn: {enabled: true}}``) since the Whisper-encoder analyzer became the default.
+DEFAULT_PLUGINS: dict[str, dict[str, Any]] = {"emotion_cnn": {"enabled": False}}
+EMOTION_ANALYZERS = ("emotion_whisper", "emotion_cnn")  # the built-in emotion analyzers, the default first
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration; see ``config.example.yaml`` for every key, commented."""
@@ -111,6 +123,10 @@ class Config:
     live: LiveOptions = field(default_factory=LiveOptions)
     source: str = "built-in defaults"  # where it was read from, for messages
 
+    def plugin_section(self, name: str) -> dict[str, Any]:
+        """``plugins.<name>`` as configured, over the built-in defaults for it."""
+        return {**DEFAULT_PLUGINS.get(name, {}), **self.plugins.get(name, {})}
+
     def database_path(self) -> Path | str:
         """What ``sera.database.connect`` opens: a ``postgresql://`` URL as it is; else the SQLite file
         ``discord.database`` (relative to the config file), or ``sera.db`` in the user's data folder
@@ -122,13 +138,19 @@ class Config:
             return self.path(self.discord.database)
         return platformdirs.user_data_path("sera") / "sera.db"
 
-    def status_path(self) -> Path:
-        """Where a running bot keeps its status for ``sera status``: beside a configured SQLite file, else
-        in the user's state folder (``~/.local/state/sera``)."""
+    def status_folder(self) -> Path:
+        """Where running bots keep their status files for ``sera status``: beside a configured SQLite file,
+        else in the user's state folder (``~/.local/state/sera``)."""
         database = self.database_path()
         if self.discord.database and isinstance(database, Path):
-            return database.with_name("status.json")
-        return platformdirs.user_state_path("sera") / "status.json"
+            return database.parent
+        return platformdirs.user_state_path("sera")
+
+    def status_path(self) -> Path:
+        """This process's status file: one per process, named for the shards it runs where it runs some
+        of them (``status-shards-0-1.json``), so processes of one bot never overwrite each other's."""
+        shards = "-".join(map(str, self.discord.shard_ids))
+        return self.status_folder() / (f"status-shards-{shards}.json" if shards else "status.json")
 
     def path(self, value: str | Path) -> Path:
         """A path from the config, relative to the config file's folder."""
@@ -152,6 +174,8 @@ def load(path: str | Path | None = None) -> Config:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except RecursionError:  # PyYAML's parser recurses once per level of nesting
+        raise ConfigError(f"{path}: nested too deeply to be a config file") from None
     if data is None:
         data = {}
     config = build(Config, data, str(path), exclude={"source"})
@@ -160,30 +184,49 @@ def load(path: str | Path | None = None) -> Config:
 
 
 def parse_yaml(text: str, file: str) -> Any:
-    """``yaml.safe_load``, parsing once: the node tree is checked for duplicate keys, then constructed."""
+    """``yaml.safe_load``, parsing once: the node tree is checked (duplicate keys, aliases that expand
+    without bound or refer to themselves), then constructed."""
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
-        refuse_duplicate_keys(node, file)
+        check_nodes(node, file)
         return loader.construct_document(node) if node is not None else None
     finally:
         loader.dispose()
 
 
-def refuse_duplicate_keys(node: yaml.Node | None, file: str, prefix: str = "") -> None:
-    """YAML keeps the last of two equal keys without a word; a config that says ``workers`` twice is a
-    mistake to point at, not to guess about."""
-    if isinstance(node, yaml.MappingNode):
-        seen = set()
-        for key, value in node.value:
-            name = key.value if isinstance(key, yaml.ScalarNode) else str(key)
-            if name in seen:
-                raise ConfigError(f"{file}: duplicate key '{prefix}{name}' (line {key.start_mark.line + 1})")
-            seen.add(name)
-            refuse_duplicate_keys(value, file, f"{prefix}{name}.")
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            refuse_duplicate_keys(item, file, f"{prefix.rstrip('.')}[{i}].")
+def check_nodes(node: yaml.Node | None, file: str) -> None:
+    """Refuse what YAML accepts but a config must not hold, before anything is built from it.
+
+    - Two equal keys: YAML keeps the last without a word; a config that says ``workers`` twice is a
+      mistake to point at, not to guess about.
+    - Aliases that expand past ``MAX_NODES`` (a "billion laughs" file of a few lines would make every
+      later step, down to printing it, take hours) or that contain themselves (endless nesting).
+    """
+    budget = [MAX_NODES]
+
+    def walk(node: yaml.Node | None, prefix: str, inside: tuple[int, ...]) -> None:
+        if node is None:
+            return
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise ConfigError(f"{file}: more than {MAX_NODES} values once its aliases (*name) are expanded; is it a config file?")
+        if id(node) in inside:
+            raise ConfigError(f"{file}: '{prefix.rstrip('.') or 'the top level'}' contains itself through an alias (line {node.start_mark.line + 1})")
+        inside = (*inside, id(node))
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key, value in node.value:
+                name = key.value if isinstance(key, yaml.ScalarNode) else str(key.tag)
+                if name in seen:
+                    raise ConfigError(f"{file}: duplicate key '{prefix}{name}' (line {key.start_mark.line + 1})")
+                seen.add(name)
+                walk(value, f"{prefix}{name}.", inside)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, f"{prefix.rstrip('.')}[{i}].", inside)
+
+    walk(node, "", ())
 
 
 def build(cls: type[T], data: Any, file: str, prefix: str = "", exclude: set[str] = frozenset()) -> T:
@@ -230,6 +273,8 @@ def _convert(value: Any, hint: Any, file: str, key: str) -> Any:
         return Path(_convert(value, str, file, key))
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if isinstance(value, float) and not math.isfinite(value):  # .nan passes every comparison; .inf overflows
+        raise ConfigError(f"{file}: '{key}' must be a finite number, not {value!r}")
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise ConfigError(f"{file}: '{key}' must be {_describe(hint)}, not {value!r}")
     return value

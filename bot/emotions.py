@@ -8,6 +8,7 @@ from __future__ import annotations
 
 EMOTIONS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")  # RAVDESS's order, codes 01-08
 UNSURE = "unsure"  # the answer when the top calibrated probability is under the analyzer's threshold
+UNSURE_BELOW = 0.4  # the emotion analyzers' default threshold (plugins.NAME.unsure_below); training reports against it
 NEGATIVE = frozenset({"sad", "angry", "fearful", "disgust"})  # a swing between these and the rest is a "change of mood"
 
 EMOJI = {

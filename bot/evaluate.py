@@ -1,7 +1,8 @@
 """``sera evaluate``: measure the shipped pipeline on labelled audio it may never have heard.
 
-Every clip goes through exactly what ``sera analyze`` does (decode -> speech segments -> windows ->
-ONNX -> duration-weighted mean over segments); only the emotion analyzer is loaded. A clip that cannot
+Every clip goes through exactly what ``sera analyze`` does (decode -> speech segments -> the emotion
+analyzer -> duration-weighted mean over segments); only the emotion analyzer measured is loaded, and with
+``--baseline K`` every clip is judged against a personal baseline of K other clips of its speaker. A clip that cannot
 be read is counted and named, never fatal; a clip in which no speech is heard counts as a wrong answer
 (it would get no emotion in the bot either) and is named too.
 """
@@ -17,14 +18,13 @@ from typing import Any
 import numpy as np
 
 from sera.audio import encode_opus
+from sera.baseline import Baseline, Observation
 from sera.corpora import load_corpus
 from sera.errors import SeraError
 from sera.metrics import Scores, score
-from sera.model import EMOTION_PLUGIN
 from sera.pipeline import Pipeline
-from sera.plugin import EmotionResult
+from sera.plugin import EmotionAnalyzer, EmotionResult
 from sera.progress import progress
-
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,9 @@ class Evaluation:
     predictions: list[Prediction] = field(default_factory=list)
     unreadable: dict[str, str] = field(default_factory=dict)  # path -> reason
     no_speech: list[str] = field(default_factory=list)
+    analyzer: str = ""
+    baseline: int = 0  # K: each clip against a baseline of K other clips of its speaker; 0: none
+    baseline_size: float = 0.0  # the baselines' mean number of segments (a clip may hold several)
 
     def accuracy_by(self, group: Callable[[Item], str]) -> dict[str, float]:
         """Accuracy per group of clips (per speaker, per gender...), groups named "" left out."""
@@ -63,6 +66,8 @@ class Evaluation:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "analyzer": self.analyzer,
+            "baseline_clips": self.baseline,
             **self.scores.to_dict(),
             "per_speaker_accuracy": {k: round(v, 4) for k, v in self.per_speaker.items()},
             "unreadable": self.unreadable,
@@ -86,54 +91,110 @@ def from_corpus(name: str, root: Path) -> list[Item]:
     return [Item(c.path, c.label, c.speaker, c.gender) for c in load_corpus(name, root)]
 
 
+def emotion_analyzer(pipeline: Pipeline, name: str | None = None) -> EmotionAnalyzer:
+    """The emotion analyzer named, or the first loaded (what replies headline); a clear error otherwise."""
+    emotions = [a for a in pipeline.plugins.analyzers if isinstance(a, EmotionAnalyzer)]
+    if name is None and emotions:
+        return emotions[0]
+    chosen = next((a for a in emotions if a.name == name), None)
+    if chosen is None:
+        known = ", ".join(a.name for a in emotions) or "none is loaded"
+        why = next((i.status for i in pipeline.plugins.infos if i.name == name), "not installed")
+        raise SeraError(f"no emotion analyzer {name!r} ({why}); emotion analyzers: {known}; `sera plugins --check` says more")
+    return chosen
+
+
 def evaluate(
     pipeline: Pipeline,
     items: Sequence[Item],
     only_present_labels: bool = False,
     opus_bitrate: str | None = None,
+    analyzer: str | None = None,
+    baseline_clips: int = 0,
+    seed: int = 0,
 ) -> Evaluation:
-    analyzer = next((a for a in pipeline.plugins.analyzers if a.name == EMOTION_PLUGIN), None)
-    if analyzer is None:
-        raise SeraError(f"the {EMOTION_PLUGIN} analyzer is not loaded; `sera plugins --check` says why")
-    labels = list(analyzer.labels)
+    """Score one emotion analyzer (``analyzer``, default the first) on labelled clips.
+
+    With ``baseline_clips`` K, each clip is scored against a personal baseline built from K other clips
+    of its speaker (never the clip itself), drawn at random with ``seed``: a first pass observes every
+    clip, a second scores each against its baseline."""
+    chosen = emotion_analyzer(pipeline, analyzer)
+    labels = list(chosen.labels)
     unknown = sorted({i.label for i in items} - set(labels))
     if unknown:
         raise SeraError(f"labels {unknown} are not among the model's labels {labels}")
     present = sorted({labels.index(i.label) for i in items})
     mask = np.zeros(len(labels), dtype=bool)
     mask[present if only_present_labels else slice(None)] = True
+    baselines = personal_baselines(pipeline, chosen, items, baseline_clips, opus_bitrate, seed) if baseline_clips else {}
 
     truth, rows = [], []
     predictions: list[Prediction] = []
     unreadable: dict[str, str] = {}
     no_speech: list[str] = []
-    for item in progress(items, f"evaluating{' (Opus ' + opus_bitrate + ')' if opus_bitrate else ''}"):
+    for i, item in enumerate(progress(items, f"evaluating{' (Opus ' + opus_bitrate + ')' if opus_bitrate else ''}")):
         try:
-            source = encode_opus(item.path, opus_bitrate) if opus_bitrate else item.path
-            report = pipeline.analyze(source, item.path.name)
+            report = pipeline.analyze(source_of(item, opus_bitrate), item.path.name, baseline=baselines.get(i))
         except SeraError as error:
             unreadable[str(item.path)] = str(error)
+            continue
+        output = report.outputs.get(chosen.name)
+        overall = output.overall if output else None
+        if isinstance(overall, EmotionResult):
+            probs = np.array([overall.probabilities[name] for name in labels])
         else:
-            emotion = report.outputs.get(EMOTION_PLUGIN)
-            overall = emotion.overall if emotion else None
-            if isinstance(overall, EmotionResult):
-                probs = np.array([overall.probabilities[name] for name in labels])
-            else:
-                no_speech.append(str(item.path))
-                probs = np.full(len(labels), 1.0 / len(labels))
-            probs = np.where(mask, probs, 0.0)
-            rows.append(probs / probs.sum())
-            truth.append(labels.index(item.label))
-            predictions.append(Prediction(item, labels[int(np.argmax(rows[-1]))]))
+            no_speech.append(str(item.path))
+            probs = np.full(len(labels), 1.0 / len(labels))
+        probs = np.where(mask, probs, 0.0)
+        rows.append(probs / probs.sum())
+        truth.append(labels.index(item.label))
+        predictions.append(Prediction(item, labels[int(np.argmax(rows[-1]))]))
     if not rows:
         raise SeraError("no clip could be read")
-    return Evaluation(score(truth, np.stack(rows), labels), predictions, unreadable, no_speech)
+    used = [b.count for b in baselines.values() if b is not None]
+    return Evaluation(score(truth, np.stack(rows), labels), predictions, unreadable, no_speech, chosen.name,
+                      baseline_clips, float(np.mean(used)) if used else 0.0)  # fmt: skip
+
+
+def source_of(item: Item, opus_bitrate: str | None) -> bytes | Path:
+    return encode_opus(item.path, opus_bitrate) if opus_bitrate else item.path
+
+
+def personal_baselines(
+    pipeline: Pipeline, analyzer: EmotionAnalyzer, items: Sequence[Item], k: int, opus_bitrate: str | None, seed: int
+) -> dict[int, Baseline | None]:
+    """For each item, a baseline of ``k`` other clips of its speaker, drawn with ``seed``; never the item."""
+    if analyzer.baseline_info is None:
+        raise SeraError(f"the {analyzer.name} analyzer does not serve personal baselines")
+    if any(not item.speaker for item in items):
+        raise SeraError("--baseline draws each clip's baseline from other clips of its speaker: the manifest needs a speaker column")
+    observed: dict[int, list[Observation]] = {}
+    for i, item in enumerate(progress(items, "observing for baselines")):
+        try:
+            report = pipeline.analyze(source_of(item, opus_bitrate), item.path.name)
+        except SeraError:
+            continue
+        observed[i] = report.observations()
+    rng = np.random.default_rng(seed)
+    by_speaker: dict[str, list[int]] = {}
+    for i, item in enumerate(items):
+        if observed.get(i):
+            by_speaker.setdefault(item.speaker, []).append(i)
+    baselines: dict[int, Baseline | None] = {}
+    for i, item in enumerate(items):
+        others = [j for j in by_speaker.get(item.speaker, []) if j != i]
+        chosen = rng.choice(others, size=min(k, len(others)), replace=False) if others else []
+        found = [o for j in chosen for o in observed[j]]
+        baselines[i] = Baseline.of(found) if found else None
+    return baselines
 
 
 def format_text(evaluation: Evaluation) -> str:
     s = evaluation.scores
     width = max(len(label) for label in s.labels)
+    against = f", each clip against a baseline of {evaluation.baseline} other clips of its speaker" if evaluation.baseline else ""
     lines = [
+        f"analyzer: {evaluation.analyzer}{against}",
         f"clips: {s.n}   accuracy: {s.accuracy:.1%}   macro-F1: {s.macro_f1:.3f}   ECE: {s.ece:.3f}",
         "",
         "per-class recall:",

@@ -1,13 +1,21 @@
-"""The one feature function: speech samples -> fixed-length analysis windows -> log-Mel spectrograms.
+"""The feature functions, one per kind of model input, each with the parameters that shape it.
 
-Training imports these functions and writes the ``FeatureParams`` it used into the ONNX file; serving
-reads them back from there (``sera.model``). Nothing else computes features, so the two cannot drift.
+- ``log_mel`` (``FeatureParams``, kind ``log_mel``): fixed-length windows of dB log-Mel, what the seed
+  paper's CNN takes.
+- ``whisper_log_mel`` (``WhisperParams``, kind ``whisper_log_mel``): Whisper's own 80-band log-Mel of a
+  whole utterance at its own length, what the Whisper encoder takes.
+
+Training imports these functions and writes the parameters it used into the ONNX file (with their
+kind); serving reads them back from there (``sera.model``) and calls the function of that kind. Nothing
+else computes features, so the two cannot drift.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, fields
+from functools import cache
+from typing import ClassVar
 
 import numpy as np
 
@@ -18,7 +26,9 @@ METADATA_KEY = "sera.features"
 
 @dataclass(frozen=True)
 class FeatureParams:
-    """Everything that shapes the model's input, stored in the model file."""
+    """Everything that shapes the CNN's input, stored in the model file."""
+
+    kind: ClassVar[str] = "log_mel"
 
     sample_rate: int = SAMPLE_RATE
     n_fft: int = 512
@@ -41,16 +51,56 @@ class FeatureParams:
         return 1 + self.window_samples // self.hop_length
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return to_json(self)
 
     @classmethod
     def from_json(cls, text: str) -> FeatureParams:
-        values = json.loads(text)
-        known = {f.name for f in fields(cls)}
-        missing = known - values.keys()
-        if missing:
-            raise ValueError(f"feature metadata lacks {sorted(missing)}")
-        return cls(**{k: v for k, v in values.items() if k in known})
+        params = from_json(text)
+        if not isinstance(params, cls):
+            raise ValueError(f"these are {params.kind} parameters, not {cls.kind}")
+        return params
+
+
+@dataclass(frozen=True)
+class WhisperParams:
+    """Whisper's log-Mel (openai-whisper's ``log_mel_spectrogram``, numerically): 25 ms Hann windows every
+    10 ms, centred with reflection, the last frame dropped, 80 Slaney Mel bands, log10 floored at
+    ``dynamic_range`` below the utterance's peak, then ``(x + 4) / 4``. sera scales the speech to
+    ``loudness_dbfs`` first: Whisper's values move with the recording level, and a phone's microphone
+    gain says nothing about emotion."""
+
+    kind: ClassVar[str] = "whisper_log_mel"
+    sample_rate: int = SAMPLE_RATE
+    n_fft: int = 400
+    hop_length: int = 160
+    n_mels: int = 80
+    dynamic_range: float = 8.0  # in log10 units: 80 dB
+    loudness_dbfs: float = -23.0
+    min_seconds: float = 0.1  # shorter speech is zero-padded to this (the encoder's convolutions need frames)
+
+    def to_json(self) -> str:
+        return to_json(self)
+
+
+KINDS = {params.kind: params for params in (FeatureParams, WhisperParams)}
+
+
+def to_json(params: FeatureParams | WhisperParams) -> str:
+    return json.dumps({"kind": params.kind, **asdict(params)}, sort_keys=True)
+
+
+def from_json(text: str) -> FeatureParams | WhisperParams:
+    """The parameters a model file states, of the kind it states (a file without a kind is the CNN's)."""
+    values = json.loads(text)
+    kind = values.pop("kind", FeatureParams.kind)
+    if kind not in KINDS:
+        raise ValueError(f"unknown feature kind {kind!r}; this sera knows {', '.join(KINDS)}")
+    cls = KINDS[kind]
+    known = {f.name for f in fields(cls)}
+    missing = known - values.keys()
+    if missing:
+        raise ValueError(f"feature metadata lacks {sorted(missing)}")
+    return cls(**{k: v for k, v in values.items() if k in known})
 
 
 def windows(samples: np.ndarray, params: FeatureParams, offset: int = -1) -> np.ndarray:
@@ -93,3 +143,28 @@ def log_mel(batch: np.ndarray, params: FeatureParams) -> np.ndarray:
     db = 10.0 * np.log10(np.maximum(power, 1e-10))
     peak = db.max(axis=(-2, -1), keepdims=True)
     return np.maximum(db, peak - params.top_db).astype(np.float32)
+
+
+@cache
+def _whisper_filters(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
+    import librosa
+
+    return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels).astype(np.float32)
+
+
+def whisper_log_mel(samples: np.ndarray, params: WhisperParams) -> np.ndarray:
+    """Whisper's log-Mel of one utterance, ``(n_mels, frames)`` with ``frames = samples // hop_length``.
+
+    librosa's ``stft`` pads with zeros unless told otherwise; Whisper (torch) pads by reflection and
+    drops the last frame: both are spelt out here, since either difference silently costs accuracy."""
+    import librosa
+
+    least = round(params.min_seconds * params.sample_rate)
+    if samples.size < least:
+        samples = np.pad(samples, (0, least - samples.size))
+    spectrum = librosa.stft(np.ascontiguousarray(samples, dtype=np.float32), n_fft=params.n_fft, hop_length=params.hop_length,
+                            window="hann", center=True, pad_mode="reflect")[:, :-1]  # fmt: skip
+    power = np.abs(spectrum) ** 2
+    log = np.log10(np.maximum(_whisper_filters(params.sample_rate, params.n_fft, params.n_mels) @ power, 1e-10))
+    log = np.maximum(log, log.max() - params.dynamic_range)
+    return ((log + 4.0) / 4.0).astype(np.float32)

@@ -26,15 +26,18 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection
 from concurrent.futures import Executor
+from dataclasses import dataclass
 
 import numpy as np
 import soxr
 
 from sera.audio import PCM16_SCALE, SAMPLE_RATE
 from sera.config import LiveOptions
+from sera.baseline import Baseline
+from sera.baseline_store import BaselineStore
 from sera.pipeline import Pipeline
-from sera.plugin import EmotionResult, Segment
-from sera.sessions import ENDED, SessionStore
+from sera.plugin import EmotionResult, PluginOutput, Segment
+from sera.sessions import ENDED, HEARTBEAT_SECONDS, SessionStore
 from sera.speech import SpeechStream
 from sera.summary import SessionInfo, SessionSummary, Utterance, summarize
 
@@ -137,6 +140,14 @@ class SpeakerTrack:
         return out
 
 
+@dataclass
+class SpeakerBaseline:
+    """One speaker's baseline within a session, and whether it is also kept in the store."""
+
+    baseline: Baseline | None
+    learning: bool
+
+
 class LiveSession:
     """One listening session: consent-gated input, per-speaker segmentation, analysis, storage."""
 
@@ -150,6 +161,7 @@ class LiveSession:
         skip: Collection[str] = frozenset(),
         on_results: Callable[[list[Utterance]], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        baselines: BaselineStore | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.store = store
@@ -169,6 +181,8 @@ class LiveSession:
         self._process_lock = threading.Lock()
         self._last_shed_log = -SHED_LOG_INTERVAL_SECONDS
         self._max_queue_frames = round(options.speaker_buffer_seconds * 50)
+        self.baselines = baselines
+        self.known: dict[str, SpeakerBaseline] = {}  # each speaker's baseline as this session knows it
         pipeline.plugins.notify("session_started", info)
 
     def elapsed(self) -> float:
@@ -228,10 +242,12 @@ class LiveSession:
         return rows
 
     def _analyze(self, found: list[Utterance], samples: list[np.ndarray]) -> list[Utterance]:
-        segments = [Segment(s, SAMPLE_RATE, u.start, u.end, u.speaker) for u, s in zip(found, samples)]
+        known = {u.speaker: self._baseline(u.speaker) for u in found}
+        segments = [Segment(s, SAMPLE_RATE, u.start, u.end, u.speaker, known[u.speaker].baseline) for u, s in zip(found, samples)]
         outputs, notices = self.pipeline.analyze_segments(segments, self.skip)
         for notice in notices:
             log.warning("session %d: %s", self.info.id, notice)
+        self._learn(found, outputs)
         rows = []
         for i, utterance in enumerate(found):
             results = {name: out.segments[i] for name, out in outputs.items() if out.segments[i] is not None}
@@ -247,18 +263,44 @@ class LiveSession:
             )  # fmt: skip
         return rows
 
+    def _baseline(self, speaker: str) -> SpeakerBaseline:
+        """The speaker's baseline: their stored one (and whether they let it learn) when first heard in
+        this session, then grown by each of their utterances here."""
+        if speaker not in self.known:
+            info = self.pipeline.baseline_info
+            stored = self.baselines.get(speaker, info.space) if self.baselines and info else None
+            self.known[speaker] = SpeakerBaseline(stored, bool(self.baselines and self.baselines.learning(speaker)))
+        return self.known[speaker]
+
+    def _learn(self, found: list[Utterance], outputs: dict[str, PluginOutput]) -> None:
+        """Each utterance's observation joins its speaker's baseline for the rest of the session, and the
+        stored one where the speaker turned learning on (``/emotion baseline learn``)."""
+        results = next((o.segments for o in outputs.values() if any(isinstance(r, EmotionResult) and r.observation for r in o.segments)), [])
+        for utterance, result in zip(found, results):
+            if not (isinstance(result, EmotionResult) and result.observation):
+                continue
+            seen = result.observation
+            mine = self.known[utterance.speaker]
+            if mine.baseline is None or mine.baseline.space != seen.space:
+                mine.baseline = Baseline.empty(seen)
+            mine.baseline = mine.baseline.add([seen])
+            if mine.learning and self.baselines:
+                self.baselines.add(utterance.speaker, [seen])
+
     def forget(self, speaker: str) -> None:
         """Drop a speaker who asked to be forgotten: their track and queued audio, now. Waits for a tick in
         progress, so no row of theirs is stored after this returns (the caller's consent check, changed
         before, keeps new audio out)."""
         with self._process_lock, self._tracks_lock:
             self.tracks.pop(speaker, None)
+            self.known.pop(speaker, None)
 
     async def run(self, stopped: asyncio.Event, workers: Executor | None = None) -> None:
         """Process queued audio every tick (on ``workers``, by default the pipeline's) until ``stopped`` is
         set or the session is too long."""
         loop = asyncio.get_running_loop()
         limit = self.options.max_session_minutes * 60
+        last_beat = time.monotonic()
         while not stopped.is_set() and self.elapsed() < limit:
             try:
                 await asyncio.wait_for(stopped.wait(), self.options.tick_seconds)
@@ -266,6 +308,9 @@ class LiveSession:
                 pass
             try:
                 await loop.run_in_executor(workers or self.pipeline.workers, self.process)
+                if time.monotonic() - last_beat >= HEARTBEAT_SECONDS:  # other processes: this session is not orphaned
+                    last_beat = time.monotonic()
+                    await loop.run_in_executor(workers or self.pipeline.workers, self.store.beat, [self.info.id])
             except Exception:
                 log.exception("session %d: processing failed; the audio queued so far is lost", self.info.id)
 

@@ -1,65 +1,102 @@
-"""The emotion model file: an ONNX graph from log-Mel windows to class logits, plus its metadata.
+"""The emotion model files: ONNX graphs to class logits, plus the metadata serving needs.
 
-The metadata carries what serving needs to reproduce training exactly: the feature parameters
-(``sera.features.FeatureParams``), the label names in output order and the calibration temperature.
-A file without them is refused with a clear message rather than run with guessed numbers.
+Two kinds, one metadata: the seed paper's CNN (``sera-emotion.onnx``: log-Mel windows -> logits) and
+the Whisper-encoder model (``sera-emotion-whisper.onnx``: one utterance's Whisper log-Mel -> its pooled
+embedding, the logits, and the logits against a speaker's baseline). The metadata carries what serving
+needs to reproduce training exactly: the feature parameters and their kind (``sera.features``), the
+label names in output order, the calibration temperature, and for the Whisper model the encoder's
+provenance and how its personal baseline is served. A file without them is refused with a clear
+message rather than run with guessed numbers.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from sera.errors import ModelError
-from sera.features import METADATA_KEY, FeatureParams, log_mel, windows
 from sera.audio import normalize_loudness
+from sera.baseline import Baseline
+from sera.errors import ModelError
+from sera.features import METADATA_KEY, FeatureParams, WhisperParams, from_json, log_mel, whisper_log_mel, windows
 from sera.speech import session_options
 
-MODEL_FILE = "sera-emotion.onnx"  # the shipped emotion model, in the models folder
-EMOTION_PLUGIN = "emotion_cnn"  # the built-in analyzer that serves it
+MODEL_FILE = "sera-emotion.onnx"  # the seed paper's CNN, in the models folder
+WHISPER_MODEL_FILE = "sera-emotion-whisper.onnx"  # the Whisper-encoder model, in the models folder
 LABELS_KEY = "sera.labels"
 TEMPERATURE_KEY = "sera.temperature"
-INPUT_NAME = "mel"  # (batch, n_mels, frames) float32
+ENCODER_KEY = "sera.encoder"  # where the encoder's weights came from (package, version, sha256, blocks)
+BASELINE_KEY = "sera.baseline"  # how the model serves a personal baseline (``BaselineInfo``)
+INPUT_NAME = "mel"  # CNN: (batch, n_mels, frames); Whisper model: (1, n_mels, frames) of one utterance
 OUTPUT_NAME = "logits"  # (batch, n_labels) float32
+# The Whisper model's other inputs and outputs: a baseline's mean embedding and heard-emotion shares in,
+# the utterance's pooled embedding and its logits against that baseline out.
+BASELINE_MEAN, BASELINE_HEARD = "baseline_mean", "baseline_heard"
+EMBEDDING, BASELINE_LOGITS = "embedding", "logits_baseline"
+
+
+@dataclass(frozen=True)
+class BaselineInfo:
+    """How a model serves a personal baseline: the embedding space it lives in (encoder, layers and
+    features: a new head keeps users' baselines), how many clips it needs before it is used, and the
+    calibration temperature of the logits against it."""
+
+    space: str
+    min_clips: int
+    temperature: float = 1.0
 
 
 @dataclass(frozen=True)
 class ModelInfo:
     """The metadata sera writes into every emotion model it exports."""
 
-    features: FeatureParams
+    features: FeatureParams | WhisperParams
     labels: tuple[str, ...]
     temperature: float = 1.0
+    encoder: dict | None = None  # provenance of a pretrained encoder's weights
+    baseline: BaselineInfo | None = None
 
     def metadata(self) -> dict[str, str]:
-        return {
+        values = {
             METADATA_KEY: self.features.to_json(),
             LABELS_KEY: json.dumps(list(self.labels)),
             TEMPERATURE_KEY: repr(self.temperature),
         }
+        if self.encoder is not None:
+            values[ENCODER_KEY] = json.dumps(self.encoder, sort_keys=True)
+        if self.baseline is not None:
+            values[BASELINE_KEY] = json.dumps(asdict(self.baseline), sort_keys=True)
+        return values
 
     @classmethod
     def from_metadata(cls, values: dict[str, str], path: Path) -> ModelInfo:
         try:
             return cls(
-                features=FeatureParams.from_json(values[METADATA_KEY]),
+                features=from_json(values[METADATA_KEY]),
                 labels=tuple(json.loads(values[LABELS_KEY])),
                 temperature=float(values.get(TEMPERATURE_KEY, "1.0")),
+                encoder=json.loads(values[ENCODER_KEY]) if ENCODER_KEY in values else None,
+                baseline=BaselineInfo(**json.loads(values[BASELINE_KEY])) if BASELINE_KEY in values else None,
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise ModelError(f"{path} is not a sera emotion model: its metadata is missing or bad ({exc})") from None
 
 
 def model_input(utterance: np.ndarray, params: FeatureParams, offset: int = -1) -> np.ndarray:
-    """What the model sees of one utterance: loudness-normalised, windowed log-Mel, ``(n, mels, frames)``.
+    """What the CNN sees of one utterance: loudness-normalised, windowed log-Mel, ``(n, mels, frames)``.
 
-    The one feature function: serving calls it, and training calls it too (with ``offset`` to place a
+    The CNN's feature function: serving calls it, and training calls it too (with ``offset`` to place a
     short utterance elsewhere in its window), so the two cannot compute features differently."""
     return log_mel(windows(normalize_loudness(utterance, params.loudness_dbfs), params, offset), params)
+
+
+def whisper_input(utterance: np.ndarray, params: WhisperParams) -> np.ndarray:
+    """What the Whisper model sees of one utterance: loudness-normalised Whisper log-Mel of all of it,
+    ``(1, n_mels, frames)``. Serving and training both call it."""
+    return whisper_log_mel(normalize_loudness(utterance, params.loudness_dbfs), params)[None]
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -70,19 +107,13 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 
 class EmotionModel:
-    """An onnxruntime session created once and reused; safe to call from several threads."""
+    """The CNN: an onnxruntime session created once and reused; safe to call from several threads."""
 
     def __init__(self, path: Path) -> None:
-        if not path.is_file():
-            raise ModelError(f"model file not found: {path}")
-        import onnxruntime as ort  # when a model is loaded (see session_options)
-
-        try:
-            self.session = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
-            raise ModelError(f"cannot load model {path}: {exc}") from None
+        self.session, self.info = _session(path)
+        if not isinstance(self.info.features, FeatureParams):
+            raise ModelError(f"{path} is not a CNN emotion model (its metadata names {self.info.features.kind} features)")
         self.path = path
-        self.info = ModelInfo.from_metadata(self.session.get_modelmeta().custom_metadata_map, path)
 
     def logits(self, mel: np.ndarray) -> np.ndarray:
         """Raw logits for a batch of windows, all in one onnxruntime call."""
@@ -104,3 +135,56 @@ class EmotionModel:
             self.logits(mel)
             times.append(time.perf_counter() - start)
         return float(np.median(times) * 1000)
+
+
+class WhisperEmotionModel:
+    """The Whisper-encoder model: one graph from an utterance's log-Mel to its pooled embedding, its
+    logits, and its logits against a speaker's baseline. Utterances go one at a time (each at its own
+    length: padding would change the pooled statistics). Safe to call from several threads."""
+
+    def __init__(self, path: Path) -> None:
+        self.session, self.info = _session(path)
+        if not isinstance(self.info.features, WhisperParams) or self.info.baseline is None:
+            raise ModelError(f"{path} is not a Whisper-encoder emotion model (its metadata names {self.info.features.kind} features)")
+        self.path = path
+        self.dims = int(self.session.get_inputs()[1].shape[1])
+        self.baseline: BaselineInfo = self.info.baseline
+
+    def run(self, mel: np.ndarray, baseline: Baseline | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(embedding, logits, logits against ``baseline`` or None) for one utterance's ``(1, mels, frames)``."""
+        mean = np.zeros((1, self.dims), np.float32) if baseline is None else baseline.mean[None].astype(np.float32)
+        heard = np.zeros((1, len(self.info.labels)), np.float32) if baseline is None else baseline.heard_share[None].astype(np.float32)
+        embedding, logits, against = self.session.run(
+            [EMBEDDING, OUTPUT_NAME, BASELINE_LOGITS], {INPUT_NAME: mel, BASELINE_MEAN: mean, BASELINE_HEARD: heard}
+        )
+        return embedding[0], logits[0], None if baseline is None else against[0]
+
+    def usable(self, baseline: Baseline | None) -> bool:
+        """Whether a baseline is of this model's space and rests on enough clips to be used (a model whose
+        cross-validation found no size that helps, ``min_clips`` 0, uses none)."""
+        needed = self.baseline.min_clips
+        return baseline is not None and baseline.space == self.baseline.space and 0 < needed <= baseline.count
+
+    def latency_ms(self, seconds: float = 3.0, runs: int = 50) -> float:
+        """Median time of one utterance of ``seconds`` through features and graph on one thread, after a warm-up."""
+        params = self.info.features
+        speech = np.random.default_rng(0).normal(0, 0.1, round(seconds * params.sample_rate)).astype(np.float32)
+        times = []
+        for i in range(runs + 5):
+            start = time.perf_counter()
+            self.run(whisper_input(speech, params))
+            if i >= 5:
+                times.append(time.perf_counter() - start)
+        return float(np.median(times) * 1000)
+
+
+def _session(path: Path) -> tuple[object, ModelInfo]:
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
+    import onnxruntime as ort  # when a model is loaded (see session_options)
+
+    try:
+        session = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
+        raise ModelError(f"cannot load model {path}: {exc}") from None
+    return session, ModelInfo.from_metadata(session.get_modelmeta().custom_metadata_map, path)

@@ -28,8 +28,10 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from sera.audio import SAMPLE_RATE, decode
+from sera.baseline import Baseline
 from sera.config import Config
-from sera.plugin import Analyzer, PluginOutput, Report, Result, Segment
+from sera.model import BaselineInfo
+from sera.plugin import Analyzer, EmotionAnalyzer, PluginOutput, Report, Result, Segment
 from sera.registry import PluginFailure, PluginSet
 from sera.speech import SpeechDetector
 
@@ -60,23 +62,30 @@ class Pipeline:
         )
 
     def analyze(
-        self, source: bytes | str | Path, name: str | None = None, skip: Collection[str] = frozenset()
+        self, source: bytes | str | Path, name: str | None = None, skip: Collection[str] = frozenset(), baseline: Baseline | None = None
     ) -> Report:
         """Decode and analyse one source; raises ``AudioError`` for input that cannot be used.
 
-        ``skip`` names analyzers not to run (a guild can turn plugins off for itself).
+        ``skip`` names analyzers not to run (a guild can turn plugins off for itself); ``baseline`` is
+        the speaker's personal baseline, for the analyzers that serve one.
         """
         if name is None:
             name = Path(source).name if isinstance(source, (str, Path)) else "audio"
-        return self.analyze_samples(decode(source, self.limits, SAMPLE_RATE), name, skip=skip)
+        return self.analyze_samples(decode(source, self.limits, SAMPLE_RATE), name, skip=skip, baseline=baseline)
 
     async def analyze_async(
-        self, source: bytes | str | Path, name: str | None = None, skip: Collection[str] = frozenset()
+        self, source: bytes | str | Path, name: str | None = None, skip: Collection[str] = frozenset(), baseline: Baseline | None = None
     ) -> Report:
         """``analyze`` on the worker pool, awaited without blocking the event loop."""
         loop = asyncio.get_running_loop()
         work = self.analyze if self._in_process else _analyze_in_worker
-        return await loop.run_in_executor(self.workers, work, source, name, skip)
+        return await loop.run_in_executor(self.workers, work, source, name, skip, baseline)
+
+    @property
+    def baseline_info(self) -> BaselineInfo | None:
+        """How the first analyzer that serves personal baselines uses them (its embedding space: which of
+        a user's stored baselines applies; the clips one needs), or None."""
+        return next((a.baseline_info for a in self.plugins.analyzers if isinstance(a, EmotionAnalyzer) and a.baseline_info), None)
 
     def start_workers(self) -> None:
         """Start every worker process and load its models now, not on the first users' notes."""
@@ -84,9 +93,9 @@ class Pipeline:
             for done in [self.workers.submit(_analyze_in_worker, None, None, ()) for _ in range(self.config.workers)]:
                 done.result()
 
-    def analyze_samples(self, samples: np.ndarray, name: str, skip: Collection[str] = frozenset()) -> Report:
+    def analyze_samples(self, samples: np.ndarray, name: str, skip: Collection[str] = frozenset(), baseline: Baseline | None = None) -> Report:
         spans = self.detector.segments(samples)
-        segments = [Segment(samples[a:b], SAMPLE_RATE, a / SAMPLE_RATE, b / SAMPLE_RATE) for a, b in spans]
+        segments = [Segment(samples[a:b], SAMPLE_RATE, a / SAMPLE_RATE, b / SAMPLE_RATE, baseline=baseline) for a, b in spans]
         outputs, notices = self.analyze_segments(segments, skip) if segments else ({}, [])
         return Report(
             source=name,
@@ -123,9 +132,11 @@ def _start_worker(config: Config) -> None:
     _worker.append(Pipeline(replace(config, workers=1, worker_processes=False)))
 
 
-def _analyze_in_worker(source: bytes | str | Path | None, name: str | None, skip: Collection[str]) -> Report | None:
+def _analyze_in_worker(
+    source: bytes | str | Path | None, name: str | None, skip: Collection[str], baseline: Baseline | None = None
+) -> Report | None:
     """``Pipeline.analyze`` in a worker process; ``None`` source: only make sure the worker is up."""
-    return None if source is None else _worker[0].analyze(source, name, skip)
+    return None if source is None else _worker[0].analyze(source, name, skip, baseline)
 
 
 def _call(analyzer: Analyzer, segments: Sequence[Segment]) -> PluginOutput:

@@ -18,10 +18,18 @@ max=1)``), so a wrong value is refused with the file and key named when the conf
 names its options type as the class parameter (``class MyAnalyzer(Analyzer[MyOptions])``), so that
 ``self.options`` is typed for the author's editor and type checker.
 
+An emotion analyzer may serve a **personal baseline**: a segment can carry its speaker's ``Baseline``
+(running statistics of how their voice sounds to the model, never audio), and the analyzer attaches to
+each result the ``Observation`` that would add the segment to it. ``EmotionAnalyzer`` holds what every
+emotion analyzer shares (the "unsure" threshold, the whole-note summary); the two built-ins (the
+Whisper-encoder model and the seed paper's CNN) are written against this module alone, and so is
+everything they need (the model classes and feature functions are re-exported here).
+
 ``SERA_PLUGIN_API`` is this API's version. A plugin states the version it was written for as its class
 attribute ``api``; sera refuses, with the reason shown in ``sera plugins``, a plugin written for another
 major version (names were removed or changed meaning) or for a later minor one (it may call what this
-sera does not have yet).
+sera does not have yet). 1.1 added baselines (``Segment.baseline``, ``EmotionResult.baseline_clips``
+and ``observation``), ``EmotionAnalyzer`` and the re-exports.
 """
 
 from __future__ import annotations
@@ -35,16 +43,30 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 
+from sera.baseline import Baseline, Observation
 from sera.bounds import bounded
-from sera.emotions import EMOTIONS, UNSURE, color, emoji
-from sera.summary import SessionInfo, SessionSummary, Utterance
+from sera.emotions import EMOTIONS, UNSURE, UNSURE_BELOW, color, emoji
+from sera.errors import ModelError, SeraError
+from sera.model import (
+    MODEL_FILE, WHISPER_MODEL_FILE, BaselineInfo, EmotionModel, WhisperEmotionModel, model_input, softmax, whisper_input,
+)  # fmt: skip
+from sera.summary import SessionInfo, SessionSummary, Utterance, clock
 
 __all__ = [
     "EMOTIONS",
+    "MODEL_FILE",
     "SERA_PLUGIN_API",
+    "UNSURE_BELOW",
+    "WHISPER_MODEL_FILE",
     "Analyzer",
+    "Baseline",
+    "BaselineInfo",
+    "EmotionAnalyzer",
+    "EmotionModel",
     "EmotionResult",
+    "ModelError",
     "NoOptions",
+    "Observation",
     "Plugin",
     "PluginContext",
     "PluginOutput",
@@ -52,16 +74,22 @@ __all__ = [
     "Reporter",
     "Result",
     "Segment",
+    "SeraError",
     "SessionInfo",
     "SessionSummary",
     "Utterance",
+    "WhisperEmotionModel",
     "api_mismatch",
     "bounded",
+    "clock",
     "color",
     "emoji",
+    "model_input",
+    "softmax",
+    "whisper_input",
 ]
 
-SERA_PLUGIN_API = (1, 0)  # (major, minor): a new minor adds, a new major breaks
+SERA_PLUGIN_API = (1, 1)  # (major, minor): a new minor adds, a new major breaks
 
 OptionsT = TypeVar("OptionsT")
 
@@ -88,6 +116,7 @@ class Segment:
     start: float  # seconds from the start of the source
     end: float
     speaker: str | None = None  # known in voice channels, None for a voice note
+    baseline: Baseline | None = None  # the speaker's personal baseline, where there is one
 
     @property
     def duration(self) -> float:
@@ -123,6 +152,9 @@ class EmotionResult(Result):
     label: str = ""
     confidence: float = 0.0
     probabilities: Mapping[str, float] = field(default_factory=dict)
+    baseline_clips: int = 0  # the clips of the speaker's baseline the answer was judged against; 0: none used
+    # what this segment adds to its speaker's baseline (analyzers that serve baselines); never serialised
+    observation: Observation | None = field(default=None, repr=False, compare=False)
 
     kind: ClassVar[str] = "emotion"
     UNSURE: ClassVar[str] = UNSURE
@@ -142,6 +174,7 @@ class EmotionResult(Result):
 
     def to_dict(self) -> dict[str, Any]:
         values = super().to_dict()
+        del values["observation"]
         values["unsure"] = self.unsure
         values["confidence"] = round(self.confidence, 4)
         values["probabilities"] = {k: round(v, 4) for k, v in self.probabilities.items()}
@@ -204,6 +237,42 @@ class Analyzer(Plugin[OptionsT], ABC):
         return None
 
 
+class EmotionAnalyzer(Analyzer[OptionsT]):
+    """What every emotion analyzer shares: calibrated probabilities over ``labels`` become an
+    ``EmotionResult`` ("unsure" below the ``unsure_below`` option), and a whole note's answer is the
+    duration-weighted mean of its segments'. Subclasses set ``labels`` (in ``setup``) and implement
+    ``analyze``; their options need an ``unsure_below`` field. One that serves personal baselines sets
+    ``baseline_info`` (its embedding space and the clips a baseline needs) and attaches an observation
+    to each result."""
+
+    labels: tuple[str, ...] = ()
+    baseline_info: BaselineInfo | None = None
+
+    def result(
+        self, start: float, end: float, probs: np.ndarray, baseline_clips: int = 0, observation: Observation | None = None
+    ) -> EmotionResult:
+        best = int(np.argmax(probs))
+        confidence = float(probs[best])
+        label = self.labels[best] if confidence >= self.options.unsure_below else EmotionResult.UNSURE
+        return EmotionResult(
+            start=start,
+            end=end,
+            label=label,
+            confidence=confidence,
+            probabilities={name: float(p) for name, p in zip(self.labels, probs)},
+            baseline_clips=baseline_clips,
+            observation=observation,
+        )
+
+    def summarize(self, results: Sequence[Result]) -> EmotionResult | None:
+        emotions = [r for r in results if isinstance(r, EmotionResult)]
+        if not emotions:
+            return None
+        weights = np.array([r.end - r.start for r in emotions])
+        probs = np.array([[r.probabilities[name] for name in self.labels] for r in emotions])
+        return self.result(emotions[0].start, emotions[-1].end, weights @ probs / weights.sum(), max(r.baseline_clips for r in emotions))
+
+
 @dataclass(frozen=True)
 class PluginOutput:
     """One analyzer's results for one source."""
@@ -236,6 +305,15 @@ class Report:
             if isinstance(output.overall, EmotionResult):
                 return output.overall
         return None
+
+    def observations(self) -> list[Observation]:
+        """What this source adds to its speaker's baseline: the observations of the first analyzer that
+        attached any (one per segment it analysed)."""
+        for output in self.outputs.values():
+            found = [r.observation for r in output.segments if isinstance(r, EmotionResult) and r.observation is not None]
+            if found:
+                return found
+        return []
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -15,17 +15,19 @@ plugin that hangs costs only itself.
 
 from __future__ import annotations
 
+import ast
 import logging
 import threading
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 from typing import Any, TypeVar
 
 from packaging.requirements import InvalidRequirement, Requirement
 
 from sera import DISTRIBUTION, __version__
-from sera.config import Config, build
+from sera.config import DEFAULT_PLUGINS, Config, build
 from sera.errors import SeraError
 from sera.plugin import Analyzer, Plugin, PluginContext, Report, Reporter, SessionSummary, api_mismatch
 
@@ -149,7 +151,9 @@ class PluginSet:
             if only is None or ep.name in only:
                 found.setdefault(ep.name, []).append(ep)
         self.infos: list[PluginInfo] = []
-        for name, eps in found.items():
+        # Built-ins that are off by default come after the others: with both emotion analyzers on, the
+        # reply headlines the default one's answer (``Report.emotion`` takes the first).
+        for name, eps in sorted(found.items(), key=lambda item: item[0] in DEFAULT_PLUGINS):
             chosen, refused = _resolve_clash(eps)
             self.infos += refused
             if chosen is not None:
@@ -205,17 +209,24 @@ class PluginSet:
                 out[reporter.name] = rendered
         return out
 
-    def forget_user(self, user_id: str) -> dict[str, int]:
-        """Every plugin's ``forget_user``: {plugin name: items it deleted} for those that kept something."""
-        deleted = {}
-        for plugin in self.loaded:
+    def forget_user(self, user_id: str, only: Collection[str] | None = None) -> tuple[dict[str, int], list[str]]:
+        """Every plugin's ``forget_user`` (or those named in ``only``): ({plugin name: items it deleted}
+        for those that kept something, [plugins that could not: raised, hung, or stopped])."""
+        deleted, failed = {}, []
+        for info in self.infos:
+            if not info.enabled or (only is not None and info.name not in only) or info.error:
+                continue
+            if not info.active:
+                failed.append(info.name)  # stopped after timeouts: its data is still there
+                continue
             try:
-                count = self.call(plugin, "forget_user", plugin.forget_user, user_id)
+                count = self.call(info.plugin, "forget_user", info.plugin.forget_user, user_id)
             except PluginFailure:
+                failed.append(info.name)
                 continue
             if count:
-                deleted[plugin.name] = int(count)
-        return deleted
+                deleted[info.name] = int(count)
+        return deleted, failed
 
     def failures(self) -> list[PluginInfo]:
         return [i for i in self.infos if i.enabled and (i.error or (i.guard and i.guard.stopped))]
@@ -239,7 +250,7 @@ class PluginSet:
     def _load(self, ep: EntryPoint, config: Config, context: PluginContext, set_up: bool) -> PluginInfo:
         builtin = _is_builtin(ep)
         origin = "built-in" if builtin else _distribution(ep)
-        raw = dict(config.plugins.get(ep.name, {}))
+        raw = config.plugin_section(ep.name)
         enabled = raw.pop("enabled", builtin)
         info = PluginInfo(ep.name, origin, enabled=enabled is True)
         if not isinstance(enabled, bool):
@@ -252,6 +263,10 @@ class PluginSet:
             info.error = f"{origin} needs {needs}; this is {DISTRIBUTION} {__version__}"
             log.error("plugin %s not loaded: %s", ep.name, info.error)
             return info
+        if not builtin and (mismatch := api_mismatch(declared_api(ep))):
+            info.error = mismatch  # read from its source: the plugin's code never ran
+            log.error("plugin %s not loaded: %s", ep.name, info.error)
+            return info
         guard = Guard(ep.name, config.plugin_timeout_seconds, config.plugin_max_timeouts, config.workers * 2)
         try:
             cls = ep.load()
@@ -260,7 +275,9 @@ class PluginSet:
             if mismatch := api_mismatch(cls.api):
                 raise SeraError(mismatch)
             info.kind = "analyzer" if issubclass(cls, Analyzer) else "reporter"
-            cls.name = cls.name or ep.name
+            if cls.name and cls.name != ep.name:
+                log.warning("plugin %s: its class says name %r; a plugin's name is its entry point's", ep.name, cls.name)
+            cls.name = ep.name  # never what the class says: a third party cannot take over a built-in's answers
             options = build(cls.Options, raw, config.source, prefix=f"plugins.{ep.name}.")
             if not set_up:
                 info.ready = True
@@ -280,6 +297,34 @@ class PluginSet:
             info.error = f"{type(exc).__name__}: {exc}"
             log.exception("plugin %s failed to load", ep.name)
         return info
+
+
+def declared_api(ep: EntryPoint) -> tuple[int, int] | None:
+    """The plugin API version a plugin class states (``api = (1, 0)`` in its body), read from the
+    installed source without importing it, so that a plugin written for another API is refused before
+    any of its code runs. None where it cannot be read that way (an editable install, a computed or
+    inherited value, a compiled module): then it is checked after import."""
+    module, _, attr = ep.value.partition(":")
+    wanted = module.strip().replace(".", "/")
+    files = (ep.dist.files or []) if ep.dist else []
+    source = next((f for f in files if f.as_posix() in (f"{wanted}.py", f"{wanted}/__init__.py")), None)
+    if source is None:
+        return None
+    try:
+        tree = ast.parse(Path(ep.dist.locate_file(source)).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == attr.strip():
+            for item in node.body:
+                targets = item.targets if isinstance(item, ast.Assign) else [item.target] if isinstance(item, ast.AnnAssign) else []
+                if any(isinstance(t, ast.Name) and t.id == "api" for t in targets) and item.value is not None:
+                    try:
+                        value = ast.literal_eval(item.value)
+                    except ValueError:
+                        return None
+                    return value if isinstance(value, tuple) else None
+    return None
 
 
 def incompatible(ep: EntryPoint) -> str | None:

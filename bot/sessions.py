@@ -1,10 +1,13 @@
 """Live sessions in SQLite (WAL): one row per session, one per analysed utterance, written as they happen.
 
 A session row is written when listening starts and each utterance is committed the moment its analysis
-returns, so a crash or a dropped voice connection loses nothing already analysed. A session still
-marked ``live`` when the bot starts again was cut short: ``orphaned_sessions`` lists it, its summary is
-posted from its rows, and only then is it marked interrupted (``mark_interrupted``), so a crash in
-between means a summary posted twice, never one lost. No audio is ever stored.
+returns, so a crash or a dropped voice connection loses nothing already analysed. Each session names the
+process that runs it, which says every ``HEARTBEAT_SECONDS`` that it still does. A session still marked
+``live`` whose process is gone (one of this machine that no longer runs, or one nobody vouched for in
+``STALE_SECONDS``: processes of one bot may run on several machines) was cut short: ``claim_orphans``
+takes it over (atomically, so two processes never both do), its summary is posted from its rows, and only
+then is it marked interrupted (``mark_interrupted``), so a crash in between means a summary posted twice,
+never one lost. No audio is ever stored.
 """
 
 from __future__ import annotations
@@ -12,7 +15,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import socket
 import time
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
@@ -57,7 +63,21 @@ CREATE TABLE IF NOT EXISTS consent (
     since {real} NOT NULL,
     PRIMARY KEY (space, speaker)
 )"""),
+    Migration(2, "which process runs each live session, and when it last said so", """
+ALTER TABLE sessions ADD COLUMN owner TEXT;
+ALTER TABLE sessions ADD COLUMN heartbeat {real}"""),
 )  # fmt: skip
+
+HEARTBEAT_SECONDS = 30.0  # how often a process says its live sessions are still running
+STALE_SECONDS = 4 * HEARTBEAT_SECONDS  # a live session nobody vouched for in this long was cut short
+
+
+def process_name() -> str:
+    """This process, as the sessions it runs name it: host, pid, and a random part (pids are reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+OWNER = process_name()
 
 
 class StoredSession(NamedTuple):
@@ -78,9 +98,10 @@ EXPORT_FIELDS = ("session", "speaker", "start_s", "end_s", "label", "confidence"
 class SessionStore:
     """Live sessions, utterances and consent, on the process's shared ``Database``."""
 
-    def __init__(self, db: Database | Path | str) -> None:
+    def __init__(self, db: Database | Path | str, owner: str = OWNER) -> None:
         self._owns = not isinstance(db, Database)
         self.db = connect(db) if self._owns else db
+        self.owner = owner
         self.db.migrate(COMPONENT, MIGRATIONS)
         self.db.holds_user_data(self)
 
@@ -88,8 +109,9 @@ class SessionStore:
         now = time.time()
         with self.db.transaction() as tx:
             cursor = tx.execute(
-                "INSERT INTO sessions (space, room, report_to, started_by, started_at, status) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-                (space, room, report_to, started_by, now, LIVE),
+                "INSERT INTO sessions (space, room, report_to, started_by, started_at, status, owner, heartbeat)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (space, room, report_to, started_by, now, LIVE, self.owner, now),
             )
             session_id = int(cursor.fetchall()[0][0])  # to the end: SQLite commits no open statement
         return SessionInfo(session_id, space, room, started_by, now)
@@ -116,11 +138,40 @@ class SessionStore:
                 (time.time(), status, shed, session_id, LIVE),
             )
 
-    def orphaned_sessions(self, running: Iterable[int] = ()) -> list[int]:
-        """Sessions still ``live`` that no running session of this process owns: a process died in them."""
+    def beat(self, session_ids: Iterable[int]) -> None:
+        """This process still runs these sessions."""
+        with self.db.transaction() as tx:
+            tx.executemany("UPDATE sessions SET heartbeat = ? WHERE id = ? AND owner = ?", [(time.time(), i, self.owner) for i in session_ids])
+
+    def claim_orphans(self, running: Iterable[int] = ()) -> list[int]:
+        """Live sessions whose process is gone, each taken over by this process (one ``UPDATE`` that
+        names the owner it replaces: of two processes claiming at once, one gets it); their ids. Those
+        this process claimed before and could not close yet (Discord refused the summary) come again.
+        ``running``: this process's own sessions in progress."""
+        running = set(running)
         with self.db.read() as db:
-            ids = [row[0] for row in db.execute("SELECT id FROM sessions WHERE status = ? ORDER BY id", (LIVE,))]
-        return [i for i in ids if i not in set(running)]
+            rows = db.execute("SELECT id, owner, heartbeat FROM sessions WHERE status = ? ORDER BY id", (LIVE,)).fetchall()
+        claimed = []
+        for session_id, owner, heartbeat in rows:
+            if session_id in running or not self._gone(owner, heartbeat):
+                continue
+            same_owner, values = ("owner IS NULL", ()) if owner is None else ("owner = ?", (owner,))
+            with self.db.transaction() as tx:
+                taken = tx.execute(f"UPDATE sessions SET owner = ?, heartbeat = ? WHERE id = ? AND status = ? AND {same_owner}",
+                                   (self.owner, time.time(), session_id, LIVE, *values)).rowcount  # fmt: skip
+            if taken:
+                claimed.append(session_id)
+        return claimed
+
+    def _gone(self, owner: str | None, heartbeat: float | None) -> bool:
+        """Whether the process that ran a live session no longer does."""
+        if owner is None or heartbeat is None or owner == self.owner:  # from before owners were kept, or ours and not running
+            return True
+        host, _, rest = owner.partition(":")
+        pid = rest.partition(":")[0]
+        if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+            return True
+        return time.time() - heartbeat > STALE_SECONDS
 
     def mark_interrupted(self, session_id: int) -> None:
         """Close a session a crash left open; its end is taken as its last utterance's."""
@@ -231,3 +282,13 @@ def _stored(row: tuple) -> StoredSession:
     started_at, ended_at = row[4], row[6]
     info = SessionInfo(row[0], row[1], row[2], row[3], started_at)
     return StoredSession(info, row[5], (ended_at or time.time()) - started_at, row[7], row[8])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process of that number: alive, not ours to judge
+        return True
+    return True

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import io
 
-from sera.errors import SeraError
-from sera.plugin import SERA_PLUGIN_API, NoOptions, Report, Reporter, SessionSummary, color
+
+from sera.plugin import SERA_PLUGIN_API, NoOptions, Report, Reporter, SeraError, SessionSummary, color
 
 UNSURE_GREY = "#d0d0d0"
 

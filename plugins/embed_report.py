@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sera.plugin import SERA_PLUGIN_API, EmotionResult, NoOptions, Report, Reporter, SessionSummary, color, emoji
-from sera.summary import clock
+from sera.plugin import SERA_PLUGIN_API, EmotionResult, NoOptions, Report, Reporter, SessionSummary, clock, color, emoji
 
 BAR_WIDTH = 12
 MAX_TIMELINE_ROWS = 12  # Discord caps a field at 1024 characters
@@ -55,6 +54,8 @@ class EmbedReporter(Reporter[NoOptions]):
             elif output.overall is not None and not isinstance(output.overall, EmotionResult):
                 fields.append({"name": name, "value": output.overall.headline(), "inline": False})
         footer = f"{report.duration:.1f} s audio · {report.speech_seconds:.1f} s speech"
+        if emotion and emotion.baseline_clips:
+            footer += f" · judged against your baseline ({emotion.baseline_clips} clips)"
         if report.notices:
             footer += " · " + "; ".join(report.notices)
         embed["footer"] = {"text": footer[:2048]}

@@ -1,8 +1,9 @@
-"""The emotion analyzer: sera's small CNN on log-Mel windows, run with onnxruntime.
+"""The seed paper's emotion analyzer: sera's small CNN on log-Mel windows, run with onnxruntime.
 
-Every window of a segment goes through the model in one batched call; a segment's probabilities are the
-mean over its windows, and the whole note's are the duration-weighted mean over segments. Below
-``unsure_below`` the answer is "unsure" with the top candidates rather than a confident-sounding guess.
+Off by default since the Whisper-encoder analyzer (``emotion_whisper``) hears better; one line of config
+(``plugins: {emotion_cnn: {enabled: true}}``) brings it back, beside or instead of it, and
+``sera evaluate --analyzer emotion_cnn`` measures it. Every window of a segment goes through the model
+in one batched call; a segment's probabilities are the mean over its windows.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sera.errors import ModelError
-from sera.model import MODEL_FILE, EmotionModel, model_input
-from sera.plugin import SERA_PLUGIN_API, Analyzer, EmotionResult, Result, Segment, bounded
+from sera.plugin import (
+    MODEL_FILE, SERA_PLUGIN_API, UNSURE_BELOW, EmotionAnalyzer, EmotionModel, EmotionResult, ModelError, Segment, bounded,
+    model_input,
+)  # fmt: skip
 
 BATCH_WINDOWS = 32  # bounds the memory of one onnxruntime call on a long file
 
@@ -23,10 +25,10 @@ BATCH_WINDOWS = 32  # bounds the memory of one onnxruntime call on a long file
 @dataclass(frozen=True)
 class Options:
     model: str = MODEL_FILE  # relative paths are looked up in the models folder
-    unsure_below: float = bounded(0.4, min=0, max=1)  # top calibrated probability under which the answer is "unsure"
+    unsure_below: float = bounded(UNSURE_BELOW, min=0, max=1)  # top calibrated probability under which the answer is "unsure"
 
 
-class EmotionCNN(Analyzer[Options]):
+class EmotionCNN(EmotionAnalyzer[Options]):
     Options = Options
     api = SERA_PLUGIN_API
 
@@ -36,12 +38,9 @@ class EmotionCNN(Analyzer[Options]):
         rate = self.model.info.features.sample_rate
         if rate != self.context.sample_rate:
             raise ModelError(f"{path} expects {rate} Hz audio but sera decodes at {self.context.sample_rate} Hz")
+        self.labels = self.model.info.labels
         # librosa builds its filters and JIT-compiles on first use (seconds): pay that now, not on a user's note.
         self.analyze([Segment(np.zeros(rate, dtype=np.float32), rate, 0.0, 1.0)])
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        return self.model.info.labels
 
     def analyze(self, segments: Sequence[Segment]) -> list[EmotionResult]:
         features = [model_input(segment.samples, self.model.info.features) for segment in segments]
@@ -54,23 +53,3 @@ class EmotionCNN(Analyzer[Options]):
             self.result(segment.start, segment.end, probs[lo:hi].mean(axis=0))
             for segment, lo, hi in zip(segments, bounds[:-1], bounds[1:])
         ]
-
-    def summarize(self, results: Sequence[Result]) -> EmotionResult | None:
-        emotions = [r for r in results if isinstance(r, EmotionResult)]
-        if not emotions:
-            return None
-        weights = np.array([r.end - r.start for r in emotions])
-        probs = np.array([[r.probabilities[name] for name in self.labels] for r in emotions])
-        return self.result(emotions[0].start, emotions[-1].end, weights @ probs / weights.sum())
-
-    def result(self, start: float, end: float, probs: np.ndarray) -> EmotionResult:
-        best = int(np.argmax(probs))
-        confidence = float(probs[best])
-        label = self.labels[best] if confidence >= self.options.unsure_below else EmotionResult.UNSURE
-        return EmotionResult(
-            start=start,
-            end=end,
-            label=label,
-            confidence=confidence,
-            probabilities={name: float(p) for name, p in zip(self.labels, probs)},
-        )

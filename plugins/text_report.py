@@ -7,8 +7,7 @@ appear without any change here.
 
 from __future__ import annotations
 
-from sera.plugin import SERA_PLUGIN_API, EmotionResult, NoOptions, Report, Reporter, SessionSummary
-from sera.summary import clock
+from sera.plugin import SERA_PLUGIN_API, EmotionResult, NoOptions, Report, Reporter, SessionSummary, clock
 
 BAR_WIDTH = 20
 
@@ -30,7 +29,8 @@ class TextReporter(Reporter[NoOptions]):
             lines.append("  no speech detected")
         emotion = report.emotion()
         if emotion:
-            lines.append(f"  emotion: {emotion.headline()}")
+            against = f"  (against the speaker's baseline of {emotion.baseline_clips} clips)" if emotion.baseline_clips else ""
+            lines.append(f"  emotion: {emotion.headline()}{against}")
             width = max(len(name) for name in emotion.probabilities)
             lines += [f"    {name:<{width}}  {bar(p)} {p:6.1%}" for name, p in emotion.ranked()]
         for name, output in report.outputs.items():

@@ -21,8 +21,12 @@ from tests.conftest import SAMPLE_NOTE, encode, eventually
 NOTE = SAMPLE_NOTE.read_bytes()
 
 
-def enable(harness: Harness, guild: FakeGuild, *channels: FakeChannel) -> None:
+def enable(harness: Harness, guild: FakeGuild, *channels: FakeChannel, hours_ago: float = 48.0) -> None:
+    """An admin's ``/sera channel``, dated ``hours_ago`` (the tests' notes are posted in the past)."""
     harness.store.update_settings(guild.id, lambda s: replace(s, channels=s.channels | {c.id for c in channels}))
+    with harness.store.db.transaction() as tx:
+        for channel in channels:
+            tx.execute("UPDATE channel_windows SET enabled_at = ? WHERE channel_id = ?", (time.time() - hours_ago * 3600, channel.id))
 
 
 def restart(down: Harness, folder: Path, pipeline: Pipeline) -> Harness:
@@ -185,6 +189,7 @@ def test_each_process_runs_its_shards_and_only_shard_0s_catches_up_direct_messag
 def test_retention_deletes_old_analyses_and_utterances_and_privacy_says_so(tmp_path: Path, pipeline: Pipeline) -> None:
     from sera.adapters.discord.store import Origin
     from sera.adapters.discord.testing import invoke
+    from sera.baseline import Observation
     from sera.plugin import Report
     from sera.sessions import ENDED
     from sera.summary import Utterance
@@ -198,18 +203,80 @@ def test_retention_deletes_old_analyses_and_utterances_and_privacy_says_so(tmp_p
     for info in (finished, running):
         sessions.add(info.id, [Utterance("7", 0.0, 1.0, "calm", 0.9, {"calm": 0.9}, {})])
     sessions.finish(finished.id, ENDED)
+    for speaker in ("7", "8"):
+        harness.bot.baselines.add(speaker, [Observation("space", np.ones(4, np.float32), 0, 8)])
     forty_days_ago = time.time() - 40 * 24 * 3600
     with harness.store.db.transaction() as tx:
         tx.execute("UPDATE analyses SET created = ? WHERE id = ?", (forty_days_ago, old))
         tx.execute("UPDATE sessions SET started_at = ?, ended_at = ?", (forty_days_ago, forty_days_ago))
+        tx.execute("UPDATE baselines SET updated = ? WHERE speaker = '7'", (forty_days_ago,))
     deleted = asyncio.run(harness.bot.get_cog("Retention").sweep())
-    assert deleted == {"analyses": 1, "utterances": 1}
+    assert deleted == {"analyses": 1, "utterances": 1, "baselines": 1}
     assert harness.store.analyses_of(7) == 1 and sessions.info(finished.id) is None and sessions.utterances(running.id)
+    assert harness.bot.baselines.get("7", "space") is None and harness.bot.baselines.get("8", "space").count == 1
     asked = harness.interaction()
     asyncio.run(invoke(harness.privacy.privacy, asked))
-    assert "deleted after 30 days" in asked.sent()[0]["content"]
+    assert "deleted after 30 days, and a baseline 30 days after it last changed" in asked.sent()[0]["content"]
     harness.close()
     off = Harness(tmp_path / "off", pipeline=pipeline)
     asyncio.run(off.start())
     assert off.bot.get_cog("Retention") is None and off.bot.get_cog("CatchUp") is not None  # retention: off by default
     off.close()
+
+
+def test_only_notes_posted_while_the_channel_was_enabled_are_caught_up(tmp_path: Path, pipeline: Pipeline) -> None:
+    """A note posted before an admin enabled the channel, or while it was off, was never meant for the
+    bot: the catch-up leaves it, also at every later resume."""
+    guild, room = FakeGuild(), FakeChannel()
+    first = Harness(tmp_path, pipeline=pipeline, message_content=True)
+    asyncio.run(first.start())
+    now = discord.utils.utcnow()
+    before = first.message(first.attachment(NOTE), guild=guild, channel=room, at=now - timedelta(minutes=50))
+    enable(first, guild, room, hours_ago=40 / 60)  # enabled 40 minutes ago...
+    during = first.message(first.attachment(NOTE), guild=guild, channel=room, at=now - timedelta(minutes=30))
+    with first.store.db.transaction() as tx:  # ...off from 20 to 10 minutes ago
+        tx.execute("UPDATE channel_windows SET disabled_at = ? WHERE channel_id = ?", (time.time() - 20 * 60, room.id))
+        tx.execute("INSERT INTO channel_windows (channel_id, guild_id, enabled_at) VALUES (?, ?, ?)", (room.id, guild.id, time.time() - 10 * 60))
+    off = first.message(first.attachment(NOTE), guild=guild, channel=room, at=now - timedelta(minutes=15))
+    again = first.message(first.attachment(NOTE), guild=guild, channel=room, at=now - timedelta(minutes=5))
+    second = restart(first, tmp_path, pipeline)
+    assert asyncio.run(second.bot.get_cog("CatchUp").run()) == {room.id: 2}
+    assert [len(m.replies) for m in (before, during, off, again)] == [0, 1, 0, 1]
+    assert asyncio.run(second.bot.get_cog("CatchUp").run()) == {}  # a resume: still not
+    assert not before.replies and not off.replies
+    second.close()
+
+
+def test_a_backlog_is_answered_whole_and_a_quiet_channel_is_not_read_again(tmp_path: Path, pipeline: Pipeline, monkeypatch) -> None:
+    """Eight notes one user posted while the bot was down (more than the six a minute a live user may
+    send) are all answered, none refused as "too fast"; and the next catch-up reads only what came after."""
+    guild, room, quiet = FakeGuild(), FakeChannel(), FakeChannel()
+    alice = FakeUser()
+    first = Harness(tmp_path, pipeline=pipeline, message_content=True)
+    asyncio.run(first.start())
+    enable(first, guild, room, quiet)
+    now = discord.utils.utcnow()
+    backlog = [first.message(first.attachment(NOTE), guild=guild, channel=room, author=alice, at=now - timedelta(minutes=20 - m))
+               for m in range(8)]  # fmt: skip
+    chatter = [first.message(guild=guild, channel=quiet, at=now - timedelta(minutes=m)) for m in (9, 8, 7)]
+    second = restart(first, tmp_path, pipeline)
+    assert asyncio.run(second.bot.get_cog("CatchUp").run()) == {room.id: 8}
+    assert all(len(m.replies) == 1 and m.replies[0]["embed"] is not None for m in backlog)
+    assert second.cog.failures["rate_limited"] == 0
+    read: list[int] = []
+    history = FakeChannel.history
+
+    def counting(channel, **kwargs):
+        async def reading():
+            async for message in history(channel, **kwargs):
+                read.append(message.id)
+                yield message
+        return reading()
+
+    monkeypatch.setattr(FakeChannel, "history", counting)
+    assert asyncio.run(second.bot.get_cog("CatchUp").run()) == {}
+    assert read == []  # both channels picked up after their last message: nothing read again
+    later = second.message(guild=guild, channel=quiet)
+    asyncio.run(second.bot.get_cog("CatchUp").run())
+    assert read == [later.id] and chatter
+    second.close()

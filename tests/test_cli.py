@@ -37,12 +37,12 @@ def test_analyze_json_has_the_documented_fields() -> None:
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert set(report) == {"source", "duration_s", "speech_s", "speech_detected", "segments", "analyzers", "notices"}
-    emotion = report["analyzers"]["emotion_cnn"]["overall"]
-    assert set(emotion) == {"type", "start_s", "end_s", "label", "confidence", "unsure", "probabilities"}
+    emotion = report["analyzers"]["emotion_whisper"]["overall"]
+    assert set(emotion) == {"type", "start_s", "end_s", "label", "confidence", "unsure", "probabilities", "baseline_clips"}
     assert set(emotion["probabilities"]) == LABELS
     assert abs(sum(emotion["probabilities"].values()) - 1) < 1e-3
     assert emotion["label"] in LABELS | {"unsure"}
-    assert len(report["analyzers"]["emotion_cnn"]["segments"]) == len(report["segments"]) >= 2
+    assert len(report["analyzers"]["emotion_whisper"]["segments"]) == len(report["segments"]) >= 2
     prosody = report["analyzers"]["prosody"]["overall"]
     assert 60 < prosody["pitch_hz"] < 300  # espeak-ng's male voice
 
@@ -131,13 +131,13 @@ def test_wrong_config_is_one_clear_error(tmp_path: Path) -> None:
 
 def test_missing_model_is_reported_not_fatal(tmp_path: Path) -> None:
     config = tmp_path / "sera.yaml"
-    config.write_text("plugins:\n  emotion_cnn:\n    model: missing.onnx\n")
+    config.write_text("plugins:\n  emotion_whisper:\n    model: missing.onnx\n")
     listing = run("--config", str(config), "plugins", "--check")
     assert listing.returncode == 0
     assert "model file not found" in listing.stdout
     done = run("--config", str(config), "analyze", "--json", str(SAMPLE_NOTE))
     assert done.returncode == 0
-    assert "plugin emotion_cnn is not loaded: model file not found" in done.stderr
+    assert "plugin emotion_whisper is not loaded: model file not found" in done.stderr
     assert "prosody" in json.loads(done.stdout)["analyzers"]
 
 
@@ -148,19 +148,19 @@ def test_plugins_lists_builtins() -> None:
         assert done.returncode == 0
         header, *rows = done.stdout.split("\n\n")[0].splitlines()
         assert header.split() == ["NAME", "KIND", "ORIGIN", "ENABLED", "STATUS"]
-        assert done.stdout.endswith("\nsera 0.1.0, plugin API 1.0\n")
+        assert done.stdout.endswith("\nsera 0.1.0, plugin API 1.1\n")
         names = {row.split()[0]: row for row in rows}
-        assert {"emotion_cnn", "prosody", "text", "json"} <= names.keys()
-        assert all(names[n].split()[2:] == ["built-in", "yes", status] for n in ("emotion_cnn", "prosody", "text", "json"))
+        assert {"emotion_whisper", "prosody", "text", "json"} <= names.keys()
+        assert all(names[n].split()[2:] == ["built-in", "yes", status] for n in ("emotion_whisper", "prosody", "text", "json"))
 
 
 def test_the_operator_log_can_be_json_lines(tmp_path: Path) -> None:
     config = tmp_path / "sera.yaml"
-    config.write_text("plugins:\n  emotion_cnn:\n    unsure_below: 3\n")
+    config.write_text("plugins:\n  emotion_whisper:\n    unsure_below: 3\n")
     done = run("--log-format", "json", "--config", str(config), "plugins")
     entries = [json.loads(line) for line in done.stderr.splitlines()]
     assert entries and all(set(e) >= {"time", "level", "logger", "message"} for e in entries)
-    assert any(e["level"] == "ERROR" and "'plugins.emotion_cnn.unsure_below' must be between 0 and 1" in e["message"] for e in entries)
+    assert any(e["level"] == "ERROR" and "'plugins.emotion_whisper.unsure_below' must be between 0 and 1" in e["message"] for e in entries)
 
 
 def test_the_readme_shows_what_sera_analyze_prints_for_the_sample() -> None:

@@ -11,6 +11,13 @@ from sera.errors import ConfigError
 from tests.conftest import ROOT, sera
 
 
+# Nine levels of nine aliases each: 387 million values once expanded, from a file of 700 bytes. Before
+# the node budget, walking it took longer than any test would wait (`sera config` hung).
+ALIAS_BOMB = "a0: &a0 [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 10)
+)
+
+
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "sera.yaml"
     path.write_text(text)
@@ -24,7 +31,7 @@ def test_example_config_is_valid_and_matches_the_defaults() -> None:
     assert config.speech == defaults.speech
     assert config.discord == defaults.discord
     assert config.workers == defaults.workers
-    assert config.plugins["emotion_cnn"]["unsure_below"] == 0.4
+    assert config.plugins["emotion_whisper"]["unsure_below"] == 0.4 and config.plugin_section("emotion_cnn")["enabled"] is False
 
 
 def test_no_path_gives_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -61,6 +68,12 @@ def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
         ("live:\n  tick_seconds: 0\n", r"'live.tick_seconds' must be more than 0 and at most 10, not 0"),
         ("workers: 2\naudio: {}\nworkers: 3\n", r"duplicate key 'workers' \(line 3\)"),
         ("audio:\n  max_file_mb: 3\n  max_file_mb: 4\n", r"duplicate key 'audio.max_file_mb' \(line 3\)"),
+        ("discord:\n  retention_days: .nan\n", r"'discord.retention_days' must be a finite number, not nan"),
+        ("audio:\n  max_file_mb: .inf\n", r"'audio.max_file_mb' must be a finite number, not inf"),
+        ("workers: -.inf\n", r"'workers' must be a finite number, not -inf"),
+        ("plugins: &p\n  x: *p\n", r"'plugins.x' contains itself through an alias"),
+        (ALIAS_BOMB, r"more than 10000 values once its aliases \(\*name\) are expanded"),
+        ("workers: " + "[" * 3000 + "]" * 3000 + "\n", r"nested too deeply to be a config file"),
     ],
 )
 def test_mistakes_name_the_file_and_key(tmp_path: Path, text: str, message: str) -> None:

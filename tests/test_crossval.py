@@ -17,8 +17,9 @@ from sera.corpora import EMOTIONS, LABELS, Clip, load_corpora
 from sera.errors import SeraError
 from tests.conftest import SHARED_DATA, say
 from tests.test_training import CODES, train
-from sera.training.crossval import speaker_folds
-from sera.training.train import label_mask, masked_log_softmax
+from sera.training.folds import speaker_folds
+from sera.training.fit import masked_log_softmax
+from sera.training.folds import label_mask
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +147,7 @@ def test_the_shipped_model_trains_beside_the_folds_and_takes_their_temperature(t
 
 
 def test_batches_give_every_corpus_an_equal_share() -> None:
-    from sera.training.train import balanced_batches
+    from sera.training.fit import balanced_batches
 
     corpus_of = np.array([0] * 30 + [1] * 90)
     train = np.arange(120)
@@ -160,7 +161,7 @@ def test_batches_give_every_corpus_an_equal_share() -> None:
 
 
 def test_a_personal_baseline_never_uses_the_clip_itself() -> None:
-    from sera.training.train import speaker_references
+    from sera.training.fit import speaker_references
 
     clips = [Clip(Path(str(i)), "neutral" if i % 4 == 0 else "sad", f"s{i // 4}", "female", "ravdess") for i in range(8)]
     features = np.zeros((8, 6, 4, 10), dtype=np.float16)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import discord
@@ -154,7 +155,8 @@ def test_context_menu_works_on_your_own_message_with_audio(harness: Harness) -> 
 
 def test_commands_are_registered_on_the_tree(harness: Harness) -> None:
     names = {c.qualified_name for c in harness.bot.tree.walk_commands()}
-    assert {"emotion analyse", "sera channel", "sera style", "sera plugin", "sera settings", "privacy", "forget"} <= names
+    assert {"emotion analyse", "emotion baseline add", "emotion baseline learn", "emotion baseline show", "emotion baseline clear",
+            "sera channel", "sera style", "sera plugin", "sera settings", "privacy", "forget"} <= names
     admin = harness.bot.tree.get_command("sera")
     assert admin.default_permissions.manage_guild and admin.guild_only
 
@@ -301,8 +303,9 @@ def test_privacy_and_forget(harness: Harness) -> None:
     stranger = asyncio.run(press("Delete my data", FakeUser()))
     assert stranger.sent() == [] and harness.store.analyses_of(user.id) == 2
     done = asyncio.run(press("Delete my data", user))
-    assert done.sent()[0]["content"] == "Done: 2 analyses and 0 voice-channel utterances deleted."
-    assert done.sent()[0]["view"] is None
+    assert [kind for kind, _ in done.log] == ["edit_message", "edit_original"]  # acknowledged at once, then the result
+    assert done.sent()[0] == {"content": "Deleting your data…", "view": None}
+    assert done.sent()[-1]["content"] == "Done: 2 analyses and 0 voice-channel utterances deleted."
     assert harness.store.analyses_of(user.id) == 0
 
 
@@ -368,7 +371,7 @@ def test_doctor_checklist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("DISCORD_TOKEN", "x.y.z")
     ok = sera("--config", str(config), "doctor")
     assert ok.returncode == 0, ok.stdout
-    for name in ("config", "ffmpeg", "Opus decoder", "emotion model", "speech detector", "Discord token", "database",
+    for name in ("config", "ffmpeg", "Opus decoder", "emotion_whisper model", "speech detector", "Discord token", "database",
                  "voice channels"):  # fmt: skip
         assert f"✔ {name}:" in ok.stdout
     assert ok.stdout.strip().endswith("all good") and "x.y.z" not in ok.stdout
@@ -427,7 +430,7 @@ def test_someone_elses_note_only_where_enabled_privately_and_never_against_their
     asyncio.run(invoke(harness.privacy.forget, ask))
     done = harness.interaction(user=alice)
     asyncio.run(ask.sent()[0]["view"].confirm.callback(done))
-    assert done.sent()[0]["content"].startswith("Done: 2 analyses")  # the one Bob asked for too
+    assert done.sent()[-1]["content"].startswith("Done: 2 analyses")  # the one Bob asked for too
     assert harness.store.analyses_of(alice.id) == 0 and harness.store.analyses_of(bob.id) == 0
 
 
@@ -504,7 +507,7 @@ def test_forget_reports_what_went_and_a_failure_deletes_nothing(harness: Harness
     asyncio.run(invoke(harness.privacy.forget, ask))
     done = harness.interaction(user=user)
     asyncio.run(ask.sent()[0]["view"].confirm.callback(done))
-    assert done.sent()[0]["content"].startswith("Nothing was deleted: the database is busy")
+    assert done.sent()[-1]["content"].startswith("Nothing was deleted: the database is busy")
     assert harness.store.analyses_of(user.id) == 1  # one transaction: the analyses were not deleted either
 
 
@@ -634,6 +637,41 @@ def test_the_running_bot_reports_its_health_to_sera_status(harness: Harness) -> 
     assert missing.returncode == 2 and "is `sera run` running with this config?" in missing.stderr
 
 
+def test_the_status_file_is_written_safely_and_once_per_process(tmp_path: Path) -> None:
+    """A link planted where the file or its temporary goes is never written through; processes running
+    different shards write files of their own, and ``sera status`` reads each."""
+    from dataclasses import replace
+
+    from sera.adapters.discord.health import read_status, write_status
+    from sera.config import Config, DiscordOptions
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    config = Config(discord=DiscordOptions(database=str(tmp_path / "bot" / "sera.db")))
+    path = config.status_path()
+    path.parent.mkdir()
+    path.symlink_to(victim)
+    (path.parent / "status.tmp").symlink_to(victim)  # the temporary name an older sera wrote through
+    write_status(path, {"updated_at": 1.0})
+    assert victim.read_text() == "keep me" and not path.is_symlink()
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    path.unlink()
+    path.symlink_to(victim)
+    with pytest.raises(OSError):
+        read_status(path)  # nor read through one
+    path.unlink()
+    sharded = [replace(config, discord=replace(config.discord, shard_count=4, shard_ids=ids)) for ids in ([0, 1], [2, 3])]
+    assert [c.status_path().name for c in sharded] == ["status-shards-0-1.json", "status-shards-2-3.json"]
+    now = time.time()
+    for i, c in enumerate(sharded):
+        write_status(c.status_path(), {"pid": 100 + i, "started_at": now, "updated_at": now, "guilds": 3, "latency_ms": 40,
+                                       "sessions": 0})
+    yaml = tmp_path / "sera.yaml"
+    yaml.write_text(f"discord:\n  database: {tmp_path / 'bot' / 'sera.db'}\n")
+    done = sera("--config", str(yaml), "status")
+    assert done.returncode == 0 and "status-shards-0-1.json:\nrunning: pid 100" in done.stdout and "status-shards-2-3.json:\nrunning: pid 101" in done.stdout
+
+
 def test_each_voice_note_is_one_json_log_line_with_its_event(harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
     """``sera --log-format json run``: a line per note, with the event (and the server, where there is one)."""
     import logging
@@ -707,3 +745,135 @@ def test_a_refused_privacy_choice_says_nothing_changed(harness: Harness, monkeyp
     asyncio.run(invoke(harness.privacy.privacy, asked, analysis_by_others=False))
     assert asked.sent() == [{"content": "Nothing was changed: the database is busy (another process is writing to it); "
                                         "nothing was changed, try again.", "ephemeral": True}]  # fmt: skip
+
+
+def test_a_personal_baseline_through_discord(harness: Harness, tmp_path: Path) -> None:
+    """``/emotion baseline add`` enrols recordings (stored as numbers, never audio); once it rests on the
+    model's minimum the replies say they were judged against it; ``learn`` lets the user's own notes
+    keep it current, someone else's request never does; ``/forget`` deletes it."""
+    from sera.adapters.discord.testing import invoke
+    from tests.conftest import say
+
+    user, friend = FakeUser(), FakeUser()
+    needed = harness.pipeline.baseline_info.min_clips
+    lines = ["I went to the market this morning.", "The weather is quite mild today.", "We will meet again next week."]
+    pause = np.zeros(12_000, np.float32)  # 0.75 s between sentences: each one is a clip
+    sentences = [decode(say(line, tmp_path / f"{i}.wav")) for i, line in enumerate(lines)]
+    reading = np.concatenate([part for i in range(needed) for part in (sentences[i % 3], pause)])
+    recording = encode(reading, 16_000, tmp_path / "reading.ogg", "-c:a", "libopus").read_bytes()  # one voice note, a minute or so
+    shown = harness.interaction(user=user)
+    asyncio.run(invoke(harness.cog.baseline_show, shown))
+    assert "You have no baseline yet" in shown.sent()[0]["content"]
+    enrol = harness.interaction(user=user)
+    asyncio.run(invoke(harness.cog.baseline_add, enrol, harness.attachment(recording, duration=reading.size / 16_000)))
+    assert [kind for kind, _ in enrol.log] == ["defer", "followup"] and enrol.log[0][1]["ephemeral"]
+    assert f"Your baseline rests on {needed} clip" in enrol.sent()[-1]["content"] and "I use it from now on" in enrol.sent()[-1]["content"]
+    assert harness.store.analyses_of(user.id) == 0  # an enrolment is not an analysis: nothing else is stored
+    space = harness.pipeline.baseline_info.space
+    assert harness.bot.baselines.get(str(user.id), space).count == needed
+
+    note = harness.message(harness.attachment(NOTE), author=user)
+    asyncio.run(harness.cog.on_message(note))
+    assert f"judged against your baseline ({needed} clips)" in note.replies[0]["embed"].footer.text
+    assert harness.bot.baselines.get(str(user.id), space).count == needed  # learning is off: the note changed nothing
+
+    learn = harness.interaction(user=user)
+    asyncio.run(invoke(harness.cog.baseline_learn, learn, True))
+    assert "add to your baseline" in learn.sent()[0]["content"]
+    asyncio.run(harness.cog.on_message(harness.message(harness.attachment(NOTE), author=user)))
+    grown = harness.bot.baselines.get(str(user.id), space).count
+    assert grown > needed
+    theirs = harness.message(harness.attachment(NOTE), author=user)
+    menu = harness.interaction(user=user)  # the menu on their own note: their voice, their request
+    asyncio.run(harness.cog.menu.callback(menu, theirs))
+    assert harness.bot.baselines.get(str(user.id), space).count > grown
+    grown = harness.bot.baselines.get(str(user.id), space).count
+    guild = FakeGuild()
+    channel = FakeChannel()
+    harness.store.update_settings(guild.id, lambda s: replace(s, channels=frozenset({channel.id})))
+    asked = harness.interaction(guild, channel, user=friend)
+    asyncio.run(harness.cog.menu.callback(asked, harness.message(harness.attachment(NOTE), guild=guild, channel=channel, author=user)))
+    assert harness.bot.baselines.get(str(user.id), space).count == grown  # someone else's request never teaches it
+
+    forget = harness.interaction(user=user)
+    asyncio.run(invoke(harness.privacy.forget, forget))
+    done = harness.interaction(user=user)
+    asyncio.run(forget.sent()[0]["view"].confirm.callback(done))
+    assert "your personal baseline" in done.sent()[-1]["content"]
+    assert harness.bot.baselines.get(str(user.id), space) is None and not harness.bot.baselines.learning(str(user.id))
+    cleared = harness.interaction(user=user)
+    asyncio.run(invoke(harness.cog.baseline_clear, cleared))
+    assert cleared.sent()[0]["content"] == "You had no baseline."
+    asked = harness.interaction()
+    asyncio.run(invoke(harness.privacy.privacy, asked))
+    assert "/emotion baseline add" in asked.sent()[0]["content"]
+
+
+KEEPER = '''
+import pathlib, time
+from sera.plugin import Reporter
+
+STUCK = pathlib.Path(__file__).with_name("stuck")
+
+class Keeper(Reporter):
+    def render(self, report):
+        return ""
+    def forget_user(self, user_id):
+        if STUCK.exists():
+            time.sleep(5)
+        return 3
+'''
+
+
+def test_forget_says_what_a_plugin_could_not_delete_and_asks_it_again_at_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sera.config import Config
+    from tests.test_plugins import install
+
+    install(tmp_path / "site", monkeypatch, "keeper-plugin", "keeper_plugin", KEEPER, {"keeper": "keeper_plugin:Keeper"})
+    (tmp_path / "site" / "stuck").touch()
+    config = Config(plugin_timeout_seconds=0.5, plugins={"keeper": {"enabled": True}})
+    pipeline = Pipeline(config)
+    try:
+        first = Harness(tmp_path, config=config, pipeline=pipeline)
+        asyncio.run(first.start())
+        user = FakeUser()
+        asyncio.run(first.cog.on_message(first.message(first.attachment(NOTE), author=user)))
+        ask = first.interaction(user=user)
+        asyncio.run(invoke(first.privacy.forget, ask))
+        done = first.interaction(user=user)
+        asyncio.run(ask.sent()[0]["view"].confirm.callback(done))
+        said = done.sent()[-1]["content"]
+        assert said.startswith("Done: 1 analyses") and "The keeper plugin could not delete what it keeps about you right now" in said
+        assert first.store.analyses_of(user.id) == 0 and first.store.pending_forgets() == {str(user.id): ["keeper"]}
+        first.close()
+        (tmp_path / "site" / "stuck").unlink()
+        second = Harness(tmp_path, config=config, pipeline=pipeline)
+        asyncio.run(second.start())
+        asyncio.run(second.privacy.retry_forgets())  # what on_ready does
+        assert second.store.pending_forgets() == {}
+        second.close()
+    finally:
+        pipeline.close()
+
+
+def test_the_operator_log_names_no_user_id_and_no_file_name(harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    """Log lines outlive ``/forget``: they name a user by a pseudonym of this process's own (the same one
+    throughout a run, so the operator can follow them) and never say what a file was called."""
+    import logging
+
+    from sera.adapters.discord.people import who
+    from sera.adapters.discord.testing import invoke
+
+    caplog.set_level(logging.INFO)
+    user = FakeUser()
+    asyncio.run(harness.cog.on_message(harness.message(harness.attachment(NOTE, "alice-diary-monday.ogg"), author=user)))
+    asyncio.run(harness.cog.on_message(harness.message(harness.attachment(b"not audio", "alice-diary-tuesday.ogg"), author=user)))
+    ask = harness.interaction(user=user)
+    asyncio.run(invoke(harness.privacy.privacy, ask, False))
+    asyncio.run(invoke(harness.privacy.forget, ask := harness.interaction(user=user)))
+    asyncio.run(ask.sent()[0]["view"].confirm.callback(harness.interaction(user=user)))
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum(who(user.id) in line for line in lines) >= 3 and who(user.id) == who(str(user.id))
+    assert not [line for line in lines if str(user.id) in line or "alice-diary" in line]

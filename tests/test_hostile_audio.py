@@ -3,12 +3,15 @@ within bounded memory, time and output, without the bot's secrets and without le
 
 from __future__ import annotations
 
-import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,24 +36,89 @@ def host_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-def test_many_huge_video_streams_cost_no_memory_and_the_audio_still_decodes(tmp_path: Path) -> None:
-    """12 PNG streams of 8192x8192 beside 2 s of Opus, named .webm: ffmpeg used 2.4 GB probing them."""
+def test_huge_video_streams_cost_no_memory_and_the_audio_still_decodes(tmp_path: Path) -> None:
+    """Six PNG streams of 8192x8192 beside 2 s of Opus, named .webm: ffmpeg used 2.4 GB probing twelve."""
     hostile = tmp_path / "voice-message.webm"
     ffmpeg("-f", "lavfi", "-i", "sine=d=2", "-f", "lavfi", "-i", "color=c=red:s=8192x8192:d=0.04:r=25",
-           *[a for _ in range(12) for a in ("-map", "1:v")], "-map", "0:a", "-c:v", "png", "-c:a", "libopus",
+           *[a for _ in range(6) for a in ("-map", "1:v")], "-map", "0:a", "-c:v", "png", "-c:a", "libopus",
            "-f", "matroska", str(hostile))  # fmt: skip
     assert hostile.stat().st_size < 5_000_000
-    # A fresh interpreter, so that the peak memory of its children is this decode's ffmpeg alone.
+    samples, peak_kib = decode_in_a_fresh_process(hostile)
+    assert abs(samples / SAMPLE_RATE - 2.0) < 0.1  # the first audio stream, decoded
+    assert peak_kib < 300_000, f"ffmpeg peaked at {peak_kib / 1024:.0f} MiB"
+
+
+def decode_in_a_fresh_process(path: Path) -> tuple[int, int]:
+    """(samples decoded, peak memory of the children in KiB) in a fresh interpreter, so that the peak is
+    this decode's ffmpeg alone; samples is -1 when the file was refused."""
     script = (
-        "import resource, sys; from sera.audio import decode; "
-        "samples = decode(open(sys.argv[1], 'rb').read()); "
-        "print(samples.size, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+        "import resource, sys; from sera.audio import decode; from sera.errors import AudioError\n"
+        "try:\n    size = decode(open(sys.argv[1], 'rb').read()).size\nexcept AudioError as e:\n    size = -1; print(e, file=sys.stderr)\n"
+        "print(size, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
     )
-    done = subprocess.run([sys.executable, "-c", script, str(hostile)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr
     size, peak_kib = map(int, done.stdout.split())
-    assert abs(size / SAMPLE_RATE - 2.0) < 0.1  # the first audio stream, decoded
-    assert peak_kib < 300_000, f"ffmpeg peaked at {peak_kib / 1024:.0f} MiB"
+    return size, peak_kib
+
+
+@pytest.mark.parametrize("container", ["ogg", "mp4", "matroska"])
+def test_a_small_file_of_hundreds_of_streams_is_refused_at_once(tmp_path: Path, container: str) -> None:
+    """999 Ogg streams in 200 KB drove ffmpeg to 700 MB; past MAX_STREAMS the demuxer stops, in bounded memory."""
+    from sera.audio import MAX_STREAMS
+
+    hostile = tmp_path / "voice-message.bin"
+    ffmpeg("-f", "lavfi", "-i", "sine=d=0.5", *[a for _ in range(300) for a in ("-map", "0:a")],
+           "-c:a", "aac" if container == "mp4" else "libopus", "-b:a", "8k", "-f", container, str(hostile))  # fmt: skip
+    with pytest.raises(AudioError, match=f"it holds more than {MAX_STREAMS} streams"):
+        decode(hostile.read_bytes())
+    samples, peak_kib = decode_in_a_fresh_process(hostile)
+    assert samples == -1 and peak_kib < 150_000
+
+
+def test_an_absurd_sample_rate_or_channel_count_is_refused_before_decoding(tmp_path: Path) -> None:
+    """A 1 MHz, 8-channel stream cost 19-30 s of CPU; ffmpeg announces the stream before decoding it."""
+    ffmpeg("-f", "lavfi", "-i", "anullsrc=r=1000000:cl=7.1", "-t", "0.05", str(tmp_path / "fast.wav"))
+    ffmpeg("-f", "lavfi", "-i", "anullsrc=r=48000:cl=hexadecagonal", "-t", "0.05", str(tmp_path / "wide.wav"))
+    with pytest.raises(AudioError, match="1,000,000 Hz with 7.1 is no recording"):
+        decode(tmp_path / "fast.wav")
+    with pytest.raises(AudioError, match="48,000 Hz with hexadecagonal is no recording"):
+        decode(tmp_path / "wide.wav")
+    ffmpeg("-f", "lavfi", "-i", "sine=r=192000:d=0.5", "-ac", "8", str(tmp_path / "studio.wav"))  # the limits themselves pass
+    assert abs(decode(tmp_path / "studio.wav").size / SAMPLE_RATE - 0.5) < 0.01
+
+
+@pytest.mark.slow
+def test_ffmpeg_cpu_time_is_bounded_not_only_its_wall_time(tmp_path: Path) -> None:
+    """Forty minutes of 48 kHz FLAC take about 3.5 s of CPU: with one CPU second allowed, and wall time to
+    spare, the CPU limit stops it, and the user hears it took too long."""
+    from sera.audio import Limits
+
+    long = tmp_path / "long.flac"
+    ffmpeg("-f", "lavfi", "-i", "sine=r=48000:d=2400", "-c:a", "flac", str(long))
+    generous = Limits(max_bytes=1 << 30, max_seconds=2500, timeout_seconds=120, cpu_seconds=60)
+    assert decode(long, generous).size == 2400 * SAMPLE_RATE
+    started = time.monotonic()
+    with pytest.raises(AudioError, match="took too long"):
+        decode(long, replace(generous, cpu_seconds=1))
+    assert time.monotonic() - started < 60
+
+
+@pytest.mark.slow
+def test_the_memory_floor_is_the_configs_minimum(tmp_path: Path) -> None:
+    """Ten-minute ogg, m4a and mp3 notes decode within the least the config allows (320 MB); below ffmpeg's
+    own floor every note fails, so the config refuses such a value rather than call every note corrupt."""
+    from sera.audio import Limits
+    from sera.config import AudioOptions, build
+    from sera.errors import ConfigError
+
+    floor = AudioOptions.__dataclass_fields__["decode_memory_mb"].metadata["sera.bounds"].min
+    for suffix, codec in ((".ogg", "libopus"), (".m4a", "aac"), (".mp3", "libmp3lame")):
+        note = tmp_path / f"ten{suffix}"
+        ffmpeg("-f", "lavfi", "-i", "sine=f=220:d=600", "-ac", "2", "-ar", "48000", "-c:a", codec, str(note))
+        assert decode(note, Limits(max_memory_bytes=int(floor) << 20)).size == 600 * SAMPLE_RATE
+    with pytest.raises(ConfigError, match="'audio.decode_memory_mb' must be between 320 and 65536, not 256"):
+        build(AudioOptions, {"decode_memory_mb": 256}, "sera.yaml", prefix="audio.")
 
 
 def test_the_address_space_limit_stops_ffmpeg_not_the_bot() -> None:
@@ -100,39 +168,76 @@ def test_a_path_is_never_read_as_an_ffmpeg_protocol(tmp_path: Path, monkeypatch:
 
 
 @pytest.fixture
-def spy_ffmpeg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
-    """ffmpeg behind a wrapper that records its environment and the upload folder while it runs."""
-    uploads = tmp_path / "tmp"
-    uploads.mkdir()
-    seen = {"env": tmp_path / "env.json", "listing": tmp_path / "listing.txt", "uploads": uploads}
-    wrapper = tmp_path / "ffmpeg"
-    wrapper.write_text(
-        f"#!{sys.executable}\n"
-        "import json, os, sys\n"
-        f"json.dump(dict(os.environ), open({str(seen['env'])!r}, 'w'))\n"
-        f"open({str(seen['listing'])!r}, 'w').write('\\n'.join(os.listdir({str(uploads)!r})))\n"
-        f"os.execv({AudioSegment.converter if os.sep in AudioSegment.converter else '/usr/bin/ffmpeg'!r}, ['ffmpeg', *sys.argv[1:]])\n"
-    )
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setattr(AudioSegment, "converter", str(wrapper))
-    monkeypatch.setattr(tempfile, "tempdir", str(uploads))
-    monkeypatch.setenv("TMPDIR", str(uploads))
-    return seen
+def open_folder() -> Path:
+    """A folder ffmpeg may read and write even where it runs as ``nobody`` (sera as root): the wrappers
+    and what they record live here, not in pytest's private temporary folder."""
+    folder = Path(tempfile.mkdtemp(prefix="sera-spy-"))
+    folder.chmod(0o777)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_ffmpeg_never_sees_the_discord_token(spy_ffmpeg: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def wrapper(folder: Path, body: str) -> Path:
+    """An executable shell script standing in for ffmpeg (a shell script: ``nobody`` may not run this
+    interpreter, which may live in root's home)."""
+    script = folder / "ffmpeg"
+    script.write_text("#!/bin/sh\n" + body)
+    script.chmod(0o755)
+    return script
+
+
+class Spy:
+    """What the ffmpeg wrapper saw while it ran: its environment and the upload folder. It reports
+    through a named pipe, since ffmpeg may write no file (``ulimit -f 0``)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.uploads = folder / "tmp"
+        self.uploads.mkdir()
+        self.uploads.chmod(0o777)
+        self.pipe = folder / "report"
+        os.mkfifo(self.pipe, 0o666)
+        self.pipe.chmod(0o666)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        with open(self.pipe) as report:
+            self.lines = report.read().splitlines()
+
+    def seen(self) -> tuple[str, list[str]]:
+        """(the environment, the upload folder's listing) once the wrapper has run."""
+        self._reader.join(10)
+        cut = self.lines.index("--")
+        return "\n".join(self.lines[:cut]), self.lines[cut + 1 :]
+
+
+@pytest.fixture
+def spy_ffmpeg(open_folder: Path, monkeypatch: pytest.MonkeyPatch) -> Spy:
+    """ffmpeg behind a wrapper that reports its environment and the upload folder while it runs."""
+    spy = Spy(open_folder)
+    real = AudioSegment.converter if os.sep in AudioSegment.converter else shutil.which("ffmpeg")
+    script = wrapper(open_folder, f'{{ env; echo --; ls -A {spy.uploads}; }} > {spy.pipe}\nexec {real} "$@"\n')
+    monkeypatch.setattr(AudioSegment, "converter", str(script))
+    monkeypatch.setattr(tempfile, "tempdir", str(spy.uploads))
+    monkeypatch.setenv("TMPDIR", str(spy.uploads))
+    return spy
+
+
+def test_ffmpeg_never_sees_the_discord_token(spy_ffmpeg: Spy, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DISCORD_TOKEN", "MTIzNDU2Nzg5.secret-token")
     decode((ROOT / "examples" / "voice-note.ogg").read_bytes())
-    environment = json.loads(spy_ffmpeg["env"].read_text())
-    assert "DISCORD_TOKEN" not in environment
-    assert not any("secret-token" in value for value in environment.values())
+    environment, _ = spy_ffmpeg.seen()
+    assert "PATH=" in environment  # the spy ran
+    assert "DISCORD_TOKEN" not in environment and "secret-token" not in environment
 
 
-def test_the_upload_is_never_written_to_disk(spy_ffmpeg: dict[str, Path]) -> None:
+def test_the_upload_is_never_written_to_disk(spy_ffmpeg: Spy) -> None:
     samples = decode((ROOT / "examples" / "voice-note.ogg").read_bytes())
     assert samples.size > SAMPLE_RATE
-    assert spy_ffmpeg["listing"].read_text() == ""  # nothing in the temporary folder while ffmpeg ran
-    assert list(spy_ffmpeg["uploads"].iterdir()) == []
+    environment, listing = spy_ffmpeg.seen()
+    assert "PATH=" in environment and listing == []  # nothing in the temporary folder while ffmpeg ran
+    assert list(spy_ffmpeg.uploads.iterdir()) == []
 
 
 def test_an_mp4_with_its_index_at_the_end_decodes_from_memory(tmp_path: Path) -> None:
@@ -167,3 +272,53 @@ def test_the_bot_takes_its_token_out_of_the_environment(monkeypatch: pytest.Monk
     monkeypatch.setenv("DISCORD_TOKEN", "MTIzNDU2Nzg5.secret-token")
     assert token(Config()) == "MTIzNDU2Nzg5.secret-token"
     assert "DISCORD_TOKEN" not in os.environ
+
+
+# A stand-in for the bot: it takes its token (as ``sera run`` does), holds another user's upload in a
+# memfd, and runs one "ffmpeg" the way every decode runs it. The "ffmpeg" is a probe that tries to read
+# the bot's environment and open files through /proc, as a compromised ffmpeg would.
+BOT = """
+import os, sys
+from sera.audio import Limits, run_bounded
+from sera.config import Config
+from sera.adapters.discord.app import token
+secret = token(Config())
+other = os.memfd_create("sera-upload")
+os.write(other, b"OTHER-USERS-AUDIO")
+if sys.argv[2] == "plain":  # the control: what the same probe reads from a process that was not confined
+    import ctypes; ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)
+code, out, err = run_bounded([], Limits(), binary=sys.argv[1])
+print(out.decode(errors="replace"))
+"""
+PROBE = ('cat /proc/$PPID/environ; for fd in /proc/$PPID/fd/*; do case "$(readlink "$fd")" in /memfd:*) cat "$fd";; esac; done; '
+         'echo; id -u\n')
+
+
+def confined_bot(open_folder: Path, how: str, *prefix: str) -> tuple[str, str]:
+    probe = wrapper(open_folder, PROBE)
+    env = dict(os.environ, DISCORD_TOKEN="MTIzNDU2Nzg5.secret-token")
+    done = subprocess.run([*prefix, sys.executable, "-c", BOT, str(probe), how], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    return "\n".join(lines[:-1]), lines[-1]  # what the probe read, and whom it ran as
+
+
+def test_ffmpeg_cannot_read_the_bots_token_or_other_uploads_through_proc(open_folder: Path) -> None:
+    """As sera runs it (as root here: then ffmpeg runs as nobody; else the bot is non-dumpable)."""
+    read, uid = confined_bot(open_folder, "confined")
+    assert "secret-token" not in read and "OTHER-USERS-AUDIO" not in read
+    if os.geteuid() == 0:
+        assert uid != "0"  # ffmpeg did not run as root
+
+
+@pytest.mark.skipif(not shutil.which("setpriv"), reason="needs setpriv (util-linux) to take the bot's capabilities away")
+def test_a_non_dumpable_bot_shuts_proc_to_children_of_its_own_user(open_folder: Path) -> None:
+    """The same uid for bot and ffmpeg, and no capability to override it (as for a bot run by an ordinary
+    user): the reads work on a dumpable process (the control) and fail once the bot is non-dumpable."""
+    drop = ("setpriv", "--inh-caps=-all", "--bounding-set=-all") if os.geteuid() == 0 else ()
+    read, uid = confined_bot(open_folder, "plain", *drop)
+    assert uid == str(os.geteuid())
+    assert "secret-token" in read and "OTHER-USERS-AUDIO" in read  # the control: these reads do work
+    read, uid = confined_bot(open_folder, "confined", *drop)
+    assert uid == str(os.geteuid())
+    assert "secret-token" not in read and "OTHER-USERS-AUDIO" not in read

@@ -47,6 +47,31 @@ def test_adapters_reach_plugins_only_through_the_registry(path: Path) -> None:
     assert not sorted(m for m in imports(path) if within(m, ("sera.plugins", "plugins")))
 
 
+PLUGIN_FILES = sorted((ROOT / "plugins").glob("*.py"))
+TRAINING_FILES = sorted((ROOT / "training").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", PLUGIN_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_built_in_plugins_use_the_public_plugin_api_alone(path: Path) -> None:
+    """A built-in has no privilege a third-party plugin lacks: of sera, it imports ``sera.plugin`` only."""
+    assert sorted(m for m in imports(path) if within(m, ("sera", "bot", "plugins", "training")) and m != "sera.plugin") == []
+
+
+@pytest.mark.parametrize("path", TRAINING_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_training_imports_no_plugin_and_no_adapter(path: Path) -> None:
+    assert not sorted(m for m in imports(path) if within(m, ("sera.plugins", "plugins", "sera.adapters", "discord")))
+
+
+def test_training_modules_import_no_circle() -> None:
+    """The recipe, the fitting, the export and the runs import one another one way only."""
+    graph = {p.stem: {m.split(".")[2] for m in imports(p) if m.startswith("sera.training.")} for p in TRAINING_FILES}
+
+    def reaches(start: str, goal: str, seen: frozenset[str] = frozenset()) -> bool:
+        return any(n == goal or (n not in seen and reaches(n, goal, seen | {n})) for n in graph.get(start, ()))
+
+    assert [m for m in graph if reaches(m, m)] == []
+
+
 def test_the_layer_check_catches_a_forbidden_import(tmp_path: Path) -> None:
     """The rule above reads real imports: a core module importing the Discord adapter lazily is caught."""
     sneaky = tmp_path / "sneaky.py"

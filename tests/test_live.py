@@ -84,7 +84,7 @@ def test_utterances_match_the_speech_and_non_consenting_speakers_leave_no_rows(p
     for row in rows:
         assert row.label and 0 < row.confidence <= 1
         assert sum(row.probabilities.values()) == pytest.approx(1.0, abs=1e-3)
-        assert {"emotion_cnn", "prosody"} <= row.outputs.keys()
+        assert {"emotion_whisper", "prosody"} <= row.outputs.keys()
 
     truth = {s: sum(speech_extent(t.samples) for t in turns if t.speaker == s) for s in OPTED_IN}
     total = sum(truth.values())
@@ -135,9 +135,9 @@ def test_a_crash_mid_session_keeps_what_was_analysed_and_the_session_is_summaris
     del live, store  # no clean close, like a killed process
 
     reopened = SessionStore(path)
-    assert reopened.orphaned_sessions() == [info.id]
+    assert reopened.claim_orphans() == [info.id]
     reopened.mark_interrupted(info.id)
-    assert reopened.orphaned_sessions() == []  # marked once
+    assert reopened.claim_orphans() == []  # marked once
     known = reopened.info(info.id)
     assert known[1] == INTERRUPTED
     rows = reopened.utterances(info.id)

@@ -12,12 +12,14 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sera.audio import SAMPLE_RATE
 from sera.config import Config
 from sera.errors import SeraError
 from sera.pipeline import Pipeline
+from sera.plugin import Segment
 from sera.registry import PluginSet
 from tests.conftest import ROOT, SAMPLE_NOTE
 
@@ -106,7 +108,7 @@ def test_builtins_are_found_through_entry_points() -> None:
     plugins = PluginSet(Config(), SAMPLE_RATE)
     try:
         infos = {i.name: i for i in plugins.infos}
-        for name, kind in [("emotion_cnn", "analyzer"), ("prosody", "analyzer"), ("text", "reporter"), ("json", "reporter")]:
+        for name, kind in [("emotion_whisper", "analyzer"), ("prosody", "analyzer"), ("text", "reporter"), ("json", "reporter")]:
             assert infos[name].origin == "built-in"
             assert infos[name].kind == kind
             assert infos[name].status == "loaded"
@@ -130,8 +132,8 @@ def test_broken_plugins_are_isolated_and_reported(bad_distribution: Path, speech
         assert "cannot open my model" in infos["bad_setup"].status
         assert "not an Analyzer or Reporter" in infos["not_a_plugin"].status
         assert "No module named 'no_such_module'" in infos["missing_module"].status
-        assert infos["future_api"].status == "failed: written for plugin API 2.0; this sera has 1.0"
-        assert infos["newer_minor"].status == "failed: written for plugin API 1.99; this sera has 1.0"
+        assert infos["future_api"].status == "failed: written for plugin API 2.0; this sera has 1.1"
+        assert infos["newer_minor"].status == "failed: written for plugin API 1.99; this sera has 1.1"
         assert infos["current_api"].status == "loaded"
         report = pipeline.analyze(speech_wav)
     finally:
@@ -154,10 +156,10 @@ def test_broken_plugins_are_isolated_and_reported(bad_distribution: Path, speech
 
 
 def test_options_are_checked_per_plugin(tmp_path: Path) -> None:
-    config = Config(source=str(tmp_path / "sera.yaml"), plugins={"emotion_cnn": {"unsure_bellow": 0.3}})
+    config = Config(source=str(tmp_path / "sera.yaml"), plugins={"emotion_whisper": {"unsure_bellow": 0.3}})
     plugins = PluginSet(config, SAMPLE_RATE)
-    info = next(i for i in plugins.infos if i.name == "emotion_cnn")
-    assert "unknown key 'plugins.emotion_cnn.unsure_bellow'" in info.status
+    info = next(i for i in plugins.infos if i.name == "emotion_whisper")
+    assert "unknown key 'plugins.emotion_whisper.unsure_bellow'" in info.status
     assert next(i for i in plugins.infos if i.name == "prosody").status == "loaded"
     plugins.close()
 
@@ -253,7 +255,7 @@ def install(folder: Path, monkeypatch: pytest.MonkeyPatch, dist: str, module: st
 def test_a_hung_analyzer_costs_only_itself_and_is_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, speech_wav: Path) -> None:
     install(tmp_path / "site", monkeypatch, "hang-plugins", "hang_plugins", HANGS, {"hangs": "hang_plugins:Hangs"})
     config = Config(workers=1, plugin_timeout_seconds=0.5, plugin_max_timeouts=2, plugins={"hangs": {"enabled": True}})
-    pipeline = Pipeline(config, PluginSet(config, SAMPLE_RATE, only={"hangs", "emotion_cnn"}))
+    pipeline = Pipeline(config, PluginSet(config, SAMPLE_RATE, only={"hangs", "emotion_whisper"}))
     try:
         notices = []
         for _ in range(5):  # more hung calls than the old shared pool had threads (workers * 2)
@@ -265,7 +267,7 @@ def test_a_hung_analyzer_costs_only_itself_and_is_stopped(tmp_path: Path, monkey
         info = next(i for i in pipeline.plugins.infos if i.name == "hangs")
         assert info.status == "stopped after 2 calls that took longer than 0.5 s"
         assert [f.name for f in pipeline.plugins.failures()] == ["hangs"]
-        assert [a.name for a in pipeline.plugins.analyzers] == ["emotion_cnn"]
+        assert [a.name for a in pipeline.plugins.analyzers] == ["emotion_whisper"]
     finally:
         pipeline.close()
 
@@ -301,7 +303,7 @@ def test_every_hook_has_a_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     plugins.notify("session_started", info)
     rendered = plugins.render_session(summarize(info, "ended", 10.0, []))
     assert "text" in rendered and "hangs_everywhere" not in rendered
-    assert plugins.forget_user("alice") == {}
+    assert plugins.forget_user("alice") == ({}, ["hangs_everywhere"])  # named, so /forget says it and tries again
     with pytest.raises(SeraError, match="the hangs_everywhere reporter failed \\(it took too long\\)"):
         plugins.render("hangs_everywhere", None)
     plugins.close()
@@ -315,6 +317,7 @@ import sys, time
 sys.path.insert(0, {str(tmp_path)!r})
 from sera.config import Config
 from sera.pipeline import Pipeline
+from sera.plugin import Segment
 from sera.plugin import PluginContext, Segment
 from sera.registry import Guard, PluginFailure, PluginInfo, PluginSet
 import hang_plugins, numpy as np
@@ -403,3 +406,63 @@ def test_a_new_plugin_from_the_template_installs_and_runs(tmp_path: Path) -> Non
     assert loudness["type"] == "loud_meter" and -60 < loudness["dbfs"] < 0
     listed = sera(env, "plugins", "--check")
     assert "sera-loud-meter 0.1.0" in listed.stdout and "loaded" in listed.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("none", "YAML or Python reads it as something else"),
+        ("true", "YAML or Python reads it as something else"),
+        ("false", "YAML or Python reads it as something else"),
+        ("yes", "YAML or Python reads it as something else"),
+        ("class", "YAML or Python reads it as something else"),
+        ("prosody", "a plugin called 'prosody' is already installed"),
+        ("emotion_cnn", "a plugin called 'emotion_cnn' is already installed"),
+        ("a" * 300, "at most 40 characters"),
+        ("Bad-Name", "lower case letters, digits and _"),
+    ],
+)
+def test_plugins_new_refuses_a_name_that_would_make_a_broken_package(tmp_path: Path, name: str, why: str) -> None:
+    """Each of these once wrote a package that could not be installed, loaded or configured (``class
+    None``, a YAML key read as null, a built-in's name refused at load time) or ended in a traceback."""
+    from tests.conftest import sera as cli
+
+    done = cli("plugins", "new", name, "--dir", str(tmp_path))
+    assert done.returncode == 2 and why in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_a_plugin_for_another_api_is_refused_before_its_code_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where its installed source states ``api``, it is read there: the module's import-time code (here,
+    touching a file) never runs. And a class that names itself after a built-in answers under its own
+    entry point's name, never the built-in's."""
+    marker = tmp_path / "ran"
+    source = (f"import pathlib\npathlib.Path({str(marker)!r}).touch()\nfrom sera.plugin import Analyzer, Reporter\n\n"
+              "class Future(Reporter):\n    api = (2, 0)\n    def render(self, report):\n        return ''\n\n"
+              "class Impostor(Analyzer):\n    name = 'emotion_whisper'\n    def analyze(self, segments):\n        return [None] * len(segments)\n")
+    (tmp_path / "future_plugins.py").write_text(source)
+    info = tmp_path / "future_plugins-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: future-plugins\nVersion: 1.0\n")
+    (info / "RECORD").write_text("future_plugins.py,,\nfuture_plugins-1.0.dist-info/METADATA,,\n")
+    (info / "entry_points.txt").write_text("[sera.plugins]\nfuture = future_plugins:Future\nimpostor = future_plugins:Impostor\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "future_plugins", raising=False)
+    importlib.invalidate_caches()
+    config = Config(plugins={"future": {"enabled": True}})
+    plugins = PluginSet(config, SAMPLE_RATE, only={"future"})
+    try:
+        assert plugins.infos[0].status == "failed: written for plugin API 2.0; this sera has 1.1"
+        assert not marker.exists() and "future_plugins" not in sys.modules
+    finally:
+        plugins.close()
+    config = Config(plugins={"impostor": {"enabled": True}})
+    plugins = PluginSet(config, SAMPLE_RATE, only={"impostor", "emotion_whisper"})
+    pipeline = Pipeline(config, plugins)
+    try:
+        outputs, _ = pipeline.analyze_segments([Segment(np.zeros(SAMPLE_RATE, np.float32), SAMPLE_RATE, 0.0, 1.0)])
+        assert {a.name for a in plugins.analyzers} == {"impostor", "emotion_whisper"}
+        assert outputs["impostor"].segments == [None] and outputs["emotion_whisper"].segments[0] is not None
+    finally:
+        pipeline.close()

@@ -4,6 +4,7 @@ for the session (``tests/postgres.py``); migrations from today's schema; two pro
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -53,16 +54,29 @@ def test_settings_analyses_and_opt_outs(target: str | Path) -> None:
 
 def test_answered_messages_and_retention(target: str | Path) -> None:
     store = Store(target)
+    before = time.time()
     store.update_settings(1, lambda s: replace(s, channels=frozenset({30})))
     for message, channel, guild in ((100, 10, 1), (105, 10, 1), (101, 20, None)):
-        store.mark_answered(message, channel, guild)
-    store.mark_answered(105, 10, 1)  # again: no error, one row
+        store.mark_answered(message, channel, guild, ALICE)
+    store.mark_answered(105, 10, 1, ALICE)  # again: no error, one row
+    store.scanned(20, None, 90)  # a mark never goes back
     assert store.was_answered(105) and not store.was_answered(106)
-    assert store.catch_up_channels() == [(10, 1, 105), (20, None, 101), (30, 1, None)]
-    assert store.forget_answered_before(time.time() + 1) == 1  # 100 went; each channel keeps its newest
-    assert store.catch_up_channels()[:2] == [(10, 1, 105), (20, None, 101)]
+    channels = store.catch_up_channels()
+    assert [(c.channel_id, c.guild_id, c.after) for c in channels] == [(10, 1, 105), (20, None, 101), (30, 1, None)]
+    (enabled,) = channels[2].windows
+    assert before <= enabled[0] <= time.time() and enabled[1] is None
+    assert channels[2].enabled_at(time.time()) and not channels[2].enabled_at(before - 1) and channels[1].enabled_at(0)
+    store.update_settings(1, lambda s: replace(s, channels=frozenset()))  # disabled: the window closes
+    (closed,) = store.catch_up_channels()[2].windows
+    assert closed[1] is not None and not store.catch_up_channels()[2].enabled_at(time.time() + 1)
+    assert store.forget_answered_before(time.time() + 1) == 3  # every mark goes; where each channel got to stays
+    assert [(c.channel_id, c.after) for c in store.catch_up_channels()[:2]] == [(10, 105), (20, 101)]
+    store.mark_answered(107, 10, 1, ALICE)
+    store.mark_answered(108, 10, 1, BOB)
+    assert store.db.forget_user(str(ALICE))["answered_messages"] == 1 and store.was_answered(108) and not store.was_answered(107)
     store.record(REPORT, Origin(ALICE, ALICE, None, None, None))
     assert store.delete_older_than(time.time() - 60) == 0 and store.delete_older_than(time.time() + 1) == 1
+    assert not store.was_answered(108)  # retention takes the marks of answered messages too
     store.close()
 
 
@@ -77,7 +91,7 @@ def test_sessions_consent_forget_and_retention(target: str | Path) -> None:
     assert [u.speaker for u in sessions.utterances(info.id)] == [str(ALICE), str(BOB)]
     assert json.loads(sessions.export_json(info.id))["utterances"][0]["probabilities"] == {"calm": 0.8, "sad": 0.2}
     store.record(REPORT, Origin(ALICE, ALICE, None, None, None))
-    assert db.forget_user(str(ALICE)) == {"analyses": 1, "utterances": 1, "sessions_started": 1}
+    assert db.forget_user(str(ALICE)) == {"analyses": 1, "answered_messages": 0, "utterances": 1, "sessions_started": 1}
     assert sessions.info(info.id).info.started_by == "forgotten" and sessions.consenting("guild") == set()
     assert sessions.delete_older_than(time.time() + 1) == 0  # still live: kept whole
     sessions.finish(info.id, ENDED)
@@ -105,11 +119,14 @@ def test_migrations_are_versioned_and_sera_db_reports_them(target: str | Path, t
     config.write_text(f"discord:\n  database: '{target}'\n")
     before = sera("--config", str(config), "db", "status")
     assert before.returncode == 0, before.stderr
-    assert "sessions: schema 0 of 1; pending: 1 (live sessions, utterances, consent)" in before.stdout
-    assert "discord: schema 0 of 2; pending: 1 (guild settings" in before.stdout
+    assert "sessions: schema 0 of 2; pending: 1 (live sessions, utterances, consent), 2 (which process runs each" in before.stdout
+    assert "discord: schema 0 of 3; pending: 1 (guild settings" in before.stdout
+    assert "baselines: schema 0 of 1; pending: 1 (personal baselines" in before.stdout
     upgraded = sera("--config", str(config), "db", "upgrade")
     assert "discord: applied 2 (answered messages, for the catch-up after a restart)" in upgraded.stdout
-    assert "sessions: schema 1 of 1, up to date" in upgraded.stdout and "discord: schema 2 of 2, up to date" in upgraded.stdout
+    assert "discord: applied 3 (when channels were enabled, where each catch-up got to, whose notes were answered, forgets to retry)" in upgraded.stdout
+    assert "sessions: schema 2 of 2, up to date" in upgraded.stdout and "discord: schema 3 of 3, up to date" in upgraded.stdout
+    assert "baselines: schema 1 of 1, up to date" in upgraded.stdout
     again = sera("--config", str(config), "db", "upgrade")
     assert "applied" not in again.stdout  # nothing twice
     Store(target).close()  # opening a store finds nothing to do either
@@ -145,8 +162,10 @@ def test_a_database_from_todays_schema_upgrades_in_place_with_its_rows(tmp_path:
     old.close()
     db = SQLiteDatabase(path)
     store, sessions = Store(db), SessionStore(db)
-    assert (db.version("discord"), db.version("sessions")) == (2, 1)
+    assert (db.version("discord"), db.version("sessions")) == (3, 2)
     assert store.settings(7).channels == {8} and store.settings(7).chart
+    (enabled,) = next(c for c in store.catch_up_channels() if c.channel_id == 8).windows  # enabled from the upgrade on
+    assert enabled[1] is None and time.time() - enabled[0] < 60
     assert store.analyses_of(ALICE) == 1 and not store.analysis_by_others_allowed(BOB)
     assert [u.speaker for u in sessions.utterances(1)] == ["alice"] and sessions.consenting("g") == {"alice"}
     store.mark_answered(5, 6, None)  # the new table is there
@@ -157,6 +176,16 @@ def test_a_database_from_todays_schema_upgrades_in_place_with_its_rows(tmp_path:
 def test_a_postgresql_url_is_never_logged_with_its_password() -> None:
     assert redact("postgresql://sera:s3cret@db.example:5432/sera") == "postgresql://sera:***@db.example:5432/sera"
     assert redact("postgresql://sera@/sera?host=/run/pg") == "postgresql://sera@/sera?host=/run/pg"
+    assert redact("postgresql://sera@db/sera?sslmode=require&password=s3cret") == "postgresql://sera@db/sera?sslmode=require&password=***"
+    assert redact("postgres://db/sera?PASSWORD=s3cret&user=sera") == "postgres://db/sera?PASSWORD=***&user=sera"
+
+
+def test_sera_config_and_doctor_never_print_the_database_password(tmp_path: Path) -> None:
+    config = tmp_path / "sera.yaml"
+    config.write_text("discord:\n  database: postgresql://sera:s3cret@127.0.0.1:1/sera?password=other\n")
+    for args in (("config", str(config)), ("-c", str(config), "doctor"), ("-c", str(config), "db", "status")):
+        done = sera(*args)
+        assert "s3cret" not in done.stdout + done.stderr and "other" not in done.stdout + done.stderr, args
 
 
 WRITER = """
@@ -202,4 +231,53 @@ def test_two_processes_write_at_once_on_postgresql(postgres_url: str) -> None:
     session_ids = [int(out.strip()) for out, _ in outputs]
     assert len(set(session_ids)) == 2 and all(len(sessions.utterances(s)) == n for s in session_ids)
     assert store.settings(1).channels == {me * 1000 + i for me in (1, 2) for i in range(n)}
+    db.close()
+
+
+def test_the_sqlite_database_is_readable_by_its_user_alone(tmp_path: Path) -> None:
+    """The file, its WAL and shared-memory files 0600 in a 0700 folder, whatever the umask; and a database
+    an older sera left readable by everyone is tightened when opened."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "data" / "sera" / "sera.db"
+        store = Store(path)
+        store.mark_answered(1, 2, None)  # a write: the WAL and shared-memory files exist now
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in path.parent.iterdir()}
+        assert modes == {"sera.db": 0o600, "sera.db-wal": 0o600, "sera.db-shm": 0o600}
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700 and stat.S_IMODE(path.parent.parent.stat().st_mode) == 0o700
+        store.close()
+        for p in path.parent.iterdir():
+            p.chmod(0o644)
+        Store(path).close()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_a_starting_process_takes_over_only_sessions_whose_process_is_gone(target: str | Path) -> None:
+    """Processes share one database: a process starting up leaves another's running session alone, takes
+    over (once) one whose process died on this machine or went silent anywhere, and never both at once."""
+    import socket
+
+    from sera.sessions import STALE_SECONDS
+
+    db = connect(target)
+    elsewhere = SessionStore(db, owner="db-host-2:4242:aaaa")  # a process on another machine, alive
+    here = SessionStore(db, owner=f"{socket.gethostname()}:1:bbbb")  # pid 1 lives, but is no sera
+    dead = SessionStore(db, owner=f"{socket.gethostname()}:{2**22 + 7}:cccc")  # no such pid: it died
+    starting = SessionStore(db, owner=f"{socket.gethostname()}:{os.getpid()}:dddd")
+    running, silent, crashed = (s.start("g", "r", "alice") for s in (elsewhere, here, dead))
+    assert starting.claim_orphans() == [crashed.id]  # the others vouched for theirs a moment ago
+    assert here.claim_orphans([silent.id]) == [] and elsewhere.claim_orphans([running.id]) == []  # claimed by one process only
+    assert starting.claim_orphans() == [crashed.id]  # until it has closed it, its own claim comes again
+    with db.transaction() as tx:
+        tx.execute("UPDATE sessions SET heartbeat = ? WHERE id = ?", (time.time() - STALE_SECONDS - 1, silent.id))
+    elsewhere.beat([running.id])
+    starting.mark_interrupted(crashed.id)
+    assert starting.claim_orphans() == [silent.id]
+    starting.mark_interrupted(silent.id)
+    assert [s.info.id for s in starting.latest("g") if s.status == "live"] == [running.id]
     db.close()

@@ -151,7 +151,9 @@ def test_the_recipe_learns_what_can_be_learnt() -> None:
     pattern band norm keeps): it must beat chance (1/3) by far on windows it never saw, or training is
     broken however well the smoke run writes its files."""
     from sera.features import FeatureParams
-    from sera.training.train import FINAL, Split, predict, train_one
+    from sera.training.fit import predict, train_one
+    from sera.training.folds import Split
+    from sera.training.recipe import FINAL
 
     params = FeatureParams()
     rng = np.random.default_rng(0)
@@ -213,7 +215,7 @@ def test_the_shipped_card_is_what_the_card_writer_makes_of_the_shipped_results(t
     from sera.features import FeatureParams
     from sera.training import card
     from sera.training.results import Calibration, ShippedModel, Speakers, TrainingRun
-    from sera.training.train import Recipe
+    from sera.training.recipe import Recipe
 
     saved = json.loads((ROOT / "models" / "training-results.json").read_text())
     typed = {"speakers": Speakers(**saved["speakers"]), "features": FeatureParams(**saved["features"]),

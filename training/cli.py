@@ -7,6 +7,7 @@ parser reads ``add_arguments``; everything heavy is imported inside the function
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import shlex
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 RESULTS_FILE = "training-results.json"
 CV_RESULTS_FILE = "crossval-results.json"
 CV_TABLE_FILE = "CROSSVAL.md"
+CNN_PLUGIN = "emotion_cnn"
+CNN_VAL, CNN_TEST = "17,18", "19,20,21"  # the CNN's held-out speakers unless told otherwise
 
 
 def speakers(text: str) -> set[str]:
@@ -32,23 +35,14 @@ def speakers(text: str) -> set[str]:
 
 def main(args: argparse.Namespace, config: Config) -> int:
     try:
-        from sera.training.train import MODEL_FILE, OPSET, run  # torch: imported only when training
+        importlib.import_module("torch")  # training imports it where it is used; this says at once what is missing
     except ImportError as exc:
         raise SeraError(f"training needs the [train] extra (pip install 'sera-voice[train]'; -e '.[train]' in a checkout): {exc}") from None
-    from sera.audio import SAMPLE_RATE
-    from sera.config import Config
     from sera.corpora import load_corpora
-    from sera.emotions import EMOTIONS
-    from sera.evaluate import Item, evaluate
-    from sera.model import EMOTION_PLUGIN, EmotionModel
-    from sera.pipeline import Pipeline
-    from sera.registry import PluginSet
-    from sera.training import card
-    from sera.training.results import HeldOut, ShippedModel, results_json
+
     progress = logging.getLogger("sera.training")
     if progress.getEffectiveLevel() > logging.INFO:
         progress.setLevel(logging.INFO)  # half an hour of training says how far it got, without -v
-
     data = Path(args.data)
     clips = load_corpora(args.corpus, data)
     if args.test_corpus:
@@ -57,10 +51,51 @@ def main(args: argparse.Namespace, config: Config) -> int:
         clips += load_corpora(args.test_corpus, data)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.model == "whisper":
+        return train_whisper(args, config, clips, out)
+    return train_cnn(args, config, clips, out)
+
+
+def train_whisper(args: argparse.Namespace, config: Config, clips: list, out: Path) -> int:
+    """The Whisper-encoder model: every speaker is trained on; its figures, calibration and baseline
+    size all come from the cross-validation, which it therefore needs."""
+    from sera.emotions import EMOTIONS
+    from sera.training import whisper_card, whisper_train
+
+    if not args.cv:
+        raise SeraError("the Whisper model takes its calibration and baseline size from cross-validation: give --cv K (3 is what the card reports)")
+    if args.val_speakers or args.test_speakers or args.ablation_epochs:
+        raise SeraError("--val-speakers, --test-speakers and --ablation-epochs are the CNN's (--model cnn); the Whisper model trains on every speaker")
+    test_only = frozenset(n.strip() for n in (args.test_corpus or "").split(",") if n.strip())
+    cache = None if args.no_cache else Path(args.cache).expanduser()
+    cv, shipped, minutes = whisper_train.run(clips, out, config.models_dir, EMOTIONS, cache, args.cv, args.seed, test_only, args.cv_only)
+    results = whisper_card.Results(args.corpus, args.test_corpus or "", args.data, len(clips) - sum(c.corpus in test_only for c in clips),
+                                   sorted({c.speaker for c in clips if c.corpus not in test_only}), cv.to_dict(), shipped, minutes,
+                                   reproduce(args))  # fmt: skip
+    for path in whisper_card.write(out, results):
+        print(path)
+    return 0
+
+
+def train_cnn(args: argparse.Namespace, config: Config, clips: list, out: Path) -> int:
+    """The seed paper's CNN: held-out validation and test speakers, or every speaker with ``--cv``."""
+    from sera.audio import SAMPLE_RATE
+    from sera.config import Config
+    from sera.emotions import EMOTIONS
+    from sera.evaluate import Item, evaluate
+    from sera.model import EmotionModel
+    from sera.pipeline import Pipeline
+    from sera.registry import PluginSet
+    from sera.training import card
+    from sera.training.export import OPSET
+    from sera.training.results import HeldOut, ShippedModel, results_json
+    from sera.training.train import MODEL_FILE, run
+
     if args.cv_only:
         run_crossval(args, clips, config, out)
         return 0
-    val, test = speakers(args.val_speakers), speakers(args.test_speakers)
+    val = speakers(CNN_VAL if args.val_speakers is None else args.val_speakers)
+    test = speakers(CNN_TEST if args.test_speakers is None else args.test_speakers)
     if args.ablation_epochs and not test:
         raise SeraError("--ablation-epochs scores every step on the test speakers: give some with --test-speakers")
     split, trained = run(
@@ -75,7 +110,7 @@ def main(args: argparse.Namespace, config: Config) -> int:
         epochs=1 if args.smoke else args.epochs,
         ablation_epochs=args.ablation_epochs,
         corpus=args.corpus,
-        data_root=str(data),
+        data_root=args.data,
         crossval=plan(args) if args.cv else None,
     )
     if trained.crossval:
@@ -84,13 +119,13 @@ def main(args: argparse.Namespace, config: Config) -> int:
     shipped = ShippedModel(MODEL_FILE, model_path.stat().st_size / 1e6, OPSET, EmotionModel(model_path).window_latency_ms())
     held_out = None
     if len(split.test):
-        plugin_config = Config(models_dir=config.models_dir, plugins={EMOTION_PLUGIN: {"model": str(model_path.resolve())}})
-        pipeline = Pipeline(plugin_config, PluginSet(plugin_config, SAMPLE_RATE, only={EMOTION_PLUGIN}))
+        plugin_config = Config(models_dir=config.models_dir, plugins={CNN_PLUGIN: {"enabled": True, "model": str(model_path.resolve())}})
+        pipeline = Pipeline(plugin_config, PluginSet(plugin_config, SAMPLE_RATE, only={CNN_PLUGIN}))
         try:
             items = [Item(clips[i].path, clips[i].label, clips[i].speaker, clips[i].gender) for i in split.test]
             held_out = HeldOut(
-                evaluate(pipeline, items),
-                evaluate(pipeline, items, opus_bitrate="24k"),
+                evaluate(pipeline, items, analyzer=CNN_PLUGIN),
+                evaluate(pipeline, items, opus_bitrate="24k", analyzer=CNN_PLUGIN),
             )
         finally:
             pipeline.close()
@@ -109,7 +144,7 @@ def plan(args: argparse.Namespace) -> Plan:
     from dataclasses import replace
 
     from sera.training.crossval import Plan
-    from sera.training.train import FINAL, PERSONAL
+    from sera.training.recipe import FINAL, PERSONAL
 
     base = PERSONAL if args.reference == "speaker" else FINAL
     recipe = replace(base, epochs=1 if args.smoke else args.epochs or base.epochs)
@@ -148,8 +183,10 @@ def write_crossval(args: argparse.Namespace, result: dict, out: Path) -> None:
 
 def reproduce(args: argparse.Namespace) -> str:
     """The command line that reruns this training, for the model card."""
-    words = ["sera", "train", "--corpus", args.corpus, "--data", args.data, "--out", args.out,
-             "--val-speakers", args.val_speakers, "--test-speakers", args.test_speakers, "--seed", str(args.seed)]  # fmt: skip
+    words = ["sera", "train", "--model", args.model, "--corpus", args.corpus, "--data", args.data, "--out", args.out]
+    for flag, value in (("--val-speakers", args.val_speakers), ("--test-speakers", args.test_speakers)):
+        words += [flag, value] if value is not None else []
+    words += ["--seed", str(args.seed)]
     if args.smoke:
         words.append("--smoke")
     elif args.epochs:
@@ -165,14 +202,18 @@ def reproduce(args: argparse.Namespace) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
+        "--model", choices=("whisper", "cnn"), default="whisper",
+        help="whisper: the Whisper-encoder model (the default analyzer; needs --cv); cnn: the seed paper's CNN",
+    )  # fmt: skip
+    parser.add_argument(
         "--corpus", default="ravdess", help="corpus names, comma-separated: ravdess, nemo, emospeech (see ../shared/data/README.md)"
     )
     parser.add_argument(
         "--data", required=True, help="the corpus folder (../shared/data/ravdess), or the folder holding each corpus (../shared/data)"
     )
     parser.add_argument("--out", default="models", help="where the .onnx, the card and the results go")
-    parser.add_argument("--val-speakers", default="17,18", help="held-out validation speakers (default 17,18)")
-    parser.add_argument("--test-speakers", default="19,20,21", help="held-out test speakers (default 19,20,21)")
+    parser.add_argument("--val-speakers", help=f"the CNN's held-out validation speakers (default {CNN_VAL})")
+    parser.add_argument("--test-speakers", help=f"the CNN's held-out test speakers (default {CNN_TEST})")
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epoch count")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

@@ -18,19 +18,16 @@ from typing import Any
 import numpy as np
 
 from sera.corpora import LABELS, Clip
+from sera.emotions import UNSURE_BELOW
 from sera.metrics import score
-from sera.model import softmax
 from sera.training.data import OFFSETS_PER_CONDITION
-from sera.plugins.emotion_cnn import Options as EmotionOptions
+from sera.training.fit import REFERENCE_CLIPS, Trained, predict, speaker_references, train_side_by_side, training_references
+from sera.training.folds import Split, corpus_ids, fit_temperature, label_mask, masked_probabilities, speaker_folds, spread
 from sera.training.net import EmotionNet
-from sera.training.train import (
-    REFERENCE_CLIPS, Recipe, Split, Trained, corpus_ids, fit_temperature, label_mask, predict, speaker_references,
-    train_side_by_side, training_references,
-)  # fmt: skip
+from sera.training.recipe import Recipe
 
 CONDITIONS = {"clean": 0, "opus24": OFFSETS_PER_CONDITION}  # centred window, as it is and as a voice note
 ENROLMENT_LABELS = {"neutral", "calm"}  # "record a few seconds of your ordinary voice"
-UNSURE_BELOW = EmotionOptions().unsure_below  # the shipped analyzer's threshold for answering "unsure"
 
 
 def inputs(recipe: Recipe, clips: list[Clip], features: np.ndarray, seed: int) -> dict[str, np.ndarray]:
@@ -51,25 +48,6 @@ def inputs(recipe: Recipe, clips: list[Clip], features: np.ndarray, seed: int) -
     scored["clean, neutral enrolment"] = clean - enrolled[:, 0, 0, :, None]
     scored["clean, no baseline"] = clean - clean.mean(axis=2, keepdims=True)
     return scored
-
-
-def speaker_folds(clips: list[Clip], k: int, seed: int) -> np.ndarray:
-    """The fold (0..k-1) of each clip; all clips of a speaker share one.
-
-    Speakers are dealt round-robin, per corpus and gender in a seeded order, continuing the deal from one
-    group to the next, so each fold gets a like number of each corpus's women and men."""
-    speakers = sorted({(c.corpus, c.gender, c.speaker) for c in clips})
-    if k < 2 or k > len(speakers):
-        raise ValueError(f"{k} folds need between 2 and {len(speakers)} speakers' worth of folds")
-    rng = np.random.default_rng(seed)
-    fold_of: dict[str, int] = {}
-    dealt = 0
-    for group in sorted({(corpus, gender) for corpus, gender, _ in speakers}):
-        members = [s for corpus, gender, s in speakers if (corpus, gender) == group]
-        for speaker in rng.permutation(members):
-            fold_of[str(speaker)] = dealt % k
-            dealt += 1
-    return np.array([fold_of[c.speaker] for c in clips])
 
 
 @dataclass
@@ -180,10 +158,6 @@ class Plan:
         return result
 
 
-def spread(values: list[dict[str, float]], metrics: tuple[str, ...]) -> dict[str, dict[str, float]]:
-    return {m: {"mean": float(np.mean([v[m] for v in values])), "std": float(np.std([v[m] for v in values]))} for m in metrics}
-
-
 def never_heard(
     models: list[tuple[EmotionNet, np.ndarray]], clips: list[Clip], x: np.ndarray, y: np.ndarray, labels: tuple[str, ...],
     idx: np.ndarray, temperature: float, how: str,
@@ -220,11 +194,6 @@ def cross_validate(
         training_references(plan.recipe, clips, features, plan.seed), corpus_ids(clips),
     )  # fmt: skip
     return plan.result(clips, features, y, labels, trained, (time.perf_counter() - started) / 60)
-
-
-def masked_probabilities(logits: np.ndarray, mask: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Softmax over the labels each clip's corpus has (the others get probability 0)."""
-    return softmax(np.where(mask, logits, -np.inf), temperature)
 
 
 def markdown(cv: dict[str, Any]) -> str:

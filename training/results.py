@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sera.evaluate import Evaluation
     from sera.features import FeatureParams
-    from sera.training.train import Recipe
+    from sera.training.recipe import Recipe
 
 
 @dataclass(frozen=True)

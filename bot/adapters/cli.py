@@ -12,10 +12,15 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from sera import __version__
 from sera.config import Config, load
 from sera.errors import SeraError
+
+if TYPE_CHECKING:
+    from sera.baseline import Baseline
+    from sera.pipeline import Pipeline
 
 log = logging.getLogger("sera")
 
@@ -87,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     output = analyze.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print one JSON object per file")
     output.add_argument("--reporter", default="text", help="render with this reporter plugin (default: text)")
+    analyze.add_argument("--baseline", nargs="+", metavar="FILE",
+                         help="recordings of the same speaker's ordinary voice: FILEs are judged against them (put FILEs first, or end with --)")
 
     plugins = command("plugins", cmd_plugins, "list the plugins found, whether each is enabled, and why one failed")
     plugins.add_argument("--check", action="store_true", help="also set each enabled plugin up (load its model) and say whether it works")
@@ -108,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--opus", metavar="BITRATE", help="re-encode each clip as an Opus voice note first (e.g. 24k)")
     evaluate.add_argument("--only-present-labels", action="store_true", help="restrict the argmax to labels in the data")
     evaluate.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    evaluate.add_argument("--analyzer", metavar="NAME", help="the emotion analyzer measured: emotion_whisper (default) or emotion_cnn, enabled or not")
+    evaluate.add_argument("--baseline", type=int, metavar="K",
+                          help="judge each clip against a personal baseline of K other clips of its speaker (never itself)")
+    evaluate.add_argument("--seed", type=int, default=0, help="which other clips --baseline draws (default 0)")
 
     run = command("run", cmd_run, "start the Discord bot (token from $DISCORD_TOKEN or discord.token_env)")
     run.add_argument("--shard-count", type=int, metavar="N", help="shards across every process (discord.shard_count)")
@@ -140,9 +151,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             if failed.kind != "reporter":  # a reporter this command does not use is no concern of its user
                 print(f"sera: plugin {failed.name} is not loaded: {failed.error}", file=sys.stderr)
         status = EXIT_OK
+        baseline = personal_baseline(pipeline, args.baseline) if args.baseline else None
         for path in args.files:
             try:
-                report = pipeline.analyze(path)
+                report = pipeline.analyze(path, baseline=baseline)
             except SeraError as error:
                 log.info("could not analyse %s: %s", path, error)
                 print(f"sera: {path}: {error}", file=sys.stderr)
@@ -164,6 +176,27 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         pipeline.close()
 
 
+def personal_baseline(pipeline: Pipeline, paths: list[str]) -> Baseline:
+    """``--baseline FILE...``: a baseline from what the emotion analyzer hears in these files."""
+    from sera.baseline import Baseline
+
+    info = pipeline.baseline_info
+    if info is None:
+        raise SeraError("--baseline: no enabled emotion analyzer uses a personal baseline (emotion_whisper does)")
+    observations = []
+    for path in paths:
+        try:
+            observations += pipeline.analyze(path).observations()
+        except SeraError as error:
+            raise SeraError(f"--baseline {path}: {error}") from None
+    if not observations:
+        raise SeraError("--baseline: no speech heard in those files")
+    baseline = Baseline.of(observations)
+    unused = f"; the model needs {info.min_clips}, so it is not used" if baseline.count < info.min_clips else ""
+    print(f"sera: a baseline of {baseline.count} clips from {len(paths)} files{unused}", file=sys.stderr)
+    return baseline
+
+
 def emit(output: object) -> None:
     """Print a reporter's output: text as is, bytes (a PNG chart) raw for redirecting, the rest as JSON."""
     if output is None:
@@ -183,8 +216,11 @@ def cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
     config = load(args.file or args.config)
+    from sera.database import redact
+
     effective = json.loads(json.dumps(dataclasses.asdict(config), default=str))
     del effective["source"]
+    effective["discord"]["database"] = redact(config.discord.database) if "://" in config.discord.database else config.discord.database
     print(f"# {config.source}: valid. Every key, defaults filled in; plugin options are checked by `sera plugins`.")
     print(yaml.safe_dump(effective, sort_keys=False), end="")
     return EXIT_OK
@@ -225,8 +261,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from sera.audio import SAMPLE_RATE
+    from sera.config import EMOTION_ANALYZERS
     from sera.evaluate import evaluate, format_text, from_corpus, from_manifest
-    from sera.model import EMOTION_PLUGIN
     from sera.pipeline import Pipeline
     from sera.registry import PluginSet
 
@@ -238,10 +274,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         items = [i for i in items if i.speaker in wanted]
         if not items:
             raise SeraError(f"no clips of speakers {sorted(wanted)}")
+    if args.baseline is not None and args.baseline < 1:
+        raise SeraError("--baseline K needs K of 1 or more: the other clips of each speaker a baseline is built from")
     config = config_of(args)
-    pipeline = Pipeline(config, PluginSet(config, SAMPLE_RATE, only={EMOTION_PLUGIN}))
+    name = args.analyzer or next((n for n in EMOTION_ANALYZERS if config.plugin_section(n).get("enabled", True) is True), EMOTION_ANALYZERS[0])
+    config = replace(config, plugins={**config.plugins, name: {**config.plugin_section(name), "enabled": True}})
+    pipeline = Pipeline(config, PluginSet(config, SAMPLE_RATE, only={name}))
     try:
-        result = evaluate(pipeline, items, args.only_present_labels, args.opus)
+        result = evaluate(pipeline, items, args.only_present_labels, args.opus, name, args.baseline or 0, args.seed)
     finally:
         pipeline.close()
     print(json.dumps(result.to_dict()) if args.json else format_text(result))
@@ -280,14 +320,15 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    from sera import sessions
+    from sera import baseline_store, sessions
     from sera.adapters.discord import store
     from sera.database import connect
 
     db = connect(config_of(args).database_path())
     try:
         print(f"database: {db} ({db.engine})")
-        for component, migrations in ((sessions.COMPONENT, sessions.MIGRATIONS), (store.COMPONENT, store.MIGRATIONS)):
+        for component, migrations in ((sessions.COMPONENT, sessions.MIGRATIONS), (store.COMPONENT, store.MIGRATIONS),
+                                      (baseline_store.COMPONENT, baseline_store.MIGRATIONS)):  # fmt: skip
             if args.action == "upgrade":
                 for migration in db.migrate(component, migrations):
                     print(f"  {component}: applied {migration.version} ({migration.name})")
@@ -300,15 +341,28 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from sera.adapters.discord.health import read_status, status_files
+
+    folder = config_of(args).status_folder()
+    paths = status_files(folder)
+    if not paths:
+        raise SeraError(f"no status file in {folder}: is `sera run` running with this config?")
+    all_fresh = True
+    for path in paths:
+        try:
+            status, fresh = read_status(path)
+        except (OSError, ValueError, KeyError) as exc:
+            raise SeraError(f"cannot read the status at {path} ({exc.__class__.__name__})") from None
+        if len(paths) > 1:
+            print(f"{path.name}:")
+        print_status(status, fresh)
+        all_fresh &= fresh
+    return EXIT_OK if all_fresh else EXIT_BAD_INPUT
+
+
+def print_status(status: dict, fresh: bool) -> None:
     import time
 
-    from sera.adapters.discord.health import read_status
-
-    path = config_of(args).status_path()
-    try:
-        status, fresh = read_status(path)
-    except (OSError, ValueError, KeyError) as exc:
-        raise SeraError(f"no status at {path} ({exc.__class__.__name__}): is `sera run` running with this config?") from None
     age = time.time() - status["updated_at"]
     notes = status.get("notes", {})
     queue = status.get("queue", {})
@@ -324,7 +378,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"event-loop lag: {lag.get('last', 0)} ms now, worst {lag.get('worst', 0)} ms since start")
     if status.get("plugins_stopped"):
         print(f"plugins stopped: {', '.join(status['plugins_stopped'])}")
-    return EXIT_OK if fresh else EXIT_BAD_INPUT
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

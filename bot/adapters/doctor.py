@@ -42,19 +42,28 @@ def _opus() -> Check:
 
 
 def _models(config: Config) -> list[Check]:
-    from sera.model import EMOTION_PLUGIN, MODEL_FILE, EmotionModel
+    """Each enabled emotion analyzer's model file (the default one's, and the CNN's where it is on) and
+    the speech detector."""
+    from sera.config import EMOTION_ANALYZERS
+    from sera.model import MODEL_FILE, WHISPER_MODEL_FILE, EmotionModel, WhisperEmotionModel
     from sera.pipeline import VAD_MODEL
     from sera.speech import SpeechDetector
 
     checks = []
-    model_name = config.plugins.get(EMOTION_PLUGIN, {}).get("model", MODEL_FILE)
-    path = Path(model_name) if Path(model_name).is_absolute() else config.models_dir / model_name
-    try:
-        info = EmotionModel(path).info
-        checks.append(Check("emotion model", True, f"{path}: {len(info.labels)} labels, {info.features.sample_rate} Hz, "
-                                                   f"temperature {info.temperature:.2f}"))  # fmt: skip
-    except SeraError as exc:
-        checks.append(Check("emotion model", False, str(exc), "run `sera train` or restore models/ from git"))
+    kinds = {"emotion_whisper": (WHISPER_MODEL_FILE, WhisperEmotionModel), "emotion_cnn": (MODEL_FILE, EmotionModel)}
+    for name in EMOTION_ANALYZERS:
+        section = config.plugin_section(name)
+        if section.get("enabled", True) is not True:
+            continue
+        default, load_model = kinds[name]
+        model_name = str(section.get("model", default))
+        path = Path(model_name) if Path(model_name).is_absolute() else config.models_dir / model_name
+        try:
+            info = load_model(path).info
+            checks.append(Check(f"{name} model", True, f"{path}: {len(info.labels)} labels, {info.features.kind} features, "
+                                                        f"temperature {info.temperature:.2f}"))  # fmt: skip
+        except SeraError as exc:
+            checks.append(Check(f"{name} model", False, str(exc), "run `sera train` or restore models/ from git"))
     vad = config.models_dir / VAD_MODEL
     try:
         SpeechDetector(vad)

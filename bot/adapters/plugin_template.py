@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import keyword
 import re
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from sera import __version__
@@ -113,10 +114,34 @@ sera plugins                                            # {name}  analyzer  {dis
 """
 
 
+MAX_NAME = 40  # a config key, a package and a class are named after it
+YAML_WORDS = {"y", "n", "yes", "no", "on", "off", "true", "false", "null", "none"}  # YAML 1.1 reads these as booleans or null
+
+
+def bad_name(name: str) -> str | None:
+    """Why ``name`` cannot name a plugin, or None. It becomes a config key (YAML would read ``true`` or
+    ``none`` as something else), a Python package and class (``class None`` is a syntax error) and an
+    entry point (a name another plugin has is refused at load time)."""
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        return f"a plugin name is lower case letters, digits and _, starting with a letter: not {name[:60]!r}"
+    if len(name) > MAX_NAME:
+        return f"a plugin name is at most {MAX_NAME} characters; {name[:20]}... has {len(name)}"
+    if name in YAML_WORDS or keyword.iskeyword(name) or keyword.iskeyword(class_name(name)):
+        return f"{name!r} cannot name a plugin: YAML or Python reads it as something else; choose another name"
+    if name in {ep.name for ep in entry_points(group="sera.plugins")}:
+        return f"a plugin called {name!r} is already installed (`sera plugins` lists them); choose another name"
+    return None
+
+
+def class_name(name: str) -> str:
+    return "".join(part.title() for part in name.split("_"))
+
+
 def create(name: str, parent: Path) -> Path:
     """Write the package for plugin ``name`` into ``parent/name``; refuses to overwrite anything."""
-    if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or keyword.iskeyword(name):
-        raise SeraError(f"a plugin name is lower case letters, digits and _, starting with a letter: not {name!r}")
+    refusal = bad_name(name)
+    if refusal:
+        raise SeraError(refusal)
     folder = parent / name
     if folder.exists():
         raise SeraError(f"{folder} already exists; choose another name or folder")
@@ -125,7 +150,7 @@ def create(name: str, parent: Path) -> Path:
         "name": name,
         "dist": f"sera-{name.replace('_', '-')}",
         "package": package,
-        "cls": "".join(part.title() for part in name.split("_")),
+        "cls": class_name(name),
         "api": repr(SERA_PLUGIN_API),
         "version": __version__,
         "next_major": f"{int(__version__.split('.')[0]) + 1}",

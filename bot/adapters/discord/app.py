@@ -14,9 +14,11 @@ import aiohttp
 import discord
 from discord.ext import commands
 
+from sera.audio import confine_process
 from sera.config import Config
 from sera.adapters.discord.notes import VoiceNotes
 from sera.adapters.discord.store import Store
+from sera.baseline_store import BaselineStore
 from sera.errors import SeraError
 from sera.pipeline import Pipeline
 from sera.sessions import SessionStore
@@ -60,8 +62,8 @@ class SeraBot(commands.AutoShardedBot):
         self.pipeline = pipeline
         self.store = store
         self.sessions = SessionStore(store.db)  # live sessions and consent, on the same connection
+        self.baselines = BaselineStore(store.db)  # personal baselines, on the same connection
         self.closing = False
-        self._summarized_interrupted = False
 
     async def load_cogs(self) -> None:
         """Each feature is an extension with its own ``setup(bot)``, as in discord.py's ``ext`` packages;
@@ -99,10 +101,6 @@ class SeraBot(commands.AutoShardedBot):
     async def on_ready(self) -> None:
         plugins = ", ".join(a.name for a in self.pipeline.plugins.analyzers) or "none"
         log.info("sera is online as %s in %d guilds; analyzers: %s", self.user, len(self.guilds), plugins)
-        listening = self.get_cog("Listening")
-        if listening is not None and not self._summarized_interrupted:
-            self._summarized_interrupted = True
-            await listening.summarize_orphans()
 
     async def close(self) -> None:
         """Finish (or apologise for) in-flight analyses, then disconnect and close the database."""
@@ -124,8 +122,12 @@ class SeraBot(commands.AutoShardedBot):
 
 def token(config: Config) -> str:
     """The bot token, taken out of the environment: no child process (ffmpeg parses strangers' bytes)
-    and no later code that dumps the environment can see it."""
+    and no later code that dumps the environment can see it. ``os.environ.pop`` does not clear the
+    copy the kernel shows in ``/proc/<pid>/environ``, so the process is then made non-dumpable, which
+    shuts that file (and the process's memory and open files) to every other process of its user."""
     value = os.environ.pop(config.discord.token_env, "").strip()
+    if not confine_process():
+        log.warning("could not make the process non-dumpable: same-user processes can read its /proc entries")
     if not value:
         raise SeraError(
             f"no Discord token: set the environment variable {config.discord.token_env} "
@@ -155,6 +157,7 @@ def require_voice() -> None:
 
 
 def run(config: Config) -> int:
+    os.umask(0o077)  # everything the bot writes (database, status file) is its user's alone
     shards(config)
     if config.live.enabled:
         require_voice()

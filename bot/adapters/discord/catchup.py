@@ -1,11 +1,13 @@
 """Voice notes posted while the bot was away (a restart, a crash, a gateway outage) are answered when it
 comes back: on start and after a resumed gateway session, oldest first, each once.
 
-Where to look is what the bot answered before (each answered message is stored, so the newest one per
-channel marks where the bot left off) and the channels servers enabled; how far back is bounded by
-``discord.catch_up_hours`` and how many notes per channel by ``discord.catch_up_max``. A message the
-bot already answered (or is answering) is never answered again, also when the live message event and
-the catch-up meet the same message.
+Where to look is every channel the bot answered or read in before (each keeps a scan mark: how far the
+bot has read it) and the channels servers enabled (with when each was enabled and disabled); how far
+back is bounded by ``discord.catch_up_hours``, the channel's enabling and its mark, and how many notes
+per channel by ``discord.catch_up_max``. A message the bot already answered (or is answering) is never
+answered again, also when the live message event and the catch-up meet the same message. A backlog is
+not held to the per-user rate of live notes: it is answered one note at a time, waiting for a free
+slot rather than refused.
 """
 
 from __future__ import annotations
@@ -13,13 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import discord
 from discord.ext import commands
 
-from sera.adapters.discord.notes import VoiceNotes
-from sera.adapters.discord.store import Store
+from sera.adapters.discord.notes import Deferred, VoiceNotes
+from sera.adapters.discord.store import CatchUpChannel, Store
 from sera.config import DiscordOptions
 
 log = logging.getLogger(__name__)
@@ -51,29 +53,40 @@ class CatchUp(commands.Cog):
             self.running = asyncio.create_task(self.run())
 
     async def run(self) -> dict[int, int]:
-        """Answer what was missed; returns the notes answered per channel (for the log and tests)."""
+        """Answer what was missed; returns the notes answered per channel (for the log and tests).
+
+        Each channel is read from where its last reading got to (a scan mark, kept whether or not it held
+        a note, so a quiet channel is not read again at every resume), never further back than
+        ``catch_up_hours`` nor, in a server, than when the channel was enabled; and a note is answered
+        only if it was posted while its channel was enabled: one posted before an admin enabled it, or
+        while it was off, was never meant for the bot."""
         window = timedelta(hours=self.options.catch_up_hours)
-        floor = discord.utils.time_snowflake(discord.utils.utcnow() - window)
+        since = discord.utils.utcnow() - window
         await asyncio.to_thread(self.store.forget_answered_before, time.time() - 2 * window.total_seconds())
         answered: dict[int, int] = {}
-        for channel_id, guild_id, last in await asyncio.to_thread(self.store.catch_up_channels):
-            channel = await self._channel(channel_id, guild_id)
+        for mark in await asyncio.to_thread(self.store.catch_up_channels):
+            first = start_of(mark, since.timestamp())
+            channel = await self._channel(mark.channel_id, mark.guild_id) if first is not None else None
             if channel is None:
                 continue
-            count = 0
+            count, last = 0, None
             try:
-                after = discord.Object(id=max(last or 0, floor))
-                scan = self.options.catch_up_max * SCAN_PER_NOTE
-                async for message in channel.history(after=after, limit=scan, oldest_first=True):
+                after = discord.Object(id=max(mark.after or 0, discord.utils.time_snowflake(datetime.fromtimestamp(first, timezone.utc))))
+                async for message in channel.history(after=after, limit=self.options.catch_up_max * SCAN_PER_NOTE, oldest_first=True):
                     if self.bot.is_closed() or count >= self.options.catch_up_max:
                         break
-                    if await self.notes.handle(message):
+                    if mark.enabled_at(discord.utils.snowflake_time(message.id).timestamp()) and await self.notes.handle(message, catching_up=True):
                         count += 1
+                    last = message.id
+            except Deferred:
+                log.info("catch-up of channel %s stopped for shutdown; the next one goes on from there", mark.channel_id)
             except discord.HTTPException as error:
-                log.warning("could not read channel %s to catch up: %s", channel_id, error)
+                log.warning("could not read channel %s to catch up: %s", mark.channel_id, error)
+            if last is not None:
+                await asyncio.to_thread(self.store.scanned, mark.channel_id, mark.guild_id, last)
             if count:
-                answered[channel_id] = count
-                log.info("caught up with %d voice notes in channel %s", count, channel_id, extra={"guild": guild_id, "event": "catch_up"})
+                answered[mark.channel_id] = count
+                log.info("caught up with %d voice notes in channel %s", count, mark.channel_id, extra={"guild": mark.guild_id, "event": "catch_up"})
         return answered
 
     async def _channel(self, channel_id: int, guild_id: int | None) -> discord.abc.Messageable | None:
@@ -89,6 +102,16 @@ class CatchUp(commands.Cog):
         except discord.HTTPException as error:
             log.info("direct-message channel %s not reachable to catch up: %s", channel_id, error)
             return None
+
+
+def start_of(mark: CatchUpChannel, floor: float) -> float | None:
+    """The earliest time (Unix) worth reading back to in a channel: the age floor, or in a server's
+    channel the start of its earliest enabled stretch that reaches past the floor; None when no such
+    stretch does (a channel enabled only long ago)."""
+    if mark.guild_id is None:
+        return floor
+    open_since = [start for start, end in mark.windows if end is None or end > floor]
+    return max(floor, min(open_since)) if open_since else None
 
 
 async def setup(bot: commands.Bot) -> None:

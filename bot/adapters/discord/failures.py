@@ -8,7 +8,9 @@ import logging
 import discord
 from discord import app_commands
 
+from sera.adapters.discord.people import who
 from sera.errors import SeraError
+
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +23,10 @@ async def answer_failure(interaction: discord.Interaction, error: app_commands.A
     command = interaction.command and interaction.command.qualified_name
     if isinstance(cause, app_commands.MissingPermissions):
         names = " and ".join(f"**{PERMISSION_NAMES.get(p, p.replace('_', ' ').title())}**" for p in cause.missing_permissions)
-        log.info("user %s without %s tried /%s", interaction.user.id, cause.missing_permissions, command)
+        log.info("%s without %s tried /%s", who(interaction.user.id), cause.missing_permissions, command)
         text = f"You need the {names} permission for this."
     elif isinstance(cause, app_commands.CheckFailure):
-        log.info("user %s cannot run /%s here: %s", interaction.user.id, command, cause)
+        log.info("%s cannot run /%s here: %s", who(interaction.user.id), command, cause)
         text = str(cause)
     elif isinstance(cause, SeraError):
         log.warning("command %s failed: %s", command, cause)

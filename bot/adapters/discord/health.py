@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from aiohttp import web
 from discord.ext import commands, tasks
 
 from sera.adapters.discord.notes import FAILURE_KINDS
+from sera.database import private_folder
 
 log = logging.getLogger(__name__)
 
@@ -146,16 +148,29 @@ def prometheus(status: dict[str, Any]) -> str:
 
 
 def write_status(path: Path, status: dict[str, Any]) -> None:
-    """Written whole, then renamed over the old file: a reader never sees half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".tmp")
-    partial.write_text(json.dumps(status, indent=2) + "\n")
-    os.replace(partial, path)
+    """Written whole to a new private file (created exclusively: a link planted in the folder is never
+    followed), then renamed over the old one (which replaces a link, never writes through it): a reader
+    never sees half of it, and nobody can make the bot write elsewhere."""
+    private_folder(path.parent)
+    fd, partial = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # O_EXCL, 0600
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(status, indent=2) + "\n")
+        os.replace(partial, path)
+    except BaseException:
+        os.unlink(partial)
+        raise
+
+
+def status_files(folder: Path) -> list[Path]:
+    """Every process's status file in ``folder`` (``status.json``, ``status-shards-*.json``)."""
+    return sorted(folder.glob("status*.json"))
 
 
 def read_status(path: Path, now: float | None = None) -> tuple[dict[str, Any], bool]:
     """The last status and whether it is fresh; OSError or ValueError when there is none to read."""
-    status = json.loads(path.read_text())
+    with open(path, opener=lambda name, flags: os.open(name, flags | os.O_NOFOLLOW)) as handle:
+        status = json.loads(handle.read())
     age = (now or time.time()) - float(status["updated_at"])
     return status, age <= STALE_SECONDS
 

@@ -16,9 +16,11 @@ from discord import app_commands
 from discord.ext import commands
 
 from sera.adapters.discord.failures import answer_failure
+from sera.adapters.discord.people import who
 from sera.pipeline import Pipeline
 from sera.sessions import INTERRUPTED, SessionStore, StoredSession
 from sera.summary import SessionSummary, clock, summarize
+
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +95,7 @@ class SessionHistory(commands.Cog):
         caller = str(interaction.user.id)
         admin = interaction.permissions.manage_guild
         if not admin and caller != known.info.started_by and caller not in await asyncio.to_thread(self.sessions.speakers, session_id):
-            log.info("user %s was refused the history of session %d", caller, session_id)
+            log.info("%s was refused the history of session %d", who(caller), session_id)
             await interaction.response.send_message(
                 f"Session #{session_id}'s history is for those who spoke in it, who started it, and members with "
                 "Manage Server.", ephemeral=True,

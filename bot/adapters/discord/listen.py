@@ -22,8 +22,9 @@ from typing import Any
 
 import discord
 from discord import app_commands
-from discord.ext import commands, voice_recv
+from discord.ext import commands, tasks, voice_recv
 
+from sera.adapters.discord.people import who
 from sera.config import LiveOptions
 from sera.adapters.discord.failures import answer_failure
 from sera.adapters.discord.history import member_names, stored_summary, summary_message
@@ -32,9 +33,10 @@ from sera.adapters.discord.store import Store
 from sera.errors import SeraError
 from sera.live import LiveSession
 from sera.pipeline import Pipeline
-from sera.sessions import ENDED, INTERRUPTED, SessionStore, StoredSession
+from sera.sessions import ENDED, INTERRUPTED, STALE_SECONDS, SessionStore, StoredSession
 from sera.summary import SessionSummary, Utterance
 from sera.emotions import emoji
+
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +118,24 @@ class Listening(commands.Cog):
 
     async def cog_load(self) -> None:
         self.bot.add_view(self.view)
+        self.orphans.start()
 
     async def cog_unload(self) -> None:
+        self.orphans.cancel()
         self.workers.shutdown(wait=False, cancel_futures=True)
+
+    @tasks.loop(seconds=STALE_SECONDS)
+    async def orphans(self) -> None:
+        """Once ready, then as often as a session can go stale: sessions cut short by a crash of this
+        process or of another (on this machine or elsewhere) are summarised, each by one process."""
+        try:
+            await self.summarize_orphans()
+        except SeraError as error:
+            log.error("could not look for sessions cut short: %s", error)
+
+    @orphans.before_loop
+    async def _ready(self) -> None:
+        await self.bot.wait_until_ready()
 
     async def cog_app_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         await answer_failure(interaction, error)
@@ -166,6 +183,7 @@ class Listening(commands.Cog):
         live = await asyncio.to_thread(  # plugins hear session_started here, off the loop
             LiveSession, self.pipeline, self.sessions, info, self.options, consents=consenting.__contains__,
             skip=settings.disabled_plugins, on_results=self._results_callback(loop, guild.id), clock=self.clock,
+            baselines=self.bot.baselines,
         )  # fmt: skip
         try:
             voice_client = await self.connect(channel)
@@ -312,7 +330,7 @@ class Listening(commands.Cog):
         In that order, so that a crash in between posts a summary twice rather than never. A summary that
         Discord refuses is tried again at the next start; one whose channel is gone is logged and closed."""
         running = [a.live.info.id for a in self.active.values()]
-        for session_id in await asyncio.to_thread(self.sessions.orphaned_sessions, running):
+        for session_id in await asyncio.to_thread(self.sessions.claim_orphans, running):
             known = await asyncio.to_thread(self.sessions.info, session_id)
             channel = self.bot.get_channel(int(known.report_to)) if known.report_to else None
             if channel is None:
@@ -340,7 +358,7 @@ class Listening(commands.Cog):
             active.consenting.add(speaker)
         elif active is not None:
             active.consenting.discard(speaker)
-        log.info("user %s opted %s in guild %s", speaker, "in" if consents else "out", interaction.guild_id)
+        log.info("%s opted %s in guild %s", who(speaker), "in" if consents else "out", interaction.guild_id)
         text = (
             "You're in: when sera listens in this server, how your voice sounds is analysed (never recorded). "
             "`/listen optout` undoes it."

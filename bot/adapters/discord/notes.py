@@ -18,6 +18,7 @@ import asyncio
 import io
 import logging
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import PurePath
 
@@ -25,20 +26,29 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from sera.adapters.discord.people import who
 from sera.config import DiscordOptions
 from sera.adapters.discord.failures import answer_failure
 from sera.adapters.discord.limits import InFlight, RateLimiter, Slots
 from sera.adapters.discord.store import GuildSettings, Origin, Store
+from sera.baseline import Baseline
+from sera.baseline_store import BaselineStore
 from sera.errors import AudioError, SeraError
 from sera.pipeline import Pipeline
 from sera.plugin import Report
 from sera.emotions import emoji
+
 
 log = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = {".ogg", ".oga", ".opus", ".mp3", ".wav", ".m4a", ".aac", ".webm", ".flac", ".mp4"}
 MAX_NOTES_PER_MESSAGE = 3
 SHUTDOWN_GRACE_SECONDS = 20.0
+SLOT_WAIT_SECONDS = 0.5  # how often a caught-up note looks for a free slot
+
+
+class Deferred(Exception):
+    """A note the catch-up leaves for the next one (the bot is stopping): not answered, not marked."""
 
 
 def is_audio(attachment: discord.Attachment) -> bool:
@@ -61,15 +71,18 @@ class Outcome:
     report: Report | None = None
     error: str | None = None
     kind: str = ""  # one of FAILURE_KINDS when there is no report
+    baseline: Baseline | None = None  # an enrolment's: the caller's baseline with the note added
 
 
 class VoiceNotes(commands.Cog):
     emotion = app_commands.Group(name="emotion", description="Hear the emotion in a voice note")
+    baseline = app_commands.Group(name="baseline", description="Your personal baseline: how your ordinary voice sounds", parent=emotion)
 
-    def __init__(self, bot: commands.Bot, pipeline: Pipeline, store: Store, options: DiscordOptions) -> None:
+    def __init__(self, bot: commands.Bot, pipeline: Pipeline, store: Store, baselines: BaselineStore, options: DiscordOptions) -> None:
         self.bot = bot
         self.pipeline = pipeline
         self.store = store
+        self.baselines = baselines
         self.options = options
         self.rate = RateLimiter(options.user_rate_per_minute)
         self.slots = Slots(options.queue_size)
@@ -93,17 +106,23 @@ class VoiceNotes(commands.Cog):
 
     # -- the one road every note takes ---------------------------------------------------------------
 
-    async def analyze(self, attachment: discord.Attachment, origin: Origin, settings: GuildSettings) -> Outcome:
-        outcome = await self._admit(attachment, origin, settings)
+    async def analyze(self, attachment: discord.Attachment, origin: Origin, settings: GuildSettings, catching_up: bool = False) -> Outcome:
+        outcome = await self._admit(attachment, origin, lambda: self._analyze(attachment, origin, settings), catching_up)
         self.counts["answered" if outcome.report else "not answered"] += 1  # for the operator (sera status)
         if outcome.kind:
             self.failures[outcome.kind] += 1
         event = f"note_{outcome.kind or 'answered'}"
-        log.info("voice note from user %s: %s", origin.requested_by, event, extra={"guild": origin.guild_id, "event": event})
+        log.info("voice note from %s: %s", who(origin.requested_by), event, extra={"guild": origin.guild_id, "event": event})
         return outcome
 
-    async def _admit(self, attachment: discord.Attachment, origin: Origin, settings: GuildSettings) -> Outcome:
-        """The limits, before anything is downloaded; then the analysis."""
+    async def _admit(
+        self, attachment: discord.Attachment, origin: Origin, work: Callable[[], Awaitable[Outcome]], catching_up: bool = False
+    ) -> Outcome:
+        """The limits, before anything is downloaded; then ``work`` (the analysis, or an enrolment).
+
+        A backlog the catch-up answers (one note at a time) is no flood: it skips the per-user limits,
+        and waits for a free slot where a live note would be told to retry, so nothing is dropped; at
+        shutdown it is left (``Deferred``) for the next catch-up."""
         limits = self.pipeline.limits
         user_id = origin.requested_by
         if attachment.size > limits.max_bytes:
@@ -112,6 +131,15 @@ class VoiceNotes(commands.Cog):
         if attachment.duration is not None and attachment.duration > limits.max_seconds:
             return Outcome(error=f"That note is {attachment.duration:.0f} s long; I can listen to up to "
                                  f"{limits.max_seconds:.0f} s.", kind="too_long")  # fmt: skip
+        if catching_up:
+            while not self.slots.take():
+                if self._closing():
+                    raise Deferred
+                await asyncio.sleep(SLOT_WAIT_SECONDS)
+            try:
+                return await work()
+            finally:
+                self.slots.give()
         if not self.in_flight.take(user_id):
             return Outcome(error=f"I'm still listening to your last {self.in_flight.per_user} notes; "
                                  "send this one again when they're answered.", kind="user_busy")  # fmt: skip
@@ -120,44 +148,53 @@ class VoiceNotes(commands.Cog):
             if wait:
                 return Outcome(error=f"You're sending notes faster than I can listen 🙂 Try again in {wait:.0f} s.", kind="rate_limited")
             if not self.slots.take():
-                log.warning("analysis queue full (%d); refusing a note from user %s", self.slots.size, user_id)
+                log.warning("analysis queue full (%d); refusing a note from %s", self.slots.size, who(user_id))
                 return Outcome(error="I'm busy with a lot of notes right now. Please try again in a minute.", kind="queue_full")
             try:
-                return await self._analyze(attachment, origin, settings)
+                return await work()
             finally:
                 self.slots.give()
         finally:
             self.in_flight.give(user_id)
 
-    async def _analyze(self, attachment: discord.Attachment, origin: Origin, settings: GuildSettings) -> Outcome:
+    async def _analyze(self, attachment: discord.Attachment, origin: Origin, settings: GuildSettings, enrol: bool = False) -> Outcome:
+        """Download, analyse (against the voice's author's baseline, where they have one), store; with
+        ``enrol``, the note's speech is added to the caller's baseline instead, and nothing else is stored."""
+        speaker = str(origin.author_id)
+        info = self.pipeline.baseline_info
         try:
+            baseline = await asyncio.to_thread(self.baselines.get, speaker, info.space) if info and not enrol else None
             data = await attachment.read()
             work = asyncio.ensure_future(
-                self.pipeline.analyze_async(data, attachment.filename, skip=settings.disabled_plugins)
+                self.pipeline.analyze_async(data, attachment.filename, skip=settings.disabled_plugins, baseline=baseline)
             )
             self._work.add(work)
             work.add_done_callback(self._work.discard)
             report = await work
         except AudioError as error:
-            log.info("note %s from user %s: %s", attachment.filename, origin.requested_by, error)
+            log.info("a note from %s: %s", who(origin.requested_by), error)
             return Outcome(error=f"😕 I couldn't use this audio: {error}.", kind="bad_audio")
         except asyncio.CancelledError:
             if self.bot.is_closed() or self._closing():
                 return Outcome(error="I'm restarting and couldn't finish this one. Please send it again in a minute.", kind="shutdown")
             raise
         except discord.HTTPException as error:
-            log.warning("could not download note %s for user %s: %s", attachment.filename, origin.requested_by, error)
+            log.warning("could not download a note for %s: %s", who(origin.requested_by), error)
             return Outcome(error="I couldn't fetch that file from Discord. Please try again.", kind="download")
         except SeraError as error:
-            log.warning("note %s from user %s failed: %s", attachment.filename, origin.requested_by, error)
+            log.warning("a note from %s failed: %s", who(origin.requested_by), error)
             return Outcome(error=f"😕 {error}", kind="refused")
         except Exception:
-            log.exception("analysing %s for user %s failed", attachment.filename, origin.requested_by)
+            log.exception("analysing a note for %s failed", who(origin.requested_by))
             return Outcome(error="Something went wrong on my side; the operator has been told.", kind="internal")
+        if enrol:
+            return Outcome(report=report, baseline=await asyncio.to_thread(self.baselines.add, speaker, report.observations()))
         try:
             await asyncio.to_thread(self.store.record, report, origin)
+            if origin.requested_by == origin.author_id and await asyncio.to_thread(self.baselines.learning, speaker):
+                await asyncio.to_thread(self.baselines.add, speaker, report.observations())  # their own voice keeps it current
         except SeraError as error:  # the analysis is done: the user still gets it, the operator is told
-            log.error("could not store the analysis of %s for user %s: %s", attachment.filename, origin.author_id, error)
+            log.error("could not store the analysis of a note of %s: %s", who(origin.author_id), error)
         return Outcome(report=report)
 
     def _closing(self) -> bool:
@@ -174,14 +211,14 @@ class VoiceNotes(commands.Cog):
         try:
             kwargs: dict = {"embed": discord.Embed.from_dict(await asyncio.to_thread(self.pipeline.plugins.render, "embed", report))}
         except SeraError as error:
-            log.error("no embed for %s: %s", report.source, error)
+            log.error("no embed for a note: %s", error)
             emotion = report.emotion()
             kwargs = {"content": f"{emoji(emotion.label)} {emotion.headline()}" if emotion else "Speech analysed."}
         if settings.chart and report.emotion():
             try:
                 png = await asyncio.to_thread(self.pipeline.plugins.render, "chart", report)
             except SeraError as error:
-                log.warning("no chart for %s: %s", report.source, error)
+                log.warning("no chart for a note: %s", error)
             else:
                 if png:
                     kwargs["file"] = discord.File(io.BytesIO(png), filename="emotion.png")
@@ -212,10 +249,11 @@ class VoiceNotes(commands.Cog):
     async def on_message(self, message: discord.Message) -> None:
         await self.handle(message)
 
-    async def handle(self, message: discord.Message) -> bool:
+    async def handle(self, message: discord.Message, catching_up: bool = False) -> bool:
         """Answer a message's voice notes, live or caught up after a restart (``catchup``); whether it
         was answered now. A message is answered once: the one being answered is remembered here, the
-        ones answered before in the database."""
+        ones answered before in the database. Raises ``Deferred`` when a caught-up note must wait for
+        the next catch-up (the bot is shutting down)."""
         if message.author.bot or message.id in self._answering:
             return False
         if self._closing():  # shutting down: not started now, answered by the catch-up after the restart
@@ -238,12 +276,14 @@ class VoiceNotes(commands.Cog):
             origin = Origin(message.author.id, message.author.id, guild_id, message.channel.id, message.id)
             for note in notes:
                 try:
-                    outcome = await self.analyze(note, origin, settings)
+                    outcome = await self.analyze(note, origin, settings, catching_up)
                     await self._answer_message(message, outcome, settings)
+                except Deferred:
+                    raise
                 except Exception:  # one note's failure never costs the others their answer
-                    log.exception("answering note %s of message %s failed", note.filename, message.id)
+                    log.exception("answering a note of message %s failed", message.id)
             try:
-                await asyncio.to_thread(self.store.mark_answered, message.id, message.channel.id, guild_id)
+                await asyncio.to_thread(self.store.mark_answered, message.id, message.channel.id, guild_id, message.author.id)
             except SeraError as error:
                 log.error("could not note message %s as answered: %s", message.id, error)
             return True
@@ -314,5 +354,66 @@ class VoiceNotes(commands.Cog):
             log.warning("could not answer interaction %s: %s", interaction.id, error)
 
 
+    # -- the personal baseline ------------------------------------------------------------------------
+
+    @baseline.command(name="add", description="Add a recording of you reading ordinary sentences to your baseline (a minute: ~10 clips)")
+    @app_commands.describe(file="A voice note or audio file of you speaking as you usually do")
+    async def baseline_add(self, interaction: discord.Interaction, file: discord.Attachment) -> None:
+        self._track()
+        info = self.pipeline.baseline_info
+        if info is None or not is_audio(file):
+            text = "The emotion analyzer in use keeps no baseline." if info is None else "I can only listen to audio files and voice notes."
+            await interaction.response.send_message(text, ephemeral=True)
+            return
+        await interaction.response.defer(thinking=True, ephemeral=True)
+        origin = Origin(interaction.user.id, interaction.user.id, interaction.guild_id, interaction.channel_id, None)
+        outcome = await self._admit(file, origin, lambda: self._analyze(file, origin, GuildSettings(), enrol=True))
+        if outcome.error:
+            text = outcome.error
+        elif outcome.baseline is None:
+            text = "🔇 I heard no speech in that recording, so nothing was added."
+        else:
+            text = baseline_words(outcome.baseline.count, info.min_clips, await asyncio.to_thread(self.baselines.learning, str(interaction.user.id)))
+        await interaction.followup.send(text, ephemeral=True)
+
+    @baseline.command(name="learn", description="Let your own voice notes (and voice-channel speech) keep your baseline current")
+    @app_commands.describe(enabled="Add what I hear of your own voice to your baseline from now on")
+    async def baseline_learn(self, interaction: discord.Interaction, enabled: bool) -> None:
+        await asyncio.to_thread(self.baselines.set_learning, str(interaction.user.id), enabled)  # a refusal: cog_app_command_error
+        text = ("From now on, your own voice notes and your speech in voice sessions you opted into add to your baseline "
+                "(numbers only, never audio). `/emotion baseline learn enabled:False` stops it." if enabled
+                else "Your voice notes no longer change your baseline.")  # fmt: skip
+        await interaction.response.send_message(text, ephemeral=True)
+
+    @baseline.command(name="show", description="What your baseline rests on")
+    async def baseline_show(self, interaction: discord.Interaction) -> None:
+        info = self.pipeline.baseline_info
+        speaker = str(interaction.user.id)
+        baseline = await asyncio.to_thread(self.baselines.get, speaker, info.space) if info else None
+        learning = await asyncio.to_thread(self.baselines.learning, speaker)
+        if info is None:
+            text = "The emotion analyzer in use keeps no baseline."
+        elif baseline is None:
+            text = f"You have no baseline yet. `/emotion baseline add` a few recordings of your ordinary voice (I use it from {info.min_clips} clips on)."
+        else:
+            text = baseline_words(baseline.count, info.min_clips, learning)
+        await interaction.response.send_message(text, ephemeral=True)
+
+    @baseline.command(name="clear", description="Delete your baseline")
+    async def baseline_clear(self, interaction: discord.Interaction) -> None:
+        deleted = await asyncio.to_thread(self.baselines.clear, str(interaction.user.id))
+        text = "Your baseline is deleted." if deleted else "You had no baseline."
+        await interaction.response.send_message(text, ephemeral=True)
+
+
+def baseline_words(clips: int, needed: int, learning: bool) -> str:
+    """What a baseline rests on, and whether it is in use, in words."""
+    state = "I use it from now on: your notes are judged against how you usually sound." if clips >= needed > 0 else (
+        f"I start using it at {needed} clips (each sentence is one: a minute of ordinary speech is about ten)." if needed
+        else "The model in use does not use baselines yet.")  # fmt: skip
+    learns = " Your own voice notes keep it current (`/emotion baseline learn`)." if learning else ""
+    return f"Your baseline rests on {clips} clip{'s' if clips != 1 else ''} (numbers only, never audio). {state}{learns}"
+
+
 async def setup(bot: commands.Bot) -> None:
-    await bot.add_cog(VoiceNotes(bot, bot.pipeline, bot.store, bot.config.discord))
+    await bot.add_cog(VoiceNotes(bot, bot.pipeline, bot.store, bot.baselines, bot.config.discord))

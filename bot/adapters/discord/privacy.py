@@ -6,15 +6,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from sera.adapters.discord.failures import answer_failure
+from sera.adapters.discord.people import who
 from sera.adapters.discord.store import Store
 from sera.errors import SeraError
 from sera.pipeline import Pipeline
+
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,9 @@ PRIVACY = (
     "answer; `/privacy analysis_by_others:False` stops that everywhere.\n"
     "• In voice channels (`/listen`), only members who opted in are analysed; everyone else's audio is "
     "dropped unheard. Stored per utterance: who spoke, when, and the analysis; never the audio.\n"
+    "• Your personal baseline, if you make one (`/emotion baseline add`): how many recordings it rests on, the average "
+    "of the model's numbers for your voice and how often it heard each emotion in them; never audio. Only with "
+    "`/emotion baseline learn` do your own voice notes and voice-session speech add to it.\n"
     "• Server settings (enabled channels, reply style) and your opt-in are stored per server.\n"
     "• `/forget` deletes everything stored about you, at once and for good, in running sessions too (sessions "
     "you started keep no trace of you); only your choice not to be analysed by others is kept.\n"
@@ -42,8 +48,8 @@ def privacy(retention_days: float) -> str:
     """``PRIVACY``, with how long analyses are kept where the operator set ``discord.retention_days``."""
     if not retention_days:
         return PRIVACY
-    return PRIVACY + f"\n• Analyses and voice-channel utterances are deleted after {retention_days:g} days, whatever you do."
-
+    return PRIVACY + (f"\n• Analyses and voice-channel utterances are deleted after {retention_days:g} days, and a baseline "
+                      f"{retention_days:g} days after it last changed, whatever you do.")
 
 
 class Privacy(commands.Cog):
@@ -63,7 +69,7 @@ class Privacy(commands.Cog):
             return
         # a refused write reaches cog_app_command_error: "Nothing was changed: <why>."
         await asyncio.to_thread(self.store.set_analysis_by_others, interaction.user.id, analysis_by_others)
-        log.info("user %s %s analysis by others", interaction.user.id, "allowed" if analysis_by_others else "declined")
+        log.info("%s %s analysis by others", who(interaction.user.id), "allowed" if analysis_by_others else "declined")
         text = (
             "Others may analyse your voice notes again, in channels where admins enabled it (only they see the answer)."
             if analysis_by_others
@@ -82,22 +88,50 @@ class Privacy(commands.Cog):
             ephemeral=True,
         )
 
-    async def forget_user(self, user_id: int) -> dict[str, int]:
+    async def forget_user(self, user_id: int) -> Forgotten:
         """Everything about the user, gone: running sessions first (so nothing new is stored), then every
-        store in one transaction, then each plugin's own data. Returns what went, by kind."""
+        store in one transaction, then each plugin's own data. A plugin that could not delete its share
+        (it raised, hung or was stopped) is named in the answer and asked again at the next start."""
+        user = str(user_id)
         listening = self.bot.get_cog("Listening")
         if listening is not None:
-            await listening.forget_speaker(str(user_id))
-        deleted = await asyncio.to_thread(self.store.db.forget_user, str(user_id))
-        deleted.update(await asyncio.to_thread(self.pipeline.plugins.forget_user, str(user_id)))
-        log.info("user %s deleted their data: %s", user_id, deleted)
-        return deleted
+            await listening.forget_speaker(user)
+        deleted = await asyncio.to_thread(self.store.db.forget_user, user)
+        kept, failed = await asyncio.to_thread(self.pipeline.plugins.forget_user, user)
+        deleted.update(kept)
+        if failed:
+            await asyncio.to_thread(self.store.forget_later, user, failed)
+            log.warning("%d plugins could not delete a user's data now (%s); retried at the next start", len(failed), ", ".join(failed))
+        log.info("a user deleted their data: %s", {k: v for k, v in deleted.items() if v})
+        return Forgotten(deleted, failed)
+
+    @commands.Cog.listener("on_ready")
+    async def retry_forgets(self) -> None:
+        """At start (and each reconnection): the plugins a ``/forget`` could not reach before, asked again
+        (off the loop)."""
+        try:
+            pending = await asyncio.to_thread(self.store.pending_forgets)
+            for user, plugins in pending.items():
+                _, failed = await asyncio.to_thread(self.pipeline.plugins.forget_user, user, plugins)
+                await asyncio.to_thread(self.store.forgotten_by, user, [p for p in plugins if p not in failed])
+                if failed:
+                    log.warning("plugins %s still could not delete a user's data; retried at the next start", ", ".join(failed))
+        except SeraError as error:
+            log.error("could not retry the pending deletions: %s", error)
+
+
+@dataclass(frozen=True)
+class Forgotten:
+    """What ``/forget`` removed, by kind, and the plugins that could not remove theirs yet."""
+
+    deleted: dict[str, int]
+    failed: list[str]
 
 
 class ForgetView(discord.ui.View):
     """Confirm or cancel ``/forget``; only the user who asked can press the buttons."""
 
-    def __init__(self, user_id: int, erase: Callable[[int], Awaitable[dict[str, int]]]) -> None:
+    def __init__(self, user_id: int, erase: Callable[[int], Awaitable[Forgotten]]) -> None:
         super().__init__(timeout=120)
         self.user_id = user_id
         self.erase = erase
@@ -107,21 +141,20 @@ class ForgetView(discord.ui.View):
 
     @discord.ui.button(label="Delete my data", style=discord.ButtonStyle.danger)
     async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        """Acknowledged at once (deleting, plugins' hooks included, may take longer than the 3 s Discord
+        waits for an answer), then the message is edited with what went."""
         self.stop()
+        await interaction.response.edit_message(content="Deleting your data…", view=None)
         try:
-            deleted = await self.erase(self.user_id)
+            result = await self.erase(self.user_id)
         except SeraError as error:
-            await interaction.response.edit_message(content=f"Nothing was deleted: {error}. Please try again.", view=None)
-            return
+            text = f"Nothing was deleted: {error}. Please try again."
         except Exception:
-            log.exception("forgetting user %s failed", self.user_id)
-            await interaction.response.edit_message(
-                content="Nothing was deleted: something went wrong on my side (the operator has been told). "
-                "Please try again later.",
-                view=None,
-            )
-            return
-        await interaction.response.edit_message(content=forgotten(deleted), view=None)
+            log.exception("forgetting a user failed")
+            text = "Nothing was deleted: something went wrong on my side (the operator has been told). Please try again later."
+        else:
+            text = forgotten(result)
+        await interaction.edit_original_response(content=text)
 
     @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary)
     async def cancel(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
@@ -129,17 +162,28 @@ class ForgetView(discord.ui.View):
         await interaction.response.edit_message(content="Nothing was deleted.", view=None)
 
 
-def forgotten(deleted: dict[str, int]) -> str:
-    """What ``/forget`` removed, in words."""
+STORE_KINDS = {"analyses", "utterances", "sessions_started", "baselines", "answered_messages"}  # what the stores report, by kind
+
+
+def forgotten(result: Forgotten) -> str:
+    """What ``/forget`` removed, in words, and what could not be yet."""
+    deleted = result.deleted
     parts = [
         f"{deleted.get('analyses', 0)} analyses",
         f"{deleted.get('utterances', 0)} voice-channel utterances",
     ]
+    if deleted.get("baselines"):
+        parts.append("your personal baseline")
     if deleted.get("sessions_started"):
         parts.append(f"your name on {deleted['sessions_started']} sessions you started")
     parts += [f"{count} items kept by the {name} plugin" for name, count in deleted.items()
-              if name not in {"analyses", "utterances", "sessions_started"}]  # fmt: skip
-    return "Done: " + ", ".join(parts[:-1]) + " and " + parts[-1] + " deleted."
+              if name not in STORE_KINDS]  # fmt: skip
+    text = "Done: " + ", ".join(parts[:-1]) + " and " + parts[-1] + " deleted."
+    if result.failed:
+        names = ", ".join(result.failed)
+        text += (f" The {names} plugin{'s' if len(result.failed) > 1 else ''} could not delete what {'they keep' if len(result.failed) > 1 else 'it keeps'} "
+                 "about you right now; I will ask again when I restart.")  # fmt: skip
+    return text
 
 
 async def setup(bot: commands.Bot) -> None:

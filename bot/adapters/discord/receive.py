@@ -28,6 +28,7 @@ import discord
 from discord.ext import voice_recv
 from discord.opus import Decoder, OpusError
 
+from sera.adapters.discord.people import who
 from sera.live import FRAME_SAMPLES, SOURCE_CHANNELS, SOURCE_RATE, LiveSession
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,8 @@ class FrameDecryptor:
         except Exception as exc:  # davey raises ValueError; nothing may escape into the receive thread
             self.counts["failed"] += 1
             if self.counts["failed"] in (1, 100, 1000) or self.counts["failed"] % 10_000 == 0:
-                log.warning("DAVE decryption failed for user %s (%s); %d frames so far became silence",
-                            user_id, exc, self.counts["failed"])  # fmt: skip
+                log.warning("DAVE decryption failed for %s (%s); %d frames so far became silence",
+                            who(user_id), exc, self.counts["failed"])  # fmt: skip
             return None
         self.counts["decrypted"] += 1
         return plain

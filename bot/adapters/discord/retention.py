@@ -1,5 +1,6 @@
-"""``discord.retention_days``: analyses and voice-channel utterances older than that are deleted, on
-start and then once a day, in every store that keeps them; ``/privacy`` says so."""
+"""``discord.retention_days``: analyses and voice-channel utterances older than that, and baselines not
+updated for that long, are deleted on start and then once a day, in every store that keeps them;
+``/privacy`` says so."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 from discord.ext import commands, tasks
 
 from sera.adapters.discord.store import Store
+from sera.baseline_store import BaselineStore
 from sera.sessions import SessionStore
 
 log = logging.getLogger(__name__)
@@ -18,9 +20,10 @@ DAY_SECONDS = 24 * 3600
 
 
 class Retention(commands.Cog):
-    def __init__(self, store: Store, sessions: SessionStore, days: float) -> None:
+    def __init__(self, store: Store, sessions: SessionStore, baselines: BaselineStore, days: float) -> None:
         self.store = store
         self.sessions = sessions
+        self.baselines = baselines
         self.days = days
 
     async def cog_load(self) -> None:
@@ -36,12 +39,13 @@ class Retention(commands.Cog):
         deleted = {
             "analyses": await asyncio.to_thread(self.store.delete_older_than, cutoff),
             "utterances": await asyncio.to_thread(self.sessions.delete_older_than, cutoff),
+            "baselines": await asyncio.to_thread(self.baselines.delete_older_than, cutoff),
         }
-        log.info("retention (%g days): deleted %d analyses, %d utterances", self.days, deleted["analyses"], deleted["utterances"],
+        log.info("retention (%g days): deleted %s", self.days, ", ".join(f"{n} {kind}" for kind, n in deleted.items()),
                  extra={"event": "retention"})  # fmt: skip
         return deleted
 
 
 async def setup(bot: commands.Bot) -> None:
     if bot.config.discord.retention_days > 0:
-        await bot.add_cog(Retention(bot.store, bot.sessions, bot.config.discord.retention_days))
+        await bot.add_cog(Retention(bot.store, bot.sessions, bot.baselines, bot.config.discord.retention_days))

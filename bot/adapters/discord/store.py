@@ -24,6 +24,18 @@ def _add_requested_by(db: Database, tx: Connection) -> None:
         tx.execute("ALTER TABLE analyses ADD COLUMN requested_by {bigint}".format(**db.types))
 
 
+def _windows_and_marks_so_far(db: Database, tx: Connection) -> None:
+    """Channels enabled before windows were kept count as enabled from now on (notes posted before are
+    not known to have been posted while enabled, so the catch-up leaves them); each channel's newest
+    answered message is where its scanning has got to."""
+    now = time.time()
+    for guild_id, settings in tx.execute("SELECT guild_id, settings FROM guild_settings").fetchall():
+        for channel in GuildSettings.from_json(settings).channels:
+            tx.execute("INSERT INTO channel_windows (channel_id, guild_id, enabled_at) VALUES (?, ?, ?)", (channel, guild_id, now))
+    tx.execute("INSERT INTO scan_marks (channel_id, guild_id, message_id) SELECT channel_id, MAX(guild_id), MAX(message_id) "
+               "FROM answered_messages GROUP BY channel_id")  # fmt: skip
+
+
 COMPONENT = "discord"
 MIGRATIONS = (
     Migration(1, "guild settings, analyses, opt-outs of analysis by others", """
@@ -58,6 +70,27 @@ CREATE TABLE IF NOT EXISTS answered_messages (
     answered {real} NOT NULL
 );
 CREATE INDEX IF NOT EXISTS answered_messages_channel ON answered_messages (channel_id, message_id)"""),
+    Migration(3, "when channels were enabled, where each catch-up got to, whose notes were answered, forgets to retry", """
+ALTER TABLE answered_messages ADD COLUMN author_id {bigint};
+CREATE INDEX IF NOT EXISTS answered_messages_author ON answered_messages (author_id);
+CREATE TABLE IF NOT EXISTS channel_windows (
+    channel_id {bigint} NOT NULL,
+    guild_id {bigint} NOT NULL,
+    enabled_at {real} NOT NULL,
+    disabled_at {real}
+);
+CREATE INDEX IF NOT EXISTS channel_windows_channel ON channel_windows (channel_id);
+CREATE TABLE IF NOT EXISTS scan_marks (
+    channel_id {bigint} PRIMARY KEY,
+    guild_id {bigint},
+    message_id {bigint} NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pending_forgets (
+    user_id TEXT NOT NULL,
+    plugin TEXT NOT NULL,
+    since {real} NOT NULL,
+    PRIMARY KEY (user_id, plugin)
+)""", after=_windows_and_marks_so_far),
 )  # fmt: skip
 
 
@@ -106,12 +139,18 @@ class Store:
             # the row first, so that two processes editing the same guild's settings take turns on it
             tx.execute("INSERT INTO guild_settings (guild_id, settings) VALUES (?, ?) ON CONFLICT DO NOTHING",
                        (guild_id, GuildSettings().to_json()))  # fmt: skip
-            updated = edit(_load(tx, guild_id, self.db.for_update))
+            current = _load(tx, guild_id, self.db.for_update)
+            updated = edit(current)
             tx.execute(
                 "INSERT INTO guild_settings (guild_id, settings) VALUES (?, ?) "
                 "ON CONFLICT (guild_id) DO UPDATE SET settings = excluded.settings",
                 (guild_id, updated.to_json()),
             )
+            now = time.time()  # when each channel was enabled and disabled: the catch-up answers only what was posted between
+            for channel in updated.channels - current.channels:
+                tx.execute("INSERT INTO channel_windows (channel_id, guild_id, enabled_at) VALUES (?, ?, ?)", (channel, guild_id, now))
+            for channel in current.channels - updated.channels:
+                tx.execute("UPDATE channel_windows SET disabled_at = ? WHERE channel_id = ? AND disabled_at IS NULL", (now, channel))
         return updated
 
     def record(self, report: Report, note: Origin) -> int:
@@ -151,39 +190,61 @@ class Store:
             return db.execute("SELECT 1 FROM analysis_optout WHERE user_id = ?", (user_id,)).fetchone() is None
 
     def delete_older_than(self, cutoff: float) -> int:
-        """Analyses stored before ``cutoff`` (``discord.retention_days``)."""
+        """Analyses stored before ``cutoff`` (``discord.retention_days``), and the marks of the messages
+        answered then; returns the analyses deleted."""
         with self.db.transaction() as tx:
+            tx.execute("DELETE FROM answered_messages WHERE answered < ?", (cutoff,))
             return tx.execute("DELETE FROM analyses WHERE created < ?", (cutoff,)).rowcount
 
-    def mark_answered(self, message_id: int, channel_id: int, guild_id: int | None) -> None:
+    def mark_answered(self, message_id: int, channel_id: int, guild_id: int | None, author_id: int | None = None) -> None:
         """A message whose voice notes were answered (or apologised for): never answered again, and where
         the bot picks up in its channel after a restart."""
         with self.db.transaction() as tx:
-            tx.execute("INSERT INTO answered_messages (message_id, channel_id, guild_id, answered) VALUES (?, ?, ?, ?)"
-                       " ON CONFLICT DO NOTHING", (message_id, channel_id, guild_id, time.time()))  # fmt: skip
+            tx.execute("INSERT INTO answered_messages (message_id, channel_id, guild_id, author_id, answered) VALUES (?, ?, ?, ?, ?)"
+                       " ON CONFLICT DO NOTHING", (message_id, channel_id, guild_id, author_id, time.time()))  # fmt: skip
+            _advance(tx, channel_id, guild_id, message_id)
 
     def was_answered(self, message_id: int) -> bool:
         with self.db.read() as db:
             return db.execute("SELECT 1 FROM answered_messages WHERE message_id = ?", (message_id,)).fetchone() is not None
 
-    def catch_up_channels(self) -> list[tuple[int, int | None, int | None]]:
-        """(channel, its server or None for a direct message, the last message answered there or None):
-        every channel the bot answered in, and every channel a server enabled."""
+    def scanned(self, channel_id: int, guild_id: int | None, message_id: int) -> None:
+        """The catch-up has read ``channel_id`` up to ``message_id``: the next one starts after it."""
+        with self.db.transaction() as tx:
+            _advance(tx, channel_id, guild_id, message_id)
+
+    def catch_up_channels(self) -> list[CatchUpChannel]:
+        """Every channel the bot answered or read in, and every channel a server enabled: where its
+        reading got to, and (for a server's channel) when it was enabled."""
         with self.db.read() as db:
-            marks = {channel: (guild, last) for channel, guild, last in db.execute(
-                "SELECT channel_id, guild_id, MAX(message_id) FROM answered_messages GROUP BY channel_id, guild_id")}  # fmt: skip
-            for guild_id, settings in db.execute("SELECT guild_id, settings FROM guild_settings"):
-                for channel in GuildSettings.from_json(settings).channels:
-                    marks.setdefault(channel, (guild_id, None))
-        return [(channel, guild, last) for channel, (guild, last) in sorted(marks.items())]
+            marks = {channel: (guild, last) for channel, guild, last in db.execute("SELECT channel_id, guild_id, message_id FROM scan_marks")}
+            windows: dict[int, list[tuple[float, float | None]]] = {}
+            for channel, guild, start, end in db.execute("SELECT channel_id, guild_id, enabled_at, disabled_at FROM channel_windows"):
+                windows.setdefault(channel, []).append((start, end))
+                marks.setdefault(channel, (guild, None))
+        return [CatchUpChannel(channel, guild, last, tuple(sorted(windows.get(channel, ())))) for channel, (guild, last) in sorted(marks.items())]
 
     def forget_answered_before(self, cutoff: float) -> int:
-        """Marks older than any catch-up looks back; the newest of each channel is kept, as where to start."""
+        """Marks older than any catch-up looks back (where each channel got to is kept apart, in scan marks)."""
         with self.db.transaction() as tx:
-            return tx.execute(
-                "DELETE FROM answered_messages WHERE answered < ? AND message_id NOT IN "
-                "(SELECT MAX(message_id) FROM answered_messages GROUP BY channel_id)", (cutoff,)
-            ).rowcount
+            return tx.execute("DELETE FROM answered_messages WHERE answered < ?", (cutoff,)).rowcount
+
+    def forget_later(self, user: str, plugins: list[str]) -> None:
+        """Plugins that could not delete ``user``'s data now: ``retry_forgets`` asks them again at the next start."""
+        with self.db.transaction() as tx:
+            tx.executemany("INSERT INTO pending_forgets (user_id, plugin, since) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                           [(user, plugin, time.time()) for plugin in plugins])  # fmt: skip
+
+    def pending_forgets(self) -> dict[str, list[str]]:
+        with self.db.read() as db:
+            pending: dict[str, list[str]] = {}
+            for user, plugin in db.execute("SELECT user_id, plugin FROM pending_forgets ORDER BY since"):
+                pending.setdefault(user, []).append(plugin)
+        return pending
+
+    def forgotten_by(self, user: str, plugins: list[str]) -> None:
+        with self.db.transaction() as tx:
+            tx.executemany("DELETE FROM pending_forgets WHERE user_id = ? AND plugin = ?", [(user, plugin) for plugin in plugins])
 
     def delete_user_data(self, tx: Connection, user: str) -> dict[str, int]:
         """Inside the caller's transaction: every analysis of the user's voice or asked for by them.
@@ -192,7 +253,8 @@ class Store:
         if not user.isdigit():  # a Discord user id; anything else has no analyses here
             return {"analyses": 0}
         deleted = tx.execute("DELETE FROM analyses WHERE user_id = ? OR requested_by = ?", (int(user), int(user))).rowcount
-        return {"analyses": deleted}
+        marks = tx.execute("DELETE FROM answered_messages WHERE author_id = ?", (int(user),)).rowcount
+        return {"analyses": deleted, "answered_messages": marks}
 
     def close(self) -> None:
         if self._owns:
@@ -208,6 +270,27 @@ class Origin:
     guild_id: int | None
     channel_id: int | None
     message_id: int | None
+
+
+@dataclass(frozen=True)
+class CatchUpChannel:
+    """A channel the catch-up reads: the message its reading got to (None: never read), and for a server's
+    channel the times it was enabled (start, end or None while it still is)."""
+
+    channel_id: int
+    guild_id: int | None
+    after: int | None
+    windows: tuple[tuple[float, float | None], ...] = ()
+
+    def enabled_at(self, when: float) -> bool:
+        """Whether a note posted at ``when`` (Unix time) may be answered: always in a direct message; in a
+        server's channel only while the channel was enabled."""
+        return self.guild_id is None or any(start <= when and (end is None or when < end) for start, end in self.windows)
+
+
+def _advance(tx: Connection, channel_id: int, guild_id: int | None, message_id: int) -> None:
+    tx.execute("INSERT INTO scan_marks (channel_id, guild_id, message_id) VALUES (?, ?, ?) ON CONFLICT (channel_id) DO UPDATE "
+               "SET message_id = excluded.message_id WHERE scan_marks.message_id < excluded.message_id", (channel_id, guild_id, message_id))  # fmt: skip
 
 
 def _load(db: Connection, guild_id: int, lock: str = "") -> GuildSettings:

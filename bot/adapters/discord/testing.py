@@ -140,9 +140,14 @@ class FakeInteraction:
     async def delete_original_response(self) -> None:
         self.log.append(("delete_original", {}))
 
+    async def edit_original_response(self, **kwargs: Any) -> None:
+        if not self.response.is_done():
+            raise discord.NotFound(_Response(404), "Unknown Webhook")  # there is no response to edit yet
+        self.log.append(("edit_original", kwargs))
+
     def sent(self) -> list[dict[str, Any]]:
         """Everything shown to the user: messages, follow-ups and edits."""
-        return [kw for kind, kw in self.log if kind in {"send_message", "followup", "edit_message"}]
+        return [kw for kind, kw in self.log if kind in {"send_message", "followup", "edit_message", "edit_original"}]
 
 
 async def invoke(command: app_commands.Command, interaction: FakeInteraction, *args: Any, **kwargs: Any) -> None:
