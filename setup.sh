@@ -1,23 +1,41 @@
 #!/usr/bin/env bash
-# One command from a fresh machine to a working sera: system packages, the Python package, then the
-# main job (analysing the bundled voice note on the shipped model). No Discord token needed.
-#   ./setup.sh            set up and analyse examples/voice-note.ogg
-#   ./setup.sh --no-run   set up only (CI uses this)
+# One command from a fresh machine to a working sera: system packages, a virtual environment in .venv
+# with sera and its test tools, then the main job (analysing the bundled voice note on the shipped
+# model). No Discord token needed. Works where the system's python3 is "externally managed" (PEP 668:
+# Debian 12, Ubuntu 23.04 and later): nothing is installed into it.
+#   ./setup.sh             set up and analyse examples/voice-note.ogg
+#   ./setup.sh --no-run    set up only
+#   ./setup.sh --train     also the [train] extra (torch, CPU build: for `sera train`; CI asks for it)
+# Afterwards: .venv/bin/sera ..., or `source .venv/bin/activate` once per shell and then sera ...
 set -euo pipefail
 cd "$(dirname "$0")"
+
+run=yes
+extras="test,voice,postgres"
+for option in "$@"; do
+  case "$option" in
+    --no-run) run=no ;;
+    --train) extras="$extras,train" ;;
+    *) echo "setup.sh: unknown option $option (known: --no-run, --train)" >&2; exit 2 ;;
+  esac
+done
 
 need=()
 command -v ffmpeg >/dev/null || need+=(ffmpeg)        # decoding (with libopus for voice notes)
 command -v espeak-ng >/dev/null || need+=(espeak-ng)  # speech for the tests
+python3 -c "import ensurepip, venv" 2>/dev/null || need+=(python3-venv)  # Debian splits venv out of python3
 if ((${#need[@]})); then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-# torch==2.13.0 (CPU) for the [train] extra comes from local disk; never another version.
-python3 -m pip install --quiet --disable-pip-version-check -e '.[train,test,voice,postgres]'
+[ -x .venv/bin/python ] || python3 -m venv .venv
+pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+"${pip[@]}" --upgrade pip "setuptools>=77"  # a distribution's pip and setuptools can be too old for today's packaging
+# torch==2.13.0 (CPU) for the [train] extra comes from local disk where it lies there; never another version.
+"${pip[@]}" -e ".[$extras]"
 
-if [ "${1:-}" != "--no-run" ]; then
-  sera analyze examples/voice-note.ogg
+if [ "$run" = yes ]; then
+  .venv/bin/sera analyze examples/voice-note.ogg
 fi

@@ -1,8 +1,9 @@
 """How fast is the pipeline, stage by stage, on one CPU core?
 
 Makes N seconds of espeak-ng speech (with pauses), encodes it as an Opus voice note, and times each
-stage on it: decode, speech detection, features, emotion inference, prosody, and the whole
-``Pipeline.analyze``. Prints audio-seconds per wall-second (the real-time factor's inverse: higher is
+stage on it: decode, speech detection, the default emotion analyzer (Whisper log-Mel and the encoder
+graph) and the seed paper's CNN (its log-Mel and network) side by side, prosody, and the whole
+``Pipeline.analyze`` (with the default analyzers). Prints audio-seconds per wall-second (the real-time factor's inverse: higher is
 faster, above 1 is faster than real time) and the process's peak RSS after each stage. All stages run
 in one process, side by side, so their ratios are comparable even on a noisy machine.
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from sera.audio import SAMPLE_RATE, decode
 from sera.config import Config
-from sera.model import model_input
+from sera.model import model_input, whisper_input
 from sera.pipeline import Pipeline
 from sera.plugin import Segment
 
@@ -73,32 +74,38 @@ def main() -> None:
     if not args.all_cores and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
 
-    pipeline = Pipeline(Config())
+    config = Config(plugins={"emotion_cnn": {"enabled": True}})
+    pipeline = Pipeline(config)
     analyzers = {a.name: a for a in pipeline.plugins.analyzers}
-    emotion, prosody = analyzers["emotion_cnn"], analyzers["prosody"]
-    params = emotion.model.info.features
+    whisper, cnn, prosody = analyzers["emotion_whisper"], analyzers["emotion_cnn"], analyzers["prosody"]
+    cnn_params, whisper_params = cnn.model.info.features, whisper.model.info.features
+    default = Pipeline(Config())  # what `sera analyze` runs: the Whisper model and prosody
     with tempfile.TemporaryDirectory() as tmp:
         note = make_note(args.seconds, Path(tmp))
         samples = decode(note)
         spans = pipeline.detector.segments(samples)
         segments = [Segment(samples[a:b], SAMPLE_RATE, a / SAMPLE_RATE, b / SAMPLE_RATE) for a, b in spans]
-        mels = np.concatenate([model_input(s.samples, params) for s in segments])
+        mels = np.concatenate([model_input(s.samples, cnn_params) for s in segments])
+        whisper_mels = [whisper_input(s.samples, whisper_params) for s in segments]
         stages: list[tuple[str, Callable[[], object]]] = [
             ("decode (ffmpeg, Opus 48 kHz)", lambda: decode(note)),
             ("speech detection (Silero VAD)", lambda: pipeline.detector.segments(samples)),
-            ("features (log-Mel)", lambda: [model_input(s.samples, params) for s in segments]),
-            (f"emotion inference ({len(mels)} windows)", lambda: emotion.model.probabilities(mels)),
+            ("emotion_whisper: Whisper log-Mel", lambda: [whisper_input(s.samples, whisper_params) for s in segments]),
+            (f"emotion_whisper: graph ({len(segments)} segments)", lambda: [whisper.model.run(m) for m in whisper_mels]),
+            ("emotion_cnn: log-Mel", lambda: [model_input(s.samples, cnn_params) for s in segments]),
+            (f"emotion_cnn: network ({len(mels)} windows)", lambda: cnn.model.probabilities(mels)),
             ("prosody analyzer", lambda: prosody.analyze(segments)),
-            ("end to end (Pipeline.analyze)", lambda: pipeline.analyze(note)),
+            ("end to end (Pipeline.analyze, default analyzers)", lambda: default.analyze(note)),
         ]
         cores = "all cores" if args.all_cores else "one core"
         print(f"{args.seconds:.0f} s of audio, {len(segments)} speech segments, best of {args.repeat}, {cores}")
-        print(f"{'stage':<40} {'wall s':>8} {'audio s / wall s':>17} {'peak RSS MB':>12}")
+        print(f"{'stage':<50} {'wall s':>8} {'audio s / wall s':>17} {'peak RSS MB':>12}")
         for name, work in stages:
             wall = best_of(args.repeat, work)
-            print(f"{name:<40} {wall:8.3f} {args.seconds / wall:17.1f} {peak_rss_mb():12.0f}")
-        window_ms = emotion.model.window_latency_ms()
-        print(f"one {params.window_seconds:.0f} s window through the emotion model: {window_ms:.2f} ms (median of 200)")
+            print(f"{name:<50} {wall:8.3f} {args.seconds / wall:17.1f} {peak_rss_mb():12.0f}")
+        print(f"emotion_whisper front end, one 3 s utterance (log-Mel and graph): {whisper.model.latency_ms(3.0):.1f} ms (median of 50)")
+        print(f"emotion_cnn, one {cnn_params.window_seconds:.0f} s window through the network: {cnn.model.window_latency_ms():.2f} ms (median of 200)")
+    default.close()
     pipeline.close()
 
 

@@ -50,6 +50,7 @@ class Evaluation:
     analyzer: str = ""
     baseline: int = 0  # K: each clip against a baseline of K other clips of its speaker; 0: none
     baseline_size: float = 0.0  # the baselines' mean number of segments (a clip may hold several)
+    heard_in_training: list[str] = field(default_factory=list)  # speakers the model was trained on
 
     def accuracy_by(self, group: Callable[[Item], str]) -> dict[str, float]:
         """Accuracy per group of clips (per speaker, per gender...), groups named "" left out."""
@@ -68,6 +69,7 @@ class Evaluation:
         return {
             "analyzer": self.analyzer,
             "baseline_clips": self.baseline,
+            "speakers_heard_in_training": self.heard_in_training,
             **self.scores.to_dict(),
             "per_speaker_accuracy": {k: round(v, 4) for k, v in self.per_speaker.items()},
             "unreadable": self.unreadable,
@@ -112,6 +114,7 @@ def evaluate(
     analyzer: str | None = None,
     baseline_clips: int = 0,
     seed: int = 0,
+    corpus: str | None = None,
 ) -> Evaluation:
     """Score one emotion analyzer (``analyzer``, default the first) on labelled clips.
 
@@ -153,7 +156,15 @@ def evaluate(
         raise SeraError("no clip could be read")
     used = [b.count for b in baselines.values() if b is not None]
     return Evaluation(score(truth, np.stack(rows), labels), predictions, unreadable, no_speech, chosen.name,
-                      baseline_clips, float(np.mean(used)) if used else 0.0)  # fmt: skip
+                      baseline_clips, float(np.mean(used)) if used else 0.0, heard_in_training(chosen, items, corpus))  # fmt: skip
+
+
+def heard_in_training(analyzer: EmotionAnalyzer, items: Sequence[Item], corpus: str | None) -> list[str]:
+    """The speakers of ``items`` (of ``corpus``) that the analyzer's model was trained on: figures on
+    them say how well it remembers, not how it hears a voice it never heard."""
+    if not corpus or not analyzer.trained_on:
+        return []
+    return sorted({item.speaker for item in items} & set(analyzer.trained_on.get(corpus, ())))
 
 
 def source_of(item: Item, opus_bitrate: str | None) -> bytes | Path:
@@ -193,7 +204,10 @@ def format_text(evaluation: Evaluation) -> str:
     s = evaluation.scores
     width = max(len(label) for label in s.labels)
     against = f", each clip against a baseline of {evaluation.baseline} other clips of its speaker" if evaluation.baseline else ""
+    trained = evaluation.heard_in_training
     lines = [
+        *([f"WARNING: the model was trained on speakers {', '.join(trained)}: these figures are not on voices it never heard "
+           "(its card has the cross-validated ones)", ""] if trained else []),
         f"analyzer: {evaluation.analyzer}{against}",
         f"clips: {s.n}   accuracy: {s.accuracy:.1%}   macro-F1: {s.macro_f1:.3f}   ECE: {s.ece:.3f}",
         "",

@@ -146,25 +146,41 @@ def log_mel(batch: np.ndarray, params: FeatureParams) -> np.ndarray:
 
 
 @cache
-def _whisper_filters(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
-    import librosa
+def slaney_mel_filters(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
+    """``(n_mels, 1 + n_fft // 2)``: the Slaney-style Mel filterbank (librosa's default, and Whisper's),
+    in numpy: librosa's own costs a second of imports on first use, on every command that analyses."""
 
-    return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels).astype(np.float32)
+    def to_mel(hz: np.ndarray) -> np.ndarray:
+        linear = hz / (200.0 / 3)
+        return np.where(hz >= 1000.0, 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / (np.log(6.4) / 27), linear)
+
+    def to_hz(mel: np.ndarray) -> np.ndarray:
+        return np.where(mel >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27) * (mel - 15.0)), (200.0 / 3) * mel)
+
+    frequencies = np.linspace(0, sample_rate / 2, 1 + n_fft // 2)
+    edges = to_hz(np.linspace(to_mel(np.array(0.0)), to_mel(np.array(sample_rate / 2)), n_mels + 2))
+    ramps = edges[:, None] - frequencies[None, :]
+    widths = np.diff(edges)
+    rising, falling = -ramps[:-2] / widths[:-1, None], ramps[2:] / widths[1:, None]
+    weights = np.maximum(0, np.minimum(rising, falling))
+    return (weights * (2.0 / (edges[2:] - edges[:-2]))[:, None]).astype(np.float32)
 
 
 def whisper_log_mel(samples: np.ndarray, params: WhisperParams) -> np.ndarray:
     """Whisper's log-Mel of one utterance, ``(n_mels, frames)`` with ``frames = samples // hop_length``.
 
-    librosa's ``stft`` pads with zeros unless told otherwise; Whisper (torch) pads by reflection and
-    drops the last frame: both are spelt out here, since either difference silently costs accuracy."""
-    import librosa
-
+    Centred frames padded by reflection, the last frame dropped, a periodic Hann window: as Whisper
+    (torch) computes it, spelt out in numpy (librosa pads with zeros unless told otherwise, and either
+    difference silently costs accuracy)."""
     least = round(params.min_seconds * params.sample_rate)
     if samples.size < least:
         samples = np.pad(samples, (0, least - samples.size))
-    spectrum = librosa.stft(np.ascontiguousarray(samples, dtype=np.float32), n_fft=params.n_fft, hop_length=params.hop_length,
-                            window="hann", center=True, pad_mode="reflect")[:, :-1]  # fmt: skip
-    power = np.abs(spectrum) ** 2
-    log = np.log10(np.maximum(_whisper_filters(params.sample_rate, params.n_fft, params.n_mels) @ power, 1e-10))
+    half = params.n_fft // 2
+    padded = np.pad(np.asarray(samples, dtype=np.float32), half, mode="reflect")
+    count = 1 + (padded.size - params.n_fft) // params.hop_length
+    frames = np.lib.stride_tricks.sliding_window_view(padded, params.n_fft)[:: params.hop_length][: count - 1]
+    window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(params.n_fft) / params.n_fft)).astype(np.float32)
+    power = np.abs(np.fft.rfft(frames * window, axis=1)) ** 2
+    log = np.log10(np.maximum(slaney_mel_filters(params.sample_rate, params.n_fft, params.n_mels) @ power.T, 1e-10))
     log = np.maximum(log, log.max() - params.dynamic_range)
     return ((log + 4.0) / 4.0).astype(np.float32)

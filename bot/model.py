@@ -30,6 +30,7 @@ LABELS_KEY = "sera.labels"
 TEMPERATURE_KEY = "sera.temperature"
 ENCODER_KEY = "sera.encoder"  # where the encoder's weights came from (package, version, sha256, blocks)
 BASELINE_KEY = "sera.baseline"  # how the model serves a personal baseline (``BaselineInfo``)
+TRAINED_ON_KEY = "sera.trained_on"  # corpus -> the speakers the model was trained on (``sera evaluate`` warns on them)
 INPUT_NAME = "mel"  # CNN: (batch, n_mels, frames); Whisper model: (1, n_mels, frames) of one utterance
 OUTPUT_NAME = "logits"  # (batch, n_labels) float32
 # The Whisper model's other inputs and outputs: a baseline's mean embedding and heard-emotion shares in,
@@ -58,6 +59,7 @@ class ModelInfo:
     temperature: float = 1.0
     encoder: dict | None = None  # provenance of a pretrained encoder's weights
     baseline: BaselineInfo | None = None
+    trained_on: dict[str, list[str]] | None = None  # corpus -> speakers
 
     def metadata(self) -> dict[str, str]:
         values = {
@@ -69,6 +71,8 @@ class ModelInfo:
             values[ENCODER_KEY] = json.dumps(self.encoder, sort_keys=True)
         if self.baseline is not None:
             values[BASELINE_KEY] = json.dumps(asdict(self.baseline), sort_keys=True)
+        if self.trained_on is not None:
+            values[TRAINED_ON_KEY] = json.dumps(self.trained_on, sort_keys=True)
         return values
 
     @classmethod
@@ -80,6 +84,7 @@ class ModelInfo:
                 temperature=float(values.get(TEMPERATURE_KEY, "1.0")),
                 encoder=json.loads(values[ENCODER_KEY]) if ENCODER_KEY in values else None,
                 baseline=BaselineInfo(**json.loads(values[BASELINE_KEY])) if BASELINE_KEY in values else None,
+                trained_on=json.loads(values[TRAINED_ON_KEY]) if TRAINED_ON_KEY in values else None,
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise ModelError(f"{path} is not a sera emotion model: its metadata is missing or bad ({exc})") from None

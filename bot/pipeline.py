@@ -97,6 +97,8 @@ class Pipeline:
         spans = self.detector.segments(samples)
         segments = [Segment(samples[a:b], SAMPLE_RATE, a / SAMPLE_RATE, b / SAMPLE_RATE, baseline=baseline) for a, b in spans]
         outputs, notices = self.analyze_segments(segments, skip) if segments else ({}, [])
+        log.debug("analysed %.1f s of audio: %d speech segments, %d analyzers, %d notices", samples.size / SAMPLE_RATE,
+                  len(segments), len(outputs), len(notices))  # fmt: skip
         return Report(
             source=name,
             duration=samples.size / SAMPLE_RATE,

@@ -29,7 +29,7 @@ everything they need (the model classes and feature functions are re-exported he
 attribute ``api``; sera refuses, with the reason shown in ``sera plugins``, a plugin written for another
 major version (names were removed or changed meaning) or for a later minor one (it may call what this
 sera does not have yet). 1.1 added baselines (``Segment.baseline``, ``EmotionResult.baseline_clips``
-and ``observation``), ``EmotionAnalyzer`` and the re-exports.
+and ``observation``), ``EmotionAnalyzer``, ``requires``/``extra`` and the re-exports.
 """
 
 from __future__ import annotations
@@ -201,6 +201,11 @@ class Plugin(Generic[OptionsT]):
     name: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
     api: ClassVar[tuple[int, int] | None] = None
+    # Modules it needs that an optional extra of its package brings (``requires = ("matplotlib",)``,
+    # ``extra = "chart"``): where one is missing the plugin is "not installed", with the command that
+    # installs it, rather than failing at every run.
+    requires: ClassVar[tuple[str, ...]] = ()
+    extra: ClassVar[str] = ""
 
     def __init__(self, options: OptionsT, context: PluginContext) -> None:
         self.options = options
@@ -247,6 +252,7 @@ class EmotionAnalyzer(Analyzer[OptionsT]):
 
     labels: tuple[str, ...] = ()
     baseline_info: BaselineInfo | None = None
+    trained_on: Mapping[str, Sequence[str]] | None = None  # corpus -> the speakers its model was trained on, where known
 
     def result(
         self, start: float, end: float, probs: np.ndarray, baseline_clips: int = 0, observation: Observation | None = None

@@ -16,6 +16,7 @@ plugin that hangs costs only itself.
 from __future__ import annotations
 
 import ast
+import importlib.util
 import logging
 import threading
 from collections.abc import Callable, Collection
@@ -28,7 +29,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 
 from sera import DISTRIBUTION, __version__
 from sera.config import DEFAULT_PLUGINS, Config, build
-from sera.errors import SeraError
+from sera.errors import ConfigError, SeraError
 from sera.plugin import Analyzer, Plugin, PluginContext, Report, Reporter, SessionSummary, api_mismatch
 
 log = logging.getLogger(__name__)
@@ -122,9 +123,14 @@ class PluginInfo:
     plugin: Plugin | None = None
     guard: Guard | None = None
     ready: bool = False  # imported, API and options checked, not set up (``PluginSet(set_up=False)``)
+    missing: str | None = None  # an optional dependency is not installed: what it needs and how to install it
+    bad_config: bool = False  # its section of the config is wrong (an unknown option, a value out of range)
+    options: Any = None  # its options as built from the config, defaults filled in
 
     @property
     def status(self) -> str:
+        if self.missing:
+            return f"not installed: {self.missing}"
         if self.error:
             return f"failed: {self.error}"
         if self.guard is not None and self.guard.stopped:
@@ -141,10 +147,15 @@ class PluginInfo:
 class PluginSet:
     """The loaded plugins of one configuration, in discovery order."""
 
-    def __init__(self, config: Config, sample_rate: int, only: Collection[str] | None = None, set_up: bool = True) -> None:
+    def __init__(
+        self, config: Config, sample_rate: int, only: Collection[str] | None = None, set_up: bool = True,
+        reporters: Collection[str] | None = None,
+    ) -> None:  # fmt: skip
         """Load every enabled plugin, or with ``only`` just those named (``sera evaluate`` needs one).
         Without ``set_up``, plugins are imported and their options checked but not set up (no model is
-        loaded): what ``sera plugins`` lists in a blink."""
+        loaded): what ``sera plugins`` lists in a blink. With ``reporters``, only the reporters named are
+        set up (``sera analyze`` uses one; the others, matplotlib's among them, cost nothing)."""
+        self._reporters = reporters
         context = PluginContext(models_dir=config.models_dir, sample_rate=sample_rate)
         found: dict[str, list[EntryPoint]] = {}
         for ep in entry_points(group=GROUP):
@@ -178,8 +189,11 @@ class PluginSet:
         for info in self.infos:
             if info.name == name and info.active and isinstance(info.plugin, Reporter):
                 return info.plugin
-        reason = next((i.status for i in self.infos if i.name == name), "not installed")
-        raise SeraError(f"reporter {name!r} is not available ({reason})")
+        info = next((i for i in self.infos if i.name == name), None)
+        if info is None or info.kind == "analyzer":
+            known = ", ".join(i.name for i in self.infos if i.kind == "reporter") or "none"
+            raise SeraError(f"no reporter called {name!r}; the reporters here: {known}")
+        raise SeraError(f"reporter {name!r} is not available ({info.status})")
 
     def render(self, name: str, report: Report) -> Any:
         """Reporter ``name``'s output for ``report``; ``SeraError`` (a short reason) if it is missing or fails."""
@@ -229,7 +243,9 @@ class PluginSet:
         return deleted, failed
 
     def failures(self) -> list[PluginInfo]:
-        return [i for i in self.infos if i.enabled and (i.error or (i.guard and i.guard.stopped))]
+        """Enabled plugins that failed (to import, configure or set up) or were stopped; one whose optional
+        dependency is not installed is not a failure: ``sera plugins`` lists it with how to install it."""
+        return [i for i in self.infos if i.enabled and not i.missing and (i.error or (i.guard and i.guard.stopped))]
 
     def close(self) -> None:
         """Tear every plugin down, each within the plugin timeout, whatever it does."""
@@ -254,11 +270,15 @@ class PluginSet:
         enabled = raw.pop("enabled", builtin)
         info = PluginInfo(ep.name, origin, enabled=enabled is True)
         if not isinstance(enabled, bool):
-            info.error = f"'plugins.{ep.name}.enabled' in {config.source} must be true or false"
+            info.error, info.bad_config = f"{config.source}: 'plugins.{ep.name}.enabled' must be true or false, not {enabled!r}", True
             log.error("plugin %s not loaded: %s", ep.name, info.error)
             return info
         if not enabled:
-            return info  # never imported: a disabled plugin's code does not run
+            if builtin and not set_up:  # sera's own code: its options' defaults are shown (``sera config``)
+                cls = ep.load()
+                info.kind = "analyzer" if issubclass(cls, Analyzer) else "reporter"
+                info.options = build(cls.Options, raw, config.source, prefix=f"plugins.{ep.name}.")
+            return info  # a disabled third-party plugin is never imported: its code does not run
         if not builtin and (needs := incompatible(ep)):
             info.error = f"{origin} needs {needs}; this is {DISTRIBUTION} {__version__}"
             log.error("plugin %s not loaded: %s", ep.name, info.error)
@@ -275,16 +295,27 @@ class PluginSet:
             if mismatch := api_mismatch(cls.api):
                 raise SeraError(mismatch)
             info.kind = "analyzer" if issubclass(cls, Analyzer) else "reporter"
+            absent = [module for module in cls.requires if importlib.util.find_spec(module) is None]
+            if absent:
+                dist = ep.dist.name if ep.dist else "its package"
+                info.missing = f"needs {', '.join(absent)} (pip install '{dist}[{cls.extra}]')" if cls.extra else f"needs {', '.join(absent)}"
+                log.info("plugin %s not available: %s", ep.name, info.missing)
+                return info
             if cls.name and cls.name != ep.name:
                 log.warning("plugin %s: its class says name %r; a plugin's name is its entry point's", ep.name, cls.name)
             cls.name = ep.name  # never what the class says: a third party cannot take over a built-in's answers
             options = build(cls.Options, raw, config.source, prefix=f"plugins.{ep.name}.")
-            if not set_up:
+            info.options = options
+            if not set_up or (self._reporters is not None and issubclass(cls, Reporter) and ep.name not in self._reporters):
                 info.ready = True
                 return info
             plugin = cls(options, context)
             guard.call("setup", plugin.setup, timeout=max(SETUP_TIMEOUT_SECONDS, config.plugin_timeout_seconds))
             info.plugin, info.guard = plugin, guard
+            log.debug("plugin %s set up (%s)", ep.name, origin)
+        except ConfigError as exc:  # every command refuses such a config at once (``check_options``), in one line
+            info.error, info.bad_config = str(exc), True
+            log.info("plugin %s not loaded: %s", ep.name, exc)
         except SeraError as exc:
             info.error = str(exc)
             log.error("plugin %s not loaded: %s", ep.name, exc)
@@ -325,6 +356,17 @@ def declared_api(ep: EntryPoint) -> tuple[int, int] | None:
                         return None
                     return value if isinstance(value, tuple) else None
     return None
+
+
+def check_options(config: Config) -> None:
+    """Every enabled plugin's section of the config, checked as the config itself is (one ``ConfigError``
+    naming the file, the option and its range): ``sera config``, ``sera doctor``, ``sera analyze`` and
+    ``sera run`` all refuse a wrong option before doing anything, instead of running without the plugin.
+    Imports the enabled plugins (their code is small; models load only in ``setup``)."""
+    plugins = PluginSet(config, 0, set_up=False)
+    wrong = [i.error for i in plugins.infos if i.bad_config and i.error]
+    if wrong:
+        raise ConfigError(wrong[0])
 
 
 def incompatible(ep: EntryPoint) -> str | None:

@@ -39,6 +39,7 @@ class EmotionCNN(EmotionAnalyzer[Options]):
         if rate != self.context.sample_rate:
             raise ModelError(f"{path} expects {rate} Hz audio but sera decodes at {self.context.sample_rate} Hz")
         self.labels = self.model.info.labels
+        self.trained_on = self.model.info.trained_on
         # librosa builds its filters and JIT-compiles on first use (seconds): pay that now, not on a user's note.
         self.analyze([Segment(np.zeros(rate, dtype=np.float32), rate, 0.0, 1.0)])
 

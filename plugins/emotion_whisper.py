@@ -41,6 +41,7 @@ class EmotionWhisper(EmotionAnalyzer[Options]):
         if rate != self.context.sample_rate:
             raise ModelError(f"{path} expects {rate} Hz audio but sera decodes at {self.context.sample_rate} Hz")
         self.labels = self.model.info.labels
+        self.trained_on = self.model.info.trained_on
         self.baseline_info = self.model.baseline
         self.analyze([Segment(np.zeros(rate, dtype=np.float32), rate, 0.0, 1.0)])  # librosa's filters, onnxruntime's first run
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -29,6 +31,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: 8 s or more on a 2-core machine (a training run, a whole corpus, a long live session); run with --slow")
+    # Tests never write into the user's home: sera's default database, status and cache folders (and
+    # those of every library that follows the XDG variables) go to a folder of this run.
+    home = Path(tempfile.mkdtemp(prefix="sera-tests-home-"))
+    for variable in ("XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
+        os.environ[variable] = str(home / variable.lower())
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -129,14 +130,15 @@ def test_wrong_config_is_one_clear_error(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "config file not found" in missing.stderr
 
 
-def test_missing_model_is_reported_not_fatal(tmp_path: Path) -> None:
+def test_a_missing_model_is_reported_and_the_exit_says_so(tmp_path: Path) -> None:
+    """The other plugins still answer; the exit status (1) and one line say that one could not."""
     config = tmp_path / "sera.yaml"
     config.write_text("plugins:\n  emotion_whisper:\n    model: missing.onnx\n")
     listing = run("--config", str(config), "plugins", "--check")
-    assert listing.returncode == 0
-    assert "model file not found" in listing.stdout
+    assert listing.returncode == 1 and "model file not found" in listing.stdout
+    assert run("--config", str(config), "plugins").returncode == 0  # listed, not set up: nothing failed yet
     done = run("--config", str(config), "analyze", "--json", str(SAMPLE_NOTE))
-    assert done.returncode == 0
+    assert done.returncode == 1
     assert "plugin emotion_whisper is not loaded: model file not found" in done.stderr
     assert "prosody" in json.loads(done.stdout)["analyzers"]
 
@@ -157,10 +159,98 @@ def test_plugins_lists_builtins() -> None:
 def test_the_operator_log_can_be_json_lines(tmp_path: Path) -> None:
     config = tmp_path / "sera.yaml"
     config.write_text("plugins:\n  emotion_whisper:\n    unsure_below: 3\n")
-    done = run("--log-format", "json", "--config", str(config), "plugins")
+    done = run("--log-format", "json", "-v", "--config", str(config), "plugins")
     entries = [json.loads(line) for line in done.stderr.splitlines()]
     assert entries and all(set(e) >= {"time", "level", "logger", "message"} for e in entries)
-    assert any(e["level"] == "ERROR" and "'plugins.emotion_whisper.unsure_below' must be between 0 and 1" in e["message"] for e in entries)
+    assert any(e["level"] == "INFO" and "'plugins.emotion_whisper.unsure_below' must be between 0 and 1" in e["message"] for e in entries)
+
+
+@pytest.mark.parametrize("command", [("config",), ("doctor",), ("analyze", str(SAMPLE_NOTE)), ("run",)])
+def test_a_bad_plugin_option_is_refused_like_any_config_mistake(tmp_path: Path, command: tuple[str, ...]) -> None:
+    """It once passed `sera config` and `sera doctor`, then `sera analyze` answered without an emotion."""
+    config = tmp_path / "sera.yaml"
+    config.write_text("plugins:\n  emotion_whisper:\n    unsure_below: 5\n")
+    done = run("--config", str(config), *command)
+    why = f"{config}: 'plugins.emotion_whisper.unsure_below' must be between 0 and 1, not 5"
+    if command == ("doctor",):
+        assert done.returncode == 2 and f"✘ config: {why}" in done.stdout
+    else:  # (``sera run`` also logs it, as the operator's log of a refused start)
+        assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == f"sera: {why}" and not done.stdout
+        assert done.stderr.count("\n") == 1 or command == ("run",)
+
+
+def test_an_analyzer_that_fails_on_a_file_says_so_in_the_output_and_the_exit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sera.plugins.prosody import Prosody
+
+    monkeypatch.setattr(Prosody, "analyze", lambda self, segments: 1 / 0)
+    text = run("analyze", str(SAMPLE_NOTE))
+    assert text.returncode == 1 and "note: prosody failed (it raised an error); its results are left out" in text.stdout
+    assert "sera: " in text.stderr and "prosody failed" in text.stderr and "emotion: " in text.stdout
+    data = run("analyze", "--json", str(SAMPLE_NOTE))
+    assert data.returncode == 1 and json.loads(data.stdout)["notices"] == ["prosody failed (it raised an error); its results are left out"]
+
+
+def test_sera_config_fills_in_every_default_plugins_included() -> None:
+    import yaml
+
+    done = run("config")
+    assert done.returncode == 0, done.stderr
+    effective = yaml.safe_load(done.stdout)
+    assert effective["plugins"]["emotion_whisper"] == {"enabled": True, "model": "sera-emotion-whisper.onnx", "unsure_below": 0.4}
+    assert effective["plugins"]["emotion_cnn"] == {"enabled": False, "model": "sera-emotion.onnx", "unsure_below": 0.4}
+    assert {"prosody", "text", "json", "embed", "chart"} <= effective["plugins"].keys()
+
+
+def test_sera_db_status_creates_no_database(tmp_path: Path) -> None:
+    config = tmp_path / "sera.yaml"
+    config.write_text(f"discord:\n  database: {tmp_path / 'nowhere' / 'sera.db'}\n")
+    done = run("--config", str(config), "db", "status")
+    assert done.returncode == 0 and "does not exist yet" in done.stdout and "discord: schema 0 of 3" in done.stdout
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_reading_only_the_first_line_is_no_error() -> None:
+    """`sera analyze ... | head -1` once ended in a BrokenPipeError traceback."""
+    done = subprocess.run(f"{sys.executable} -m sera analyze {SAMPLE_NOTE} {SAMPLE_NOTE} | head -1", shell=True,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.stdout.startswith("voice-note.ogg") and len(done.stdout.splitlines()) == 1
+    assert "Traceback" not in done.stderr and "Broken" not in done.stderr, done.stderr
+
+
+def test_verbose_raises_seras_log_not_every_librarys() -> None:
+    done = run("-vv", "analyze", str(SAMPLE_NOTE))
+    lines = [line for line in done.stderr.splitlines() if line[:4].isdigit()]
+    assert any(" DEBUG sera" in line or " INFO sera" in line for line in lines)
+    assert all(" sera" in line.split(":", 3)[-2] or " WARNING " in line or " ERROR " in line for line in lines), lines
+
+
+def test_an_unknown_reporter_names_the_ones_there_are() -> None:
+    done = run("analyze", "--reporter", "pdf", str(SAMPLE_NOTE))
+    assert done.returncode == 2 and "no reporter called 'pdf'; the reporters here: " in done.stderr
+    assert all(name in done.stderr for name in ("text", "json", "embed", "chart"))
+
+
+def test_a_chart_is_never_written_to_a_terminal_and_goes_where_output_says(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sera.adapters.cli import Output
+    from sera.errors import SeraError
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    with pytest.raises(SeraError, match="a terminal cannot show: add --output FILE.png"):
+        Output(None, 1).emit(b"\x89PNG", "note.ogg")
+    assert sys.stdout.getvalue() == ""
+    monkeypatch.undo()
+    one = run("analyze", "--reporter", "chart", "--output", str(tmp_path / "one.png"), str(SAMPLE_NOTE))
+    assert one.returncode == 0 and (tmp_path / "one.png").read_bytes()[:4] == b"\x89PNG"
+    other = tmp_path / "other.ogg"
+    other.write_bytes(SAMPLE_NOTE.read_bytes())
+    folder = run("analyze", "--reporter", "chart", "--output", str(tmp_path / "charts") + "/", str(SAMPLE_NOTE), str(other))
+    assert folder.returncode == 0 and sorted(p.name for p in (tmp_path / "charts").iterdir()) == ["other.png", "voice-note.png"]
+    refused = run("analyze", "--reporter", "chart", "--output", str(tmp_path / "two.png"), str(SAMPLE_NOTE), str(SAMPLE_NOTE))
+    assert refused.returncode == 2 and "name a folder" in refused.stderr
 
 
 def test_the_readme_shows_what_sera_analyze_prints_for_the_sample() -> None:

@@ -520,13 +520,13 @@ def test_a_command_that_fails_is_answered_not_left_hanging(harness: Harness, cap
     busy = app_commands.CommandInvokeError(command, StorageError("the database is busy (another process is writing to it)"))
     first = harness.interaction(FakeGuild(), admin=True)
     first.command = command
-    asyncio.run(harness.cog.cog_app_command_error(first, busy))
+    asyncio.run(harness.bot.tree.on_error(first, busy))
     assert first.sent() == [{"content": "Nothing was changed: the database is busy (another process is writing to it).", "ephemeral": True}]
     bug = app_commands.CommandInvokeError(command, KeyError("oops"))
     deferred = harness.interaction(FakeGuild(), admin=True)
     deferred.command = command
     asyncio.run(deferred.response.defer(thinking=True))
-    asyncio.run(harness.cog.cog_app_command_error(deferred, bug))
+    asyncio.run(harness.bot.tree.on_error(deferred, bug))
     assert "the operator has been told" in deferred.sent()[-1]["content"] and "oops" not in deferred.sent()[-1]["content"]
     assert any("command sera style failed" in r.message and r.exc_info for r in caplog.records)
 
@@ -718,13 +718,22 @@ def test_prometheus_metrics_are_served_on_loopback_when_asked(tmp_path: Path, pi
     assert status == 200 and content_type.startswith("text/plain")
     assert bound == [("127.0.0.1", port)]
     assert "# TYPE sera_notes_failed_total counter" in text
-    samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
-    assert samples["sera_up"] == "1" and samples["sera_notes_answered_total"] == "1"
-    assert samples['sera_notes_failed_total{kind="bad_audio"}'] == "1"
-    assert samples['sera_notes_failed_total{kind="too_large"}'] == "1"
-    assert samples['sera_notes_failed_total{kind="internal"}'] == "0"
-    assert samples["sera_queue_busy"] == "0" and samples["sera_queue_size"] == "16" and samples["sera_live_sessions"] == "0"
-    assert 0 <= float(samples["sera_event_loop_lag_seconds"]) <= float(samples["sera_event_loop_lag_max_seconds"])
+    samples = {name: float(value) for name, value in (line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))}
+    assert samples["sera_up"] == 1 and samples["sera_notes_answered_total"] == 1
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = {f.name: f for f in text_string_to_metric_families(text)}  # what a Prometheus server parses
+    assert families["process_resident_memory_bytes"].samples[0].value > 50e6 and families["process_open_fds"].samples[0].value > 3
+    assert families["process_cpu_seconds"].samples[0].value > 0
+    latency = {s.name: s.value for s in families["sera_note_latency_seconds"].samples if not s.labels.get("le")}
+    assert latency["sera_note_latency_seconds_count"] == 3 and latency["sera_note_latency_seconds_sum"] > 0
+    analysis = {s.labels.get("le"): s.value for s in families["sera_analysis_seconds"].samples if s.name.endswith("_bucket")}
+    assert analysis["+Inf"] == 2  # the note too large was never analysed
+    assert samples['sera_notes_failed_total{kind="bad_audio"}'] == 1
+    assert samples['sera_notes_failed_total{kind="too_large"}'] == 1
+    assert samples['sera_notes_failed_total{kind="internal"}'] == 0
+    assert samples["sera_queue_busy"] == 0 and samples["sera_queue_size"] == 16 and samples["sera_live_sessions"] == 0
+    assert 0 <= samples["sera_event_loop_lag_seconds"] <= samples["sera_event_loop_lag_max_seconds"]
     with socket.socket() as after:  # the cog unloaded: the port is free again
         after.bind(("127.0.0.1", port))
     harness.close()
@@ -877,3 +886,22 @@ def test_the_operator_log_names_no_user_id_and_no_file_name(harness: Harness, ca
     lines = [r.getMessage() for r in caplog.records]
     assert sum(who(user.id) in line for line in lines) >= 3 and who(user.id) == who(str(user.id))
     assert not [line for line in lines if str(user.id) in line or "alice-diary" in line]
+
+
+def test_the_message_menu_answers_when_something_fails(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The "Analyse emotion" menu goes through the same one handler as every slash command: a database
+    that refuses a read leaves the user with a sentence, not "interaction failed"."""
+    from sera.adapters.discord.testing import invoke
+    from sera.database import StorageError
+
+    def busy(*args):
+        raise StorageError("the database is busy (another process is writing to it)")
+
+    monkeypatch.setattr(harness.store, "settings", busy)
+    guild = FakeGuild()
+    interaction = harness.interaction(guild)
+    asyncio.run(invoke(harness.cog.menu, interaction, harness.message(harness.attachment(NOTE), guild=guild)))
+    assert interaction.sent() == [{"content": "Nothing was changed: the database is busy (another process is writing to it).", "ephemeral": True}]
+    own = harness.interaction(guild, user=(me := FakeUser()))
+    asyncio.run(invoke(harness.cog.menu, own, harness.message(harness.attachment(NOTE), guild=guild, author=me)))
+    assert "the database is busy" in own.sent()[-1]["content"]  # after the defer: a follow-up

@@ -322,3 +322,13 @@ def test_a_non_dumpable_bot_shuts_proc_to_children_of_its_own_user(open_folder: 
     read, uid = confined_bot(open_folder, "confined", *drop)
     assert uid == str(os.geteuid())
     assert "secret-token" not in read and "OTHER-USERS-AUDIO" not in read
+
+
+def test_the_token_can_come_from_a_systemd_credential(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sera.adapters.discord.app import token
+    from sera.config import Config
+
+    (tmp_path / "DISCORD_TOKEN").write_text("MTIzNDU2Nzg5.from-a-credential\n")
+    monkeypatch.delenv("DISCORD_TOKEN", raising=False)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    assert token(Config()) == "MTIzNDU2Nzg5.from-a-credential"

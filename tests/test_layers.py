@@ -89,3 +89,18 @@ def test_light_commands_import_nothing_heavy(argv: list[str]) -> None:
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_every_package_folder_is_in_the_distribution() -> None:
+    """The package list in pyproject.toml is explicit (the folders are mapped): a new subpackage left out
+    of it would silently be missing from the wheel."""
+    import tomllib
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    mapped = {folder: package for package, folder in setuptools["package-dir"].items()}
+    found = set()
+    for top, package in mapped.items():
+        for init in (ROOT / top).rglob("__init__.py"):
+            relative = init.parent.relative_to(ROOT / top)
+            found.add(".".join([package, *relative.parts]))
+    assert found == set(setuptools["packages"])

@@ -466,3 +466,28 @@ def test_a_plugin_for_another_api_is_refused_before_its_code_runs(tmp_path: Path
         assert outputs["impostor"].segments == [None] and outputs["emotion_whisper"].segments[0] is not None
     finally:
         pipeline.close()
+
+
+def test_a_built_in_whose_optional_dependency_is_missing_is_not_installed_not_failed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without matplotlib (a plain `pip install sera-voice`), the chart reporter is "not installed" with
+    the command that installs it: no error, no traceback, no line on every `sera analyze`."""
+    import importlib.util
+
+    from sera import registry
+    from tests.conftest import sera as cli
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(registry.importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    plugins = PluginSet(Config(), SAMPLE_RATE, only={"chart"})
+    try:
+        (info,) = plugins.infos
+        assert info.status == "not installed: needs matplotlib (pip install 'sera-voice[chart]')"
+        assert plugins.failures() == [] and info.plugin is None
+        with pytest.raises(SeraError, match="reporter 'chart' is not available \\(not installed: needs matplotlib"):
+            plugins.render("chart", None)
+    finally:
+        plugins.close()
+    done = cli("analyze", str(SAMPLE_NOTE))
+    assert done.returncode == 0 and done.stderr == ""
+    listed = cli("plugins", "--check")
+    assert listed.returncode == 0 and "not installed: needs matplotlib (pip install 'sera-voice[chart]')" in listed.stdout

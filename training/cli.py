@@ -29,6 +29,15 @@ CNN_PLUGIN = "emotion_cnn"
 CNN_VAL, CNN_TEST = "17,18", "19,20,21"  # the CNN's held-out speakers unless told otherwise
 
 
+def cache_folder(args: argparse.Namespace) -> Path | None:
+    """Where features and embeddings are cached between runs: ``--cache``, else the user's cache folder."""
+    if args.no_cache:
+        return None
+    import platformdirs
+
+    return Path(args.cache).expanduser() if args.cache else platformdirs.user_cache_path("sera")
+
+
 def speakers(text: str) -> set[str]:
     return {f"{int(s):02d}" if s.strip().isdigit() else s.strip() for s in text.split(",") if s.strip()}
 
@@ -67,7 +76,7 @@ def train_whisper(args: argparse.Namespace, config: Config, clips: list, out: Pa
     if args.val_speakers or args.test_speakers or args.ablation_epochs:
         raise SeraError("--val-speakers, --test-speakers and --ablation-epochs are the CNN's (--model cnn); the Whisper model trains on every speaker")
     test_only = frozenset(n.strip() for n in (args.test_corpus or "").split(",") if n.strip())
-    cache = None if args.no_cache else Path(args.cache).expanduser()
+    cache = cache_folder(args)
     cv, shipped, minutes = whisper_train.run(clips, out, config.models_dir, EMOTIONS, cache, args.cv, args.seed, test_only, args.cv_only)
     results = whisper_card.Results(args.corpus, args.test_corpus or "", args.data, len(clips) - sum(c.corpus in test_only for c in clips),
                                    sorted({c.speaker for c in clips if c.corpus not in test_only}), cv.to_dict(), shipped, minutes,
@@ -105,7 +114,7 @@ def train_cnn(args: argparse.Namespace, config: Config, clips: list, out: Path) 
         val,
         test,
         EMOTIONS,
-        None if args.no_cache else Path(args.cache).expanduser(),
+        cache_folder(args),
         seed=args.seed,
         epochs=1 if args.smoke else args.epochs,
         ablation_epochs=args.ablation_epochs,
@@ -164,7 +173,7 @@ def run_crossval(args: argparse.Namespace, clips: list, config: Config, out: Pat
     from sera.training.crossval import cross_validate
     from sera.training.data import build_features
 
-    cache = None if args.no_cache else Path(args.cache).expanduser()
+    cache = cache_folder(args)
     features = build_features(clips, FeatureParams(), config.models_dir / VAD_MODEL, cache, args.seed)
     y = np.array([EMOTIONS.index(c.label) for c in clips])
     cv = plan(args)
@@ -219,7 +228,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ablation-epochs", type=int, metavar="N", help="first train and score every ablation step for N epochs each"
     )
-    parser.add_argument("--cache", default="~/.cache/sera", help="feature cache folder")
+    parser.add_argument("--cache", help="feature and embedding cache folder (default: the user's cache folder, ~/.cache/sera)")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     parser.add_argument("--smoke", action="store_true", help="one epoch: checks that the recipe runs end to end")
     parser.add_argument("--cv", type=int, metavar="K", help="first cross-validate the recipe over K speaker-grouped folds")

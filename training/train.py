@@ -96,7 +96,11 @@ def run(
             ece_raw=score(y[split.val], softmax(val_logits), labels).ece,
             ece_calibrated=score(y[split.val], softmax(val_logits, temperature), labels).ece,
         )
-    info = ModelInfo(features=params, labels=labels, temperature=temperature)
+    trained_on: dict[str, set[str]] = {}
+    for i in split.train:
+        trained_on.setdefault(clips[i].corpus, set()).add(clips[i].speaker)
+    info = ModelInfo(features=params, labels=labels, temperature=temperature,
+                     trained_on={corpus: sorted(speakers) for corpus, speakers in trained_on.items()})  # fmt: skip
     model_path = out_dir / MODEL_FILE
     export_onnx(final, info, model_path)
     return split, TrainingRun(

@@ -353,8 +353,12 @@ def train_and_export(embeddings: Embeddings, clips: list[Clip], labels: tuple[st
     heads = fit_baseline(data, trained, plain, seed)
     embedder = Embedder(weights, TAPS).eval()
     space = hashlib.sha256(f"{weights.sha256}|{TAPS}|{params.to_json()}".encode()).hexdigest()[:16]
+    trained_on: dict[str, list[str]] = {}
+    for i in trained:
+        trained_on.setdefault(clips[i].corpus, []).append(clips[i].speaker)
     info = ModelInfo(params, labels, cv.pooled["temperature"], weights.provenance(TAPS),
-                     BaselineInfo(space, cv.baseline["min_clips"], cv.pooled["baseline_temperature"]))  # fmt: skip
+                     BaselineInfo(space, cv.baseline["min_clips"], cv.pooled["baseline_temperature"]),
+                     {corpus: sorted(set(speakers)) for corpus, speakers in trained_on.items()})  # fmt: skip
     path = out / WHISPER_MODEL_FILE
     net = WhisperEmotionNet(embedder, heads)
     export(net, info.metadata(), path, OPSET, params.n_mels, data.x.shape[1], len(labels))

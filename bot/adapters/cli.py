@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -26,6 +27,7 @@ log = logging.getLogger("sera")
 
 TEXT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 EXIT_OK = 0
+EXIT_PLUGIN_FAILED = 1  # the command ran, but a plugin failed (its results are missing; a notice says which)
 EXIT_BAD_INPUT = 2
 
 
@@ -34,11 +36,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if args.log_format == "json" else logging.Formatter(TEXT_LOG_FORMAT))
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,
-        handlers=[handler],
-        force=True,  # the command owns the process's logging, also when main() is called twice in one process
-    )
+    # The command owns the process's logging (also when main() runs twice in one process). Other
+    # libraries stay at WARNING: -v and -vv are about sera, not numba's compiler or aiohttp's internals.
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
+    log.setLevel(logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.NOTSET)
     if not hasattr(args, "handler"):
         parser.print_help()
         return EXIT_BAD_INPUT
@@ -49,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `sera analyze ... | head -1`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush finds somewhere to go
+        return EXIT_OK
 
 
 LOG_CONTEXT = ("guild", "event")
@@ -91,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("files", nargs="+", metavar="FILE", help="any audio ffmpeg reads")
     output = analyze.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print one JSON object per file")
-    output.add_argument("--reporter", default="text", help="render with this reporter plugin (default: text)")
+    output.add_argument("--reporter", default="text", help="render with this reporter plugin: text (default), json, chart...")
+    analyze.add_argument("-o", "--output", metavar="PATH", help="write each rendering there instead: a file, or a folder (one file per input)")
     analyze.add_argument("--baseline", nargs="+", metavar="FILE",
                          help="recordings of the same speaker's ordinary voice: FILEs are judged against them (put FILEs first, or end with --)")
 
@@ -142,15 +147,22 @@ def config_of(args: argparse.Namespace) -> Config:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    from sera.audio import SAMPLE_RATE
     from sera.pipeline import Pipeline
+    from sera.registry import PluginSet, check_options
 
-    pipeline = Pipeline(config_of(args))
+    config = config_of(args)
+    check_options(config)
+    name = "json" if args.json else args.reporter
+    output = Output(args.output, len(args.files))
+    pipeline = Pipeline(config, PluginSet(config, SAMPLE_RATE, reporters={name}))
     try:
-        reporter = pipeline.plugins.reporter("json" if args.json else args.reporter)
+        reporter = pipeline.plugins.reporter(name)
+        status = EXIT_OK
         for failed in pipeline.plugins.failures():
             if failed.kind != "reporter":  # a reporter this command does not use is no concern of its user
                 print(f"sera: plugin {failed.name} is not loaded: {failed.error}", file=sys.stderr)
-        status = EXIT_OK
+                status = EXIT_PLUGIN_FAILED
         baseline = personal_baseline(pipeline, args.baseline) if args.baseline else None
         for path in args.files:
             try:
@@ -163,7 +175,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                 status = EXIT_BAD_INPUT
                 continue
             try:
-                emit(pipeline.plugins.render(reporter.name, report))
+                output.emit(pipeline.plugins.render(reporter.name, report), path)
             except SeraError as error:
                 print(f"sera: {path}: {error}", file=sys.stderr)
                 status = EXIT_BAD_INPUT
@@ -171,9 +183,50 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             if not report.speech_detected:
                 print(f"sera: {path}: no speech detected", file=sys.stderr)
                 status = EXIT_BAD_INPUT
+            for notice in report.notices:  # also in the output itself; here for scripts reading stderr and the exit
+                print(f"sera: {path}: {notice}", file=sys.stderr)
+                status = max(status, EXIT_PLUGIN_FAILED)
         return status
     finally:
         pipeline.close()
+
+
+class Output:
+    """Where ``sera analyze`` writes each file's rendering: stdout, or ``--output`` (a file, or a folder
+    that gets one file per input). Images never go to a terminal."""
+
+    def __init__(self, path: str | None, inputs: int) -> None:
+        from pathlib import Path
+
+        self.path = Path(path) if path else None
+        self.folder = self.path is not None and (self.path.is_dir() or path.endswith(os.sep))
+        if self.path is not None and not self.folder and inputs > 1:
+            raise SeraError(f"--output {path}: {inputs} files give {inputs} outputs: name a folder (it may end with /)")
+
+    def emit(self, rendered: object, source: str) -> None:
+        from pathlib import Path
+
+        if rendered is None:
+            return
+        data = rendered if isinstance(rendered, bytes) else (rendered if isinstance(rendered, str) else json.dumps(rendered, ensure_ascii=False))
+        if self.path is None:
+            if isinstance(data, bytes):
+                if sys.stdout.isatty():
+                    raise SeraError("that reporter draws a PNG image, which a terminal cannot show: add --output FILE.png (or a folder)")
+                sys.stdout.buffer.write(data)
+                sys.stdout.buffer.flush()
+            else:
+                print(data, flush=True)
+            return
+        target = self.path
+        if self.folder:
+            target.mkdir(parents=True, exist_ok=True)
+            target = target / (Path(source).stem + (".png" if isinstance(data, bytes) else ".txt"))
+        try:
+            target.write_bytes(data) if isinstance(data, bytes) else target.write_text(data + "\n")
+        except OSError as error:
+            raise SeraError(f"cannot write {target}: {error.strerror}") from None
+        print(f"sera: wrote {target}", file=sys.stderr)
 
 
 def personal_baseline(pipeline: Pipeline, paths: list[str]) -> Baseline:
@@ -197,31 +250,27 @@ def personal_baseline(pipeline: Pipeline, paths: list[str]) -> Baseline:
     return baseline
 
 
-def emit(output: object) -> None:
-    """Print a reporter's output: text as is, bytes (a PNG chart) raw for redirecting, the rest as JSON."""
-    if output is None:
-        return
-    if isinstance(output, bytes):
-        sys.stdout.buffer.write(output)
-        sys.stdout.buffer.flush()
-    elif isinstance(output, str):
-        print(output, flush=True)
-    else:
-        print(json.dumps(output, ensure_ascii=False), flush=True)
-
-
 def cmd_config(args: argparse.Namespace) -> int:
     import dataclasses
 
     import yaml
 
-    config = load(args.file or args.config)
+    from sera.audio import SAMPLE_RATE
     from sera.database import redact
+    from sera.registry import PluginSet, check_options
 
+    config = load(args.file or args.config)
+    check_options(config)
     effective = json.loads(json.dumps(dataclasses.asdict(config), default=str))
     del effective["source"]
     effective["discord"]["database"] = redact(config.discord.database) if "://" in config.discord.database else config.discord.database
-    print(f"# {config.source}: valid. Every key, defaults filled in; plugin options are checked by `sera plugins`.")
+    plugins = PluginSet(config, SAMPLE_RATE, set_up=False)
+    effective["plugins"] = {
+        info.name: {"enabled": info.enabled, **json.loads(json.dumps(dataclasses.asdict(info.options), default=str))}
+        if info.options is not None else {"enabled": info.enabled, **config.plugin_section(info.name)}
+        for info in plugins.infos
+    }  # every installed plugin, its options' defaults filled in (a disabled one's code is never imported: its section as given)
+    print(f"# {config.source}: valid. Every key, defaults filled in, plugin options checked.")
     print(yaml.safe_dump(effective, sort_keys=False), end="")
     return EXIT_OK
 
@@ -241,7 +290,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         if not args.check:
             print("\nready: imported, plugin API and options checked; `sera plugins --check` also sets each one up")
         print(f"\nsera {__version__}, plugin API {SERA_PLUGIN_API[0]}.{SERA_PLUGIN_API[1]}")
-        return EXIT_OK
+        return EXIT_PLUGIN_FAILED if plugins.failures() else EXIT_OK
     finally:
         plugins.close()
 
@@ -281,9 +330,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     config = replace(config, plugins={**config.plugins, name: {**config.plugin_section(name), "enabled": True}})
     pipeline = Pipeline(config, PluginSet(config, SAMPLE_RATE, only={name}))
     try:
-        result = evaluate(pipeline, items, args.only_present_labels, args.opus, name, args.baseline or 0, args.seed)
+        result = evaluate(pipeline, items, args.only_present_labels, args.opus, name, args.baseline or 0, args.seed, args.corpus)
     finally:
         pipeline.close()
+    if result.heard_in_training:
+        print(f"sera: warning: {name} was trained on speakers {', '.join(result.heard_in_training)} of {args.corpus}; "
+              "these figures are not on voices it never heard (its model card has the cross-validated ones)", file=sys.stderr)
     print(json.dumps(result.to_dict()) if args.json else format_text(result))
     return EXIT_OK
 
@@ -297,10 +349,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from sera.adapters.discord.app import run
 
+    from sera.registry import check_options
+
     if not args.verbose:
-        logging.getLogger().setLevel(logging.INFO)  # the operator's log: one line per start, failure, stop
-    logging.getLogger("discord").setLevel(logging.WARNING)
+        log.setLevel(logging.INFO)  # the operator's log: one line per start, failure, stop
     config = config_of(args)
+    check_options(config)
     if args.shard_count is not None or args.shard_ids is not None:
         try:
             ids = [int(i) for i in args.shard_ids.split(",")] if args.shard_ids else list(config.discord.shard_ids)
@@ -314,21 +368,29 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_sync(args: argparse.Namespace) -> int:
     from sera.adapters.discord.sync import run
 
-    logging.getLogger("discord").setLevel(logging.WARNING)
     print(run(config_of(args), args.guild, args.dry_run))
     return EXIT_OK
 
 
 def cmd_db(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from sera import baseline_store, sessions
     from sera.adapters.discord import store
     from sera.database import connect
 
-    db = connect(config_of(args).database_path())
+    target = config_of(args).database_path()
+    components = ((sessions.COMPONENT, sessions.MIGRATIONS), (store.COMPONENT, store.MIGRATIONS),
+                  (baseline_store.COMPONENT, baseline_store.MIGRATIONS))  # fmt: skip
+    if args.action == "status" and isinstance(target, Path) and not target.exists():  # looking creates nothing
+        print(f"database: {target} does not exist yet (sera creates it when it first opens it)")
+        for component, migrations in components:
+            print(f"{component}: schema 0 of {migrations[-1].version}; pending: " + ", ".join(f"{m.version} ({m.name})" for m in migrations))
+        return EXIT_OK
+    db = connect(target)
     try:
         print(f"database: {db} ({db.engine})")
-        for component, migrations in ((sessions.COMPONENT, sessions.MIGRATIONS), (store.COMPONENT, store.MIGRATIONS),
-                                      (baseline_store.COMPONENT, baseline_store.MIGRATIONS)):  # fmt: skip
+        for component, migrations in components:
             if args.action == "upgrade":
                 for migration in db.migrate(component, migrations):
                     print(f"  {component}: applied {migration.version} ({migration.name})")

@@ -117,8 +117,11 @@ def _voice(config: Config) -> Check:
 
 
 def run_checks(config_path: str | None) -> list[Check]:
+    from sera.registry import check_options
+
     try:
         config = load(config_path)
+        check_options(config)
     except SeraError as exc:
         return [Check("config", False, str(exc), "fix the key named above; see config.example.yaml")]
     checks: list[Check] = [Check("config", True, config.source), _ffmpeg(), _opus()]

@@ -9,15 +9,19 @@ import os
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import aiohttp
 import discord
+from discord import app_commands
 from discord.ext import commands
 
 from sera.audio import confine_process
 from sera.config import Config
+from sera.adapters.discord.failures import answer_failure
 from sera.adapters.discord.notes import VoiceNotes
 from sera.adapters.discord.store import Store
+from sera.adapters.discord.telemetry import Telemetry
 from sera.baseline_store import BaselineStore
 from sera.errors import SeraError
 from sera.pipeline import Pipeline
@@ -51,18 +55,27 @@ def shards(config: Config) -> tuple[int | None, list[int] | None]:
     return count or None, ids or None
 
 
+class SeraTree(app_commands.CommandTree):
+    """The bot's command tree: every slash command and the message menu that fails (a check that
+    refused, a database that refused a write, a bug) is answered here, once, for every cog."""
+
+    async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        await answer_failure(interaction, error)
+
+
 class SeraBot(commands.AutoShardedBot):
     """One process of the bot: every shard (a small bot has one) or the ones its config names."""
 
     def __init__(self, config: Config, pipeline: Pipeline, store: Store) -> None:
         count, ids = shards(config)
         super().__init__(command_prefix=commands.when_mentioned, intents=intents(config.discord.message_content),
-                         help_command=None, shard_count=count, shard_ids=ids)  # fmt: skip
+                         help_command=None, shard_count=count, shard_ids=ids, tree_cls=SeraTree)  # fmt: skip
         self.config = config
         self.pipeline = pipeline
         self.store = store
         self.sessions = SessionStore(store.db)  # live sessions and consent, on the same connection
         self.baselines = BaselineStore(store.db)  # personal baselines, on the same connection
+        self.telemetry = Telemetry()  # what the metrics endpoint serves (the Health cog)
         self.closing = False
 
     async def load_cogs(self) -> None:
@@ -125,15 +138,27 @@ def token(config: Config) -> str:
     and no later code that dumps the environment can see it. ``os.environ.pop`` does not clear the
     copy the kernel shows in ``/proc/<pid>/environ``, so the process is then made non-dumpable, which
     shuts that file (and the process's memory and open files) to every other process of its user."""
-    value = os.environ.pop(config.discord.token_env, "").strip()
+    value = os.environ.pop(config.discord.token_env, "").strip() or credential(config.discord.token_env)
     if not confine_process():
         log.warning("could not make the process non-dumpable: same-user processes can read its /proc entries")
     if not value:
         raise SeraError(
             f"no Discord token: set the environment variable {config.discord.token_env} "
-            "(its name is discord.token_env in the config)"
+            f"(its name is discord.token_env in the config), or give systemd's LoadCredential={config.discord.token_env}:FILE"
         )
     return value
+
+
+def credential(name: str) -> str:
+    """A systemd credential (``LoadCredential=NAME:/path``): a file only this service can read, which,
+    unlike an environment variable, no process ever inherits. Empty when there is none."""
+    folder = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not folder:
+        return ""
+    try:
+        return (Path(folder) / name).read_text().strip()
+    except OSError:
+        return ""
 
 
 VOICE_MODULES = ("davey", "discord.ext.voice_recv")  # the [voice] extra

@@ -3,7 +3,8 @@
 Always: a small JSON status file, rewritten every ``STATUS_SECONDS``, that ``sera status`` reads; a bot
 that stalls shows as a stale file. Where ``discord.metrics_port`` is set: Prometheus metrics over HTTP
 on the loopback interface only (``http://127.0.0.1:PORT/metrics``), for a scraper on the same machine
-or behind the operator's own proxy; served by aiohttp, which discord.py already runs on.
+or behind the operator's own proxy; served by aiohttp, which discord.py already runs on, in the
+format prometheus_client writes (``telemetry``).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class Health(commands.Cog):
         self.lag = LagProbe()
         self._probe: asyncio.Task | None = None
         self._server: web.AppRunner | None = None
+        bot.telemetry.report(self.status)
 
     async def cog_load(self) -> None:
         self.beat.start()
@@ -91,8 +93,8 @@ class Health(commands.Cog):
         log.info("Prometheus metrics on http://%s:%d/metrics", METRICS_HOST, self.metrics_port)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        return web.Response(text=prometheus(self.status()), content_type="text/plain", charset="utf-8",
-                            headers={"Cache-Control": "no-store"})  # fmt: skip
+        body = await asyncio.to_thread(self.bot.telemetry.exposition)  # reads /proc for the process metrics: off the loop
+        return web.Response(body=body, content_type="text/plain", charset="utf-8", headers={"Cache-Control": "no-store"})
 
     @tasks.loop(seconds=STATUS_SECONDS)
     async def beat(self) -> None:
@@ -118,33 +120,6 @@ class Health(commands.Cog):
             "plugins_stopped": [i.name for i in self.bot.pipeline.plugins.failures()],
             "loop_lag_ms": {"last": round(self.lag.last * 1000, 1), "worst": round(self.lag.worst * 1000, 1)},
         }
-
-
-METRICS = (  # name, type, help, how to read it from the status
-    ("sera_up", "gauge", "1 while the bot's event loop answers.", lambda s: 1),
-    ("sera_notes_answered_total", "counter", "Voice notes answered with an analysis.", lambda s: s["notes"].get("answered", 0)),
-    ("sera_notes_failed_total", "counter", "Voice notes answered without one, by why.", lambda s: s["notes_failed"]),
-    ("sera_queue_busy", "gauge", "Voice notes being analysed or waiting now.", lambda s: s["queue"].get("busy", 0)),
-    ("sera_queue_size", "gauge", "Voice notes that may be analysed or waiting at once.", lambda s: s["queue"].get("size", 0)),
-    ("sera_live_sessions", "gauge", "Voice-channel sessions being listened to.", lambda s: s["sessions"]),
-    ("sera_guilds", "gauge", "Servers the bot is in.", lambda s: s["guilds"]),
-    ("sera_plugins_stopped", "gauge", "Plugins stopped after overrunning their timeout.", lambda s: len(s["plugins_stopped"])),
-    ("sera_event_loop_lag_seconds", "gauge", "How late the event loop last woke a sleeping task.", lambda s: s["loop_lag_ms"]["last"] / 1000),
-    ("sera_event_loop_lag_max_seconds", "gauge", "The worst such lateness since start.", lambda s: s["loop_lag_ms"]["worst"] / 1000),
-)  # fmt: skip
-
-
-def prometheus(status: dict[str, Any]) -> str:
-    """The Prometheus text exposition format (version 0.0.4): HELP, TYPE, then one sample per series."""
-    lines = []
-    for name, kind, text, read in METRICS:
-        lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
-        value = read(status)
-        if isinstance(value, dict):
-            lines += [f'{name}{{kind="{label}"}} {count}' for label, count in value.items()]
-        else:
-            lines.append(f"{name} {value}")
-    return "\n".join(lines) + "\n"
 
 
 def write_status(path: Path, status: dict[str, Any]) -> None:

@@ -15,7 +15,6 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from sera.adapters.discord.failures import answer_failure
 from sera.adapters.discord.people import who
 from sera.pipeline import Pipeline
 from sera.sessions import INTERRUPTED, SessionStore, StoredSession
@@ -69,9 +68,6 @@ class SessionHistory(commands.Cog):
     def __init__(self, pipeline: Pipeline, sessions: SessionStore) -> None:
         self.pipeline = pipeline
         self.sessions = sessions
-
-    async def cog_app_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
-        await answer_failure(interaction, error)
 
     @history.command(name="list", description="The latest listening sessions in this server")
     async def list_sessions(self, interaction: discord.Interaction) -> None:

@@ -26,7 +26,6 @@ from discord.ext import commands, tasks, voice_recv
 
 from sera.adapters.discord.people import who
 from sera.config import LiveOptions
-from sera.adapters.discord.failures import answer_failure
 from sera.adapters.discord.history import member_names, stored_summary, summary_message
 from sera.adapters.discord.receive import SeraSink
 from sera.adapters.discord.store import Store
@@ -136,9 +135,6 @@ class Listening(commands.Cog):
     @orphans.before_loop
     async def _ready(self) -> None:
         await self.bot.wait_until_ready()
-
-    async def cog_app_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
-        await answer_failure(interaction, error)
 
     # -- starting ------------------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -28,7 +29,6 @@ from discord.ext import commands
 
 from sera.adapters.discord.people import who
 from sera.config import DiscordOptions
-from sera.adapters.discord.failures import answer_failure
 from sera.adapters.discord.limits import InFlight, RateLimiter, Slots
 from sera.adapters.discord.store import GuildSettings, Origin, Store
 from sera.baseline import Baseline
@@ -100,10 +100,6 @@ class VoiceNotes(commands.Cog):
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
 
-    async def cog_app_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
-        """A command that failed (a database refusing a write, a bug) is answered, never left hanging."""
-        await answer_failure(interaction, error)
-
     # -- the one road every note takes ---------------------------------------------------------------
 
     async def analyze(self, attachment: discord.Attachment, origin: Origin, settings: GuildSettings, catching_up: bool = False) -> Outcome:
@@ -170,7 +166,8 @@ class VoiceNotes(commands.Cog):
             )
             self._work.add(work)
             work.add_done_callback(self._work.discard)
-            report = await work
+            with self.bot.telemetry.analysis.time():
+                report = await work
         except AudioError as error:
             log.info("a note from %s: %s", who(origin.requested_by), error)
             return Outcome(error=f"😕 I couldn't use this audio: {error}.", kind="bad_audio")
@@ -276,8 +273,10 @@ class VoiceNotes(commands.Cog):
             origin = Origin(message.author.id, message.author.id, guild_id, message.channel.id, message.id)
             for note in notes:
                 try:
+                    arrived = time.perf_counter()
                     outcome = await self.analyze(note, origin, settings, catching_up)
                     await self._answer_message(message, outcome, settings)
+                    self.bot.telemetry.note_latency.observe(time.perf_counter() - arrived)
                 except Deferred:
                     raise
                 except Exception:  # one note's failure never costs the others their answer
@@ -337,6 +336,7 @@ class VoiceNotes(commands.Cog):
         self, interaction: discord.Interaction, note: discord.Attachment | None, author_id: int, message_id: int | None = None
     ) -> None:
         self._track()
+        arrived = time.perf_counter()
         if note is None or not is_audio(note):
             await interaction.response.send_message("I can only listen to audio files and voice notes.", ephemeral=True)
             return
@@ -350,6 +350,7 @@ class VoiceNotes(commands.Cog):
             if outcome.error and not private:
                 await interaction.delete_original_response()  # the "thinking" notice was public
             await interaction.followup.send(**await self.render(outcome, settings), ephemeral=private or bool(outcome.error))
+            self.bot.telemetry.note_latency.observe(time.perf_counter() - arrived)
         except discord.HTTPException as error:
             log.warning("could not answer interaction %s: %s", interaction.id, error)
 
@@ -379,7 +380,7 @@ class VoiceNotes(commands.Cog):
     @baseline.command(name="learn", description="Let your own voice notes (and voice-channel speech) keep your baseline current")
     @app_commands.describe(enabled="Add what I hear of your own voice to your baseline from now on")
     async def baseline_learn(self, interaction: discord.Interaction, enabled: bool) -> None:
-        await asyncio.to_thread(self.baselines.set_learning, str(interaction.user.id), enabled)  # a refusal: cog_app_command_error
+        await asyncio.to_thread(self.baselines.set_learning, str(interaction.user.id), enabled)  # a refusal: the tree's on_error answers
         text = ("From now on, your own voice notes and your speech in voice sessions you opted into add to your baseline "
                 "(numbers only, never audio). `/emotion baseline learn enabled:False` stops it." if enabled
                 else "Your voice notes no longer change your baseline.")  # fmt: skip

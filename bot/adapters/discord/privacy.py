@@ -12,7 +12,6 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from sera.adapters.discord.failures import answer_failure
 from sera.adapters.discord.people import who
 from sera.adapters.discord.store import Store
 from sera.errors import SeraError
@@ -58,16 +57,13 @@ class Privacy(commands.Cog):
         self.pipeline = pipeline
         self.store = store
 
-    async def cog_app_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
-        await answer_failure(interaction, error)
-
     @app_commands.command(name="privacy", description="What sera processes and stores, and for how long")
     @app_commands.describe(analysis_by_others="Whether other members may analyse your voice notes (where admins enabled it)")
     async def privacy(self, interaction: discord.Interaction, analysis_by_others: bool | None = None) -> None:
         if analysis_by_others is None:
             await interaction.response.send_message(privacy(self.bot.config.discord.retention_days), ephemeral=True)
             return
-        # a refused write reaches cog_app_command_error: "Nothing was changed: <why>."
+        # a refused write reaches the tree's on_error: "Nothing was changed: <why>."
         await asyncio.to_thread(self.store.set_analysis_by_others, interaction.user.id, analysis_by_others)
         log.info("%s %s analysis by others", who(interaction.user.id), "allowed" if analysis_by_others else "declined")
         text = (

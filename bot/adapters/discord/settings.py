@@ -10,7 +10,6 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from sera.adapters.discord.failures import answer_failure
 from sera.adapters.discord.store import GuildSettings, Store
 from sera.pipeline import Pipeline
 
@@ -37,9 +36,6 @@ class ServerSettings(commands.Cog):
     def __init__(self, pipeline: Pipeline, store: Store) -> None:
         self.pipeline = pipeline
         self.store = store
-
-    async def cog_app_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
-        await answer_failure(interaction, error)
 
     @app_commands.check(server_admin)
     @admin.command(name="channel", description="Analyse voice notes in a channel automatically, or stop")

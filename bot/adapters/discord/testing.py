@@ -130,7 +130,8 @@ class FakeInteraction:
     channel_id: int
     permissions: discord.Permissions = field(default_factory=discord.Permissions.none)
     id: int = field(default_factory=snowflake)
-    command: app_commands.Command | None = None  # set by ``invoke``, as discord.py sets it
+    command: app_commands.Command | app_commands.ContextMenu | None = None  # set by ``invoke``, as discord.py sets it
+    client: Any = None  # the bot (``Harness.interaction`` sets it), whose tree answers failed commands
     log: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -150,22 +151,28 @@ class FakeInteraction:
         return [kw for kind, kw in self.log if kind in {"send_message", "followup", "edit_message", "edit_original"}]
 
 
-async def invoke(command: app_commands.Command, interaction: FakeInteraction, *args: Any, **kwargs: Any) -> None:
-    """Run a slash command the way discord.py's ``CommandTree`` does: its checks (the cog's and the
-    command's own), then the callback, and any error through the command's error handlers (the cog's
-    ``cog_app_command_error``). Tests go through the same checks a user meets, never around them."""
-    skip = 2 if command.binding is not None else 1  # the cog, then the interaction
-    names = list(inspect.signature(command.callback).parameters)[skip:]
-    values = dict(zip(names, args)) | kwargs
+async def invoke(command: app_commands.Command | app_commands.ContextMenu, interaction: FakeInteraction, *args: Any, **kwargs: Any) -> None:
+    """Run a slash command or a context menu the way discord.py's ``CommandTree`` does: its checks (the
+    cog's and the command's own), then the callback, and any error through the command's error handlers
+    and then the tree's ``on_error`` (the bot's one handler). Tests go through the same checks a user
+    meets, never around them."""
     interaction.command = command
     try:
+        if isinstance(command, app_commands.ContextMenu):
+            await command._invoke(interaction, *args)
+            return
+        skip = 2 if command.binding is not None else 1  # the cog, then the interaction
+        names = list(inspect.signature(command.callback).parameters)[skip:]
+        values = dict(zip(names, args)) | kwargs
         if not await command._check_can_run(interaction):
             raise app_commands.CheckFailure(f"The check functions for command {command.name!r} failed.")
         await command._do_call(interaction, values)
     except app_commands.AppCommandError as error:
-        if not command._has_any_error_handlers():
+        if isinstance(command, app_commands.Command):
+            await command._invoke_error_handlers(interaction, error)
+        if interaction.client is None:
             raise
-        await command._invoke_error_handlers(interaction, error)
+        await interaction.client.tree.on_error(interaction, error)
 
 
 class _Response_:
@@ -272,7 +279,7 @@ class Harness:
     def interaction(self, guild: FakeGuild | None = None, channel: FakeChannel | None = None,
                     user: FakeUser | None = None, admin: bool = False) -> FakeInteraction:  # fmt: skip
         permissions = discord.Permissions(manage_guild=True) if admin else discord.Permissions.none()
-        return FakeInteraction(user or FakeUser(), guild.id if guild else None, (channel or FakeChannel()).id, permissions)
+        return FakeInteraction(user or FakeUser(), guild.id if guild else None, (channel or FakeChannel()).id, permissions, client=self.bot)
 
     def close(self) -> None:
         self.store.close()
