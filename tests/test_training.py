@@ -28,9 +28,10 @@ CODES = {label: code for code, label in RAVDESS_EMOTIONS.items()}
 
 
 def train(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``sera train`` as its own process: its worker processes log to the process's stderr, which is
-    part of what these tests read (everything else here runs in-process)."""
-    return subprocess.run([sys.executable, "-m", "sera", "train", *args], capture_output=True, text=True, timeout=600, env=env)
+    """``sera train --model cnn`` as its own process: its worker processes log to the process's stderr,
+    which is part of what these tests read (everything else here runs in-process)."""
+    return subprocess.run([sys.executable, "-m", "sera", "train", "--model", "cnn", *args], capture_output=True, text=True,
+                          timeout=600, env=env)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +97,7 @@ def test_training_on_every_speaker(tiny_corpus: Path, tmp_path: Path) -> None:
     """The final retrain the data README allows: no speaker held out, so no calibration and no test figures."""
     args = ("--corpus", "ravdess", "--data", str(tiny_corpus), "--out", str(tmp_path), "--smoke", "--no-cache",
             "--val-speakers", "", "--test-speakers", "")  # fmt: skip
-    refused = run("train", *args, "--ablation-epochs", "1")
+    refused = run("train", "--model", "cnn", *args, "--ablation-epochs", "1")
     assert refused.returncode == 2 and "--ablation-epochs scores every step on the test speakers" in refused.stderr
     assert not (tmp_path / "sera-emotion.onnx").exists()
 
