@@ -92,6 +92,7 @@ __all__ = [
 SERA_PLUGIN_API = (1, 1)  # (major, minor): a new minor adds, a new major breaks
 
 OptionsT = TypeVar("OptionsT")
+ModelT = TypeVar("ModelT", EmotionModel, WhisperEmotionModel)
 
 
 def api_mismatch(wanted: tuple[int, int] | None) -> str | None:
@@ -253,6 +254,18 @@ class EmotionAnalyzer(Analyzer[OptionsT]):
     labels: tuple[str, ...] = ()
     baseline_info: BaselineInfo | None = None
     trained_on: Mapping[str, Sequence[str]] | None = None  # corpus -> the speakers its model was trained on, where known
+
+    def load(self, kind: type[ModelT]) -> ModelT:
+        """The model file its ``model`` option names (relative to the models folder), as ``kind``
+        (``EmotionModel``, ``WhisperEmotionModel``), checked against sera's sample rate; its labels and
+        training speakers become the analyzer's."""
+        path = Path(self.options.model)
+        model = kind(path if path.is_absolute() else self.context.models_dir / path)
+        rate = model.info.features.sample_rate
+        if rate != self.context.sample_rate:
+            raise ModelError(f"{path} expects {rate} Hz audio but sera decodes at {self.context.sample_rate} Hz")
+        self.labels, self.trained_on = model.info.labels, model.info.trained_on
+        return model
 
     def result(
         self, start: float, end: float, probs: np.ndarray, baseline_clips: int = 0, observation: Observation | None = None

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from sera.plugin import (
-    MODEL_FILE, SERA_PLUGIN_API, UNSURE_BELOW, EmotionAnalyzer, EmotionModel, EmotionResult, ModelError, Segment, bounded,
-    model_input,
+    MODEL_FILE, SERA_PLUGIN_API, UNSURE_BELOW, EmotionAnalyzer, EmotionModel, EmotionResult, Segment, bounded, model_input,
 )  # fmt: skip
 
 BATCH_WINDOWS = 32  # bounds the memory of one onnxruntime call on a long file
@@ -33,14 +31,9 @@ class EmotionCNN(EmotionAnalyzer[Options]):
     api = SERA_PLUGIN_API
 
     def setup(self) -> None:
-        path = Path(self.options.model)
-        self.model = EmotionModel(path if path.is_absolute() else self.context.models_dir / path)
-        rate = self.model.info.features.sample_rate
-        if rate != self.context.sample_rate:
-            raise ModelError(f"{path} expects {rate} Hz audio but sera decodes at {self.context.sample_rate} Hz")
-        self.labels = self.model.info.labels
-        self.trained_on = self.model.info.trained_on
+        self.model = self.load(EmotionModel)
         # librosa builds its filters and JIT-compiles on first use (seconds): pay that now, not on a user's note.
+        rate = self.context.sample_rate
         self.analyze([Segment(np.zeros(rate, dtype=np.float32), rate, 0.0, 1.0)])
 
     def analyze(self, segments: Sequence[Segment]) -> list[EmotionResult]:

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from sera.plugin import (
-    SERA_PLUGIN_API, UNSURE_BELOW, WHISPER_MODEL_FILE, EmotionAnalyzer, EmotionResult, ModelError, Observation, Segment,
+    SERA_PLUGIN_API, UNSURE_BELOW, WHISPER_MODEL_FILE, EmotionAnalyzer, EmotionResult, Observation, Segment,
     WhisperEmotionModel, bounded, softmax, whisper_input,
 )  # fmt: skip
 
@@ -35,15 +34,10 @@ class EmotionWhisper(EmotionAnalyzer[Options]):
     api = SERA_PLUGIN_API
 
     def setup(self) -> None:
-        path = Path(self.options.model)
-        self.model = WhisperEmotionModel(path if path.is_absolute() else self.context.models_dir / path)
-        rate = self.model.info.features.sample_rate
-        if rate != self.context.sample_rate:
-            raise ModelError(f"{path} expects {rate} Hz audio but sera decodes at {self.context.sample_rate} Hz")
-        self.labels = self.model.info.labels
-        self.trained_on = self.model.info.trained_on
+        self.model = self.load(WhisperEmotionModel)
         self.baseline_info = self.model.baseline
-        self.analyze([Segment(np.zeros(rate, dtype=np.float32), rate, 0.0, 1.0)])  # librosa's filters, onnxruntime's first run
+        rate = self.context.sample_rate
+        self.analyze([Segment(np.zeros(rate, dtype=np.float32), rate, 0.0, 1.0)])  # onnxruntime's first run, off a user's note
 
     def analyze(self, segments: Sequence[Segment]) -> list[EmotionResult]:
         return [self._one(segment) for segment in segments]

@@ -93,3 +93,11 @@ def postgres_server() -> Iterator[Server]:
 def postgres_url(postgres_server: Server) -> str:
     """A new, empty database on the session's server."""
     return postgres_server.database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """Where a database goes, once per engine: a SQLite file, or a fresh database on the session's server."""
+    if request.param == "sqlite":
+        return tmp_path / "sera.db"
+    return request.getfixturevalue("postgres_url")

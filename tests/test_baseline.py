@@ -18,7 +18,7 @@ from sera.pipeline import Pipeline
 from sera.plugin import EmotionResult, PluginOutput, Report, Segment
 from sera.sessions import SessionStore
 from tests.conftest import SAMPLE_NOTE, say, sera
-from tests.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
+from tests.postgres import postgres_server, postgres_url, target  # noqa: F401  (fixtures)
 
 
 def observation(values: list[float], heard: int = 0, space: str = "space") -> Observation:
@@ -40,13 +40,6 @@ def test_a_baseline_grows_clip_by_clip_to_the_mean_of_all_and_counts_what_was_he
     assert restored.count == 12 and np.allclose(restored.mean, at_once.mean, atol=1e-6) and list(restored.heard) == list(at_once.heard)
     with pytest.raises(ValueError, match="another embedding space"):
         at_once.add([observation([0, 0, 0, 0], space="another encoder")])
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
-    if request.param == "sqlite":
-        return tmp_path / "sera.db"
-    return request.getfixturevalue("postgres_url")
 
 
 def test_baselines_are_stored_learnt_forgotten_and_expire_on_both_engines(target: str | Path) -> None:

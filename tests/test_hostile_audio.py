@@ -290,7 +290,7 @@ code, out, err = run_bounded([], Limits(), binary=sys.argv[1])
 print(out.decode(errors="replace"))
 """
 PROBE = ('cat /proc/$PPID/environ; for fd in /proc/$PPID/fd/*; do case "$(readlink "$fd")" in /memfd:*) cat "$fd";; esac; done; '
-         'echo; id -u\n')
+         'for fd in /proc/self/fd/*; do readlink "$fd"; done; echo; id -u\n')  # and what it holds open itself
 
 
 def confined_bot(open_folder: Path, how: str, *prefix: str) -> tuple[str, str]:
@@ -306,6 +306,7 @@ def test_ffmpeg_cannot_read_the_bots_token_or_other_uploads_through_proc(open_fo
     """As sera runs it (as root here: then ffmpeg runs as nobody; else the bot is non-dumpable)."""
     read, uid = confined_bot(open_folder, "confined")
     assert "secret-token" not in read and "OTHER-USERS-AUDIO" not in read
+    assert "sera-upload" not in read  # the bot's other descriptors (another user's upload) are not inherited
     if os.geteuid() == 0:
         assert uid != "0"  # ffmpeg did not run as root
 

@@ -20,19 +20,11 @@ from sera.plugin import Report
 from sera.sessions import ENDED, SessionStore
 from sera.summary import Utterance
 from tests.conftest import ROOT, sera
-from tests.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
+from tests.postgres import postgres_server, postgres_url, target  # noqa: F401  (fixtures)
 
 REPORT = Report(source="note.ogg", duration=3.0, segments=[(0.5, 2.5)], outputs={})
 ALICE, BOB = 111_111_111_111_111_111, 222_222_222_222_222_222  # Discord ids need 64 bits
 ROW = Utterance(str(ALICE), 1.0, 2.0, "calm", 0.8, {"calm": 0.8, "sad": 0.2}, {})
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
-    """Where a database goes: a SQLite file, or a fresh database on the session's PostgreSQL server."""
-    if request.param == "sqlite":
-        return tmp_path / "sera.db"
-    return request.getfixturevalue("postgres_url")
 
 
 def test_settings_analyses_and_opt_outs(target: str | Path) -> None:
