@@ -14,31 +14,31 @@ ffmpeg parses bytes a stranger sent, so it is run as if the file were hostile:
   process is killed mid-decode; protocols are limited to ``file`` and demuxers to the containers voice
   notes come in (no playlists that name other files, no ``concat:``, no HLS, no ffconcat);
 - a first, bounded ``ffprobe`` refuses what no voice note is (over ``MAX_SAMPLE_RATE``, over
-  ``MAX_CHANNELS``, no audio stream) before any decoding is spent on it; only the first audio stream is
-  decoded, with stream probing off and at most ``MAX_STREAMS`` streams, so a file with a thousand
-  tracks or huge video streams costs nothing;
-- limits on its address space, CPU time (not only wall time), open files, and file writes (none);
-- it runs with no new privileges (``setpriv``), and, when sera runs as root, as ``nobody`` without
-  capabilities, so it can read neither the bot's memory, environment and open files (``/proc``) nor
-  anything a root process could; the bot process itself is made non-dumpable (``confine_process``)
-  once it holds its token, which shuts ``/proc/<pid>`` to children of the same user;
+  ``MAX_CHANNELS``, no audio stream) before any decoding is spent on it. It reads the stream's numbers
+  as JSON fields, never ffmpeg's log, where a metadata tag can forge a stream line, and only numbers
+  go into a message. Only the first audio stream is decoded, with stream probing off and at most
+  ``MAX_STREAMS`` streams, so a file with a thousand tracks or huge video streams costs nothing;
+- every ffmpeg and ffprobe runs inside ``sera.sandbox`` (Landlock and seccomp, whatever uid sera runs
+  as): it can read only the system's programs and libraries and its own input, write nothing, open no
+  socket, and see no other process; with limits on its address space, CPU time (not only wall time),
+  open files and file writes (none). Where the sandbox cannot be set up, nothing is decoded
+  (``SandboxUnavailable``) unless the operator opted out (``audio.confine_decoder: false``);
 - the child gets a minimal environment (no Discord token), and its stderr is kept to a short tail.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
-import pwd
-import re
 import selectors
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +47,7 @@ import numpy as np
 from pydub import AudioSegment
 
 from sera.errors import AudioError
+from sera.sandbox import PREFIX, UNCONFINED_EXIT
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,8 @@ CHUNK_BYTES = 1 << 16
 MAX_SAMPLE_RATE = 192_000  # the highest rate audio is recorded at; a 1 MHz FLAC is a CPU bomb, not a note
 MAX_CHANNELS = 8  # 7.1 surround
 MAX_STREAMS = 8  # a voice note has one stream (two with a cover picture); 999 Ogg streams cost 700 MB
-REFUSED = -1000  # run_bounded's exit code when ``refuse`` stopped the program
 OPEN_FILES = 64  # ffmpeg's own descriptor limit: its input, its pipes, its libraries
-UNPRIVILEGED_USER = "nobody"  # whom ffmpeg runs as when sera runs as root
+SANDBOX = Path(__file__).with_name("sandbox.py")  # run as a program: it confines itself, then becomes ffmpeg
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,24 @@ class Limits:
     timeout_seconds: float = 30.0
     max_memory_bytes: int = 384 << 20  # ffmpeg's address space: 266 MB is its floor, 10-minute notes fit in 320 MB
     cpu_seconds: float = 10.0  # ffmpeg's CPU time; a 10-minute note takes under 2 s
+    confined: bool = True  # False only where the operator opted out of the sandbox (audio.confine_decoder)
+
+
+class SandboxUnavailable(AudioError):
+    """The decoder sandbox cannot be set up here, and the operator has not opted out: nothing is decoded."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("could not read this audio: this server cannot decode safely right now (its operator has been told)")
+        self.reason = reason
+
+
+def ffprobe_binary() -> str:
+    """The ffprobe beside that ffmpeg (or on the PATH); a clear error when there is none."""
+    beside = Path(ffmpeg_binary()).with_name("ffprobe")
+    found = str(beside) if beside.is_file() else shutil.which("ffprobe")
+    if not found:
+        raise AudioError("ffprobe is not installed (it comes with ffmpeg); install ffmpeg (e.g. `apt-get install ffmpeg`) and retry")
+    return found
 
 
 def ffmpeg_binary() -> str:
@@ -105,6 +123,7 @@ def decode(source: bytes | str | Path, limits: Limits = Limits(), sample_rate: i
     of wall time or ``limits.cpu_seconds`` of CPU time.
     """
     with memory_file(read(source, limits)) as (url, data, fd):
+        check_stream(url, limits, data, fd)
         return _run_ffmpeg(url, limits, sample_rate, data, fd)
 
 
@@ -157,15 +176,46 @@ def _demuxing(url: str) -> list[str]:
             "-analyzeduration", "0", "-max_streams", str(MAX_STREAMS), "-i", url]  # fmt: skip
 
 
+def check_stream(url: str, limits: Limits, data: bytes | None = None, fd: int | None = None) -> None:
+    """Refuse what no recording is before decoding it: ffprobe (confined and bounded as ffmpeg is) gives
+    the first audio stream's rate and channels as JSON numbers, which no tag in the file can forge."""
+    arguments = ["-hide_banner", "-loglevel", "error", *_demuxing(url), "-select_streams", "a:0",
+                 "-show_entries", "stream=sample_rate,channels", "-of", "json"]  # fmt: skip
+    code, out, err = _bounded(ffprobe_binary(), arguments, limits, data, fd, 1 << 16)
+    if code != 0:
+        _refuse(url, code, err)
+        raise AudioError("could not read this audio: it is corrupt or not an audio format ffmpeg knows")
+    reason = absurd_stream(out)
+    if reason:
+        raise AudioError(f"could not read this audio: {reason}")
+
+
+def absurd_stream(probed: bytes) -> str | None:
+    """Why the stream ffprobe described (``{"streams": [{"sample_rate": "48000", "channels": 2}]}``) is no
+    recording, or None. Only the parsed numbers reach the message."""
+    try:
+        streams = json.loads(probed)["streams"]
+    except (ValueError, KeyError, TypeError):
+        return "it is corrupt or not an audio format ffmpeg knows"
+    if not streams:
+        return "it has no audio in it"
+    try:
+        rate, channels = int(streams[0].get("sample_rate", 0)), int(streams[0].get("channels", 0))
+    except (ValueError, TypeError):
+        return "it is corrupt or not an audio format ffmpeg knows"
+    if rate > MAX_SAMPLE_RATE or channels > MAX_CHANNELS:
+        return (f"{rate:,} Hz with {channels} channels is no recording "
+                f"(at most {MAX_SAMPLE_RATE:,} Hz and {MAX_CHANNELS} channels)")  # fmt: skip
+    return None
+
+
 def _run_ffmpeg(url: str, limits: Limits, sample_rate: int, data: bytes | None = None, fd: int | None = None) -> np.ndarray:
-    arguments = [  # "info": ffmpeg announces the stream (rate, channels) before decoding it, for absurd_stream
-        *(["-nostdin"] if data is None else []), "-hide_banner", "-nostats", "-loglevel", "info", *_demuxing(url),
+    arguments = [
+        *(["-nostdin"] if data is None else []), "-hide_banner", "-nostats", "-loglevel", "error", *_demuxing(url),
         "-map", "0:a:0", "-t", f"{limits.max_seconds + 1.0:.3f}",
         "-ac", "1", "-ar", str(sample_rate), "-f", "s16le", "-acodec", "pcm_s16le", "pipe:1",
     ]  # fmt: skip
     code, out, err = _bounded(ffmpeg_binary(), arguments, limits, data, fd, round((limits.max_seconds + 2.0) * sample_rate) * 2)
-    if code == REFUSED:
-        raise AudioError(f"could not read this audio: {absurd_stream(err)}")
     if code != 0:
         _refuse(url, code, err)
         raise AudioError("could not read this audio: it is corrupt or not an audio format ffmpeg knows")
@@ -179,8 +229,7 @@ def _run_ffmpeg(url: str, limits: Limits, sample_rate: int, data: bytes | None =
 
 def _bounded(binary: str, arguments: list[str], limits: Limits, data: bytes | None, fd: int | None, max_output: int) -> tuple[int, bytes, bytes]:
     try:
-        return run_bounded(arguments, limits, data=data, pass_fds=() if fd is None else (fd,), max_output=max_output, binary=binary,
-                           refuse=absurd_stream)  # fmt: skip
+        return run_bounded(arguments, limits, data=data, pass_fds=() if fd is None else (fd,), max_output=max_output, binary=binary)
     except TimeoutError:
         log.warning("%s timed out after %.0f s", Path(binary).name, limits.timeout_seconds)
         raise AudioError("could not read this audio: decoding took too long") from None
@@ -198,45 +247,25 @@ def _refuse(url: str, code: int, err: bytes) -> None:
         raise AudioError("could not read this audio: decoding it needs more memory than sera allows (audio.decode_memory_mb)")
 
 
-STREAM_LINE = re.compile(rb"Stream #0:\d+.*?: Audio: [^,\n]+, (\d+) Hz, ([^,\n]+)")
-
-
-def absurd_stream(stderr: bytes) -> str | None:
-    """Why the audio stream ffmpeg announced (its ``Stream #0:0: Audio: flac, 1000000 Hz, 7.1`` line,
-    printed before it decodes anything) is no recording, or None (also when no such line came yet)."""
-    found = STREAM_LINE.search(stderr)
-    if found is None:
-        return None
-    rate, layout = int(found.group(1)), found.group(2).decode(errors="replace").strip()
-    counted = re.fullmatch(r"(\d+) channels.*", layout)
-    dotted = re.fullmatch(r"(\d+)\.(\d+)(\(.*\))?", layout)
-    channels = int(counted.group(1)) if counted else sum(map(int, dotted.groups()[:2])) if dotted else 16 if layout == "hexadecagonal" else 0
-    if rate > MAX_SAMPLE_RATE or channels > MAX_CHANNELS:
-        return (f"{rate:,} Hz with {layout} is no recording "
-                f"(at most {MAX_SAMPLE_RATE:,} Hz and {MAX_CHANNELS} channels)")  # fmt: skip
-    return None
-
-
 def run_bounded(
     arguments: Sequence[str], limits: Limits, data: bytes | None = None, pass_fds: Sequence[int] = (), max_output: int = 1 << 26,
-    binary: str | None = None, refuse: Callable[[bytes], str | None] | None = None,
+    binary: str | None = None,
 ) -> tuple[int, bytes, bytes]:
-    """Run ffmpeg (or ``binary``) with ``arguments``, confined: (exit code, stdout, stderr's tail).
+    """Run ffmpeg (or ``binary``) with ``arguments`` inside the sandbox: (exit code, stdout, stderr's tail).
 
-    The limits are set by ``sh``'s ``ulimit`` just before the program replaces it (unlike a
-    ``preexec_fn``, that is safe in a process with threads: decodes run on a worker pool): address
-    space, CPU time, open files, and no file writes at all. ``setpriv`` then drops what it may not
-    need (``confinement``). Output past ``max_output`` bytes and stderr past a short tail are dropped,
-    so neither can grow without bound. ``refuse`` reads stderr as it comes: when it gives a reason, the
-    program is killed and the exit code is ``REFUSED``. Raises ``TimeoutError`` after
-    ``limits.timeout_seconds`` (the program is killed first).
+    ``sera.sandbox`` sets the limits (address space, CPU time, open files, no file writes), confines
+    itself and becomes the program, so there is no ``preexec_fn`` (unsafe in a process with threads:
+    decodes run on a worker pool). Output past ``max_output`` bytes and stderr past a short tail are
+    dropped, so neither can grow without bound. Raises ``TimeoutError`` after
+    ``limits.timeout_seconds`` (the program is killed first) and ``SandboxUnavailable`` where the
+    sandbox cannot be set up and ``limits.confined`` holds.
     """
+    if limits.confined and (reason := sandbox_refusal()):
+        raise SandboxUnavailable(reason)
+    mode = "strict" if limits.confined else "lenient"
     kib = max(limits.max_memory_bytes // 1024, 1)
-    cpu = max(1, round(limits.cpu_seconds))
-    # Where a hard limit is already lower than ours, the soft limit goes to it (lower still protects).
-    limit = ('ulimit -v "$0" 2>/dev/null || ulimit -v "$(ulimit -H -v)"; ulimit -t "$1" 2>/dev/null; '
-             f'ulimit -f 0; ulimit -n {OPEN_FILES} 2>/dev/null; shift; exec "$@"')  # fmt: skip
-    command = ["/bin/sh", "-c", limit, str(kib), str(cpu), *confinement(), binary or ffmpeg_binary(), *arguments]
+    command = [sys.executable, "-I", "-S", str(SANDBOX), mode, str(kib), str(max(1, round(limits.cpu_seconds))), str(OPEN_FILES),
+               binary or ffmpeg_binary(), *arguments]  # fmt: skip
     process = subprocess.Popen(
         command, stdin=subprocess.DEVNULL if data is None else subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, env=child_environment(), pass_fds=tuple(pass_fds), close_fds=True,
@@ -264,17 +293,11 @@ def run_bounded(
                         continue
                     buffer: bytearray = key.data
                     buffer += chunk
-                    if buffer is err and refuse is not None and refuse(bytes(err)):
-                        raise _Refused
                     if buffer is err and len(err) > STDERR_TAIL_BYTES:
                         del err[: len(err) - STDERR_TAIL_BYTES]
                     elif buffer is out and len(out) > max_output:
                         del out[max_output:]
             code = process.wait(max(deadline - time.monotonic(), 0.001))
-        except _Refused:
-            process.kill()
-            process.wait()
-            code = REFUSED
         except (TimeoutError, subprocess.TimeoutExpired):
             process.kill()
             process.wait()
@@ -283,39 +306,23 @@ def run_bounded(
             for pipe in (process.stdin, process.stdout, process.stderr):
                 if pipe is not None:
                     pipe.close()
+    if code == UNCONFINED_EXIT and err.startswith(PREFIX.encode()):
+        raise SandboxUnavailable(err.decode(errors="replace").strip())
     return code, bytes(out), bytes(err)
 
 
-class _Refused(Exception):
-    """``run_bounded``'s ``refuse`` gave a reason: stop reading, kill the program."""
-
-
 @functools.cache
-def confinement() -> tuple[str, ...]:
-    """The ``setpriv`` words every ffmpeg runs behind: no new privileges (no set-uid program can raise
-    them back), and where sera is root, the unprivileged user with no capabilities. Checked once; where
-    ``setpriv`` is missing (not Linux) or refused (a container without CAP_SETUID), the strongest form
-    that works, with a warning for the operator."""
-    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
-    if setpriv is None:
-        log.warning("setpriv not found: ffmpeg runs with sera's own privileges (limits and environment still apply)")
-        return ()
-    choices = [[setpriv, "--no-new-privs"]]
-    if os.geteuid() == 0:
-        try:
-            nobody = pwd.getpwnam(UNPRIVILEGED_USER)
-        except KeyError:
-            nobody = None
-        if nobody is not None:
-            choices.insert(0, [setpriv, "--no-new-privs", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}",
-                               "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])  # fmt: skip
-    for choice in choices:
-        if subprocess.run([*choice, "true"], stdin=subprocess.DEVNULL, capture_output=True, env=child_environment()).returncode == 0:
-            if choice is not choices[0]:
-                log.warning("ffmpeg cannot run as %s here; it runs with no new privileges only", UNPRIVILEGED_USER)
-            return tuple(choice)
-    log.warning("setpriv refused every confinement: ffmpeg runs with sera's own privileges")
-    return ()
+def sandbox_refusal() -> str | None:
+    """Why the decoder sandbox cannot be set up on this machine, or None where it can: tried once, for
+    real, around ``true``. Logged once for the operator; ``sera doctor`` shows it with the fix."""
+    true = shutil.which("true", path=os.defpath) or "/bin/true"
+    done = subprocess.run([sys.executable, "-I", "-S", str(SANDBOX), "strict", str(1 << 20), "5", str(OPEN_FILES), true],
+                          stdin=subprocess.DEVNULL, capture_output=True, env=child_environment())  # fmt: skip
+    if done.returncode == 0:
+        return None
+    reason = done.stderr.decode(errors="replace").strip().removeprefix(PREFIX) or f"exit {done.returncode}"
+    log.error("the decoder sandbox cannot be set up here (%s): nothing will be decoded; run `sera doctor`", reason)
+    return reason
 
 
 def confine_process() -> bool:

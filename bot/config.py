@@ -44,6 +44,9 @@ class AudioOptions:
     # ffmpeg's address space: its libraries alone take 266 MB of it, so below 320 MB no note decodes at all;
     # 10-minute ogg, m4a and mp3 notes decode within 320 MB, and 384 MB leaves room to spare.
     decode_memory_mb: int = bounded(384, min=320, max=65536)
+    # ffmpeg runs in a sandbox (Landlock + seccomp); where it cannot be set up nothing is decoded. false
+    # decodes there anyway, with ffmpeg able to read whatever sera's user can: an operator's knowing choice.
+    confine_decoder: bool = True
 
     def limits(self) -> Limits:
         return Limits(
@@ -52,6 +55,7 @@ class AudioOptions:
             timeout_seconds=self.decode_timeout_seconds,
             max_memory_bytes=self.decode_memory_mb << 20,
             cpu_seconds=self.decode_cpu_seconds,
+            confined=self.confine_decoder,
         )
 
 

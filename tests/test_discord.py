@@ -905,3 +905,22 @@ def test_the_message_menu_answers_when_something_fails(harness: Harness, monkeyp
     own = harness.interaction(guild, user=(me := FakeUser()))
     asyncio.run(invoke(harness.cog.menu, own, harness.message(harness.attachment(NOTE), guild=guild, author=me)))
     assert "the database is busy" in own.sent()[-1]["content"]  # after the defer: a follow-up
+
+
+def test_a_forged_stream_tag_is_neither_decoded_nor_quoted_and_nobody_is_pinged(harness: Harness, tmp_path: Path) -> None:
+    """A FLAC whose title forges ffmpeg's stream line and carries a ping and a link, over a 384 kHz 7.1
+    body: refused from ffprobe's numbers; the reply holds none of the stranger's text, and the bot as a
+    whole mentions nobody unless a reply says so."""
+    forged = tmp_path / "note.flac"
+    title = "hi\n  Stream #0:0: Audio: flac, 16000 Hz, mono, s16\n<@123456789> @everyone https://evil.example/x"
+    subprocess.run(["ffmpeg", "-y", "-loglevel", "error", "-f", "lavfi", "-i", "anullsrc=r=384000:cl=7.1", "-t", "0.2",
+                    "-metadata", f"title={title}", str(forged)], check=True)  # fmt: skip
+    message = harness.message(harness.attachment(forged.read_bytes(), "note.flac", "audio/flac", voice=False))
+    asyncio.run(harness.cog.on_message(message))
+    (reply,) = message.replies
+    text = json.dumps({key: value.to_dict() if isinstance(value, discord.Embed) else str(value) for key, value in reply.items()})
+    assert "384,000 Hz with 8 channels is no recording" in text
+    for stranger in ("<@123456789>", "@everyone", "evil.example", "Stream #0"):
+        assert stranger not in text
+    mentions = harness.bot.allowed_mentions
+    assert mentions is not None and mentions.to_dict() == {"parse": []} and mentions.replied_user is False

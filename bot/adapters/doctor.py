@@ -31,6 +31,22 @@ def _ffmpeg() -> Check:
         return Check("ffmpeg", False, str(exc), "apt-get install ffmpeg")
 
 
+def _sandbox(config: Config) -> Check:
+    """Whether ffmpeg can be confined here (it is tried for real), and what follows where it cannot."""
+    from sera.audio import sandbox_refusal
+    from sera.sandbox import landlock_abi
+
+    reason = sandbox_refusal()
+    if reason is None:
+        return Check("decoder sandbox", True, f"Landlock ABI {landlock_abi()} and seccomp: ffmpeg reads only its input and "
+                                              "the system's libraries, writes nothing, opens no socket")  # fmt: skip
+    opted_out = not config.audio.confine_decoder
+    detail = f"{reason}; " + ("ffmpeg runs unconfined (audio.confine_decoder: false)" if opted_out else "nothing will be decoded")
+    return Check("decoder sandbox", False, detail,
+                 "run on Linux 5.13 or later with landlock in its lsm= boot option (x86_64 or aarch64); or, knowing that "
+                 "ffmpeg can then read whatever sera's user can, set audio.confine_decoder: false")  # fmt: skip
+
+
 def _opus() -> Check:
     try:
         listing = subprocess.run([ffmpeg_binary(), "-hide_banner", "-decoders"], capture_output=True, text=True, timeout=10).stdout
@@ -125,7 +141,7 @@ def run_checks(config_path: str | None) -> list[Check]:
     except SeraError as exc:
         return [Check("config", False, str(exc), "fix the key named above; see config.example.yaml")]
     checks: list[Check] = [Check("config", True, config.source), _ffmpeg(), _opus()]
-    steps: list[Callable[[Config], Check | list[Check]]] = [_models, _token, _database, _voice]
+    steps: list[Callable[[Config], Check | list[Check]]] = [_sandbox, _models, _token, _database, _voice]
     for step in steps:
         result = step(config)
         checks.extend(result if isinstance(result, list) else [result])

@@ -69,7 +69,8 @@ class SeraBot(commands.AutoShardedBot):
     def __init__(self, config: Config, pipeline: Pipeline, store: Store) -> None:
         count, ids = shards(config)
         super().__init__(command_prefix=commands.when_mentioned, intents=intents(config.discord.message_content),
-                         help_command=None, shard_count=count, shard_ids=ids, tree_cls=SeraTree)  # fmt: skip
+                         help_command=None, shard_count=count, shard_ids=ids, tree_cls=SeraTree,
+                         allowed_mentions=discord.AllowedMentions.none())  # a reply pings nobody unless its code says so  # fmt: skip
         self.config = config
         self.pipeline = pipeline
         self.store = store
