@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from sera.audio import SAMPLE_RATE, decode
+from sera.audio import SAMPLE_RATE, confine_process, decode
 from sera.baseline import Baseline
-from sera.config import Config
+from sera.config import Config, DiscordOptions, LiveOptions
 from sera.model import BaselineInfo
 from sera.plugin import Analyzer, EmotionAnalyzer, PluginOutput, Report, Result, Segment
 from sera.registry import PluginFailure, PluginSet
@@ -57,7 +57,7 @@ class Pipeline:
             ThreadPoolExecutor(config.workers, thread_name_prefix="sera-worker")
             if self._in_process
             else ProcessPoolExecutor(
-                config.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker, initargs=(config,)
+                config.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker, initargs=(worker_config(config),)
             )
         )
 
@@ -130,8 +130,17 @@ class Pipeline:
 _worker: list[Pipeline] = []  # in a worker process: its own pipeline
 
 
+def worker_config(config: Config) -> Config:
+    """What a worker process is sent: what analysis needs, and not the Discord section (the database URL
+    with its password, the token's variable) or live listening's."""
+    return replace(config, workers=1, worker_processes=False, discord=DiscordOptions(), live=LiveOptions())
+
+
 def _start_worker(config: Config) -> None:
-    _worker.append(Pipeline(replace(config, workers=1, worker_processes=False)))
+    """A worker holds other users' audio: made non-dumpable as the bot is, then its own pipeline."""
+    if not confine_process():
+        log.warning("could not make a worker process non-dumpable: same-user processes can read its /proc entries")
+    _worker.append(Pipeline(config))
 
 
 def _analyze_in_worker(

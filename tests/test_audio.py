@@ -110,15 +110,31 @@ def test_worker_processes_give_the_same_report_as_the_process_itself() -> None:
     from sera.config import Config
     from sera.pipeline import Pipeline
 
+    from sera.config import DiscordOptions
+
     in_process = Pipeline(Config())
-    pooled = Pipeline(replace(Config(), workers=1, worker_processes=True))
+    secret = DiscordOptions(database="postgresql://sera:pa55word@db.internal/sera")
+    pooled = Pipeline(replace(Config(), workers=1, worker_processes=True, discord=secret))
     try:
         pooled.start_workers()
-        worker_pid = pooled.workers.submit(os.getpid).result()
+        worker_pid, dumpable, config = pooled.workers.submit(worker_state).result()
         report = asyncio.run(pooled.analyze_async(SAMPLE_NOTE.read_bytes(), "note.ogg"))
     finally:
         pooled.close()
     assert worker_pid != os.getpid()
+    assert dumpable == 0  # /proc/<worker> is shut to other processes of its user: it holds other users' audio
+    assert "pa55word" not in config and "db.internal" not in config  # it was sent only what analysis needs
     expected = in_process.analyze(SAMPLE_NOTE.read_bytes(), "note.ogg")
     in_process.close()
     assert report.to_dict() == expected.to_dict()
+
+
+def worker_state() -> tuple[int, int, str]:
+    """In a worker process: (its pid, whether it is dumpable, the config it was sent)."""
+    import ctypes
+    import os
+
+    from sera.pipeline import _worker
+
+    PR_GET_DUMPABLE = 3
+    return os.getpid(), ctypes.CDLL(None).prctl(PR_GET_DUMPABLE, 0, 0, 0, 0), repr(_worker[0].config)
