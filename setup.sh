@@ -3,20 +3,22 @@
 # with sera and its test tools, then the main job (analysing the bundled voice note on the shipped
 # model). No Discord token needed. Works where the system's python3 is "externally managed" (PEP 668:
 # Debian 12, Ubuntu 23.04 and later): nothing is installed into it.
-#   ./setup.sh             set up and analyse examples/voice-note.ogg
-#   ./setup.sh --no-run    set up only
-#   ./setup.sh --train     also the [train] extra (torch, CPU build: for `sera train`; CI asks for it)
-# Afterwards: .venv/bin/sera ..., or `source .venv/bin/activate` once per shell and then sera ...
+usage="usage: ./setup.sh [--no-run] [--train]
+  (none)     set up, then analyse examples/voice-note.ogg on the shipped model
+  --no-run   set up only
+  --train    also the [train] extra (PyTorch, CPU build): for \`sera train\` and the training tests
+Afterwards: .venv/bin/sera ..., or \`source .venv/bin/activate\` once per shell and then sera ..."
 set -euo pipefail
 cd "$(dirname "$0")"
 
 run=yes
-extras="test,voice,postgres"
+extras="test,voice,postgres,chart"  # chart: a voice note's reply carries one
 for option in "$@"; do
   case "$option" in
     --no-run) run=no ;;
     --train) extras="$extras,train" ;;
-    *) echo "setup.sh: unknown option $option (known: --no-run, --train)" >&2; exit 2 ;;
+    -h|--help) echo "$usage"; exit 0 ;;
+    *) echo "setup.sh: unknown option $option" >&2; echo "$usage" >&2; exit 2 ;;
   esac
 done
 

@@ -280,3 +280,38 @@ def test_a_backlog_is_answered_whole_and_a_quiet_channel_is_not_read_again(tmp_p
     asyncio.run(second.bot.get_cog("CatchUp").run())
     assert read == [later.id] and chatter
     second.close()
+
+
+def test_a_start_reads_only_recent_channels_and_a_resume_reads_none(tmp_path: Path, pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    """300 users who wrote a month ago and 3 who wrote today: a start fetches the 3 direct-message channels
+    and prunes the other marks; at most ``MAX_CHANNELS`` are read; a resumed session reads nothing
+    (Discord replays what it missed)."""
+    harness = Harness(tmp_path, pipeline=pipeline, message_content=True)
+    asyncio.run(harness.start())
+    now = discord.utils.utcnow()
+    recent = [harness.message(harness.attachment(NOTE), author=FakeUser(), at=now - timedelta(minutes=30)) for _ in range(3)]
+    for message in recent:
+        asyncio.run(harness.cog.on_message(message))
+    month_ago = discord.utils.time_snowflake(now - timedelta(days=30))
+    for channel_id in range(1000, 1300):
+        harness.store.scanned(channel_id, None, month_ago)
+    fetched: list[int] = []
+    fetch = harness.bot.fetch_channel
+
+    async def counting(channel_id: int) -> object:
+        fetched.append(channel_id)
+        return await fetch(channel_id)
+
+    harness.bot.fetch_channel = counting
+    harness.bot.get_channel = lambda channel_id: None  # after a restart nothing is cached
+    cog = harness.bot.get_cog("CatchUp")
+    assert "on_resumed" not in [name for name, _ in cog.get_listeners()]
+    assert asyncio.run(cog.run()) == {}
+    assert sorted(fetched) == sorted(m.channel.id for m in recent)
+    with harness.store.db.read() as db:
+        assert db.execute("SELECT COUNT(*) FROM scan_marks").fetchone()[0] == 3  # the month-old marks are gone
+    fetched.clear()
+    monkeypatch.setitem(cog.run.__globals__, "MAX_CHANNELS", 2)  # the module the extension loaded (discord.py loads its own copy)
+    asyncio.run(cog.run())
+    assert len(fetched) == 2
+    harness.close()

@@ -1,10 +1,13 @@
 """Voice notes posted while the bot was away (a restart, a crash, a gateway outage) are answered when it
-comes back: on start and after a resumed gateway session, oldest first, each once.
+comes back: whenever the gateway starts a new session (``on_ready``), oldest first, each once. A
+resumed session needs none: Discord replays the events it missed.
 
-Where to look is every channel the bot answered or read in before (each keeps a scan mark: how far the
+Where to look is every channel the bot answered or read in lately (each keeps a scan mark: how far the
 bot has read it) and the channels servers enabled (with when each was enabled and disabled); how far
 back is bounded by ``discord.catch_up_hours``, the channel's enabling and its mark, and how many notes
-per channel by ``discord.catch_up_max``. A message the bot already answered (or is answering) is never
+per channel by ``discord.catch_up_max``. A mark older than ``MARK_WINDOWS`` catch-up windows is dropped
+(nothing behind it could be answered), and at most ``MAX_CHANNELS`` channels, the most recently active
+first, are read per catch-up: the requests a start makes do not grow with every user who ever wrote. A message the bot already answered (or is answering) is never
 answered again, also when the live message event and the catch-up meet the same message. A backlog is
 not held to the per-user rate of live notes: it is answered one note at a time, waiting for a free
 slot rather than refused.
@@ -27,6 +30,8 @@ from sera.config import DiscordOptions
 log = logging.getLogger(__name__)
 
 SCAN_PER_NOTE = 20  # messages read per note answered at most: a busy channel's chatter between notes
+MARK_WINDOWS = 2  # scan marks older than this many catch_up_hours are pruned, and their channels not read
+MAX_CHANNELS = 100  # channels read per catch-up (a direct message costs two requests: fetch, history)
 
 
 class CatchUp(commands.Cog):
@@ -39,10 +44,6 @@ class CatchUp(commands.Cog):
 
     @commands.Cog.listener()
     async def on_ready(self) -> None:
-        self.start()
-
-    @commands.Cog.listener()
-    async def on_resumed(self) -> None:
         self.start()
 
     def start(self) -> None:
@@ -62,9 +63,13 @@ class CatchUp(commands.Cog):
         while it was off, was never meant for the bot."""
         window = timedelta(hours=self.options.catch_up_hours)
         since = discord.utils.utcnow() - window
-        await asyncio.to_thread(self.store.forget_answered_before, time.time() - 2 * window.total_seconds())
+        await asyncio.to_thread(self.store.forget_answered_before, time.time() - MARK_WINDOWS * window.total_seconds())
+        await asyncio.to_thread(self.store.forget_scan_marks_before, discord.utils.time_snowflake(since - (MARK_WINDOWS - 1) * window))
+        channels = sorted(await asyncio.to_thread(self.store.catch_up_channels), key=lambda mark: mark.after or 0, reverse=True)
+        if len(channels) > MAX_CHANNELS:
+            log.warning("catch-up reads the %d most recently active of %d channels", MAX_CHANNELS, len(channels), extra={"event": "catch_up"})
         answered: dict[int, int] = {}
-        for mark in await asyncio.to_thread(self.store.catch_up_channels):
+        for mark in sorted(channels[:MAX_CHANNELS], key=lambda mark: mark.channel_id):
             first = start_of(mark, since.timestamp())
             channel = await self._channel(mark.channel_id, mark.guild_id) if first is not None else None
             if channel is None:

@@ -224,6 +224,12 @@ class Store:
                 marks.setdefault(channel, (guild, None))
         return [CatchUpChannel(channel, guild, last, tuple(sorted(windows.get(channel, ())))) for channel, (guild, last) in sorted(marks.items())]
 
+    def forget_scan_marks_before(self, message_id: int) -> int:
+        """Drop where reading got to in channels quiet since before ``message_id`` (a snowflake: a time):
+        the catch-up no longer reads them, so a start costs nothing per long-gone direct message."""
+        with self.db.transaction() as tx:
+            return tx.execute("DELETE FROM scan_marks WHERE message_id < ?", (message_id,)).rowcount
+
     def forget_answered_before(self, cutoff: float) -> int:
         """Marks older than any catch-up looks back (where each channel got to is kept apart, in scan marks)."""
         with self.db.transaction() as tx:
