@@ -287,6 +287,13 @@ class LiveSession:
             if mine.learning and self.baselines:
                 self.baselines.add(utterance.speaker, [seen])
 
+    def baseline_changed(self, speaker: str) -> None:
+        """The speaker cleared their baseline or turned learning on or off: what this session knew of it
+        is dropped (after a tick in progress), so their next utterance is judged by, and learns into,
+        what is stored now."""
+        with self._process_lock:
+            self.known.pop(speaker, None)
+
     def forget(self, speaker: str) -> None:
         """Drop a speaker who asked to be forgotten: their track and queued audio, now. Waits for a tick in
         progress, so no row of theirs is stored after this returns (the caller's consent check, changed

@@ -171,6 +171,43 @@ def test_a_live_speaker_is_judged_against_their_own_utterances_and_kept_only_if_
     store.close()
 
 
+def test_clearing_a_baseline_or_turning_learning_off_takes_effect_mid_session(pipeline: Pipeline, speech: list[Path], tmp_path: Path) -> None:
+    """Alice learns, then halfway through the session clears her baseline and turns learning off (what
+    ``/emotion baseline clear`` and ``learn enabled:False`` do): from her next utterance she is judged
+    afresh and nothing more of hers is stored."""
+    from sera.audio import decode
+    from sera.live import LiveSession
+    from tests.voice_sim import Clock, Turn, frames
+
+    store = SessionStore(tmp_path / "sera.db")
+    baselines = BaselineStore(store.db)
+    baselines.set_learning("alice", True)
+    info = store.start("guild", "voice", "alice", "text")
+    clock = Clock()
+    live = LiveSession(pipeline, store, info, LiveOptions(enabled=True), consents=lambda s: True, clock=clock, baselines=baselines)
+    needed = pipeline.baseline_info.min_clips
+    before, after = needed + 1, 2
+    turns = [Turn("alice", 4.0 * i, decode(speech[i % len(speech)])) for i in range(before + after)]
+    changed = False
+    for at, speaker, pcm in frames(turns):
+        clock.now = at
+        if at >= 4.0 * before and not changed:
+            live.process(final=True)
+            assert baselines.get("alice", pipeline.baseline_info.space).count == before
+            baselines.clear("alice")
+            baselines.set_learning("alice", False)
+            live.baseline_changed("alice")
+            changed = True
+        live.feed(speaker, pcm, at)
+        live.process() if round(at / 0.02) % 25 == 0 else None
+    live.finish()
+    judged = [r.outputs["emotion_whisper"]["baseline_clips"] for r in store.utterances(info.id)]
+    assert len(judged) == before + after and judged[needed] >= needed, judged  # her baseline was in use
+    assert judged[before:] == [0] * after, judged  # then judged afresh: the session's copy went with the stored one
+    assert baselines.get("alice", pipeline.baseline_info.space) is None  # and nothing more of hers was stored
+    store.close()
+
+
 def test_segments_carry_no_baseline_unless_given() -> None:
     assert Segment(np.zeros(10, np.float32), 16_000, 0.0, 1.0).baseline is None
 

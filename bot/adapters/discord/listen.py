@@ -379,6 +379,11 @@ class Listening(commands.Cog):
             active.moods.pop(speaker, None)
             await asyncio.to_thread(active.live.forget, speaker)
 
+    async def baseline_changed(self, speaker: str) -> None:
+        """``/emotion baseline clear`` or ``learn`` while sessions run: they take effect from the next utterance."""
+        for active in list(self.active.values()):
+            await asyncio.to_thread(active.live.baseline_changed, speaker)
+
     async def close(self) -> None:
         """Bot shutdown: every running session ends (and is summarised) before Discord closes."""
         for guild_id in list(self.active):

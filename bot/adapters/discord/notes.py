@@ -381,6 +381,7 @@ class VoiceNotes(commands.Cog):
     @app_commands.describe(enabled="Add what I hear of your own voice to your baseline from now on")
     async def baseline_learn(self, interaction: discord.Interaction, enabled: bool) -> None:
         await asyncio.to_thread(self.baselines.set_learning, str(interaction.user.id), enabled)  # a refusal: the tree's on_error answers
+        await self._baseline_changed(interaction.user.id)
         text = ("From now on, your own voice notes and your speech in voice sessions you opted into add to your baseline "
                 "(numbers only, never audio). `/emotion baseline learn enabled:False` stops it." if enabled
                 else "Your voice notes no longer change your baseline.")  # fmt: skip
@@ -403,8 +404,16 @@ class VoiceNotes(commands.Cog):
     @baseline.command(name="clear", description="Delete your baseline")
     async def baseline_clear(self, interaction: discord.Interaction) -> None:
         deleted = await asyncio.to_thread(self.baselines.clear, str(interaction.user.id))
+        await self._baseline_changed(interaction.user.id)
         text = "Your baseline is deleted." if deleted else "You had no baseline."
         await interaction.response.send_message(text, ephemeral=True)
+
+
+    async def _baseline_changed(self, user_id: int) -> None:
+        """Voice sessions running now hear of it at once, not when they end."""
+        listening = self.bot.get_cog("Listening")
+        if listening is not None:
+            await listening.baseline_changed(str(user_id))
 
 
 def baseline_words(clips: int, needed: int, learning: bool) -> str:
