@@ -225,10 +225,11 @@ class PluginSet:
 
     def forget_user(self, user_id: str, only: Collection[str] | None = None) -> tuple[dict[str, int], list[str]]:
         """Every plugin's ``forget_user`` (or those named in ``only``): ({plugin name: items it deleted}
-        for those that kept something, [plugins that could not: raised, hung, or stopped])."""
+        for those that kept something, [plugins that could not: raised, hung, or stopped]). One that is not
+        installed (an optional dependency missing) keeps nothing, and is not named."""
         deleted, failed = {}, []
         for info in self.infos:
-            if not info.enabled or (only is not None and info.name not in only) or info.error:
+            if not info.enabled or (only is not None and info.name not in only) or info.error or info.missing:
                 continue
             if not info.active:
                 failed.append(info.name)  # stopped after timeouts: its data is still there

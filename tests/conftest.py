@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import io
 import logging
 import os
@@ -21,6 +22,9 @@ from sera.config import Config
 from sera.pipeline import Pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
+# Tests of PNG charts need the [chart] extra (./setup.sh installs it); without it they skip, saying so.
+needs_chart = pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None,
+                                 reason="needs the [chart] extra (matplotlib): pip install -e '.[chart]' (./setup.sh installs it)")  # fmt: skip
 SAMPLE_NOTE = ROOT / "examples" / "voice-note.ogg"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, SAMPLE_NOTE, encode, noise, tone
+from tests.conftest import ROOT, SAMPLE_NOTE, encode, noise, tone, needs_chart
 from tests.conftest import sera as run
 
 LABELS = {"neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"}
@@ -230,6 +230,7 @@ def test_an_unknown_reporter_names_the_ones_there_are() -> None:
     assert all(name in done.stderr for name in ("text", "json", "embed", "chart"))
 
 
+@needs_chart
 def test_a_chart_is_never_written_to_a_terminal_and_goes_where_output_says(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from sera.adapters.cli import Output
     from sera.errors import SeraError

@@ -19,7 +19,7 @@ import pytest
 from sera.audio import decode
 from sera.adapters.discord.privacy import PRIVACY, ForgetView
 from sera.pipeline import Pipeline
-from tests.conftest import SAMPLE_NOTE, encode, eventually, sera, tone
+from tests.conftest import SAMPLE_NOTE, encode, eventually, sera, tone, needs_chart
 from sera.adapters.discord.testing import FakeChannel, FakeGuild, FakeUser, Harness, invoke
 
 LABELS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
@@ -276,6 +276,14 @@ def test_full_queue_asks_to_retry(tmp_path: Path, pipeline: Pipeline) -> None:
     harness.close()
 
 
+def test_forget_says_nothing_of_a_plugin_that_is_not_installed(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chart reporter without matplotlib keeps nothing: it is neither a failure nor retried later."""
+    chart = next(info for info in harness.pipeline.plugins.infos if info.name == "chart")
+    monkeypatch.setattr(chart, "missing", "needs matplotlib (pip install 'sera-voice[chart]')")
+    monkeypatch.setattr(chart, "plugin", None)
+    assert harness.pipeline.plugins.forget_user(str(FakeUser().id)) == ({}, [])
+
+
 def test_privacy_and_forget(harness: Harness) -> None:
     user = FakeUser()
     for _ in range(2):
@@ -383,6 +391,7 @@ def test_doctor_checklist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert "✘ database:" in bad.stdout and "2 problems to fix" in bad.stdout
 
 
+@needs_chart
 def test_chart_is_attached_when_the_guild_asks(harness: Harness) -> None:
     guild, channel = FakeGuild(), FakeChannel()
     asyncio.run(invoke(harness.settings.set_channel, harness.interaction(guild, channel, admin=True), True))
@@ -434,6 +443,7 @@ def test_someone_elses_note_only_where_enabled_privately_and_never_against_their
     assert harness.store.analyses_of(alice.id) == 0 and harness.store.analyses_of(bob.id) == 0
 
 
+@needs_chart
 def test_a_dollar_file_name_still_gets_its_answer_and_chart(harness: Harness) -> None:
     import matplotlib.pyplot as plt
 
@@ -450,6 +460,7 @@ def test_a_dollar_file_name_still_gets_its_answer_and_chart(harness: Harness) ->
     assert plt.get_fignums() == []  # no figure left in pyplot's registry
 
 
+@needs_chart
 def test_a_failing_reporter_never_costs_the_answer(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     embed = harness.pipeline.plugins.reporter("embed")
     chart = harness.pipeline.plugins.reporter("chart")

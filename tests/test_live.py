@@ -19,7 +19,7 @@ from sera.live import LiveSession
 from sera.pipeline import Pipeline
 from sera.sessions import ENDED, INTERRUPTED, SessionStore
 from sera.summary import summarize
-from tests.conftest import ROOT, say
+from tests.conftest import ROOT, say, needs_chart
 from tests.voice_sim import Clock, Turn, frames, load_speech, speech_extent
 
 LINES = [
@@ -96,6 +96,7 @@ def test_utterances_match_the_speech_and_non_consenting_speakers_leave_no_rows(p
     store.close()
 
 
+@needs_chart
 def test_the_summary_is_rendered_as_text_embed_json_and_a_timeline_chart(pipeline, lines, tmp_path: Path):
     store = SessionStore(tmp_path / "sera.db")
     live, _ = run_session(pipeline, store, scenario(lines))
