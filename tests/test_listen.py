@@ -153,6 +153,7 @@ class World:
 
     async def start(self) -> OfflineListening:
         bot = self.harness.bot
+        await self.harness.log_in()
         self.cog = OfflineListening(bot, self.harness.pipeline, bot.sessions, self.harness.store, self.harness.config.live,
                                     server_dave=self.bot_dave)  # fmt: skip
         self.cog.guild = self.guild

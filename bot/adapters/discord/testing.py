@@ -231,11 +231,18 @@ class Harness:
 
     async def start(self) -> VoiceNotes:
         """The bot's own cogs, loaded as the bot loads them (its extensions); a live-listening test adds
-        its own offline ``Listening``."""
+        its own offline ``Listening`` (after ``log_in``)."""
+        await self.log_in()
         for name in EXTENSIONS:
             await self.bot.load_extension(name)
         self.cog, self.settings, self.privacy = (self.bot.get_cog(name) for name in ("VoiceNotes", "ServerSettings", "Privacy"))
         return self.cog
+
+    async def log_in(self) -> None:
+        """What ``Client.login`` sets up before any cog loads: the event loop and the ready event that a
+        cog's tasks wait on (there is no gateway here, so it is never set, and they wait as they would)."""
+        if self.bot._ready is discord.utils.MISSING:
+            await self.bot._async_setup_hook()
 
     def attachment(
         self, data: bytes, filename: str = "voice-message.ogg", content_type: str | None = "audio/ogg",
