@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 GROUP = "sera.plugins"
 SETUP_TIMEOUT_SECONDS = 120.0  # setup loads models and warms them up: slower than one call, still bounded
+NOT_INSTALLED = "not installed"  # a plugin named in the config that no installed package provides
 T = TypeVar("T")
 
 
@@ -171,7 +172,7 @@ class PluginSet:
                 self.infos.append(self._load(chosen, config, context, set_up))
         for name in sorted(config.plugins.keys() - found.keys() if only is None else set(only) - found.keys()):
             log.warning("plugin %r is configured in %s but not installed", name, config.source)
-            self.infos.append(PluginInfo(name, "config", enabled=True, error="not installed"))
+            self.infos.append(PluginInfo(name, "config", enabled=True, error=NOT_INSTALLED))
 
     @property
     def loaded(self) -> list[Plugin]:
@@ -225,22 +226,26 @@ class PluginSet:
 
     def forget_user(self, user_id: str, only: Collection[str] | None = None) -> tuple[dict[str, int], list[str]]:
         """Every plugin's ``forget_user`` (or those named in ``only``): ({plugin name: items it deleted}
-        for those that kept something, [plugins that could not: raised, hung, or stopped]). One that is not
-        installed (an optional dependency missing) keeps nothing, and is not named."""
+        for those that kept something, [plugins that could not: failed to set up, raised, hung, or were
+        stopped]). One that is off or not installed keeps nothing to reach, and is not named; but one named
+        in ``only`` (asked again for an earlier ``/forget``) stays failed until its ``forget_user`` has
+        returned, also while it is off, broken or gone: its data is still there."""
         deleted, failed = {}, []
-        for info in self.infos:
-            if not info.enabled or (only is not None and info.name not in only) or info.error or info.missing:
+        infos = {info.name: info for info in self.infos}
+        for name in infos if only is None else only:
+            info = infos.get(name)
+            if only is None and (not info.enabled or info.missing or info.error == NOT_INSTALLED):
                 continue
-            if not info.active:
-                failed.append(info.name)  # stopped after timeouts: its data is still there
+            if info is None or not info.active:
+                failed.append(name)
                 continue
             try:
                 count = self.call(info.plugin, "forget_user", info.plugin.forget_user, user_id)
             except PluginFailure:
-                failed.append(info.name)
+                failed.append(name)
                 continue
             if count:
-                deleted[info.name] = int(count)
+                deleted[name] = int(count)
         return deleted, failed
 
     def failures(self) -> list[PluginInfo]:

@@ -869,6 +869,22 @@ def test_forget_says_what_a_plugin_could_not_delete_and_asks_it_again_at_the_nex
         assert first.store.analyses_of(user.id) == 0 and first.store.pending_forgets() == {str(user.id): ["keeper"]}
         first.close()
         (tmp_path / "site" / "stuck").unlink()
+
+        # the next start has the plugin off: the deletion waits, and the user and the operator are told
+        off = replace(config, plugins={"keeper": {"enabled": False}})
+        paused = Harness(tmp_path, config=off, pipeline=Pipeline(off))
+        asyncio.run(paused.start())
+        asyncio.run(paused.privacy.retry_forgets())
+        assert paused.store.pending_forgets() == {str(user.id): ["keeper"]}
+        asked = paused.interaction(user=user)
+        asyncio.run(invoke(paused.privacy.privacy, asked))
+        assert "Still to delete:** what the keeper plugin kept about you" in asked.sent()[0]["content"]
+        paused.pipeline.close()
+        paused.close()
+        settings = tmp_path / "sera.yaml"
+        settings.write_text(f"discord:\n  database: {tmp_path / 'sera.db'}\n")
+        assert "✘ pending deletions: 1 users' /forget still waits on keeper" in sera("--config", str(settings), "doctor").stdout
+
         second = Harness(tmp_path, config=config, pipeline=pipeline)
         asyncio.run(second.start())
         asyncio.run(second.privacy.retry_forgets())  # what on_ready does

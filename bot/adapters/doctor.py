@@ -95,21 +95,29 @@ def _token(config: Config) -> Check:
                  "" if present else f"export {config.discord.token_env}=<the bot token from the Developer Portal>")  # fmt: skip
 
 
-def _database(config: Config) -> Check:
+def _database(config: Config) -> list[Check]:
+    """The database (reachable, writable), and any ``/forget`` whose plugins have not deleted their share yet."""
     from sera.adapters.discord.store import Store
 
     path = config.database_path()
     try:
         store = Store(path)
         where = f"{store.db}, schema {store.db.version('discord')}"
+        pending = store.pending_forgets()
         store.close()
         if isinstance(path, str):
-            return Check("database", True, f"PostgreSQL {where}: reachable, writable")
-        probe = tempfile.NamedTemporaryFile(dir=path.parent, prefix=".sera-doctor-")
-        probe.close()
-        return Check("database", True, f"{path} is writable (WAL)")
+            checks = [Check("database", True, f"PostgreSQL {where}: reachable, writable")]
+        else:
+            probe = tempfile.NamedTemporaryFile(dir=path.parent, prefix=".sera-doctor-")
+            probe.close()
+            checks = [Check("database", True, f"{path} is writable (WAL)")]
     except (SeraError, OSError) as exc:
-        return Check("database", False, str(exc), "point discord.database at a writable path or a reachable postgresql:// URL")
+        return [Check("database", False, str(exc), "point discord.database at a writable path or a reachable postgresql:// URL")]
+    if pending:
+        plugins = sorted({plugin for names in pending.values() for plugin in names})
+        checks.append(Check("pending deletions", False, f"{len(pending)} users' /forget still waits on {', '.join(plugins)}",
+                            "enable those plugins and fix what stops their setup: each start asks them again"))  # fmt: skip
+    return checks
 
 
 VOICE_EXTRA_FIX = "pip install 'sera-voice[voice]' (discord.py[voice] and discord-ext-voice-recv)"

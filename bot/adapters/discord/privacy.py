@@ -27,7 +27,7 @@ PRIVACY = (
     "• The audio is decoded in memory (never written to disk) and thrown away once analysed. "
     "**No audio is stored.**\n"
     "• Stored per analysis, until you delete it: whose voice it was and who asked, the server, channel and "
-    "message ids, the time, the note's length and the result (emotion probabilities and the other analyzers' "
+    "message ids, the file's name, the time, the note's length and the result (emotion probabilities and the other analyzers' "
     "numbers).\n"
     "• Others can analyse your voice notes only in channels a server's admins enabled, and only they see the "
     "answer; `/privacy analysis_by_others:False` stops that everywhere.\n"
@@ -61,7 +61,11 @@ class Privacy(commands.Cog):
     @app_commands.describe(analysis_by_others="Whether other members may analyse your voice notes (where admins enabled it)")
     async def privacy(self, interaction: discord.Interaction, analysis_by_others: bool | None = None) -> None:
         if analysis_by_others is None:
-            await interaction.response.send_message(privacy(self.bot.config.discord.retention_days), ephemeral=True)
+            waiting = (await asyncio.to_thread(self.store.pending_forgets)).get(str(interaction.user.id))
+            text = privacy(self.bot.config.discord.retention_days) + (
+                f"\n• **Still to delete:** what the {', '.join(waiting)} plugin{'s' if len(waiting) > 1 else ''} "
+                "kept about you, from your `/forget`; I ask again at each start until it is gone." if waiting else "")  # fmt: skip
+            await interaction.response.send_message(text, ephemeral=True)
             return
         # a refused write reaches the tree's on_error: "Nothing was changed: <why>."
         await asyncio.to_thread(self.store.set_analysis_by_others, interaction.user.id, analysis_by_others)
