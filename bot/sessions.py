@@ -13,6 +13,7 @@ never one lost. No audio is ever stored.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -72,9 +73,21 @@ HEARTBEAT_SECONDS = 30.0  # how often a process says its live sessions are still
 STALE_SECONDS = 4 * HEARTBEAT_SECONDS  # a live session nobody vouched for in this long was cut short
 
 
+def pid_space() -> str:
+    """Where a pid names one process: this boot of this kernel and this PID namespace (a container has
+    its own), as a short digest; empty where neither can be read (not Linux)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+    return hashlib.sha256(f"{boot} {namespace}".encode()).hexdigest()[:12]
+
+
 def process_name() -> str:
-    """This process, as the sessions it runs name it: host, pid, and a random part (pids are reused)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    """This process, as the sessions it runs name it: host, pid, a random part (pids are reused) and the
+    pid's space (the same host name and pid in another container or after a reboot is another process)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}:{pid_space()}"
 
 
 OWNER = process_name()
@@ -167,11 +180,11 @@ class SessionStore:
         """Whether the process that ran a live session no longer does."""
         if owner is None or heartbeat is None or owner == self.owner:  # from before owners were kept, or ours and not running
             return True
-        host, _, rest = owner.partition(":")
-        pid = rest.partition(":")[0]
-        if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
-            return True
-        return time.time() - heartbeat > STALE_SECONDS
+        host, pid, _, space = (owner.split(":") + ["", "", "", ""])[:4]
+        here = pid_space()
+        if here and space == here and host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+            return True  # its pid is one we can see, and no process has it: it died
+        return time.time() - heartbeat > STALE_SECONDS  # elsewhere (or unknown where): only silence tells
 
     def mark_interrupted(self, session_id: int) -> None:
         """Close a session a crash left open; its end is taken as its last utterance's."""
