@@ -315,6 +315,8 @@ def test_privacy_and_forget(harness: Harness) -> None:
     assert done.sent()[0] == {"content": "Deleting your data…", "view": None}
     assert done.sent()[-1]["content"] == "Done: 2 analyses and 0 voice-channel utterances deleted."
     assert harness.store.analyses_of(user.id) == 0
+    with harness.store.db.read() as db:  # nor where reading their direct messages got to (the channel names them)
+        assert db.execute("SELECT COUNT(*) FROM scan_marks WHERE guild_id IS NULL").fetchone()[0] == 0
 
 
 def test_shutdown_apologises_for_unfinished_work(tmp_path: Path, pipeline: Pipeline) -> None:
@@ -905,14 +907,18 @@ def test_the_operator_log_names_no_user_id_and_no_file_name(harness: Harness, ca
     caplog.set_level(logging.INFO)
     user = FakeUser()
     asyncio.run(harness.cog.on_message(harness.message(harness.attachment(NOTE, "alice-diary-monday.ogg"), author=user)))
-    asyncio.run(harness.cog.on_message(harness.message(harness.attachment(b"not audio", "alice-diary-tuesday.ogg"), author=user)))
+    asyncio.run(harness.cog.on_message(note := harness.message(harness.attachment(b"not audio", "alice-diary-tuesday.ogg"), author=user)))
+    harness.channels.pop(note.channel.id)  # their direct-message channel, gone when the catch-up looks
+    harness.bot.get_channel = lambda channel_id: None
+    asyncio.run(harness.bot.get_cog("CatchUp").run())
     ask = harness.interaction(user=user)
     asyncio.run(invoke(harness.privacy.privacy, ask, False))
     asyncio.run(invoke(harness.privacy.forget, ask := harness.interaction(user=user)))
     asyncio.run(ask.sent()[0]["view"].confirm.callback(harness.interaction(user=user)))
     lines = [r.getMessage() for r in caplog.records]
     assert sum(who(user.id) in line for line in lines) >= 3 and who(user.id) == who(str(user.id))
-    assert not [line for line in lines if str(user.id) in line or "alice-diary" in line]
+    assert not [line for line in lines if str(user.id) in line or "alice-diary" in line or str(note.channel.id) in line]
+    assert any("direct-message channel " in line and "not reachable" in line for line in lines)  # said, pseudonymously
 
 
 def test_the_message_menu_answers_when_something_fails(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,6 +24,7 @@ import discord
 from discord.ext import commands
 
 from sera.adapters.discord.notes import Deferred, VoiceNotes
+from sera.adapters.discord.people import where
 from sera.adapters.discord.store import CatchUpChannel, Store
 from sera.config import DiscordOptions
 
@@ -84,14 +85,14 @@ class CatchUp(commands.Cog):
                         count += 1
                     last = message.id
             except Deferred:
-                log.info("catch-up of channel %s stopped for shutdown; the next one goes on from there", mark.channel_id)
+                log.info("catch-up of %s stopped for shutdown; the next one goes on from there", where(mark.channel_id))
             except discord.HTTPException as error:
-                log.warning("could not read channel %s to catch up: %s", mark.channel_id, error)
+                log.warning("could not read %s to catch up: %s", where(mark.channel_id), error)
             if last is not None:
                 await asyncio.to_thread(self.store.scanned, mark.channel_id, mark.guild_id, last)
             if count:
                 answered[mark.channel_id] = count
-                log.info("caught up with %d voice notes in channel %s", count, mark.channel_id, extra={"guild": mark.guild_id, "event": "catch_up"})
+                log.info("caught up with %d voice notes in %s", count, where(mark.channel_id), extra={"guild": mark.guild_id, "event": "catch_up"})
         return answered
 
     async def _channel(self, channel_id: int, guild_id: int | None) -> discord.abc.Messageable | None:
@@ -105,7 +106,7 @@ class CatchUp(commands.Cog):
         try:
             return await self.bot.fetch_channel(channel_id)
         except discord.HTTPException as error:
-            log.info("direct-message channel %s not reachable to catch up: %s", channel_id, error)
+            log.info("direct-message %s not reachable to catch up: %s", where(channel_id), error)
             return None
 
 

@@ -24,7 +24,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands, tasks, voice_recv
 
-from sera.adapters.discord.people import who
+from sera.adapters.discord.people import where, who
 from sera.config import LiveOptions
 from sera.adapters.discord.history import member_names, stored_summary, summary_message
 from sera.adapters.discord.receive import SeraSink
@@ -316,7 +316,7 @@ class Listening(commands.Cog):
         try:
             await channel.send(**kwargs, allowed_mentions=discord.AllowedMentions.none())
         except discord.HTTPException as error:
-            log.warning("could not post in channel %s (session %s): %s", getattr(channel, "id", "?"), session_id, error)
+            log.warning("could not post in %s (session %s): %s", where(getattr(channel, "id", None)), session_id, error)
             return False
         return True
 

@@ -27,7 +27,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from sera.adapters.discord.people import who
+from sera.adapters.discord.people import where, who
 from sera.config import DiscordOptions
 from sera.adapters.discord.limits import InFlight, RateLimiter, Slots
 from sera.adapters.discord.store import GuildSettings, Origin, Store
@@ -297,7 +297,7 @@ class VoiceNotes(commands.Cog):
             if outcome.error or settings.reply:
                 await message.reply(**await self.render(outcome, settings), mention_author=False)
         except discord.HTTPException as error:
-            log.warning("could not answer message %s in channel %s: %s", message.id, message.channel.id, error)
+            log.warning("could not answer a message in %s: %s", where(message.channel.id), error)
 
     # -- slash command and message menu ---------------------------------------------------------------
 

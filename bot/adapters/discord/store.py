@@ -259,6 +259,9 @@ class Store:
         if not user.isdigit():  # a Discord user id; anything else has no analyses here
             return {"analyses": 0}
         deleted = tx.execute("DELETE FROM analyses WHERE user_id = ? OR requested_by = ?", (int(user), int(user))).rowcount
+        # Where reading their direct messages got to: the channel id names them, and catch-up would read it again.
+        tx.execute("DELETE FROM scan_marks WHERE guild_id IS NULL AND channel_id IN "
+                   "(SELECT channel_id FROM answered_messages WHERE author_id = ? AND guild_id IS NULL)", (int(user),))  # fmt: skip
         marks = tx.execute("DELETE FROM answered_messages WHERE author_id = ?", (int(user),)).rowcount
         return {"analyses": deleted, "answered_messages": marks}
 
