@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sqlite3
 import stat
 import threading
@@ -34,6 +33,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import quote, unquote
 
 from sera.errors import SeraError
 
@@ -279,7 +279,7 @@ class PostgresDatabase(Database):
             self._db = psycopg.connect(url, autocommit=True, connect_timeout=max(2, round(busy_timeout)),
                                        options=f"-c lock_timeout={round(busy_timeout * 1000)}")  # fmt: skip
         except psycopg.Error as exc:
-            raise SeraError(f"cannot open the database {redact(url)}: {str(exc).strip()}") from None
+            raise SeraError(f"cannot open the database {redact(url)}: {scrub(str(exc), url).strip()}") from None
 
     def __str__(self) -> str:
         return redact(self.url)
@@ -304,7 +304,7 @@ class PostgresDatabase(Database):
                 with self._db.transaction():  # BEGIN ... COMMIT, or ROLLBACK on any error
                     yield _Portable(self._db)
             except self._psycopg.Error as exc:
-                raise _storage_error(what, exc) from None
+                raise _storage_error(what, exc, self.url) from None
 
     def close(self) -> None:
         with self._lock:
@@ -318,21 +318,50 @@ def connect(target: str | Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> D
     return SQLiteDatabase(Path(target), busy_timeout)
 
 
+SECRET_KEYS = ("password", "sslpassword")  # what libpq reads from a connection URL that must never be shown
+
+
 def redact(url: str) -> str:
-    """A database URL fit for a log line or a printout: the password masked wherever libpq reads one
-    (``user:PASSWORD@`` and ``?password=PASSWORD``)."""
-    scheme, _, rest = url.partition("://")
-    rest, mark, query = rest.partition("?")
-    credentials, at, host = rest.rpartition("@")
-    if at and ":" in credentials:
-        credentials = credentials.split(":", 1)[0] + ":***"
-    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", query)
-    return f"{scheme}://{credentials}{at}{host}{mark}{query}"
+    """A database URL fit for a log line or a printout: every secret libpq would read from it masked."""
+    return scrub(url, url)
 
 
-def _storage_error(what: str, exc: Exception) -> StorageError:
-    log.error("database %s failed: %s", what, exc)
-    text = str(exc)
+def scrub(text: str, url: str) -> str:
+    """``text`` (the URL itself, or libpq's message about it, which can quote a malformed part) with the
+    URL's secrets masked in every spelling it may hold: as written, and percent-decoded or encoded."""
+    for secret in sorted(_secrets(url), key=len, reverse=True):
+        for spelling in {secret, unquote(secret), quote(unquote(secret), safe="")}:
+            if spelling:
+                text = text.replace(spelling, "***")
+    return text
+
+
+def _secrets(url: str) -> set[str]:
+    """The password and SSL key password a URL carries: read as libpq reads them (psycopg's
+    ``conninfo_to_dict``) where psycopg is installed and the URL parses, and also by hand, as written
+    (``user:PASSWORD@`` and ``?password=``, keys percent-decoded and in any case), so that a URL libpq
+    refuses, or a machine without psycopg, still shows none."""
+    found: set[str] = set()
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        found |= {str(value) for key, value in conninfo_to_dict(url).items() if key in SECRET_KEYS and value}
+    except Exception:  # no psycopg, or a URL libpq refuses: the hand-made reading below still holds
+        pass
+    rest = url.partition("://")[2]
+    credentials, at, _ = rest.rpartition("@")
+    if at and ":" in credentials.split("/", 1)[0]:
+        found.add(credentials.split("/", 1)[0].split(":", 1)[1])
+    for pair in rest.partition("?")[2].split("&"):
+        key, equals, value = pair.partition("=")
+        if equals and unquote(key).lower() in SECRET_KEYS and value:
+            found.add(value)
+    return found
+
+
+def _storage_error(what: str, exc: Exception, url: str = "") -> StorageError:
+    text = scrub(str(exc), url) if url else str(exc)
+    log.error("database %s failed: %s", what, text)
     if any(word in text for word in ("locked", "busy", "lock timeout", "could not serialize", "deadlock")):
         return StorageError("the database is busy (another process is writing to it); nothing was changed, try again")
     return StorageError(f"the database failed ({text.strip()}); nothing was changed")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from sera.adapters.discord.store import Origin, Store
+from sera.errors import SeraError
 from sera.database import SQLiteDatabase, StorageError, connect, redact
 from sera.plugin import Report
 from sera.sessions import ENDED, SessionStore
@@ -170,6 +171,19 @@ def test_a_postgresql_url_is_never_logged_with_its_password() -> None:
     assert redact("postgresql://sera@/sera?host=/run/pg") == "postgresql://sera@/sera?host=/run/pg"
     assert redact("postgresql://sera@db/sera?sslmode=require&password=s3cret") == "postgresql://sera@db/sera?sslmode=require&password=***"
     assert redact("postgres://db/sera?PASSWORD=s3cret&user=sera") == "postgres://db/sera?PASSWORD=***&user=sera"
+    assert redact("postgresql://u:pa?ss@h/db") == "postgresql://u:***@h/db"  # a "?" inside the password
+    assert redact("postgresql://h/db?pass%77ord=s3cret") == "postgresql://h/db?pass%77ord=***"  # a percent-encoded key
+    assert redact("postgresql://h/db?sslpassword=s3cret") == "postgresql://h/db?sslpassword=***"  # the SSL key's password
+    assert redact("postgresql://u:p%40ss@h/db") == "postgresql://u:***@h/db"
+
+
+@pytest.mark.parametrize("url", ["postgresql://u:pa%zzss@127.0.0.1:1/db", "postgresql://127.0.0.1:1/db?password=s3%zzcret"])
+def test_libpqs_own_error_never_shows_the_password(url: str) -> None:
+    """libpq quotes a malformed part of the URL in its error, password included: the message masks it."""
+    pytest.importorskip("psycopg", reason="needs the [postgres] extra: pip install -e '.[postgres]'")
+    with pytest.raises(SeraError) as refused:
+        connect(url)
+    assert "zz" not in str(refused.value) and "***" in str(refused.value)
 
 
 def test_sera_config_and_doctor_never_print_the_database_password(tmp_path: Path) -> None:
