@@ -420,6 +420,9 @@ def test_a_new_plugin_from_the_template_installs_and_runs(tmp_path: Path) -> Non
         ("emotion_cnn", "a plugin called 'emotion_cnn' is already installed"),
         ("a" * 300, "at most 40 characters"),
         ("Bad-Name", "lower case letters, digits and _"),
+        ("voice", "a package named sera-voice, which is already installed"),  # its install would uninstall sera
+        ("segment_loudness", "the plugin's class SegmentLoudness, which the template already uses"),
+        ("options", "the plugin's class Options, which the template already uses"),
     ],
 )
 def test_plugins_new_refuses_a_name_that_would_make_a_broken_package(tmp_path: Path, name: str, why: str) -> None:

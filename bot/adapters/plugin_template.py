@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import keyword
 import re
-from importlib.metadata import entry_points
+from importlib.metadata import distributions, entry_points
 from pathlib import Path
 
 from sera import __version__
@@ -115,6 +115,10 @@ sera plugins                                            # {name}  analyzer  {dis
 
 
 MAX_NAME = 40  # a config key, a package and a class are named after it
+# The names the template's module defines or imports: a plugin class of the same name would shadow one.
+TEMPLATE_NAMES = set(re.findall(r"^class (\w+)", MODULE, re.M)) | {
+    name.split(" as ")[-1].strip() for line in re.findall(r"^(?:from \S+ )?import (.+)$", MODULE, re.M) for name in line.split(",")
+}
 YAML_WORDS = {"y", "n", "yes", "no", "on", "off", "true", "false", "null", "none"}  # YAML 1.1 reads these as booleans or null
 
 
@@ -130,7 +134,22 @@ def bad_name(name: str) -> str | None:
         return f"{name!r} cannot name a plugin: YAML or Python reads it as something else; choose another name"
     if name in {ep.name for ep in entry_points(group="sera.plugins")}:
         return f"a plugin called {name!r} is already installed (`sera plugins` lists them); choose another name"
+    if normalized(distribution(name)) in {normalized(d.metadata["Name"] or "") for d in distributions()}:
+        return (f"{name!r} would make a package named {distribution(name)}, which is already installed "
+                "(installing the new one would replace it); choose another name")  # fmt: skip
+    if class_name(name) in TEMPLATE_NAMES:
+        return f"{name!r} would name the plugin's class {class_name(name)}, which the template already uses; choose another name"
     return None
+
+
+def distribution(name: str) -> str:
+    """The package ``sera plugins new`` makes for plugin ``name``."""
+    return f"sera-{name.replace('_', '-')}"
+
+
+def normalized(project: str) -> str:
+    """A project name as the package index compares them (PEP 503): ``Sera_Voice`` is ``sera-voice``."""
+    return re.sub(r"[-_.]+", "-", project).lower()
 
 
 def class_name(name: str) -> str:
@@ -148,7 +167,7 @@ def create(name: str, parent: Path) -> Path:
     package = f"sera_{name}"
     fields = {
         "name": name,
-        "dist": f"sera-{name.replace('_', '-')}",
+        "dist": distribution(name),
         "package": package,
         "cls": class_name(name),
         "api": repr(SERA_PLUGIN_API),
