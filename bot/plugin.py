@@ -101,7 +101,7 @@ def api_mismatch(wanted: tuple[int, int] | None) -> str | None:
     if wanted is None:
         return None
     if not (isinstance(wanted, tuple) and len(wanted) == 2 and all(isinstance(n, int) for n in wanted)):
-        return f"its api attribute must be (major, minor), not {wanted!r}"
+        return f"its api attribute must be written as (major, minor), not {wanted!r}"
     if wanted[0] != SERA_PLUGIN_API[0] or wanted[1] > SERA_PLUGIN_API[1]:
         have = ".".join(map(str, SERA_PLUGIN_API))
         return f"written for plugin API {wanted[0]}.{wanted[1]}; this sera has {have}"

@@ -19,7 +19,7 @@ import ast
 import importlib.util
 import logging
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
@@ -339,8 +339,11 @@ class PluginSet:
 def declared_api(ep: EntryPoint) -> tuple[int, int] | None:
     """The plugin API version a plugin class states (``api = (1, 0)`` in its body), read from the
     installed source without importing it, so that a plugin written for another API is refused before
-    any of its code runs. None where it cannot be read that way (an editable install, a computed or
-    inherited value, a compiled module): then it is checked after import."""
+    any of its code runs. A literal, or a module-level name bound to one (``api = PLUGIN_API``), is
+    read; anything else (``tuple([2, 0])``) comes back as its source text, which ``api_mismatch``
+    refuses: working it out would mean running the plugin's code. None
+    where the source cannot be read that way (an editable install, a compiled module) or the class
+    states none (inherited): then it is checked after import."""
     module, _, attr = ep.value.partition(":")
     wanted = module.strip().replace(".", "/")
     files = (ep.dist.files or []) if ep.dist else []
@@ -351,17 +354,26 @@ def declared_api(ep: EntryPoint) -> tuple[int, int] | None:
         tree = ast.parse(Path(ep.dist.locate_file(source)).read_text(encoding="utf-8"))
     except (OSError, SyntaxError, ValueError):
         return None
+    constants = {name: value for name, value in _assignments(tree.body) if value is not None}
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == attr.strip():
-            for item in node.body:
-                targets = item.targets if isinstance(item, ast.Assign) else [item.target] if isinstance(item, ast.AnnAssign) else []
-                if any(isinstance(t, ast.Name) and t.id == "api" for t in targets) and item.value is not None:
+            for name, value in _assignments(node.body):
+                if name == "api" and value is not None:
+                    value = constants.get(value.id, value) if isinstance(value, ast.Name) else value
                     try:
-                        value = ast.literal_eval(item.value)
+                        return ast.literal_eval(value)
                     except ValueError:
-                        return None
-                    return value if isinstance(value, tuple) else None
+                        return ast.unparse(value)
     return None
+
+
+def _assignments(body: list[ast.stmt]) -> Iterator[tuple[str, ast.expr | None]]:
+    """``NAME = value`` and ``NAME: type = value`` statements of a module or class body."""
+    for item in body:
+        targets = item.targets if isinstance(item, ast.Assign) else [item.target] if isinstance(item, ast.AnnAssign) else []
+        for target in targets:
+            if isinstance(target, ast.Name):
+                yield target.id, item.value
 
 
 def check_options(config: Config) -> None:

@@ -443,20 +443,24 @@ def test_a_plugin_for_another_api_is_refused_before_its_code_runs(tmp_path: Path
     marker = tmp_path / "ran"
     source = (f"import pathlib\npathlib.Path({str(marker)!r}).touch()\nfrom sera.plugin import Analyzer, Reporter\n\n"
               "class Future(Reporter):\n    api = (2, 0)\n    def render(self, report):\n        return ''\n\n"
+              "class Computed(Reporter):\n    api = tuple([2, 0])\n    def render(self, report):\n        return ''\n\n"
               "class Impostor(Analyzer):\n    name = 'emotion_whisper'\n    def analyze(self, segments):\n        return [None] * len(segments)\n")
     (tmp_path / "future_plugins.py").write_text(source)
     info = tmp_path / "future_plugins-1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: future-plugins\nVersion: 1.0\n")
     (info / "RECORD").write_text("future_plugins.py,,\nfuture_plugins-1.0.dist-info/METADATA,,\n")
-    (info / "entry_points.txt").write_text("[sera.plugins]\nfuture = future_plugins:Future\nimpostor = future_plugins:Impostor\n")
+    (info / "entry_points.txt").write_text("[sera.plugins]\nfuture = future_plugins:Future\nimpostor = future_plugins:Impostor\n"
+                                           "computed = future_plugins:Computed\n")  # fmt: skip
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "future_plugins", raising=False)
     importlib.invalidate_caches()
-    config = Config(plugins={"future": {"enabled": True}})
-    plugins = PluginSet(config, SAMPLE_RATE, only={"future"})
+    config = Config(plugins={"future": {"enabled": True}, "computed": {"enabled": True}})
+    plugins = PluginSet(config, SAMPLE_RATE, only={"future", "computed"})
     try:
-        assert plugins.infos[0].status == "failed: written for plugin API 2.0; this sera has 1.1"
+        status = {info.name: info.status for info in plugins.infos}
+        assert status["future"] == "failed: written for plugin API 2.0; this sera has 1.1"
+        assert status["computed"] == "failed: its api attribute must be written as (major, minor), not 'tuple([2, 0])'"
         assert not marker.exists() and "future_plugins" not in sys.modules
     finally:
         plugins.close()
