@@ -13,6 +13,7 @@ else computes features, so the two cannot drift.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from functools import cache
 from typing import ClassVar
@@ -100,7 +101,24 @@ def from_json(text: str) -> FeatureParams | WhisperParams:
     missing = known - values.keys()
     if missing:
         raise ValueError(f"feature metadata lacks {sorted(missing)}")
-    return cls(**{k: v for k, v in values.items() if k in known})
+    params = cls(**{k: v for k, v in values.items() if k in known})
+    for name in known:
+        value = getattr(params, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"feature parameter {name} must be a finite number, not {value!r}")
+        if name in FEATURE_RANGES and not FEATURE_RANGES[name][0] <= value <= FEATURE_RANGES[name][1]:
+            raise ValueError(f"feature parameter {name} must be between {FEATURE_RANGES[name][0]} and {FEATURE_RANGES[name][1]}, not {value!r}")
+    if params.sample_rate != SAMPLE_RATE:
+        raise ValueError(f"the model was trained at {params.sample_rate} Hz; sera decodes at {SAMPLE_RATE} Hz")
+    return params
+
+
+# What a model's feature parameters may be: beyond these, features cost without bound or mean nothing.
+FEATURE_RANGES = {
+    "n_fft": (16, 8192), "win_length": (16, 8192), "hop_length": (1, 8192), "n_mels": (1, 512),
+    "fmin": (0, SAMPLE_RATE / 2), "fmax": (1, SAMPLE_RATE / 2), "top_db": (1, 200), "dynamic_range": (0.1, 20),
+    "window_seconds": (0.1, 60), "window_hop_seconds": (0.05, 60), "loudness_dbfs": (-80, 0), "min_seconds": (0, 10),
+}  # fmt: skip
 
 
 def windows(samples: np.ndarray, params: FeatureParams, offset: int = -1) -> np.ndarray:

@@ -12,6 +12,7 @@ message rather than run with guessed numbers.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from sera.audio import normalize_loudness
 from sera.baseline import Baseline
 from sera.errors import ModelError
 from sera.features import METADATA_KEY, FeatureParams, WhisperParams, from_json, log_mel, whisper_log_mel, windows
-from sera.speech import session_options
+from sera.speech import inference_session
 
 MODEL_FILE = "sera-emotion.onnx"  # the seed paper's CNN, in the models folder
 WHISPER_MODEL_FILE = "sera-emotion-whisper.onnx"  # the Whisper-encoder model, in the models folder
@@ -88,6 +89,23 @@ class ModelInfo:
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise ModelError(f"{path} is not a sera emotion model: its metadata is missing or bad ({exc})") from None
+
+    def check(self, outputs: int | None, path: Path) -> ModelInfo:
+        """Refuse numbers no trained model has: they would divide by zero, mislabel every answer, or run
+        a baseline from nothing. ``outputs``: the graph's number of classes, where it states one."""
+        temperatures = [self.temperature] + ([self.baseline.temperature] if self.baseline else [])
+        problem = (
+            "its temperature must be a finite number above 0" if not all(isinstance(t, float) and math.isfinite(t) and t > 0 for t in temperatures)
+            else "its labels must be distinct names" if not self.labels or len(set(self.labels)) != len(self.labels)
+            or not all(isinstance(label, str) and label for label in self.labels)
+            else f"it names {len(self.labels)} labels for {outputs} outputs" if outputs is not None and outputs != len(self.labels)
+            else "its baseline's min_clips must be a whole number, 0 (no baseline) or more"
+            if self.baseline and not (isinstance(self.baseline.min_clips, int) and self.baseline.min_clips >= 0)
+            else None
+        )  # fmt: skip
+        if problem:
+            raise ModelError(f"{path} is not a usable sera emotion model: {problem}")
+        return self
 
 
 def model_input(utterance: np.ndarray, params: FeatureParams, offset: int = -1) -> np.ndarray:
@@ -184,12 +202,7 @@ class WhisperEmotionModel:
 
 
 def _session(path: Path) -> tuple[object, ModelInfo]:
-    if not path.is_file():
-        raise ModelError(f"model file not found: {path}")
-    import onnxruntime as ort  # when a model is loaded (see session_options)
-
-    try:
-        session = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
-        raise ModelError(f"cannot load model {path}: {exc}") from None
-    return session, ModelInfo.from_metadata(session.get_modelmeta().custom_metadata_map, path)
+    session = inference_session(path)
+    shape = next((o.shape for o in session.get_outputs() if o.name == OUTPUT_NAME), None)
+    outputs = shape[-1] if shape and isinstance(shape[-1], int) else None
+    return session, ModelInfo.from_metadata(session.get_modelmeta().custom_metadata_map, path).check(outputs, path)

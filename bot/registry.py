@@ -107,7 +107,10 @@ class Guard:
             if isinstance(error, PluginFailure):
                 log.error("plugin %s: %s returned garbage: %s", self.name, what, error)
                 raise error
-            log.error("plugin %s: %s raised", self.name, what, exc_info=error)
+            if isinstance(error, SeraError):  # an expected failure with its own words (a model file refused): no traceback
+                log.error("plugin %s: %s failed: %s", self.name, what, error)
+            else:
+                log.error("plugin %s: %s raised", self.name, what, exc_info=error)
             raise PluginFailure("it raised an error") from error
         return outcome["value"]
 

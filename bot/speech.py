@@ -7,12 +7,15 @@ a trained voice-activity detector is the speech gate. ``models/silero_vad.onnx``
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sera.config import SpeechOptions
+from sera.errors import ModelError
+from sera.shipped import verify
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -28,22 +31,42 @@ def session_options() -> ort.SessionOptions:
 
     onnxruntime is imported here, when a model is loaded, not with the module: listing plugins or
     checking a config does not pay for it."""
-    import onnxruntime as ort
-
+    ort = onnxruntime()
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     return options
 
 
+def onnxruntime() -> types.ModuleType:
+    """onnxruntime, or one line saying it is missing (a broken install), never an ImportError's traceback."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise ModelError(f"onnxruntime cannot be imported ({exc}); reinstall it: pip install --force-reinstall onnxruntime") from None
+    return ort
+
+
+def inference_session(path: Path) -> ort.InferenceSession:
+    """An onnxruntime session on a model file, after checking the file is the one sera shipped
+    (``sera.shipped.verify``); a missing, changed or unreadable file is one ``ModelError``."""
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
+    verify(path)
+    try:
+        return onnxruntime().InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
+    except ModelError:
+        raise
+    except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
+        raise ModelError(f"cannot load model {path}: {exc}") from None
+
+
 class SpeechDetector:
     """Speech segments of a 16 kHz signal. Thread-safe: each call carries its own recurrent state."""
 
     def __init__(self, model_path: Path, options: SpeechOptions = SpeechOptions()) -> None:
-        import onnxruntime as ort
-
         self.options = options
-        self._session = ort.InferenceSession(str(model_path), session_options(), providers=["CPUExecutionProvider"])
+        self._session = inference_session(model_path)
         self._rate = np.array(VAD_SAMPLE_RATE, dtype=np.int64)
 
     def segments(self, samples: np.ndarray) -> list[tuple[int, int]]:

@@ -10,6 +10,7 @@ import onnx
 import torch
 
 from sera.model import INPUT_NAME, OUTPUT_NAME, ModelInfo
+from sera.shipped import record
 from sera.training.fit import predict
 from sera.training.net import EmotionNet
 
@@ -33,6 +34,7 @@ def export_onnx(model: EmotionNet, info: ModelInfo, path: Path) -> None:
         graph.metadata_props.add(key=key, value=value)
     graph.producer_name = "sera"
     onnx.save(graph, str(path))
+    record(path)  # its sha256 beside it: serving refuses the file if it ever changes
 
 
 def parity(model: EmotionNet, onnx_path: Path, mel: np.ndarray) -> float:

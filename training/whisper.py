@@ -243,6 +243,7 @@ def export(net: WhisperEmotionNet, metadata_props: dict[str, str], path: Path, o
     import onnx
 
     from sera.model import BASELINE_HEARD, BASELINE_LOGITS, BASELINE_MEAN, EMBEDDING, INPUT_NAME, OUTPUT_NAME
+    from sera.shipped import record
 
     dummy = (torch.zeros(1, n_mels, 300), torch.zeros(1, dims), torch.zeros(1, labels))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -258,6 +259,7 @@ def export(net: WhisperEmotionNet, metadata_props: dict[str, str], path: Path, o
         graph.metadata_props.add(key=key, value=value)
     graph.producer_name = "sera"
     onnx.save(graph, str(path))
+    record(path)  # its sha256 beside it: serving refuses the file if it ever changes
 
 
 def parity_with_ctranslate2(weights: Weights, mel: np.ndarray) -> float:

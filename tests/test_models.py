@@ -1,0 +1,90 @@
+"""The model files themselves: the shipped ones are the bytes sera shipped, and a model whose metadata
+no trained model could have, or a broken onnxruntime, is refused in one line, never run or a traceback."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sera.config import DEFAULT_MODELS_DIR
+from sera.errors import ModelError
+from sera.features import FeatureParams, WhisperParams, from_json
+from sera.model import BaselineInfo, ModelInfo
+from sera.shipped import SUMS, sha256, sums
+from tests.conftest import ROOT, SAMPLE_NOTE, sera
+
+LABELS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
+
+
+def test_every_shipped_model_is_listed_with_its_sha256() -> None:
+    listed = sums(DEFAULT_MODELS_DIR)
+    assert sorted(listed) == sorted(path.name for path in DEFAULT_MODELS_DIR.glob("*.onnx"))
+    assert all(sha256(DEFAULT_MODELS_DIR / name) == digest for name, digest in listed.items())
+
+
+def test_a_changed_model_file_is_refused_in_one_line(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(DEFAULT_MODELS_DIR, models, ignore=shutil.ignore_patterns("*.json", "*.md", "__*"))
+    model = models / "sera-emotion-whisper.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte in the weights: the graph would still load
+    model.write_bytes(bytes(data))
+    config = tmp_path / "sera.yaml"
+    config.write_text(f"models_dir: {models}\n")
+    done = sera("--config", str(config), "analyze", str(SAMPLE_NOTE))
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert f"{model} is not the file sera shipped (its sha256 differs)" in done.stderr
+    (models / SUMS).unlink()  # an operator's own folder, without a list: not checked
+    assert sera("--config", str(config), "analyze", str(SAMPLE_NOTE)).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("info", "outputs", "why"),
+    [
+        (ModelInfo(WhisperParams(), LABELS, temperature=0.0), 8, "temperature must be a finite number above 0"),
+        (ModelInfo(WhisperParams(), LABELS, temperature=math.nan), 8, "temperature must be a finite number above 0"),
+        (ModelInfo(WhisperParams(), LABELS, baseline=BaselineInfo("s", 10, math.inf)), 8, "temperature must be a finite number above 0"),
+        (ModelInfo(WhisperParams(), ("happy", "happy", "sad")), 3, "labels must be distinct names"),
+        (ModelInfo(WhisperParams(), ("happy", "")), 2, "labels must be distinct names"),
+        (ModelInfo(WhisperParams(), LABELS), 7, "it names 8 labels for 7 outputs"),
+        (ModelInfo(WhisperParams(), LABELS, baseline=BaselineInfo("s", -1)), 8, "min_clips must be a whole number"),
+    ],
+)
+def test_metadata_no_trained_model_has_is_refused(info: ModelInfo, outputs: int, why: str) -> None:
+    with pytest.raises(ModelError, match=why):
+        info.check(outputs, Path("model.onnx"))
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"sample_rate": 8000}, "trained at 8000 Hz; sera decodes at 16000 Hz"),
+        ({"n_mels": 0}, "n_mels must be between 1 and 512"),
+        ({"hop_length": 10**9}, "hop_length must be between"),
+        ({"top_db": float("nan")}, "top_db must be a finite number"),
+        ({"loudness_dbfs": "loud"}, "loudness_dbfs must be a finite number"),
+    ],
+)
+def test_feature_parameters_out_of_range_are_refused(change: dict, why: str) -> None:
+    import json
+
+    values = {**json.loads(FeatureParams().to_json()), **change}
+    with pytest.raises(ValueError, match=why):
+        from_json(json.dumps(values))
+
+
+@pytest.mark.parametrize("command", ["analyze", "doctor"])
+def test_without_onnxruntime_a_command_says_so_in_one_line(command: str) -> None:
+    """A broken install (onnxruntime missing or unimportable): one line, not an ImportError's traceback."""
+    script = ("import sys; sys.modules['onnxruntime'] = None\n"  # what a missing module looks like to `import`
+              "from sera.adapters.cli import main\nsys.exit(main(sys.argv[1:]))")  # fmt: skip
+    args = [command, str(SAMPLE_NOTE)] if command == "analyze" else [command]
+    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert "Traceback" not in done.stderr + done.stdout
+    assert "onnxruntime cannot be imported" in done.stderr + done.stdout
+    assert done.returncode != 0
