@@ -13,8 +13,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from sera.baseline import Baseline, Observation
+from sera.baseline import Baseline, Observation, spread
 from sera.database import Connection, Database, Migration, connect
+from sera.errors import SeraError
 
 COMPONENT = "baselines"
 MIGRATIONS = (
@@ -34,6 +35,10 @@ CREATE TABLE IF NOT EXISTS baseline_learning (
 )  # fmt: skip
 
 
+class AlreadyAdded(SeraError):
+    """The same recording, enrolled twice: it would count one voice sample as many."""
+
+
 class BaselineStore:
     """Baselines on the process's shared ``Database``; a speaker is a user id as text."""
 
@@ -48,17 +53,23 @@ class BaselineStore:
             row = db.execute("SELECT stats FROM baselines WHERE speaker = ? AND space = ?", (speaker, space)).fetchone()
         return Baseline.from_bytes(space, bytes(row[0])) if row else None
 
-    def add(self, speaker: str, observations: Sequence[Observation]) -> Baseline | None:
-        """The speaker's baseline with ``observations`` added, as one transaction (the row read under a
-        lock, so two processes adding at once lose nothing); None when there is nothing to add."""
+    def add(self, speaker: str, observations: Sequence[Observation], source: str | None = None) -> Baseline | None:
+        """The speaker's baseline with one recording's ``observations`` added (at most
+        ``CLIPS_PER_RECORDING`` of them, spread over it), as one transaction (the row read under a lock,
+        so two processes adding at once lose nothing); None when there is nothing to add. ``source``
+        (the recording's sha256): a recording enrolled before is refused (``AlreadyAdded``)."""
         if not observations:
             return None
+        observations = spread(observations)
         space = observations[0].space
         with self.db.transaction() as tx:
             tx.execute("INSERT INTO baselines (speaker, space, clips, stats, updated) VALUES (?, ?, 0, ?, ?) ON CONFLICT DO NOTHING",
                        (speaker, space, Baseline.empty(observations[0]).to_bytes(), time.time()))  # fmt: skip
             row = tx.execute(f"SELECT stats FROM baselines WHERE speaker = ? AND space = ?{self.db.for_update}", (speaker, space)).fetchone()
-            updated = Baseline.from_bytes(space, bytes(row[0])).add(observations)
+            current = Baseline.from_bytes(space, bytes(row[0]))
+            if source and source in current.sources:
+                raise AlreadyAdded("you added this recording to your baseline before; nothing was added")
+            updated = current.add(observations, source)
             tx.execute("UPDATE baselines SET clips = ?, stats = ?, updated = ? WHERE speaker = ? AND space = ?",
                        (updated.count, updated.to_bytes(), time.time(), speaker, space))  # fmt: skip
         return updated

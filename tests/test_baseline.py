@@ -208,6 +208,33 @@ def test_clearing_a_baseline_or_turning_learning_off_takes_effect_mid_session(pi
     store.close()
 
 
+def test_a_baseline_is_a_moving_window_and_a_recording_adds_a_bounded_number_of_clips(tmp_path: Path) -> None:
+    """500 clips of one voice, then 400 of a changed one: the baseline follows the change (a plain mean
+    would still be five parts old to four new); a ten-minute recording adds at most 20 clips; the same
+    recording twice is refused."""
+    from sera.baseline import CLIPS_PER_RECORDING, WINDOW_CLIPS
+    from sera.baseline_store import AlreadyAdded
+
+    old = [observation([1.0, 0.0], heard=0) for _ in range(500)]
+    new = [observation([0.0, 1.0], heard=1) for _ in range(400)]
+    baseline = Baseline.of(old).add(new)
+    assert baseline.count == 900 and baseline.weight == WINDOW_CLIPS
+    assert baseline.mean[1] > 0.8 and baseline.heard_share[1] > 0.8  # the old voice has faded
+    assert abs(baseline.heard.sum() - WINDOW_CLIPS) < 1e-6
+    plain = Baseline.of(old[:100]).add(new[:50])  # within the window: the plain mean, as before
+    np.testing.assert_allclose(plain.mean, [100 / 150, 50 / 150])
+    restored = Baseline.from_bytes("space", baseline.add(new[:1], source="ab" * 32).to_bytes())
+    assert restored.sources == ("ab" * 32,) and restored.count == 901
+
+    store = BaselineStore(tmp_path / "sera.db")
+    long = [observation([float(i), 0.0]) for i in range(160)]  # a ten-minute upload's segments
+    assert store.add("alice", long, source="cd" * 32).count == CLIPS_PER_RECORDING
+    with pytest.raises(AlreadyAdded):
+        store.add("alice", long, source="cd" * 32)
+    assert store.get("alice", "space").count == CLIPS_PER_RECORDING
+    store.close()
+
+
 def test_segments_carry_no_baseline_unless_given() -> None:
     assert Segment(np.zeros(10, np.float32), 16_000, 0.0, 1.0).baseline is None
 

@@ -793,6 +793,13 @@ def test_a_personal_baseline_through_discord(harness: Harness, tmp_path: Path) -
     assert harness.store.analyses_of(user.id) == 0  # an enrolment is not an analysis: nothing else is stored
     space = harness.pipeline.baseline_info.space
     assert harness.bot.baselines.get(str(user.id), space).count == needed
+    again = harness.interaction(user=user)
+    asyncio.run(invoke(harness.cog.baseline_add, again, harness.attachment(recording, duration=reading.size / 16_000)))
+    assert "you added this recording to your baseline before; nothing was added" in again.sent()[-1]["content"].lower()
+    assert harness.bot.baselines.get(str(user.id), space).count == needed  # the same recording never counts twice
+    shown = harness.interaction(user=user)
+    asyncio.run(invoke(harness.cog.baseline_show, shown))
+    assert "In its clips I heard: " in shown.sent()[0]["content"] and "%" in shown.sent()[0]["content"]
 
     note = harness.message(harness.attachment(NOTE), author=user)
     asyncio.run(harness.cog.on_message(note))
@@ -816,6 +823,8 @@ def test_a_personal_baseline_through_discord(harness: Harness, tmp_path: Path) -
     asked = harness.interaction(guild, channel, user=friend)
     asyncio.run(harness.cog.menu.callback(asked, harness.message(harness.attachment(NOTE), guild=guild, channel=channel, author=user)))
     assert harness.bot.baselines.get(str(user.id), space).count == grown  # someone else's request never teaches it
+    answer = json.dumps([m["embed"].to_dict() if m.get("embed") else m.get("content") for m in asked.sent()])
+    assert "baseline" not in answer  # nor is told that the author has one, or of how many clips
 
     forget = harness.interaction(user=user)
     asyncio.run(invoke(harness.privacy.forget, forget))

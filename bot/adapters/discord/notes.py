@@ -15,11 +15,12 @@ is shown to the caller alone.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
 
@@ -35,7 +36,7 @@ from sera.baseline import Baseline
 from sera.baseline_store import BaselineStore
 from sera.errors import AudioError, SeraError
 from sera.pipeline import Pipeline
-from sera.plugin import Report
+from sera.plugin import EmotionAnalyzer, Report
 from sera.emotions import emoji
 
 
@@ -159,7 +160,10 @@ class VoiceNotes(commands.Cog):
         speaker = str(origin.author_id)
         info = self.pipeline.baseline_info
         try:
-            baseline = await asyncio.to_thread(self.baselines.get, speaker, info.space) if info and not enrol else None
+            # A member's baseline serves their own requests only: another member's answer neither uses it
+            # nor says that there is one.
+            own = origin.requested_by == origin.author_id
+            baseline = await asyncio.to_thread(self.baselines.get, speaker, info.space) if info and own and not enrol else None
             data = await attachment.read()
             work = asyncio.ensure_future(
                 self.pipeline.analyze_async(data, attachment.filename, skip=settings.disabled_plugins, baseline=baseline)
@@ -185,7 +189,11 @@ class VoiceNotes(commands.Cog):
             log.exception("analysing a note for %s failed", who(origin.requested_by))
             return Outcome(error="Something went wrong on my side; the operator has been told.", kind="internal")
         if enrol:
-            return Outcome(report=report, baseline=await asyncio.to_thread(self.baselines.add, speaker, report.observations()))
+            try:
+                added = await asyncio.to_thread(self.baselines.add, speaker, report.observations(), hashlib.sha256(data).hexdigest())
+            except SeraError as error:  # the same recording again, or the database refused
+                return Outcome(error=f"😕 {str(error)[:1].upper()}{str(error)[1:]}.", kind="refused")
+            return Outcome(report=report, baseline=added)
         try:
             await asyncio.to_thread(self.store.record, report, origin)
             if origin.requested_by == origin.author_id and await asyncio.to_thread(self.baselines.learning, speaker):
@@ -398,7 +406,7 @@ class VoiceNotes(commands.Cog):
         elif baseline is None:
             text = f"You have no baseline yet. `/emotion baseline add` a few recordings of your ordinary voice (I use it from {info.min_clips} clips on)."
         else:
-            text = baseline_words(baseline.count, info.min_clips, learning)
+            text = baseline_words(baseline.count, info.min_clips, learning) + heard_mix(baseline, self._labels())
         await interaction.response.send_message(text, ephemeral=True)
 
     @baseline.command(name="clear", description="Delete your baseline")
@@ -409,11 +417,22 @@ class VoiceNotes(commands.Cog):
         await interaction.response.send_message(text, ephemeral=True)
 
 
+    def _labels(self) -> tuple[str, ...]:
+        """The emotions of the analyzer whose baselines these are, in its output order."""
+        return next((a.labels for a in self.pipeline.plugins.analyzers if isinstance(a, EmotionAnalyzer) and a.baseline_info), ())
+
     async def _baseline_changed(self, user_id: int) -> None:
         """Voice sessions running now hear of it at once, not when they end."""
         listening = self.bot.get_cog("Listening")
         if listening is not None:
             await listening.baseline_changed(str(user_id))
+
+
+def heard_mix(baseline: Baseline, labels: Sequence[str]) -> str:
+    """What the model heard in a baseline's clips, most first: a baseline of one emotion is worth knowing."""
+    shares = sorted(zip(baseline.heard_share, labels), reverse=True)
+    heard = ", ".join(f"{label} {share:.0%}" for share, label in shares if share >= 0.005)
+    return f" In its clips I heard: {heard}." if heard else ""
 
 
 def baseline_words(clips: int, needed: int, learning: bool) -> str:
