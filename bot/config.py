@@ -12,6 +12,7 @@ import dataclasses
 import importlib.resources
 import math
 import os
+import stat
 import types
 import typing
 from dataclasses import dataclass, field
@@ -31,16 +32,17 @@ T = TypeVar("T")
 DEFAULT_MODELS_DIR = Path(str(importlib.resources.files("sera.models")))  # models/ in a checkout, sera/models in a wheel
 CONFIG_ENV = "SERA_CONFIG"
 MAX_NODES = 10_000  # values in a config file, aliases expanded: the example has about 80
+MAX_CONFIG_BYTES = 1_000_000  # the example is under 10 kB
 
 
 @dataclass(frozen=True)
 class AudioOptions:
     """Limits applied to every input before any work is spent on it."""
 
-    max_file_mb: float = bounded(25.0, above=0)
-    max_duration_seconds: float = bounded(600.0, above=0)
-    decode_timeout_seconds: float = bounded(30.0, above=0)
-    decode_cpu_seconds: float = bounded(10.0, min=1)  # ffmpeg's CPU time per file; a 10-minute note takes under 2 s
+    max_file_mb: float = bounded(25.0, above=0, max=2000)
+    max_duration_seconds: float = bounded(600.0, above=0, max=24 * 3600)
+    decode_timeout_seconds: float = bounded(30.0, above=0, max=3600)
+    decode_cpu_seconds: float = bounded(10.0, min=1, max=3600)  # ffmpeg's CPU time per file; a 10-minute note takes under 2 s
     # ffmpeg's address space: its libraries alone take 266 MB of it, so below 320 MB no note decodes at all;
     # 10-minute ogg, m4a and mp3 notes decode within 320 MB, and 384 MB leaves room to spare.
     decode_memory_mb: int = bounded(384, min=320, max=65536)
@@ -64,10 +66,10 @@ class SpeechOptions:
     """How speech is cut into segments (the ``speech:`` section of the config)."""
 
     threshold: float = bounded(0.5, min=0, max=1)  # a chunk above this starts speech
-    min_speech_seconds: float = bounded(0.25, min=0)  # shorter bursts are clicks, not speech
-    min_silence_seconds: float = bounded(0.3, min=0)  # shorter pauses do not split an utterance
+    min_speech_seconds: float = bounded(0.25, min=0, max=10)  # shorter bursts are clicks, not speech
+    min_silence_seconds: float = bounded(0.3, min=0, max=10)  # shorter pauses do not split an utterance
     pad_seconds: float = bounded(0.1, min=0, max=2)  # kept either side so onsets and endings are not clipped
-    max_segment_seconds: float = bounded(6.0, min=1)  # longer utterances are split into equal parts for the timeline
+    max_segment_seconds: float = bounded(6.0, min=1, max=600)  # longer utterances are split into equal parts for the timeline
 
 
 @dataclass(frozen=True)
@@ -76,17 +78,17 @@ class DiscordOptions:
 
     token_env: str = "DISCORD_TOKEN"
     database: str = ""  # empty: sera.db in the user's data folder (database_path)
-    queue_size: int = bounded(16, min=1)  # analyses waiting or running at once; more are told to retry
-    user_rate_per_minute: int = bounded(6, min=1)
-    user_in_flight: int = bounded(2, min=1)  # one user's notes queued or running at once; more are told to wait
+    queue_size: int = bounded(16, min=1, max=10_000)  # analyses waiting or running at once; more are told to retry
+    user_rate_per_minute: int = bounded(6, min=1, max=600)
+    user_in_flight: int = bounded(2, min=1, max=100)  # one user's notes queued or running at once; more are told to wait
     chart: bool = False  # attach a PNG chart in DMs (needs matplotlib); servers choose with /sera style
     message_content: bool = False  # privileged intent: analyse notes in enabled channels without being asked
     sync_commands: bool = True  # send the slash commands to Discord on start
-    dev_guild: int = bounded(0, min=0)  # a server id: sync there only, at once (development); 0: globally
+    dev_guild: int = bounded(0, min=0, max=2**63 - 1)  # a server id: sync there only, at once (development); 0: globally
     metrics_port: int = bounded(0, min=0, max=65535)  # Prometheus metrics on http://127.0.0.1:PORT/metrics; 0: off
     catch_up_hours: float = bounded(24.0, min=0, max=14 * 24)  # answer notes posted up to this long before a (re)start; 0: off
     catch_up_max: int = bounded(50, min=0, max=1000)  # notes answered per channel by one catch-up
-    retention_days: float = bounded(0.0, min=0)  # delete analyses and utterances older than this, daily; 0: keep until /forget
+    retention_days: float = bounded(0.0, min=0, max=36_500)  # delete analyses and utterances older than this, daily; 0: keep until /forget
     shard_count: int = bounded(0, min=0, max=100_000)  # shards across every process; 0: as Discord recommends, all here
     shard_ids: list[int] = field(default_factory=list)  # this process's shards, with shard_count; empty: all of them
 
@@ -96,13 +98,13 @@ class LiveOptions:
     """The ``live:`` section of the config: listening in voice channels (experimental)."""
 
     enabled: bool = False  # off unless the operator turns it on for this deployment
-    max_sessions: int = bounded(4, min=1)  # sessions running at once across all servers; /listen start refuses more
+    max_sessions: int = bounded(4, min=1, max=1000)  # sessions running at once across all servers; /listen start refuses more
     workers: int = bounded(1, min=1, max=64)  # threads of their own for live analysis, so voice notes never queue behind sessions
-    max_session_minutes: float = bounded(120.0, above=0)
+    max_session_minutes: float = bounded(120.0, above=0, max=24 * 60)
     max_utterance_seconds: float = bounded(8.0, min=1, max=60)  # a speaker who never pauses is still analysed in pieces
-    speaker_buffer_seconds: float = bounded(20.0, min=1)  # queued audio per speaker before the oldest is shed
+    speaker_buffer_seconds: float = bounded(20.0, min=1, max=600)  # queued audio per speaker before the oldest is shed
     tick_seconds: float = bounded(0.5, above=0, max=10)  # how often queued audio is processed
-    feedback_seconds: float = bounded(30.0, min=5)  # live mood message edited at most this often (when a server turns it on)
+    feedback_seconds: float = bounded(30.0, min=5, max=3600)  # live mood message edited at most this often (when a server turns it on)
 
 
 # Built-ins that are off unless the config turns them on: the seed paper's CNN stays one line away
@@ -118,8 +120,8 @@ class Config:
     models_dir: Path = DEFAULT_MODELS_DIR
     workers: int = bounded(2, min=1, max=64)  # threads that decode and run models, off the asyncio loop
     worker_processes: bool = False  # the bot's workers as processes (each loads the models): scales with cores, costs memory
-    plugin_timeout_seconds: float = bounded(20.0, above=0)
-    plugin_max_timeouts: int = bounded(3, min=1)  # a plugin that overran this many times is not called again until restart
+    plugin_timeout_seconds: float = bounded(20.0, above=0, max=3600)
+    plugin_max_timeouts: int = bounded(3, min=1, max=1000)  # a plugin that overran this many times is not called again until restart
     audio: AudioOptions = field(default_factory=AudioOptions)
     speech: SpeechOptions = field(default_factory=SpeechOptions)
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -171,7 +173,7 @@ def load(path: str | Path | None = None) -> Config:
         return Config()
     path = Path(path)
     try:
-        data = parse_yaml(path.read_text(encoding="utf-8"), str(path))
+        data = parse_yaml(read_config(path), str(path))
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -185,6 +187,20 @@ def load(path: str | Path | None = None) -> Config:
     config = build(Config, data, str(path), exclude={"source"})
     config = dataclasses.replace(config, source=str(path))
     return dataclasses.replace(config, models_dir=config.path(config.models_dir))
+
+
+def read_config(path: Path) -> str:
+    """The text of a config file: a regular file (a FIFO would hang, ``/dev/zero`` never end) of at most
+    ``MAX_CONFIG_BYTES``, checked on the open file itself, so nothing swapped in between is read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigError(f"{path} is not a regular file: a config file is a YAML file")
+    with os.fdopen(fd, "rb") as file:
+        data = file.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path} is larger than {MAX_CONFIG_BYTES // 1_000_000} MB: that is no config file")
+    return data.decode("utf-8")
 
 
 def parse_yaml(text: str, file: str) -> Any:
@@ -276,7 +292,10 @@ def _convert(value: Any, hint: Any, file: str, key: str) -> Any:
     if hint is Path:
         return Path(_convert(value, str, file, key))
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ConfigError(f"{file}: '{key}' must be a finite number, not {str(value)[:20]}...") from None
     if isinstance(value, float) and not math.isfinite(value):  # .nan passes every comparison; .inf overflows
         raise ConfigError(f"{file}: '{key}' must be a finite number, not {value!r}")
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):

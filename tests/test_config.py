@@ -62,9 +62,9 @@ def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
         ("- just\n- a list\n", r"the top level must be a mapping"),
         ("workers: [unclosed\n", r"not valid YAML"),
         ("workers: 0\n", r"'workers' must be between 1 and 64, not 0"),
-        ("discord:\n  user_rate_per_minute: 0\n", r"'discord.user_rate_per_minute' must be at least 1, not 0"),
+        ("discord:\n  user_rate_per_minute: 0\n", r"'discord.user_rate_per_minute' must be between 1 and 600, not 0"),
         ("speech:\n  threshold: 7\n", r"'speech.threshold' must be between 0 and 1, not 7"),
-        ("audio:\n  max_file_mb: -5\n", r"'audio.max_file_mb' must be more than 0, not -5"),
+        ("audio:\n  max_file_mb: -5\n", r"'audio.max_file_mb' must be more than 0 and at most 2000, not -5"),
         ("live:\n  tick_seconds: 0\n", r"'live.tick_seconds' must be more than 0 and at most 10, not 0"),
         ("workers: 2\naudio: {}\nworkers: 3\n", r"duplicate key 'workers' \(line 3\)"),
         ("audio:\n  max_file_mb: 3\n  max_file_mb: 4\n", r"duplicate key 'audio.max_file_mb' \(line 3\)"),
@@ -74,6 +74,13 @@ def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
         ("plugins: &p\n  x: *p\n", r"'plugins.x' contains itself through an alias"),
         (ALIAS_BOMB, r"more than 10000 values once its aliases \(\*name\) are expanded"),
         ("workers: " + "[" * 3000 + "]" * 3000 + "\n", r"nested too deeply to be a config file"),
+        ("audio:\n  max_file_mb: 1.0e+308\n", r"'audio.max_file_mb' must be at most 2000, not 1e\+308"),
+        ("audio:\n  max_duration_seconds: 1.0e+308\n", r"'audio.max_duration_seconds' must be at most 86400, not 1e\+308"),
+        ("speech:\n  max_segment_seconds: 1.0e+308\n", r"'speech.max_segment_seconds' must be between 1 and 600"),
+        ("audio:\n  decode_timeout_seconds: 1.0e+300\n", r"'audio.decode_timeout_seconds' must be at most 3600"),
+        ("plugin_timeout_seconds: 1.0e+300\n", r"'plugin_timeout_seconds' must be at most 3600"),
+        ("audio:\n  decode_cpu_seconds: 18446744073709551616\n", r"'audio.decode_cpu_seconds' must be between 1 and 3600"),
+        ("discord:\n  retention_days: " + "9" * 400 + "\n", r"'discord.retention_days' must be a finite number"),
     ],
 )
 def test_mistakes_name_the_file_and_key(tmp_path: Path, text: str, message: str) -> None:
@@ -81,6 +88,51 @@ def test_mistakes_name_the_file_and_key(tmp_path: Path, text: str, message: str)
     with pytest.raises(ConfigError, match=message) as error:
         load(path)
     assert str(path) in str(error.value)
+
+
+def test_every_number_in_the_config_has_a_maximum() -> None:
+    """A limit without one lets ``1e300`` through, to overflow or wrap later (a CPU limit of 2**64 wrapped to 0)."""
+    import dataclasses
+    import typing
+
+    from sera.bounds import BOUNDS
+    from sera.config import AudioOptions, DiscordOptions, LiveOptions, SpeechOptions
+    from sera.plugins.emotion_cnn import EmotionCNN
+    from sera.plugins.emotion_whisper import EmotionWhisper
+    from sera.plugins.prosody import Prosody
+
+    unbounded = []
+    for cls in (Config, AudioOptions, SpeechOptions, DiscordOptions, LiveOptions, EmotionCNN.Options, EmotionWhisper.Options, Prosody.Options):
+        hints = typing.get_type_hints(cls)
+        for field in dataclasses.fields(cls):
+            bounds = field.metadata.get(BOUNDS)
+            if hints[field.name] in (int, float) and (bounds is None or bounds.max is None):
+                unbounded.append(f"{cls.__name__}.{field.name}")
+    assert unbounded == []
+
+
+@pytest.mark.parametrize("what", ["/dev/zero", "a folder", "a fifo", "too large"])
+def test_a_config_must_be_a_small_regular_file(tmp_path: Path, what: str) -> None:
+    """``/dev/zero`` was read without end and a FIFO hung: each is one line now, read from the open file."""
+    import os
+
+    path = {"/dev/zero": Path("/dev/zero"), "a folder": tmp_path}.get(what, tmp_path / "sera.yaml")
+    if what == "a fifo":
+        os.mkfifo(path)
+    elif what == "too large":
+        path.write_text("# " + "x" * 1_100_000 + "\n")
+    why = "larger than 1 MB" if what == "too large" else "is not a regular file"
+    with pytest.raises(ConfigError, match=why):
+        load(path)
+    done = sera("--config", str(path), "config")
+    assert done.returncode != 0 and why in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_models_folder_without_the_models_is_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path, f"models_dir: {tmp_path / 'nowhere'}\n")
+    done = sera("--config", str(path), "analyze", str(ROOT / "examples" / "voice-note.ogg"))
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert f"model file not found: {tmp_path / 'nowhere'}" in done.stderr
 
 
 def test_missing_file() -> None:
