@@ -224,10 +224,23 @@ def private_folder(folder: Path) -> Path:
     return folder
 
 
+def untrusted(info: os.stat_result) -> str | None:
+    """Why a file sera keeps (database, status) must not be used as it is: owned by another user, or
+    writable by every user (anyone could have planted or changed what it says); None when it is sera's."""
+    if info.st_uid != os.geteuid():
+        return f"it belongs to another user (uid {info.st_uid}), not to the user sera runs as (uid {os.geteuid()})"
+    if info.st_mode & stat.S_IWOTH:
+        return "every user can write to it"
+    if not stat.S_ISREG(info.st_mode):
+        return "it is not a regular file"
+    return None
+
+
 def private_file(path: Path) -> None:
     """Make the SQLite file (and its ``-wal`` and ``-shm``, which SQLite creates with the database file's
     permissions) readable by this user alone: created 0600 in a 0700 folder where it is new, tightened
-    to 0600 where an older sera left it readable by every local user."""
+    to 0600 where an older sera left it readable by other local users. One that another user owns, or
+    every user may write, is refused: sera will not keep people's data in a file someone else controls."""
     private_folder(path.parent)
     try:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
@@ -238,7 +251,9 @@ def private_file(path: Path) -> None:
             info = file.lstat()
         except FileNotFoundError:
             continue
-        if info.st_uid == os.geteuid() and info.st_mode & 0o077 and stat.S_ISREG(info.st_mode):
+        if why := untrusted(info):
+            raise SeraError(f"cannot use the database {file}: {why}; move it away, or fix its owner and mode (chmod 600)")
+        if info.st_mode & 0o077:
             file.chmod(0o600)
             log.info("database: %s was readable by other users; now 0600", file)
 

@@ -683,6 +683,11 @@ def test_the_status_file_is_written_safely_and_once_per_process(tmp_path: Path) 
     yaml.write_text(f"discord:\n  database: {tmp_path / 'bot' / 'sera.db'}\n")
     done = sera("--config", str(yaml), "status")
     assert done.returncode == 0 and "status-shards-0-1.json:\nrunning: pid 100" in done.stdout and "status-shards-2-3.json:\nrunning: pid 101" in done.stdout
+    planted = path.parent / "status-shards-9.json"  # a file any user could have put there, saying "running"
+    planted.write_text(json.dumps({"pid": 1, "started_at": now, "updated_at": now, "guilds": 3, "latency_ms": 1, "sessions": 0}))
+    planted.chmod(0o666)
+    done = sera("--config", str(yaml), "status")
+    assert done.returncode != 0 and "not a status file of this user's bot: every user can write to it" in done.stderr
 
 
 def test_each_voice_note_is_one_json_log_line_with_its_event(harness: Harness, caplog: pytest.LogCaptureFixture) -> None:

@@ -4,6 +4,7 @@ for the session (``tests/postgres.py``); migrations from today's schema; two pro
 from __future__ import annotations
 
 import json
+import re
 import os
 import sqlite3
 import subprocess
@@ -164,6 +165,37 @@ def test_a_database_from_todays_schema_upgrades_in_place_with_its_rows(tmp_path:
     store.mark_answered(5, 6, None)  # the new table is there
     assert store.was_answered(5)
     db.close()
+
+
+@pytest.mark.parametrize("whose", ["writable by all", "another user's"])
+def test_a_database_file_someone_else_controls_is_refused(tmp_path: Path, whose: str) -> None:
+    path = tmp_path / "sera.db"
+    Store(path).close()
+    if whose == "writable by all":
+        path.chmod(0o666)
+        why = "every user can write to it"
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("only root can give a file to another user here")
+        os.chown(path, 65534, 65534)
+        why = "it belongs to another user (uid 65534)"
+    with pytest.raises(SeraError, match=re.escape(f"cannot use the database {path}: {why}")):
+        Store(path)
+
+
+def test_toggling_a_channel_keeps_a_bounded_number_of_windows(target: str | Path) -> None:
+    """An admin (or a script) toggling a channel all day: the catch-up's record of when it was enabled stays small."""
+    from sera.adapters.discord.store import WINDOWS_KEPT
+
+    store = Store(target)
+    for i in range(60):
+        store.update_settings(7, lambda s: replace(s, channels=frozenset({99}) if i % 2 == 0 else frozenset()))
+    with store.db.read() as db:
+        kept = db.execute("SELECT COUNT(*) FROM channel_windows WHERE channel_id = 99").fetchone()[0]
+    assert kept == WINDOWS_KEPT
+    (mark,) = [m for m in store.catch_up_channels() if m.channel_id == 99]
+    assert mark.windows[-1][1] is not None and len(mark.windows) == WINDOWS_KEPT  # the latest ones, the last closed
+    store.close()
 
 
 def test_a_postgresql_url_is_never_logged_with_its_password() -> None:

@@ -413,7 +413,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     for path in paths:
         try:
             status, fresh = read_status(path)
-        except (OSError, ValueError, KeyError) as exc:
+        except ValueError as exc:
+            raise SeraError(f"cannot read the status at {path} ({str(exc)[:200] or exc.__class__.__name__})") from None
+        except (OSError, KeyError) as exc:
             raise SeraError(f"cannot read the status at {path} ({exc.__class__.__name__})") from None
         if len(paths) > 1:
             print(f"{path.name}:")

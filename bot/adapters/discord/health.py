@@ -23,12 +23,13 @@ from aiohttp import web
 from discord.ext import commands, tasks
 
 from sera.adapters.discord.notes import FAILURE_KINDS
-from sera.database import private_folder
+from sera.database import private_folder, untrusted
 
 log = logging.getLogger(__name__)
 
 STATUS_SECONDS = 30.0
 STALE_SECONDS = 3 * STATUS_SECONDS  # older than this, the bot is down or its event loop is stuck
+MAX_STATUS_BYTES = 1 << 20  # a status file is a few hundred bytes
 LAG_PROBE_SECONDS = 0.25  # how often the event loop's lateness is sampled
 METRICS_HOST = "127.0.0.1"
 
@@ -143,9 +144,12 @@ def status_files(folder: Path) -> list[Path]:
 
 
 def read_status(path: Path, now: float | None = None) -> tuple[dict[str, Any], bool]:
-    """The last status and whether it is fresh; OSError or ValueError when there is none to read."""
+    """The last status and whether it is fresh; OSError or ValueError when there is none to read, or
+    when the file is not one this user's bot wrote (another user's, or writable by everyone: planted)."""
     with open(path, opener=lambda name, flags: os.open(name, flags | os.O_NOFOLLOW)) as handle:
-        status = json.loads(handle.read())
+        if why := untrusted(os.fstat(handle.fileno())):
+            raise ValueError(f"not a status file of this user's bot: {why}")
+        status = json.loads(handle.read(MAX_STATUS_BYTES))
     age = (now or time.time()) - float(status["updated_at"])
     return status, age <= STALE_SECONDS
 

@@ -37,6 +37,8 @@ def _windows_and_marks_so_far(db: Database, tx: Connection) -> None:
 
 
 COMPONENT = "discord"
+WINDOWS_KEPT = 20  # a channel's enabled stretches kept for the catch-up, the open one included
+WINDOWS_REACH_SECONDS = 15 * 86400  # a stretch closed longer ago than any catch-up reaches (catch_up_hours <= 14 days) goes
 MIGRATIONS = (
     Migration(1, "guild settings, analyses, opt-outs of analysis by others", """
 CREATE TABLE IF NOT EXISTS guild_settings (
@@ -148,6 +150,10 @@ class Store:
             )
             now = time.time()  # when each channel was enabled and disabled: the catch-up answers only what was posted between
             for channel in updated.channels - current.channels:
+                # Windows no catch-up reaches back to, and past the latest few, go: toggling cannot grow the table.
+                tx.execute("DELETE FROM channel_windows WHERE channel_id = ? AND disabled_at IS NOT NULL AND (disabled_at < ? OR enabled_at "
+                           "NOT IN (SELECT enabled_at FROM channel_windows WHERE channel_id = ? ORDER BY enabled_at DESC LIMIT ?))",
+                           (channel, now - WINDOWS_REACH_SECONDS, channel, WINDOWS_KEPT - 1))  # fmt: skip
                 tx.execute("INSERT INTO channel_windows (channel_id, guild_id, enabled_at) VALUES (?, ?, ?)", (channel, guild_id, now))
             for channel in current.channels - updated.channels:
                 tx.execute("UPDATE channel_windows SET disabled_at = ? WHERE channel_id = ? AND disabled_at IS NULL", (now, channel))
