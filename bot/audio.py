@@ -35,6 +35,7 @@ import os
 import selectors
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -128,19 +129,34 @@ def decode(source: bytes | str | Path, limits: Limits = Limits(), sample_rate: i
 
 
 def read(source: bytes | str | Path, limits: Limits = Limits()) -> bytes:
-    """The bytes of an upload or a file, its size checked first (a file's before it is read)."""
+    """The bytes of an upload or a file, its size checked first: a file's on the open file itself (a
+    file swapped for a link or a bigger one after a check is never what is read), and no more than the
+    limit and one byte is ever read (so ``/dev/zero`` or a growing file cannot fill memory)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         _check_size(len(data), limits)
         return data
     path = Path(source)
-    if not path.is_file():
-        raise AudioError(f"no such audio file: {path}")
-    _check_size(path.stat().st_size, limits)
     try:
-        return path.read_bytes()[: limits.max_bytes]
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block the open
+    except FileNotFoundError:
+        raise AudioError(f"no such audio file: {path}") from None
     except OSError as exc:
         raise AudioError(f"cannot read {path}: {exc.strerror}") from None
+    kind = os.fstat(fd).st_mode
+    if not stat.S_ISREG(kind):
+        os.close(fd)
+        if stat.S_ISDIR(kind):
+            raise AudioError(f"{path} is a folder, not an audio file")
+        raise AudioError(f"{path} is not a file but a {'pipe' if stat.S_ISFIFO(kind) else 'device or socket'}: sera reads audio files")
+    with os.fdopen(fd, "rb") as file:
+        _check_size(os.fstat(fd).st_size, limits)
+        try:
+            data = file.read(limits.max_bytes + 1)
+        except OSError as exc:
+            raise AudioError(f"cannot read {path}: {exc.strerror}") from None
+    _check_size(len(data), limits)
+    return data
 
 
 @contextmanager

@@ -91,6 +91,25 @@ def test_missing_file() -> None:
         decode(Path("/nonexistent/voice.ogg"))
 
 
+def test_what_is_not_a_file_is_named_and_never_read_without_bound(tmp_path: Path) -> None:
+    """A folder, a FIFO (its open would hang) and /dev/zero (its read would never end) each get a line
+    saying what they are; a file is read on its open handle, at most the limit and one byte."""
+    import os
+
+    fifo = tmp_path / "pipe.ogg"
+    os.mkfifo(fifo)
+    for path, said in ((tmp_path, "is a folder, not an audio file"), (fifo, "is not a file but a pipe"),
+                       (Path("/dev/zero"), "is not a file but a device or socket")):  # fmt: skip
+        with pytest.raises(AudioError, match=said):
+            decode(path)
+    grown = tmp_path / "grows.ogg"
+    grown.write_bytes(b"x" * 3000)
+    from sera.audio import read
+
+    with pytest.raises(AudioError, match="too large"):
+        read(grown, Limits(max_bytes=1000))
+
+
 def test_loudness_normalisation_hits_target_and_caps_gain() -> None:
     quiet = tone(1.0, level=0.01)
     assert abs(rms_dbfs(normalize_loudness(quiet, -23.0)) - -23.0) < 0.1

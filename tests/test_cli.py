@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -228,6 +229,15 @@ def test_an_unknown_reporter_names_the_ones_there_are() -> None:
     done = run("analyze", "--reporter", "pdf", str(SAMPLE_NOTE))
     assert done.returncode == 2 and "no reporter called 'pdf'; the reporters here: " in done.stderr
     assert all(name in done.stderr for name in ("text", "json", "embed", "chart"))
+
+
+def test_output_refuses_two_inputs_that_would_overwrite_each_other(tmp_path: Path) -> None:
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(SAMPLE_NOTE, tmp_path / folder / "note.ogg")
+    done = run("analyze", str(tmp_path / "a" / "note.ogg"), str(tmp_path / "b" / "note.ogg"), "--output", str(tmp_path / "out") + "/")
+    assert done.returncode == 2 and "would both be written as note.*" in done.stderr
+    assert not (tmp_path / "out").exists()
 
 
 @needs_chart

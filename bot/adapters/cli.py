@@ -154,7 +154,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     config = config_of(args)
     check_options(config)
     name = "json" if args.json else args.reporter
-    output = Output(args.output, len(args.files))
+    output = Output(args.output, args.files)
     pipeline = Pipeline(config, PluginSet(config, SAMPLE_RATE, reporters={name}))
     try:
         reporter = pipeline.plugins.reporter(name)
@@ -195,13 +195,19 @@ class Output:
     """Where ``sera analyze`` writes each file's rendering: stdout, or ``--output`` (a file, or a folder
     that gets one file per input). Images never go to a terminal."""
 
-    def __init__(self, path: str | None, inputs: int) -> None:
+    def __init__(self, path: str | None, inputs: list[str]) -> None:
         from pathlib import Path
 
         self.path = Path(path) if path else None
         self.folder = self.path is not None and (self.path.is_dir() or path.endswith(os.sep))
-        if self.path is not None and not self.folder and inputs > 1:
-            raise SeraError(f"--output {path}: {inputs} files give {inputs} outputs: name a folder (it may end with /)")
+        if self.path is not None and not self.folder and len(inputs) > 1:
+            raise SeraError(f"--output {path}: {len(inputs)} files give {len(inputs)} outputs: name a folder (it may end with /)")
+        if self.folder:  # one file per input, named for it: two inputs of one name would overwrite each other
+            seen: dict[str, str] = {}
+            for source in inputs:
+                if (first := seen.setdefault(Path(source).stem, source)) != source:
+                    raise SeraError(f"--output {path}: {first} and {source} would both be written as {Path(source).stem}.*: "
+                                    "rename one, or analyse them with separate --output folders")  # fmt: skip
 
     def emit(self, rendered: object, source: str) -> None:
         from pathlib import Path
