@@ -168,8 +168,13 @@ class PluginSet:
         self.infos: list[PluginInfo] = []
         # Built-ins that are off by default come after the others: with both emotion analyzers on, the
         # reply headlines the default one's answer (``Report.emotion`` takes the first).
+        builtins = {ep.value.replace(" ", "") for ep in entry_points(group=GROUP) if _is_builtin(ep)}
         for name, eps in sorted(found.items(), key=lambda item: item[0] in DEFAULT_PLUGINS):
             chosen, refused = _resolve_clash(eps)
+            if chosen is not None and not _is_builtin(chosen) and chosen.value.replace(" ", "") in builtins:
+                why = f"it names a built-in plugin's class ({chosen.value}): enable the built-in itself (a second copy would load its model twice)"
+                log.error("plugin %s from %s refused: %s", chosen.name, _distribution(chosen), why)
+                refused, chosen = [*refused, PluginInfo(chosen.name, _distribution(chosen), error=why)], None
             self.infos += refused
             if chosen is not None:
                 self.infos.append(self._load(chosen, config, context, set_up))
@@ -406,7 +411,13 @@ def incompatible(ep: EntryPoint) -> str | None:
 
 
 def _is_builtin(ep: EntryPoint) -> bool:
-    return ep.dist is not None and _normalise(ep.dist.name) == _normalise(DISTRIBUTION)
+    """sera-voice's own entry point: its distribution says sera-voice and its module is one of this sera's
+    own (``sera.*``, found where this sera really is). A ``sera_voice-*.dist-info`` planted elsewhere on
+    the path, naming a module of its own, makes no built-in: its entry point is a third party's."""
+    if ep.dist is None or _normalise(ep.dist.name) != _normalise(DISTRIBUTION):
+        return False
+    module = ep.value.partition(":")[0].strip()
+    return module.startswith("sera.") and importlib.util.find_spec(module) is not None
 
 
 def _normalise(name: str) -> str:

@@ -355,12 +355,30 @@ def test_built_in_is_decided_by_the_distribution_and_name_clashes_are_refused(tm
         assert ("text", "built-in", "loaded") in rows
         assert ("text", "evil-plugins 1.0", "failed: name clash: 'text' is a built-in plugin's name; choose another name in evil-plugins 1.0") in rows
         assert type(plugins.reporter("text")).__module__ == "sera.plugins.text_report"
-        # a module path under sera.plugins. does not make a third party's entry point built-in (or enabled)
-        assert ("sneaky", "evil-plugins 1.0", "disabled") in rows
+        # a module path under sera.plugins. does not make a third party's entry point built-in: it is a
+        # second copy of a built-in (its model loaded twice, under another name), refused
+        assert ("sneaky", "evil-plugins 1.0", "failed: it names a built-in plugin's class (sera.plugins.text_report:TextReporter): "
+                "enable the built-in itself (a second copy would load its model twice)") in rows
         twice = [status for name, _, status in rows if name == "twice"]
         assert len(twice) == 2 and all("name clash" in s and "neither is loaded" in s for s in twice)
     finally:
         plugins.close()
+
+
+def test_a_dist_info_in_the_current_folder_makes_no_built_in(tmp_path: Path) -> None:
+    """``python -m sera`` in a folder holding a planted ``sera_voice-*.dist-info``: its entry points are
+    not read as sera's own (nor as installed at all), and its module never runs."""
+    marker = tmp_path / "ran"
+    (tmp_path / "planted.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\nfrom sera.plugins.text_report import TextReporter as Evil\n")
+    info = tmp_path / "sera_voice-9.9.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: sera-voice\nVersion: 9.9\n")
+    (info / "entry_points.txt").write_text("[sera.plugins]\ntext = planted:Evil\nprosody = planted:Evil\n")
+    done = subprocess.run([sys.executable, "-m", "sera", "plugins", "--check"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines()]
+    assert ["text", "reporter", "built-in", "yes", "loaded"] in [row[:5] for row in rows]
+    assert "9.9" not in done.stdout and not marker.exists()
 
 
 @pytest.mark.parametrize(("requires", "status"), [
