@@ -389,8 +389,15 @@ def test_doctor_checklist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     config.write_text("discord:\n  database: /proc/nope/bot.db\n")
     bad = sera("--config", str(config), "doctor")
     assert bad.returncode == 2
-    assert "✘ Discord token: $DISCORD_TOKEN is not set" in bad.stdout and "fix: export DISCORD_TOKEN=" in bad.stdout
+    assert "✘ Discord token: neither $DISCORD_TOKEN nor a systemd credential DISCORD_TOKEN is set" in bad.stdout
+    assert "fix: export DISCORD_TOKEN=" in bad.stdout
     assert "✘ database:" in bad.stdout and "2 problems to fix" in bad.stdout
+    credentials = tmp_path / "credentials"  # what the README's unit gives: LoadCredential=DISCORD_TOKEN:FILE
+    credentials.mkdir()
+    (credentials / "DISCORD_TOKEN").write_text("x.y.z\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    found = sera("--config", str(config), "doctor")
+    assert "✔ Discord token: found in the systemd credential DISCORD_TOKEN" in found.stdout and "x.y.z" not in found.stdout
 
 
 @needs_chart

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -90,9 +89,15 @@ def _models(config: Config) -> list[Check]:
 
 
 def _token(config: Config) -> Check:
-    present = bool(os.environ.get(config.discord.token_env, "").strip())
-    return Check("Discord token", present, f"${config.discord.token_env} is {'set' if present else 'not set'}",
-                 "" if present else f"export {config.discord.token_env}=<the bot token from the Developer Portal>")  # fmt: skip
+    """Where ``sera run`` would find the token: the environment variable, or systemd's credential."""
+    from sera.adapters.discord.app import find_token
+
+    name = config.discord.token_env
+    value, where = find_token(config)
+    if value:
+        return Check("Discord token", True, f"found in {where}")
+    return Check("Discord token", False, f"neither ${name} nor a systemd credential {name} is set",
+                 f"export {name}=<the bot token from the Developer Portal>, or LoadCredential={name}:FILE in the unit")  # fmt: skip
 
 
 def _database(config: Config) -> list[Check]:

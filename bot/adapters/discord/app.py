@@ -139,7 +139,8 @@ def token(config: Config) -> str:
     and no later code that dumps the environment can see it. ``os.environ.pop`` does not clear the
     copy the kernel shows in ``/proc/<pid>/environ``, so the process is then made non-dumpable, which
     shuts that file (and the process's memory and open files) to every other process of its user."""
-    value = os.environ.pop(config.discord.token_env, "").strip() or credential(config.discord.token_env)
+    value, _ = find_token(config)
+    os.environ.pop(config.discord.token_env, None)
     if not confine_process():
         log.warning("could not make the process non-dumpable: same-user processes can read its /proc entries")
     if not value:
@@ -148,6 +149,17 @@ def token(config: Config) -> str:
             f"(its name is discord.token_env in the config), or give systemd's LoadCredential={config.discord.token_env}:FILE"
         )
     return value
+
+
+def find_token(config: Config) -> tuple[str, str]:
+    """(the token, where it was found) without taking it anywhere: ``sera run`` and ``sera doctor`` look
+    in the same places, the environment variable first, then systemd's credential; ("", "") if neither."""
+    name = config.discord.token_env
+    if value := os.environ.get(name, "").strip():
+        return value, f"${name}"
+    if value := credential(name):
+        return value, f"the systemd credential {name} ($CREDENTIALS_DIRECTORY)"
+    return "", ""
 
 
 def credential(name: str) -> str:
