@@ -210,6 +210,30 @@ def test_sera_db_status_creates_no_database(tmp_path: Path) -> None:
     assert not (tmp_path / "nowhere").exists()
 
 
+def test_sera_doctor_on_a_fresh_folder_creates_nothing(tmp_path: Path) -> None:
+    config = tmp_path / "sera.yaml"
+    config.write_text(f"discord:\n  database: {tmp_path / 'data' / 'sera.db'}\n")
+    done = run("--config", str(config), "doctor")
+    assert f"✔ database: {tmp_path / 'data' / 'sera.db'} does not exist yet; sera run creates it" in done.stdout
+    assert not (tmp_path / "data").exists()
+    status = run("--config", str(config), "db", "status").stdout
+    assert "discord: schema 0 of 3" in status and "sessions: schema 0 of 2" in status
+
+
+def test_options_may_come_between_file_names(tmp_path: Path) -> None:
+    done = run("analyze", str(SAMPLE_NOTE), "--json", str(SAMPLE_NOTE))
+    assert done.returncode == 0 and len(done.stdout.strip().splitlines()) == 2
+    assert run("analyze", str(SAMPLE_NOTE), "--nonsense").returncode == 2  # an unknown option is still refused
+
+
+def test_an_earlier_failure_decides_the_exit_also_when_the_reader_stops_early() -> None:
+    """`sera analyze missing.ogg ok.ogg ok.ogg | head -1`: the missing file's failure is the exit status,
+    whether or not the pipe broke before the end."""
+    done = subprocess.run(f"{sys.executable} -m sera analyze /nonexistent.ogg {SAMPLE_NOTE} {SAMPLE_NOTE} | head -1; exit ${{PIPESTATUS[0]}}",
+                          shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2 and "no such audio file" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_reading_only_the_first_line_is_no_error() -> None:
     """`sera analyze ... | head -1` once ended in a BrokenPipeError traceback."""
     done = subprocess.run(f"{sys.executable} -m sera analyze {SAMPLE_NOTE} {SAMPLE_NOTE} | head -1", shell=True,

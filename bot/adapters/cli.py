@@ -33,7 +33,11 @@ EXIT_BAD_INPUT = 2
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras and getattr(args, "handler", None) is cmd_analyze and not any(extra.startswith("-") for extra in extras):
+        args.files += extras  # `sera analyze a.ogg --json b.ogg`: options may come between the files
+    elif extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if args.log_format == "json" else logging.Formatter(TEXT_LOG_FORMAT))
     # The command owns the process's logging (also when main() runs twice in one process). Other
@@ -51,8 +55,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `sera analyze ... | head -1`: the reader has all it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush finds somewhere to go
+        quiet_stdout()
         return EXIT_OK
+
+
+def quiet_stdout() -> None:
+    """The reader of stdout left: what is still written (the exit's flush too) goes nowhere, quietly."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 LOG_CONTEXT = ("guild", "event")
@@ -164,6 +173,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                 print(f"sera: plugin {failed.name} is not loaded: {failed.error}", file=sys.stderr)
                 status = EXIT_PLUGIN_FAILED
         baseline = personal_baseline(pipeline, args.baseline) if args.baseline else None
+        return _analyze_each(args, pipeline, reporter.name, output, baseline, status)
+    finally:
+        pipeline.close()
+
+
+def _analyze_each(args: argparse.Namespace, pipeline: Pipeline, reporter: str, output: Output, baseline: Baseline | None, status: int) -> int:
+    """Each file in turn; the exit status is the worst seen, also when the reader of stdout stops early
+    (the files not reached are not analysed, and what failed before still decides the exit)."""
+    try:
         for path in args.files:
             try:
                 report = pipeline.analyze(path, baseline=baseline)
@@ -175,7 +193,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                 status = EXIT_BAD_INPUT
                 continue
             try:
-                output.emit(pipeline.plugins.render(reporter.name, report), path)
+                output.emit(pipeline.plugins.render(reporter, report), path)
             except SeraError as error:
                 print(f"sera: {path}: {error}", file=sys.stderr)
                 status = EXIT_BAD_INPUT
@@ -186,9 +204,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             for notice in report.notices:  # also in the output itself; here for scripts reading stderr and the exit
                 print(f"sera: {path}: {notice}", file=sys.stderr)
                 status = max(status, EXIT_PLUGIN_FAILED)
-        return status
-    finally:
-        pipeline.close()
+    except BrokenPipeError:
+        quiet_stdout()
+    return status
 
 
 class Output:

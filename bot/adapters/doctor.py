@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -101,26 +102,39 @@ def _token(config: Config) -> Check:
 
 
 def _database(config: Config) -> list[Check]:
-    """The database (reachable, writable), and any ``/forget`` whose plugins have not deleted their share yet."""
-    from sera.adapters.discord.store import Store
+    """The database: reachable and writable, its schema (looked at, never changed: ``sera db upgrade`` and
+    ``sera run`` migrate), and any ``/forget`` whose plugins have not deleted their share yet. A SQLite
+    file that does not exist yet is not created: its folder is checked instead."""
+    from sera.adapters.discord.store import COMPONENT, MIGRATIONS, PENDING_FORGETS_SCHEMA
+    from sera.database import connect
 
     path = config.database_path()
+    if isinstance(path, Path) and not path.exists():
+        folder = next(p for p in (path.parent, *path.parents) if p.exists())
+        writable = os.access(folder, os.W_OK | os.X_OK)
+        return [Check("database", writable, f"{path} does not exist yet; sera run creates it ({folder} is "
+                                            f"{'writable' if writable else 'not writable'})",
+                      "" if writable else "point discord.database at a folder sera's user can write")]  # fmt: skip
     try:
-        store = Store(path)
-        where = f"{store.db}, schema {store.db.version('discord')}"
-        pending = store.pending_forgets()
-        store.close()
-        if isinstance(path, str):
-            checks = [Check("database", True, f"PostgreSQL {where}: reachable, writable")]
-        else:
+        db = connect(path)
+        try:
+            schema = db.version(COMPONENT)
+            with db.read() as tx:
+                rows = tx.execute("SELECT user_id, plugin FROM pending_forgets").fetchall() if schema >= PENDING_FORGETS_SCHEMA else []
+        finally:
+            db.close()
+        if isinstance(path, Path):
             probe = tempfile.NamedTemporaryFile(dir=path.parent, prefix=".sera-doctor-")
             probe.close()
-            checks = [Check("database", True, f"{path} is writable (WAL)")]
     except (SeraError, OSError) as exc:
         return [Check("database", False, str(exc), "point discord.database at a writable path or a reachable postgresql:// URL")]
-    if pending:
-        plugins = sorted({plugin for names in pending.values() for plugin in names})
-        checks.append(Check("pending deletions", False, f"{len(pending)} users' /forget still waits on {', '.join(plugins)}",
+    latest = MIGRATIONS[-1].version
+    state = "up to date" if schema >= latest else f"sera run (or sera db upgrade) brings it to {latest}"
+    where = f"PostgreSQL {db}: reachable" if isinstance(path, str) else f"{path} is writable (WAL)"
+    checks = [Check("database", True, f"{where}; schema {schema} of {latest}, {state}")]
+    if rows:
+        users, plugins = {user for user, _ in rows}, sorted({plugin for _, plugin in rows})
+        checks.append(Check("pending deletions", False, f"{len(users)} users' /forget still waits on {', '.join(plugins)}",
                             "enable those plugins and fix what stops their setup: each start asks them again"))  # fmt: skip
     return checks
 

@@ -37,6 +37,7 @@ def _windows_and_marks_so_far(db: Database, tx: Connection) -> None:
 
 
 COMPONENT = "discord"
+PENDING_FORGETS_SCHEMA = 3  # the migration that made the pending_forgets table
 WINDOWS_KEPT = 20  # a channel's enabled stretches kept for the catch-up, the open one included
 WINDOWS_REACH_SECONDS = 15 * 86400  # a stretch closed longer ago than any catch-up reaches (catch_up_hours <= 14 days) goes
 MIGRATIONS = (
