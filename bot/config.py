@@ -207,6 +207,7 @@ def parse_yaml(text: str, file: str) -> Any:
     """``yaml.safe_load``, parsing once: the node tree is checked (duplicate keys, aliases that expand
     without bound or refer to themselves), then constructed."""
     loader = yaml.SafeLoader(text)
+    loader.name = file  # YAML's own messages name the file, not "<unicode string>"
     try:
         node = loader.get_single_node()
         check_nodes(node, file)

@@ -212,7 +212,8 @@ def format_text(evaluation: Evaluation) -> str:
         f"clips: {s.n}   accuracy: {s.accuracy:.1%}   macro-F1: {s.macro_f1:.3f}   ECE: {s.ece:.3f}",
         "",
         "per-class recall:",
-        *(f"  {label:<{width}}  {v['recall']:6.1%}  (n={v['support']})" for label, v in s.per_class.items()),
+        *(f"  {label:<{width}}  {v['recall']:6.1%}  (n={v['support']})" if v["support"] else f"  {label:<{width}}       -  (none in the data)"
+          for label, v in s.per_class.items()),  # fmt: skip
         "",
         "confusion (rows: true, columns: predicted):",
         " " * (width + 2) + " ".join(f"{label[:4]:>4}" for label in s.labels),

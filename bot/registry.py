@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 
 GROUP = "sera.plugins"
 SETUP_TIMEOUT_SECONDS = 120.0  # setup loads models and warms them up: slower than one call, still bounded
-NOT_INSTALLED = "not installed"  # a plugin named in the config that no installed package provides
+NOT_INSTALLED = "not installed"
+_TOLD_MISSING: set[tuple[str, str]] = set()  # (plugin, config file) whose absence the log has told  # a plugin named in the config that no installed package provides
 T = TypeVar("T")
 
 
@@ -179,7 +180,9 @@ class PluginSet:
             if chosen is not None:
                 self.infos.append(self._load(chosen, config, context, set_up))
         for name in sorted(config.plugins.keys() - found.keys() if only is None else set(only) - found.keys()):
-            log.warning("plugin %r is configured in %s but not installed", name, config.source)
+            if (name, config.source) not in _TOLD_MISSING:  # once per process, however many plugin sets a command makes
+                _TOLD_MISSING.add((name, config.source))
+                log.warning("plugin %r is configured in %s but not installed", name, config.source)
             self.infos.append(PluginInfo(name, "config", enabled=True, error=NOT_INSTALLED))
 
     @property
@@ -288,7 +291,7 @@ class PluginSet:
             log.error("plugin %s not loaded: %s", ep.name, info.error)
             return info
         if not enabled:
-            if builtin and not set_up:  # sera's own code: its options' defaults are shown (``sera config``)
+            if builtin:  # sera's own code: its kind and its options' defaults are shown (``sera plugins``, ``sera config``)
                 cls = ep.load()
                 info.kind = "analyzer" if issubclass(cls, Analyzer) else "reporter"
                 info.options = build(cls.Options, raw, config.source, prefix=f"plugins.{ep.name}.")

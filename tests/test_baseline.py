@@ -17,7 +17,7 @@ from sera.evaluate import Item, personal_baselines
 from sera.pipeline import Pipeline
 from sera.plugin import EmotionResult, PluginOutput, Report, Segment
 from sera.sessions import SessionStore
-from tests.conftest import SAMPLE_NOTE, say, sera
+from tests.conftest import SAMPLE_NOTE, SHARED_DATA, say, sera
 from tests.postgres import postgres_server, postgres_url, target  # noqa: F401  (fixtures)
 
 
@@ -98,6 +98,20 @@ def test_evaluate_baseline_needs_a_speaker_column(tmp_path: Path) -> None:
     manifest.write_text(f"path,label\n{SAMPLE_NOTE},calm\n")
     done = sera("evaluate", "--manifest", str(manifest), "--baseline", "5")
     assert done.returncode == 2 and "the manifest needs a speaker column" in done.stderr
+
+
+def test_evaluate_leaves_classes_absent_from_the_data_without_a_recall(tmp_path: Path) -> None:
+    manifest = tmp_path / "clips.csv"
+    manifest.write_text(f"path,label\n{SAMPLE_NOTE},calm\n")
+    done = sera("evaluate", "--manifest", str(manifest))
+    assert done.returncode == 0 and "0.0% (n=0)" not in done.stdout
+    assert "angry" in done.stdout and "-  (none in the data)" in done.stdout
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "ravdess").is_dir(), reason="../shared/data/ravdess is not here: the training-speaker warning is not checked")
+def test_evaluate_warns_once_on_speakers_the_model_was_trained_on() -> None:
+    done = sera("evaluate", "--corpus", "ravdess", "--data", str(SHARED_DATA / "ravdess"), "--speakers", "01")
+    assert done.returncode == 0 and (done.stdout + done.stderr).count("trained on speakers") == 1
 
 
 @pytest.fixture(scope="module")

@@ -220,6 +220,17 @@ def test_sera_doctor_on_a_fresh_folder_creates_nothing(tmp_path: Path) -> None:
     assert "discord: schema 0 of 3" in status and "sessions: schema 0 of 2" in status
 
 
+def test_help_says_what_train_makes_and_that_a_plugin_action_is_optional() -> None:
+    assert "emotion CNN" not in run("--help").stdout and "--model whisper, the default" in run("--help").stdout
+    assert "whisper (the default)" in run("train", "--help").stdout
+    usage = run("plugins", "--help").stdout
+    assert "[new NAME]" in usage and " ACTION " not in usage
+    listed = [line.split() for line in run("plugins").stdout.splitlines()]
+    assert ["emotion_cnn", "analyzer", "built-in", "no", "disabled"] in listed  # a disabled built-in's kind is known
+    checked = [line.split() for line in run("plugins", "--check").stdout.splitlines()]
+    assert ["emotion_cnn", "analyzer", "built-in", "no", "disabled"] in checked
+
+
 def test_options_may_come_between_file_names(tmp_path: Path) -> None:
     done = run("analyze", str(SAMPLE_NOTE), "--json", str(SAMPLE_NOTE))
     assert done.returncode == 0 and len(done.stdout.strip().splitlines()) == 2

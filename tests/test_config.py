@@ -135,6 +135,22 @@ def test_a_models_folder_without_the_models_is_one_line(tmp_path: Path) -> None:
     assert f"model file not found: {tmp_path / 'nowhere'}" in done.stderr
 
 
+def test_a_plugin_enabled_but_not_installed_is_told_once_and_config_exits_as_analyze_does(tmp_path: Path) -> None:
+    path = write(tmp_path, "plugins:\n  ghost:\n    enabled: true\n")
+    checked = sera("-c", str(path), "config")
+    analyzed = sera("-c", str(path), "analyze", str(ROOT / "examples" / "voice-note.ogg"))
+    assert checked.returncode == analyzed.returncode == 1
+    for done in (checked, analyzed):
+        assert "sera: plugin ghost is not loaded: not installed" in done.stderr
+
+
+def test_broken_yaml_names_the_file_in_yamls_own_words(tmp_path: Path) -> None:
+    path = write(tmp_path, "workers: [unclosed\n")
+    with pytest.raises(ConfigError) as error:
+        load(path)
+    assert "<unicode string>" not in str(error.value) and str(error.value).count(str(path)) >= 2
+
+
 def test_missing_file() -> None:
     with pytest.raises(ConfigError, match="config file not found: /nope/sera.yaml"):
         load("/nope/sera.yaml")
@@ -161,6 +177,7 @@ def test_sera_config_prints_the_effective_config(tmp_path: Path) -> None:
     effective = yaml.safe_load(done.stdout)
     assert effective["workers"] == 3 and effective["speech"]["threshold"] == 0.6
     assert effective["discord"]["user_rate_per_minute"] == Config().discord.user_rate_per_minute  # defaults filled in
+    assert effective["discord"]["database"] == str(load(good).database_path())  # the file it will use, not ''
     bad = write(tmp_path, "workers: 0\n")
     done = sera("-c", str(bad), "config")
     assert done.returncode == 2 and done.stderr.strip() == f"sera: {bad}: 'workers' must be between 1 and 64, not 0"

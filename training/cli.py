@@ -212,7 +212,7 @@ def reproduce(args: argparse.Namespace) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", choices=("whisper", "cnn"), default="whisper",
-        help="whisper: the Whisper-encoder model (the default analyzer; needs --cv); cnn: the seed paper's CNN",
+        help="whisper (the default): the Whisper-encoder model, the default analyzer's (needs --cv); cnn: the seed paper's CNN",
     )  # fmt: skip
     parser.add_argument(
         "--corpus", default="ravdess", help="corpus names, comma-separated: ravdess, nemo, emospeech (see ../shared/data/README.md)"

@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     plugins = command("plugins", cmd_plugins, "list the plugins found, whether each is enabled, and why one failed")
     plugins.add_argument("--check", action="store_true", help="also set each enabled plugin up (load its model) and say whether it works")
-    new = plugins.add_subparsers(metavar="ACTION").add_parser(
+    new = plugins.add_subparsers(metavar="[new NAME]", title="to start a plugin of your own (optional)").add_parser(
         "new", help="write a plugin package to start from", description="write a plugin package to start from"
     )
     new.add_argument("name", metavar="NAME", help="the plugin's name (its key under plugins: in the config)")
@@ -147,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from sera.training.cli import add_arguments  # stdlib only at import: no torch, librosa or onnxruntime
 
-    add_arguments(command("train", cmd_train, "train the emotion CNN, export it to ONNX and write its model card"))
+    add_arguments(command("train", cmd_train, "train an emotion model (--model whisper, the default, or cnn), export it to ONNX "
+                                              "and write its model card ([train] extra)"))  # fmt: skip
     return parser
 
 
@@ -287,7 +288,8 @@ def cmd_config(args: argparse.Namespace) -> int:
     check_options(config)
     effective = json.loads(json.dumps(dataclasses.asdict(config), default=str))
     del effective["source"]
-    effective["discord"]["database"] = redact(config.discord.database) if "://" in config.discord.database else config.discord.database
+    database = config.database_path()  # the one it will use: the user's data folder where the config names none
+    effective["discord"]["database"] = redact(database) if isinstance(database, str) else str(database)
     plugins = PluginSet(config, SAMPLE_RATE, set_up=False)
     effective["plugins"] = {
         info.name: {"enabled": info.enabled, **json.loads(json.dumps(dataclasses.asdict(info.options), default=str))}
@@ -296,7 +298,9 @@ def cmd_config(args: argparse.Namespace) -> int:
     }  # every installed plugin, its options' defaults filled in (a disabled one's code is never imported: its section as given)
     print(f"# {config.source}: valid. Every key, defaults filled in, plugin options checked.")
     print(yaml.safe_dump(effective, sort_keys=False), end="")
-    return EXIT_OK
+    for failed in plugins.failures():  # as `sera analyze` says it, with the same exit status
+        print(f"sera: plugin {failed.name} is not loaded: {failed.error}", file=sys.stderr)
+    return EXIT_PLUGIN_FAILED if plugins.failures() else EXIT_OK
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -357,7 +361,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         result = evaluate(pipeline, items, args.only_present_labels, args.opus, name, args.baseline or 0, args.seed, args.corpus)
     finally:
         pipeline.close()
-    if result.heard_in_training:
+    if result.heard_in_training and args.json:  # the text output opens with this warning itself
         print(f"sera: warning: {name} was trained on speakers {', '.join(result.heard_in_training)} of {args.corpus}; "
               "these figures are not on voices it never heard (its model card has the cross-validated ones)", file=sys.stderr)
     print(json.dumps(result.to_dict()) if args.json else format_text(result))
