@@ -111,10 +111,12 @@ def _database(config: Config) -> list[Check]:
     path = config.database_path()
     if isinstance(path, Path) and not path.exists():
         folder = next(p for p in (path.parent, *path.parents) if p.exists())
-        writable = os.access(folder, os.W_OK | os.X_OK)
-        return [Check("database", writable, f"{path} does not exist yet; sera run creates it ({folder} is "
-                                            f"{'writable' if writable else 'not writable'})",
-                      "" if writable else "point discord.database at a folder sera's user can write")]  # fmt: skip
+        try:  # a probe, removed at once: the folders the database needs can be made there
+            os.rmdir(tempfile.mkdtemp(dir=folder, prefix=".sera-doctor-"))
+        except OSError as exc:
+            return [Check("database", False, f"{path} cannot be created: {folder}: {exc.strerror}",
+                          "point discord.database at a folder sera's user can write")]  # fmt: skip
+        return [Check("database", True, f"{path} does not exist yet; sera run creates it ({folder} is writable)")]
     try:
         db = connect(path)
         try:
