@@ -132,8 +132,10 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 class EmotionModel:
     """The CNN: an onnxruntime session created once and reused; safe to call from several threads."""
 
-    def __init__(self, path: Path) -> None:
-        self.session, self.info = _session(path)
+    kind = FeatureParams.kind
+
+    def __init__(self, path: Path, loaded: tuple[object, ModelInfo] | None = None) -> None:
+        self.session, self.info = loaded or _session(path)
         if not isinstance(self.info.features, FeatureParams):
             raise ModelError(f"{path} is not a CNN emotion model (its metadata names {self.info.features.kind} features)")
         self.path = path
@@ -165,8 +167,10 @@ class WhisperEmotionModel:
     logits, and its logits against a speaker's baseline. Utterances go one at a time (each at its own
     length: padding would change the pooled statistics). Safe to call from several threads."""
 
-    def __init__(self, path: Path) -> None:
-        self.session, self.info = _session(path)
+    kind = WhisperParams.kind
+
+    def __init__(self, path: Path, loaded: tuple[object, ModelInfo] | None = None) -> None:
+        self.session, self.info = loaded or _session(path)
         if not isinstance(self.info.features, WhisperParams) or self.info.baseline is None:
             raise ModelError(f"{path} is not a Whisper-encoder emotion model (its metadata names {self.info.features.kind} features)")
         self.path = path
@@ -199,6 +203,20 @@ class WhisperEmotionModel:
             if i >= 5:
                 times.append(time.perf_counter() - start)
         return float(np.median(times) * 1000)
+
+
+EmotionModelKind = EmotionModel | WhisperEmotionModel
+MODELS = {model.kind: model for model in (EmotionModel, WhisperEmotionModel)}  # feature kind -> the model that takes it
+
+
+def load_emotion_model(path: Path) -> EmotionModelKind:
+    """The emotion model a file holds, built as the kind its own metadata names (as Whisper's
+    ``load_model`` builds any size from the checkpoint's own dimensions): one loader for every kind,
+    and the one place that knows which kinds exist."""
+    session, info = _session(path)
+    if info.features.kind not in MODELS:
+        raise ModelError(f"{path} holds a {info.features.kind} model, which this sera cannot serve")
+    return MODELS[info.features.kind](path, (session, info))
 
 
 def _session(path: Path) -> tuple[object, ModelInfo]:

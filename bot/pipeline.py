@@ -33,11 +33,9 @@ from sera.config import Config, DiscordOptions, LiveOptions
 from sera.model import BaselineInfo
 from sera.plugin import Analyzer, EmotionAnalyzer, PluginOutput, Report, Result, Segment
 from sera.registry import PluginFailure, PluginSet
-from sera.speech import SpeechDetector
+from sera.speech import VAD_MODEL, SpeechDetector
 
 log = logging.getLogger(__name__)
-
-VAD_MODEL = "silero_vad.onnx"
 
 
 class Pipeline:

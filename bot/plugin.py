@@ -23,13 +23,16 @@ An emotion analyzer may serve a **personal baseline**: a segment can carry its s
 each result the ``Observation`` that would add the segment to it. ``EmotionAnalyzer`` holds what every
 emotion analyzer shares (the "unsure" threshold, the whole-note summary); the two built-ins (the
 Whisper-encoder model and the seed paper's CNN) are written against this module alone, and so is
-everything they need (the model classes and feature functions are re-exported here).
+everything they need (the model loader and the feature functions are re-exported here).
 
 ``SERA_PLUGIN_API`` is this API's version. A plugin states the version it was written for as its class
 attribute ``api``; sera refuses, with the reason shown in ``sera plugins``, a plugin written for another
 major version (names were removed or changed meaning) or for a later minor one (it may call what this
 sera does not have yet). 1.1 added baselines (``Segment.baseline``, ``EmotionResult.baseline_clips``
-and ``observation``), ``EmotionAnalyzer``, ``requires``/``extra`` and the re-exports.
+and ``observation``), ``EmotionAnalyzer``, ``requires``/``extra`` and the re-exports. 1.2 added
+``load_emotion_model`` (any emotion model file, as the kind its metadata names; ``EmotionAnalyzer.load``
+takes that kind's name): the two concrete model classes 1.1 re-exported are no longer part of this API
+(no plugin outside sera used them; ``sera.model`` still has them).
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from sera.bounds import bounded
 from sera.emotions import EMOTIONS, UNSURE, UNSURE_BELOW, color, emoji
 from sera.errors import ModelError, SeraError
 from sera.model import (
-    MODEL_FILE, WHISPER_MODEL_FILE, BaselineInfo, EmotionModel, WhisperEmotionModel, model_input, softmax, whisper_input,
+    MODEL_FILE, WHISPER_MODEL_FILE, BaselineInfo, EmotionModelKind, load_emotion_model, model_input, softmax, whisper_input,
 )  # fmt: skip
 from sera.summary import SessionInfo, SessionSummary, Utterance, clock
 
@@ -62,7 +65,6 @@ __all__ = [
     "Baseline",
     "BaselineInfo",
     "EmotionAnalyzer",
-    "EmotionModel",
     "EmotionResult",
     "ModelError",
     "NoOptions",
@@ -78,21 +80,20 @@ __all__ = [
     "SessionInfo",
     "SessionSummary",
     "Utterance",
-    "WhisperEmotionModel",
     "api_mismatch",
     "bounded",
     "clock",
     "color",
     "emoji",
+    "load_emotion_model",
     "model_input",
     "softmax",
     "whisper_input",
 ]
 
-SERA_PLUGIN_API = (1, 1)  # (major, minor): a new minor adds, a new major breaks
+SERA_PLUGIN_API = (1, 2)  # (major, minor): a new minor adds, a new major breaks
 
 OptionsT = TypeVar("OptionsT")
-ModelT = TypeVar("ModelT", EmotionModel, WhisperEmotionModel)
 
 
 def api_mismatch(wanted: tuple[int, int] | None) -> str | None:
@@ -255,12 +256,15 @@ class EmotionAnalyzer(Analyzer[OptionsT]):
     baseline_info: BaselineInfo | None = None
     trained_on: Mapping[str, Sequence[str]] | None = None  # corpus -> the speakers its model was trained on, where known
 
-    def load(self, kind: type[ModelT]) -> ModelT:
-        """The model file its ``model`` option names (relative to the models folder), as ``kind``
-        (``EmotionModel``, ``WhisperEmotionModel``), checked against sera's sample rate; its labels and
+    def load(self, kind: str) -> EmotionModelKind:
+        """The model file its ``model`` option names (relative to the models folder), through
+        ``load_emotion_model``; it must hold a model of ``kind`` (the feature kind its metadata names:
+        ``"whisper_log_mel"``, ``"log_mel"``), checked against sera's sample rate. Its labels and
         training speakers become the analyzer's."""
         path = Path(self.options.model)
-        model = kind(path if path.is_absolute() else self.context.models_dir / path)
+        model = load_emotion_model(path if path.is_absolute() else self.context.models_dir / path)
+        if model.kind != kind:
+            raise ModelError(f"{path} holds a {model.kind} model; this analyzer serves {kind} models")
         rate = model.info.features.sample_rate
         if rate != self.context.sample_rate:
             raise ModelError(f"{path} expects {rate} Hz audio but sera decodes at {self.context.sample_rate} Hz")

@@ -20,6 +20,7 @@ from sera.shipped import verify
 if TYPE_CHECKING:
     import onnxruntime as ort
 
+VAD_MODEL = "silero_vad.onnx"  # in the models folder
 VAD_SAMPLE_RATE = 16_000
 CHUNK = 512  # samples per VAD step at 16 kHz (32 ms), fixed by the model
 CONTEXT = 64  # samples of the previous chunk the model expects in front of each one

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sera.plugin import (
-    MODEL_FILE, SERA_PLUGIN_API, UNSURE_BELOW, EmotionAnalyzer, EmotionModel, EmotionResult, Segment, bounded, model_input,
+    MODEL_FILE, SERA_PLUGIN_API, UNSURE_BELOW, EmotionAnalyzer, EmotionResult, Segment, bounded, model_input,
 )  # fmt: skip
 
 BATCH_WINDOWS = 32  # bounds the memory of one onnxruntime call on a long file
@@ -31,7 +31,7 @@ class EmotionCNN(EmotionAnalyzer[Options]):
     api = SERA_PLUGIN_API
 
     def setup(self) -> None:
-        self.model = self.load(EmotionModel)
+        self.model = self.load("log_mel")
         # librosa builds its filters and JIT-compiles on first use (seconds): pay that now, not on a user's note.
         rate = self.context.sample_rate
         self.analyze([Segment(np.zeros(rate, dtype=np.float32), rate, 0.0, 1.0)])

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from sera.plugin import (
-    SERA_PLUGIN_API, UNSURE_BELOW, WHISPER_MODEL_FILE, EmotionAnalyzer, EmotionResult, Observation, Segment,
-    WhisperEmotionModel, bounded, softmax, whisper_input,
+    SERA_PLUGIN_API, UNSURE_BELOW, WHISPER_MODEL_FILE, EmotionAnalyzer, EmotionResult, Observation, Segment, bounded,
+    softmax, whisper_input,
 )  # fmt: skip
 
 
@@ -34,7 +34,7 @@ class EmotionWhisper(EmotionAnalyzer[Options]):
     api = SERA_PLUGIN_API
 
     def setup(self) -> None:
-        self.model = self.load(WhisperEmotionModel)
+        self.model = self.load("whisper_log_mel")
         self.baseline_info = self.model.baseline
         rate = self.context.sample_rate
         self.analyze([Segment(np.zeros(rate, dtype=np.float32), rate, 0.0, 1.0)])  # onnxruntime's first run, off a user's note

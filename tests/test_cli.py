@@ -151,7 +151,7 @@ def test_plugins_lists_builtins() -> None:
         assert done.returncode == 0
         header, *rows = done.stdout.split("\n\n")[0].splitlines()
         assert header.split() == ["NAME", "KIND", "ORIGIN", "ENABLED", "STATUS"]
-        assert done.stdout.endswith("\nsera 0.1.0, plugin API 1.1\n")
+        assert done.stdout.endswith("\nsera 0.1.0, plugin API 1.2\n")
         names = {row.split()[0]: row for row in rows}
         assert {"emotion_whisper", "prosody", "text", "json"} <= names.keys()
         assert all(names[n].split()[2:] == ["built-in", "yes", status] for n in ("emotion_whisper", "prosody", "text", "json"))

@@ -88,3 +88,14 @@ def test_without_onnxruntime_a_command_says_so_in_one_line(command: str) -> None
     assert "Traceback" not in done.stderr + done.stdout
     assert "onnxruntime cannot be imported" in done.stderr + done.stdout
     assert done.returncode != 0
+
+
+def test_one_loader_builds_each_model_as_its_own_metadata_says(tmp_path: Path) -> None:
+    from sera.model import MODEL_FILE, WHISPER_MODEL_FILE, load_emotion_model
+
+    assert load_emotion_model(DEFAULT_MODELS_DIR / WHISPER_MODEL_FILE).kind == "whisper_log_mel"
+    assert load_emotion_model(DEFAULT_MODELS_DIR / MODEL_FILE).kind == "log_mel"
+    config = tmp_path / "sera.yaml"  # the CNN's file where the Whisper analyzer's model goes: one line, not a crash later
+    config.write_text(f"plugins:\n  emotion_whisper:\n    model: {DEFAULT_MODELS_DIR / MODEL_FILE}\n")
+    done = sera("--config", str(config), "doctor")
+    assert "✘ emotion_whisper analyzer: failed:" in done.stdout and "holds a log_mel model; this analyzer serves whisper_log_mel models" in done.stdout

@@ -169,7 +169,7 @@ def run_crossval(args: argparse.Namespace, clips: list, config: Config, out: Pat
 
     from sera.emotions import EMOTIONS
     from sera.features import FeatureParams
-    from sera.pipeline import VAD_MODEL
+    from sera.speech import VAD_MODEL
     from sera.training.crossval import cross_validate
     from sera.training.data import build_features
 

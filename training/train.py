@@ -24,7 +24,7 @@ from sera.corpora import Clip
 from sera.features import FeatureParams
 from sera.metrics import score
 from sera.model import MODEL_FILE, ModelInfo, softmax
-from sera.pipeline import VAD_MODEL
+from sera.speech import VAD_MODEL
 from sera.training.data import build_features
 from sera.training.export import export_onnx, parity
 from sera.training.fit import held_out_scores, predict, train_side_by_side, training_references

@@ -379,7 +379,7 @@ def run(clips: list[Clip], out: Path, models_dir: Path, labels: tuple[str, ...],
         test_only: frozenset[str], cv_only: bool = False) -> tuple[WhisperCV, Shipped | None, dict[str, float]]:  # fmt: skip
     """Conversion, embeddings, cross-validation and (unless ``cv_only``) the shipped model; with the
     minutes each step took."""
-    from sera.pipeline import VAD_MODEL
+    from sera.speech import VAD_MODEL
 
     minutes: dict[str, float] = {}
     started = time.perf_counter()

@@ -58,28 +58,28 @@ def _opus() -> Check:
 
 
 def _models(config: Config) -> list[Check]:
-    """Each enabled emotion analyzer's model file (the default one's, and the CNN's where it is on) and
-    the speech detector."""
-    from sera.config import EMOTION_ANALYZERS
-    from sera.model import MODEL_FILE, WHISPER_MODEL_FILE, EmotionModel, WhisperEmotionModel
-    from sera.pipeline import VAD_MODEL
-    from sera.speech import SpeechDetector
+    """Every enabled analyzer, set up through the registry as ``sera run`` sets it up (an emotion
+    analyzer's model is whatever file its options name, of whatever kind its metadata says), and the
+    speech detector."""
+    from sera.audio import SAMPLE_RATE
+    from sera.plugin import EmotionAnalyzer
+    from sera.registry import PluginSet
+    from sera.speech import VAD_MODEL, SpeechDetector
 
     checks = []
-    kinds = {"emotion_whisper": (WHISPER_MODEL_FILE, WhisperEmotionModel), "emotion_cnn": (MODEL_FILE, EmotionModel)}
-    for name in EMOTION_ANALYZERS:
-        section = config.plugin_section(name)
-        if section.get("enabled", True) is not True:
-            continue
-        default, load_model = kinds[name]
-        model_name = str(section.get("model", default))
-        path = Path(model_name) if Path(model_name).is_absolute() else config.models_dir / model_name
-        try:
-            info = load_model(path).info
-            checks.append(Check(f"{name} model", True, f"{path}: {len(info.labels)} labels, {info.features.kind} features, "
-                                                        f"temperature {info.temperature:.2f}"))  # fmt: skip
-        except SeraError as exc:
-            checks.append(Check(f"{name} model", False, str(exc), "run `sera train` or restore models/ from git"))
+    plugins = PluginSet(config, SAMPLE_RATE, reporters=())
+    try:
+        for info in plugins.infos:
+            if not info.enabled or info.kind != "analyzer":
+                continue
+            if info.active and isinstance(info.plugin, EmotionAnalyzer):
+                model = info.plugin.model
+                checks.append(Check(f"{info.name} model", True, f"{model.path}: {len(model.info.labels)} labels, "
+                                                               f"{model.kind} features, temperature {model.info.temperature:.2f}"))  # fmt: skip
+            elif not info.active and not info.missing:
+                checks.append(Check(f"{info.name} analyzer", False, info.status, "fix what the line says (a model file: `sera train`, or restore models/)"))
+    finally:
+        plugins.close()
     vad = config.models_dir / VAD_MODEL
     try:
         SpeechDetector(vad)
