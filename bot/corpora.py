@@ -2,9 +2,11 @@
 
 It lives in the core, not in training, because `sera evaluate` measures the shipped model on corpora too.
 
-Loaders only parse; they never copy or download. ``CORPORA`` maps the names ``sera train --corpus``
-and ``sera evaluate --corpus`` accept to their loaders, and ``LABELS`` to the emotions each corpus has:
-only RAVDESS has all eight, so a pooled model must compare a clip only with its own corpus's labels.
+Loaders only parse; they never copy or download. ``CORPORA`` is every corpus sera knows, each with what
+a model card must say of it (its language, its licence) and whether it may ever be trained on: the
+test-only corpora measure "a language never heard" and are refused as training data. ``LABELS`` gives
+the emotions each corpus has: only RAVDESS has all eight, so a pooled model must compare a clip only
+with its own corpus's labels.
 """
 
 from __future__ import annotations
@@ -63,16 +65,40 @@ def from_metadata(corpus: str, labels: tuple[str, ...]) -> Callable[[Path], list
     return load
 
 
-LABELS: dict[str, tuple[str, ...]] = {
-    "ravdess": EMOTIONS,
-    "nemo": ("neutral", "happy", "sad", "angry", "fearful", "surprised"),  # no calm, no disgust
-    "emospeech": ("calm", "happy", "angry", "fearful"),
-}
-CORPORA: dict[str, Callable[[Path], list[Clip]]] = {
-    "ravdess": ravdess,
-    "nemo": from_metadata("nemo", LABELS["nemo"]),
-    "emospeech": from_metadata("emospeech", LABELS["emospeech"]),
-}
+NON_COMMERCIAL = "attribution, non-commercial use only, share-alike"
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A corpus sera can read: its loader, its emotions, and what a model card says of it."""
+
+    name: str
+    language: str
+    labels: tuple[str, ...]
+    licence: str  # the card's line: the corpus, its citation, its terms
+    load: Callable[[Path], list[Clip]]
+    test_only: bool = False  # evaluation of a language never heard: never trained or tuned on
+
+
+def metadata_corpus(name: str, language: str, labels: tuple[str, ...], licence: str, test_only: bool = False) -> Corpus:
+    return Corpus(name, language, labels, licence, from_metadata(name, labels), test_only)
+
+
+CORPORA: dict[str, Corpus] = {corpus.name: corpus for corpus in (
+    Corpus("ravdess", "English", EMOTIONS, "RAVDESS (Livingstone & Russo 2018, PLoS ONE 13(5): e0196391, doi:10.5281/zenodo.1188976), "
+           f"licensed **CC BY-NC-SA 4.0**. This model is trained on it and carries the same terms: {NON_COMMERCIAL}.", ravdess),
+    metadata_corpus("nemo", "Polish", ("neutral", "happy", "sad", "angry", "fearful", "surprised"),  # no calm, no disgust
+                    f"nEMO: Dataset of Emotional Speech in Polish (Christop, LREC-COLING 2024), licensed **CC BY-NC-SA 4.0**: {NON_COMMERCIAL}."),
+    metadata_corpus("emospeech", "Indian English (phones)", ("calm", "happy", "angry", "fearful"),
+                    f"Indian EmoSpeech Command Dataset v0.1 (Banga et al., arXiv:1910.13801), licensed **CC BY-NC-SA 4.0**: {NON_COMMERCIAL}."),
+    metadata_corpus("emovo", "Italian", ("neutral", "happy", "sad", "angry", "fearful", "disgust", "surprised"),
+                    "EMOVO (Costantini et al., LREC 2014): non-commercial research with acknowledgement; evaluation only.", True),
+    metadata_corpus("casia", "Mandarin", ("neutral", "happy", "sad", "angry", "fearful", "surprised"),
+                    "CASIA (Institute of Automation, Chinese Academy of Sciences), public 1,200-clip subset: no licence given; evaluation only.", True),
+    metadata_corpus("turev", "Turkish", ("calm", "happy", "sad", "angry"),
+                    "TurEV-DB (CC BY-NC-ND 4.0 by its README, GPL-3.0 by its LICENSE file): evaluation only.", True),
+)}  # fmt: skip
+LABELS: dict[str, tuple[str, ...]] = {name: corpus.labels for name, corpus in CORPORA.items()}
 
 
 def load_corpus(name: str, root: Path) -> list[Clip]:
@@ -80,16 +106,21 @@ def load_corpus(name: str, root: Path) -> list[Clip]:
         raise SeraError(f"unknown corpus {name!r}; known: {', '.join(CORPORA)}")
     if not root.is_dir():
         raise SeraError(f"corpus folder not found: {root}")
-    clips = CORPORA[name](root)
+    clips = CORPORA[name].load(root)
     if not clips:
         raise SeraError(f"no {name} clips found under {root}")
     return clips
 
 
-def load_corpora(names: str, root: Path) -> list[Clip]:
+def load_corpora(names: str, root: Path, training: bool = False) -> list[Clip]:
     """``names`` comma-separated; ``root`` is the corpus folder for one name, or the folder that holds
-    each corpus in a folder of its name (``../shared/data``) for one or several."""
+    each corpus in a folder of its name (``../shared/data``) for one or several. ``training``: a
+    test-only corpus is refused (it measures languages never heard; training on it would end that)."""
     wanted = [n.strip() for n in names.split(",") if n.strip()]
+    barred = [name for name in wanted if training and name in CORPORA and CORPORA[name].test_only]
+    if barred:
+        raise SeraError(f"{', '.join(barred)} {'is' if len(barred) == 1 else 'are'} test only (a language never heard): "
+                        "score it with --test-corpus, never train on it")  # fmt: skip
     if len(wanted) == 1 and not (root / wanted[0]).is_dir():
         return load_corpus(wanted[0], root)
     return [clip for name in wanted for clip in load_corpus(name, root / name)]

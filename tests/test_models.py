@@ -99,3 +99,21 @@ def test_one_loader_builds_each_model_as_its_own_metadata_says(tmp_path: Path) -
     config.write_text(f"plugins:\n  emotion_whisper:\n    model: {DEFAULT_MODELS_DIR / MODEL_FILE}\n")
     done = sera("--config", str(config), "doctor")
     assert "✘ emotion_whisper analyzer: failed:" in done.stdout and "holds a log_mel model; this analyzer serves whisper_log_mel models" in done.stdout
+
+
+def test_languages_kept_for_testing_are_read_and_never_trained_on(tmp_path: Path) -> None:
+    """EMOVO, CASIA and TurEV measure a language never heard: `sera train --corpus` refuses them (before
+    it needs torch or reads a file); they are read for scoring, each clip with its label and speaker."""
+    from sera.corpora import CORPORA, load_corpora
+    from sera.errors import SeraError
+
+    test_only = sorted(name for name, corpus in CORPORA.items() if corpus.test_only)
+    assert test_only == ["casia", "emovo", "turev"]
+    with pytest.raises(SeraError, match="emovo is test only"):
+        load_corpora("ravdess,emovo", tmp_path, training=True)
+    data = ROOT.parent / "shared" / "data"
+    if not (data / "emovo").is_dir():
+        pytest.skip("../shared/data is not here: the test-only corpora's loaders are not checked")
+    clips = load_corpora(",".join(test_only), data)
+    assert {c.corpus for c in clips} == set(test_only) and all(c.path.is_file() for c in clips[:50])
+    assert len({c.speaker for c in clips if c.corpus == "casia"}) == 4

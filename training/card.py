@@ -6,6 +6,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sera.corpora import CORPORA
+
 if TYPE_CHECKING:
     from sera.evaluate import Evaluation
     from sera.training.results import HeldOut, ShippedModel, TrainingRun
@@ -13,22 +15,10 @@ if TYPE_CHECKING:
 CARD_FILE = "MODEL_CARD.md"
 CONFUSION_FILE = "confusion.png"
 
-LICENCES = {
-    "ravdess": (
-        "RAVDESS (Livingstone & Russo 2018, PLoS ONE 13(5): e0196391, doi:10.5281/zenodo.1188976), "
-        "licensed **CC BY-NC-SA 4.0**. This model is trained on it and carries the same terms: "
-        "attribution, non-commercial use only, share-alike."
-    ),
-    "nemo": (
-        "nEMO: Dataset of Emotional Speech in Polish (Christop, LREC-COLING 2024), licensed **CC BY-NC-SA 4.0**: "
-        "attribution, non-commercial use only, share-alike."
-    ),
-    "emospeech": (
-        "Indian EmoSpeech Command Dataset v0.1 (Banga et al., arXiv:1910.13801), licensed **CC BY-NC-SA 4.0**: "
-        "attribution, non-commercial use only, share-alike."
-    ),
-}
 
+def licence(corpus: str) -> str:
+    """What the card says of a corpus's licence: ``sera.corpora`` knows each corpus's terms."""
+    return CORPORA[corpus].licence if corpus in CORPORA else f"{corpus}: see the corpus licence."
 
 def confusion_png(evaluation: Evaluation, path: Path, title: str) -> None:
     import matplotlib
@@ -226,7 +216,7 @@ def limits_and_licence(run: TrainingRun, command: str) -> list[str]:
         "",
         "## Licence",
         "",
-        *[f"- {LICENCES.get(name, f'{name}: see the corpus licence.')}" for name in run.corpora],
+        *[f"- {licence(name)}" for name in run.corpora],
         "The model carries the corpora's terms: CC BY-NC-SA 4.0.",
         "",
     ]

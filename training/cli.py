@@ -53,7 +53,7 @@ def main(args: argparse.Namespace, config: Config) -> int:
     if progress.getEffectiveLevel() > logging.INFO:
         progress.setLevel(logging.INFO)  # half an hour of training says how far it got, without -v
     data = Path(args.data)
-    clips = load_corpora(args.corpus, data)
+    clips = load_corpora(args.corpus, data, training=True)
     if args.test_corpus:
         if not args.cv:
             raise SeraError("--test-corpus names corpora the cross-validation scores: give --cv K too")

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sera.training.card import LICENCES, SPEECH
+from sera.training.card import SPEECH, licence
 from sera.training.whisper_train import MIN_CLIPS_GRID, REFERENCE_CLIPS, TAPS, Shipped
 
 CARD_FILE = "MODEL_CARD_WHISPER.md"
@@ -238,7 +238,7 @@ def card(results: Results, cnn: dict[str, Any] | None) -> str:
         "## Licence",
         "",
         f"- {WHISPER_LICENCE}",
-        *[f"- {LICENCES.get(name, f'{name}: see the corpus licence.')}" for name in corpora],
+        *[f"- {licence(name)}" for name in corpora],
         "",
         "The heads are trained on the corpora, so the model file as a whole carries their terms: CC BY-NC-SA 4.0 (non-commercial).",
         "",
