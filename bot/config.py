@@ -33,19 +33,22 @@ DEFAULT_MODELS_DIR = Path(str(importlib.resources.files("sera.models")))  # mode
 CONFIG_ENV = "SERA_CONFIG"
 MAX_NODES = 10_000  # values in a config file, aliases expanded: the example has about 80
 MAX_CONFIG_BYTES = 1_000_000  # the example is under 10 kB
+DECODING = Limits()  # the decoder's defaults
 
 
 @dataclass(frozen=True)
 class AudioOptions:
     """Limits applied to every input before any work is spent on it."""
 
-    max_file_mb: float = bounded(25.0, above=0, max=2000)
-    max_duration_seconds: float = bounded(600.0, above=0, max=24 * 3600)
-    decode_timeout_seconds: float = bounded(30.0, above=0, max=3600)
-    decode_cpu_seconds: float = bounded(10.0, min=1, max=3600)  # ffmpeg's CPU time per file; a 10-minute note takes under 2 s
+    # The defaults are ``sera.audio.Limits``'s, declared once there (the pipeline's own defaults); the
+    # ranges are the config's.
+    max_file_mb: float = bounded(DECODING.max_bytes / 1_000_000, above=0, max=2000)
+    max_duration_seconds: float = bounded(DECODING.max_seconds, above=0, max=24 * 3600)
+    decode_timeout_seconds: float = bounded(DECODING.timeout_seconds, above=0, max=3600)
+    decode_cpu_seconds: float = bounded(DECODING.cpu_seconds, min=1, max=3600)  # ffmpeg's CPU time per file
     # ffmpeg's address space: its libraries alone take 266 MB of it, so below 320 MB no note decodes at all;
-    # 10-minute ogg, m4a and mp3 notes decode within 320 MB, and 384 MB leaves room to spare.
-    decode_memory_mb: int = bounded(384, min=320, max=65536)
+    # 10-minute ogg, m4a and mp3 notes decode within 320 MB.
+    decode_memory_mb: int = bounded(DECODING.max_memory_bytes >> 20, min=320, max=65536)
     # ffmpeg runs in a sandbox (Landlock + seccomp); where it cannot be set up nothing is decoded. false
     # decodes there anyway, with ffmpeg able to read whatever sera's user can: an operator's knowing choice.
     confine_decoder: bool = True

@@ -188,3 +188,10 @@ def test_the_database_lives_in_the_user_data_folder_unless_the_config_says(tmp_p
     assert Config().database_path() == tmp_path / "data" / "sera" / "sera.db"  # not ./sera.db
     config = load(write(tmp_path, "discord:\n  database: db/bot.db\n"))
     assert config.database_path() == tmp_path / "db" / "bot.db"  # relative to the config file
+
+
+def test_the_decoders_defaults_are_declared_once() -> None:
+    from sera.audio import Limits
+    from sera.config import AudioOptions
+
+    assert AudioOptions().limits() == Limits()
