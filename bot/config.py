@@ -85,6 +85,9 @@ class DiscordOptions:
     user_rate_per_minute: int = bounded(6, min=1, max=600)
     user_in_flight: int = bounded(2, min=1, max=100)  # one user's notes queued or running at once; more are told to wait
     chart: bool = False  # attach a PNG chart in DMs (needs matplotlib); servers choose with /sera style
+    # The reporters a voice note's reply is made of, in order: a dict they give is an embed, text is text,
+    # a PNG is attached where charts are on (``chart`` above; /sera style in a server).
+    reply_reporters: list[str] = field(default_factory=lambda: ["embed", "chart"])
     message_content: bool = False  # privileged intent: analyse notes in enabled channels without being asked
     sync_commands: bool = True  # send the slash commands to Discord on start
     dev_guild: int = bounded(0, min=0, max=2**63 - 1)  # a server id: sync there only, at once (development); 0: globally

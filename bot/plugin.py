@@ -361,7 +361,9 @@ class Reporter(Plugin[OptionsT], ABC):
 
     @abstractmethod
     def render(self, report: Report) -> Any:
-        """Return the output; what type depends on the reporter (str for text, dict for JSON...)."""
+        """Return the output: text (``str``), a Discord embed's JSON (``dict``) or a PNG image (``bytes``).
+        Named in ``discord.reply_reporters``, a reporter's output becomes part of a voice note's reply:
+        the embed, the text, or an attachment."""
 
     def render_session(self, summary: SessionSummary) -> Any:
         """The same for a live session's summary; None where the reporter has nothing to say about it."""

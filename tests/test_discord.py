@@ -978,3 +978,33 @@ def test_a_forged_stream_tag_is_neither_decoded_nor_quoted_and_nobody_is_pinged(
         assert stranger not in text
     mentions = harness.bot.allowed_mentions
     assert mentions is not None and mentions.to_dict() == {"parse": []} and mentions.replied_user is False
+
+
+MOODY = '''
+from sera.plugin import Reporter
+
+class Moody(Reporter):
+    def render(self, report):
+        emotion = report.emotion()
+        return f"mood ring: {emotion.label if emotion else 'nothing'}"
+'''
+
+
+def test_a_third_party_reporter_named_in_the_config_shapes_the_reply(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``discord.reply_reporters`` names what a reply is made of: built-ins have no privilege there."""
+    from sera.config import Config, DiscordOptions
+    from tests.test_plugins import install
+
+    install(tmp_path / "site", monkeypatch, "moody-plugin", "moody_plugin", MOODY, {"moody": "moody_plugin:Moody"})
+    config = Config(plugins={"moody": {"enabled": True}}, discord=DiscordOptions(reply_reporters=["moody"]))
+    pipeline = Pipeline(config)
+    harness = Harness(tmp_path, config=config, pipeline=pipeline)
+    try:
+        asyncio.run(harness.start())
+        message = harness.message(harness.attachment(NOTE))
+        asyncio.run(harness.cog.on_message(message))
+        (reply,) = message.replies
+        assert reply["content"].startswith("mood ring: ") and "embed" not in reply
+    finally:
+        harness.close()
+        pipeline.close()

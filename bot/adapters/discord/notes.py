@@ -21,7 +21,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePath
 
 import discord
@@ -46,6 +46,8 @@ AUDIO_SUFFIXES = {".ogg", ".oga", ".opus", ".mp3", ".wav", ".m4a", ".aac", ".web
 MAX_NOTES_PER_MESSAGE = 3
 SHUTDOWN_GRACE_SECONDS = 20.0
 SLOT_WAIT_SECONDS = 0.5  # how often a caught-up note looks for a free slot
+MAX_EMBEDS = 10  # Discord's limit per message
+MAX_CONTENT = 2000  # characters of text per message
 
 
 class Deferred(Exception):
@@ -206,28 +208,25 @@ class VoiceNotes(commands.Cog):
         return getattr(self.bot, "closing", False)
 
     async def render(self, outcome: Outcome, settings: GuildSettings) -> dict:
-        """``send``/``reply`` keyword arguments for an outcome, drawn off the event loop.
+        """``send``/``reply`` keyword arguments for an outcome, made by the reporters the config names
+        (``discord.reply_reporters``), drawn off the event loop. Built-ins have no privilege here: a
+        third-party reporter named there shapes the reply as the embed and the chart do.
 
-        A reporter that fails (or hangs) is logged and left out: without the embed the answer is its
-        headline in words, without the chart it has no chart."""
+        A reporter that fails (or hangs) is logged and left out: without an embed or text the answer is
+        its headline in words; without the chart it has no chart."""
         if outcome.error:
             return {"content": outcome.error}
         report = outcome.report
-        try:
-            kwargs: dict = {"embed": discord.Embed.from_dict(await asyncio.to_thread(self.pipeline.plugins.render, "embed", report))}
-        except SeraError as error:
-            log.error("no embed for a note: %s", error)
-            emotion = report.emotion()
-            kwargs = {"content": f"{emoji(emotion.label)} {emotion.headline()}" if emotion else "Speech analysed."}
-        if settings.chart and report.emotion():
+        reply = Reply(images=settings.chart and report.emotion() is not None)
+        for name in self.options.reply_reporters:
             try:
-                png = await asyncio.to_thread(self.pipeline.plugins.render, "chart", report)
+                reply.add(await asyncio.to_thread(self.pipeline.plugins.render, name, report))
             except SeraError as error:
-                log.warning("no chart for a note: %s", error)
-            else:
-                if png:
-                    kwargs["file"] = discord.File(io.BytesIO(png), filename="emotion.png")
-        return kwargs
+                log.warning("no %s for a note: %s", name, error)
+        if not reply.embeds and not reply.text:
+            emotion = report.emotion()
+            reply.text.append(f"{emoji(emotion.label)} {emotion.headline()}" if emotion else "Speech analysed.")
+        return reply.kwargs()
 
     def _track(self) -> None:
         task = asyncio.current_task()
@@ -426,6 +425,39 @@ class VoiceNotes(commands.Cog):
         listening = self.bot.get_cog("Listening")
         if listening is not None:
             await listening.baseline_changed(str(user_id))
+
+
+@dataclass
+class Reply:
+    """A Discord reply assembled from reporters' renderings: a dict is an embed (Discord's embed JSON),
+    text is the message's text, PNG bytes are an attachment (only where ``images`` are wanted)."""
+
+    images: bool
+    embeds: list[discord.Embed] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+    files: list[discord.File] = field(default_factory=list)
+
+    def add(self, rendered: object) -> None:
+        if isinstance(rendered, dict) and len(self.embeds) < MAX_EMBEDS:
+            self.embeds.append(discord.Embed.from_dict(rendered))
+        elif isinstance(rendered, str) and rendered.strip():
+            self.text.append(rendered)
+        elif isinstance(rendered, bytes) and rendered and self.images:
+            self.files.append(discord.File(io.BytesIO(rendered), filename=f"emotion{len(self.files) or ''}.png"))
+
+    def kwargs(self) -> dict:
+        out: dict = {}
+        if len(self.embeds) == 1:
+            out["embed"] = self.embeds[0]
+        elif self.embeds:
+            out["embeds"] = self.embeds
+        if self.text:
+            out["content"] = "\n".join(self.text)[:MAX_CONTENT]
+        if len(self.files) == 1:
+            out["file"] = self.files[0]
+        elif self.files:
+            out["files"] = self.files
+        return out
 
 
 def heard_mix(baseline: Baseline, labels: Sequence[str]) -> str:
