@@ -94,7 +94,11 @@ class BaselineStore:
     def delete_older_than(self, cutoff: float) -> int:
         """Baselines not updated since ``cutoff`` (``discord.retention_days``)."""
         with self.db.transaction() as tx:
-            return tx.execute("DELETE FROM baselines WHERE updated < ?", (cutoff,)).rowcount
+            return self.delete_expired(tx, cutoff)["baselines"]
+
+    def delete_expired(self, tx: Connection, cutoff: float) -> dict[str, int]:
+        """Inside the caller's transaction: baselines not updated since ``cutoff``."""
+        return {"baselines": tx.execute("DELETE FROM baselines WHERE updated < ?", (cutoff,)).rowcount}
 
     def delete_user_data(self, tx: Connection, speaker: str) -> dict[str, int]:
         """Inside the caller's transaction: the speaker's baselines and their choice to learn."""

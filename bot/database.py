@@ -57,10 +57,14 @@ class Connection(Protocol):
 
 class HoldsUserData(Protocol):
     """A store that keeps rows about a person registers itself (``Database.holds_user_data``), so that
-    ``/forget`` reaches it without anyone listing the stores by hand."""
+    ``/forget`` and retention reach it without anyone listing the stores by hand."""
 
     def delete_user_data(self, tx: Connection, user: str) -> dict[str, int]:
         """Inside ``tx``: delete what this store keeps about ``user``; return counts by kind."""
+        ...
+
+    def delete_expired(self, tx: Connection, cutoff: float) -> dict[str, int]:
+        """Inside ``tx``: delete what this store keeps from before ``cutoff`` (Unix time, retention)."""
         ...
 
 
@@ -102,7 +106,20 @@ class Database:
         raise NotImplementedError
 
     def holds_user_data(self, store: HoldsUserData) -> None:
+        """Register a store of people's data: ``forget_user`` and ``expire`` reach it from then on. One
+        that cannot be forgotten or expired is refused: it would keep people's data past both."""
+        for hook in ("delete_user_data", "delete_expired"):
+            if not callable(getattr(store, hook, None)):
+                raise TypeError(f"{type(store).__name__} keeps people's data but has no {hook}")
         self._holders.append(store)
+
+    def expire(self, cutoff: float) -> dict[str, int]:
+        """Every registered store's rows from before ``cutoff``, deleted in one transaction (retention)."""
+        deleted: dict[str, int] = {}
+        with self.transaction() as tx:
+            for store in self._holders:
+                deleted.update(store.delete_expired(tx, cutoff))
+        return deleted
 
     def forget_user(self, user: str) -> dict[str, int]:
         """Every registered store's rows about ``user``, deleted in one transaction: all or nothing."""

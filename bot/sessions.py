@@ -272,11 +272,15 @@ class SessionStore:
     def delete_older_than(self, cutoff: float) -> int:
         """Sessions that ended before ``cutoff``, with their utterances (``discord.retention_days``);
         returns the utterances deleted. Running sessions are kept whole."""
-        finished = f"SELECT id FROM sessions WHERE status != '{LIVE}' AND COALESCE(ended_at, started_at) < ?"
         with self.db.transaction() as tx:
-            utterances = tx.execute(f"DELETE FROM utterances WHERE session_id IN ({finished})", (cutoff,)).rowcount
-            tx.execute(f"DELETE FROM sessions WHERE id IN ({finished})", (cutoff,))
-        return utterances
+            return self.delete_expired(tx, cutoff)["utterances"]
+
+    def delete_expired(self, tx: Connection, cutoff: float) -> dict[str, int]:
+        """Inside the caller's transaction: sessions that ended before ``cutoff`` and their utterances."""
+        finished = f"SELECT id FROM sessions WHERE status != '{LIVE}' AND COALESCE(ended_at, started_at) < ?"
+        utterances = tx.execute(f"DELETE FROM utterances WHERE session_id IN ({finished})", (cutoff,)).rowcount
+        tx.execute(f"DELETE FROM sessions WHERE id IN ({finished})", (cutoff,))
+        return {"utterances": utterances}
 
     def delete_user_data(self, tx: Connection, speaker: str) -> dict[str, int]:
         """Inside the caller's transaction: the speaker's utterances and opt-ins go, and the sessions they

@@ -4,6 +4,7 @@ consent and forget writes are kept across a restart. Real SQLite, a real lock he
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,9 @@ def test_forget_reaches_every_store_that_registers_itself(tmp_path: Path) -> Non
                 raise sqlite3.OperationalError("disk I/O error")
             return {"notes": tx.execute("DELETE FROM notes WHERE user = ?", (user,)).rowcount}
 
+        def delete_expired(self, tx, cutoff: float) -> dict[str, int]:
+            return {"notes": tx.execute("DELETE FROM notes WHERE user = 'old'").rowcount}
+
     notes = Notes(fail=True)
     with db.transaction() as tx:
         tx.execute("INSERT INTO notes VALUES ('7')")
@@ -120,4 +124,14 @@ def test_forget_reaches_every_store_that_registers_itself(tmp_path: Path) -> Non
     assert store.analyses_of(7) == 1  # nothing went
     notes.fail = False
     assert db.forget_user("7")["notes"] == 1 and store.analyses_of(7) == 0
+    with db.transaction() as tx:
+        tx.execute("INSERT INTO notes VALUES ('old')")
+    assert db.expire(time.time())["notes"] == 1  # retention reaches it through the same registry
+
+    class Hoarder:  # keeps people's data, can be forgotten, never expires: refused
+        def delete_user_data(self, tx, user: str) -> dict[str, int]:
+            return {}
+
+    with pytest.raises(TypeError, match="Hoarder keeps people's data but has no delete_expired"):
+        db.holds_user_data(Hoarder())
     db.close()

@@ -1,6 +1,7 @@
 """``discord.retention_days``: analyses and voice-channel utterances older than that, and baselines not
-updated for that long, are deleted on start and then once a day, in every store that keeps them;
-``/privacy`` says so."""
+updated for that long, are deleted on start and then once a day, in every store that keeps people's
+data: the stores registered with the database (``Database.holds_user_data``), the same registry
+``/forget`` goes through, so a new store cannot escape it; ``/privacy`` says so."""
 
 from __future__ import annotations
 
@@ -10,9 +11,7 @@ import time
 
 from discord.ext import commands, tasks
 
-from sera.adapters.discord.store import Store
-from sera.baseline_store import BaselineStore
-from sera.sessions import SessionStore
+from sera.database import Database
 
 log = logging.getLogger(__name__)
 
@@ -20,10 +19,8 @@ DAY_SECONDS = 24 * 3600
 
 
 class Retention(commands.Cog):
-    def __init__(self, store: Store, sessions: SessionStore, baselines: BaselineStore, days: float) -> None:
-        self.store = store
-        self.sessions = sessions
-        self.baselines = baselines
+    def __init__(self, db: Database, days: float) -> None:
+        self.db = db
         self.days = days
 
     async def cog_load(self) -> None:
@@ -35,12 +32,7 @@ class Retention(commands.Cog):
     @tasks.loop(seconds=DAY_SECONDS)
     async def sweep(self) -> dict[str, int]:
         """Runs at once when the cog loads, then every day."""
-        cutoff = time.time() - self.days * DAY_SECONDS
-        deleted = {
-            "analyses": await asyncio.to_thread(self.store.delete_older_than, cutoff),
-            "utterances": await asyncio.to_thread(self.sessions.delete_older_than, cutoff),
-            "baselines": await asyncio.to_thread(self.baselines.delete_older_than, cutoff),
-        }
+        deleted = await asyncio.to_thread(self.db.expire, time.time() - self.days * DAY_SECONDS)
         log.info("retention (%g days): deleted %s", self.days, ", ".join(f"{n} {kind}" for kind, n in deleted.items()),
                  extra={"event": "retention"})  # fmt: skip
         return deleted
@@ -48,4 +40,4 @@ class Retention(commands.Cog):
 
 async def setup(bot: commands.Bot) -> None:
     if bot.config.discord.retention_days > 0:
-        await bot.add_cog(Retention(bot.store, bot.sessions, bot.baselines, bot.config.discord.retention_days))
+        await bot.add_cog(Retention(bot.store.db, bot.config.discord.retention_days))

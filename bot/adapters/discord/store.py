@@ -200,8 +200,12 @@ class Store:
         """Analyses stored before ``cutoff`` (``discord.retention_days``), and the marks of the messages
         answered then; returns the analyses deleted."""
         with self.db.transaction() as tx:
-            tx.execute("DELETE FROM answered_messages WHERE answered < ?", (cutoff,))
-            return tx.execute("DELETE FROM analyses WHERE created < ?", (cutoff,)).rowcount
+            return self.delete_expired(tx, cutoff)["analyses"]
+
+    def delete_expired(self, tx: Connection, cutoff: float) -> dict[str, int]:
+        """Inside the caller's transaction: analyses and answered-message marks from before ``cutoff``."""
+        tx.execute("DELETE FROM answered_messages WHERE answered < ?", (cutoff,))
+        return {"analyses": tx.execute("DELETE FROM analyses WHERE created < ?", (cutoff,)).rowcount}
 
     def mark_answered(self, message_id: int, channel_id: int, guild_id: int | None, author_id: int | None = None) -> None:
         """A message whose voice notes were answered (or apologised for): never answered again, and where
