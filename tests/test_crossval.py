@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch", reason="the training tests need the [train]
 
 from sera.corpora import EMOTIONS, LABELS, Clip, load_corpora
 from sera.errors import SeraError
-from tests.conftest import SHARED_DATA, say
+from tests.conftest import ROOT, SHARED_DATA, say
 from tests.test_training import CODES, train
 from sera.training.folds import speaker_folds
 from sera.training.fit import masked_log_softmax
@@ -184,3 +184,20 @@ def test_sera_train_cross_validates_the_personal_baseline(tiny_data: Path, tmp_p
     result = json.loads((tmp_path / "crossval-results.json").read_text())
     assert set(result["summary"]["ravdess"]) == {"clean", "opus24", "clean, neutral enrolment", "clean, no baseline"}
     assert "- ravdess, clean, no baseline: accuracy" in (tmp_path / "CROSSVAL.md").read_text()
+
+
+def test_training_one_model_keeps_the_others_cross_validation(tmp_path: Path) -> None:
+    """The README's two reproduce commands in either order leave one CROSSVAL.md with both models: the
+    CNN's run used to replace the side-by-side table with a CNN-only one."""
+    import shutil
+
+    from sera.adapters.cli import build_parser
+    from sera.training.cli import write_crossval
+
+    models = ROOT / "models"
+    shutil.copy(models / "whisper-training-results.json", tmp_path)
+    args = build_parser().parse_args(["train", "--model", "cnn", "--data", "../shared/data", "--cv", "3", "--out", str(tmp_path)])
+    write_crossval(args, json.loads((models / "crossval-results.json").read_text()), tmp_path)
+    table = (tmp_path / "CROSSVAL.md").read_text()
+    assert "| ravdess | emotion_whisper |" in table and "| ravdess | emotion_cnn |" in table
+    assert "## emotion_whisper (the default)" in table and "Reproduce: `sera train --model cnn" in table

@@ -182,12 +182,14 @@ def run_crossval(args: argparse.Namespace, clips: list, config: Config, out: Pat
 
 
 def write_crossval(args: argparse.Namespace, result: dict, out: Path) -> None:
+    """The CNN's cross-validation results, then ``CROSSVAL.md`` rebuilt from every model's results in
+    ``out`` (the Whisper model's table stays beside it)."""
     from sera.training.crossval import markdown
+    from sera.training.whisper_card import crossval_file
 
-    table = markdown(result)
-    (out / CV_RESULTS_FILE).write_text(json.dumps(result, indent=2) + "\n")
-    (out / CV_TABLE_FILE).write_text(f"# Cross-validation\n\n{table}\nReproduce: `{reproduce(args)}`\n")
-    print(table)
+    (out / CV_RESULTS_FILE).write_text(json.dumps({**result, "command": reproduce(args)}, indent=2) + "\n")
+    (out / CV_TABLE_FILE).write_text(crossval_file(out))
+    print(markdown(result))
 
 
 def reproduce(args: argparse.Namespace) -> str:

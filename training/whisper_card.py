@@ -53,22 +53,29 @@ def write(out: Path, results: Results) -> list[Path]:
     (out / RESULTS_FILE).write_text(json.dumps(asdict(results), indent=2) + "\n")
     (out / CV_RESULTS_FILE).write_text(json.dumps(results.crossval, indent=2) + "\n")
     cnn = out / CNN_CV_RESULTS_FILE
-    (out / CV_TABLE_FILE).write_text(crossval_file(results, json.loads(cnn.read_text()) if cnn.is_file() else None))
+    (out / CV_TABLE_FILE).write_text(crossval_file(out))
     if results.shipped:
         (out / CARD_FILE).write_text(card(results, json.loads(cnn.read_text()) if cnn.is_file() else None))
         written.append(out / CARD_FILE)
     return written
 
 
-def crossval_file(results: Results, cnn: dict[str, Any] | None) -> str:
+def crossval_file(out: Path) -> str:
+    """``CROSSVAL.md``: the cross-validation of every model whose results are in ``out``, side by side.
+    Both wings write it through here, so training one model never drops the other's table."""
     from sera.training.crossval import markdown
 
-    lines = ["# Cross-validation", "", "Both emotion models, on the same speaker-grouped folds (seed "
-             f"{results.crossval['seed']}): every speaker held out once; mean ± standard deviation over folds.", ""]  # fmt: skip
-    lines += side_by_side(results.crossval, cnn) + [""]
-    lines += ["## emotion_whisper (the default)", "", *crossval_sections(results.crossval), f"Reproduce: `{results.command}`", ""]
+    whisper = Results.from_json(json.loads((out / RESULTS_FILE).read_text())) if (out / RESULTS_FILE).is_file() else None
+    cnn = json.loads((out / CNN_CV_RESULTS_FILE).read_text()) if (out / CNN_CV_RESULTS_FILE).is_file() else None
+    lines = ["# Cross-validation", ""]
+    if whisper:
+        lines += [f"Both emotion models, on the same speaker-grouped folds (seed {whisper.crossval['seed']}): every speaker held out "
+                  "once; mean ± standard deviation over folds.", ""]  # fmt: skip
+        lines += side_by_side(whisper.crossval, cnn) + [""]
+        lines += ["## emotion_whisper (the default)", "", *crossval_sections(whisper.crossval), f"Reproduce: `{whisper.command}`", ""]
     if cnn:
         lines += ["## emotion_cnn (the seed paper's CNN)", "", markdown(cnn)]
+        lines += [f"Reproduce: `{cnn['command']}`", ""] if cnn.get("command") else []
     return "\n".join(lines) + "\n"
 
 
