@@ -115,18 +115,17 @@ class Database:
 
     def expire(self, cutoff: float) -> dict[str, int]:
         """Every registered store's rows from before ``cutoff``, deleted in one transaction (retention)."""
-        deleted: dict[str, int] = {}
-        with self.transaction() as tx:
-            for store in self._holders:
-                deleted.update(store.delete_expired(tx, cutoff))
-        return deleted
+        return self._in_every_store(lambda store, tx: store.delete_expired(tx, cutoff))
 
     def forget_user(self, user: str) -> dict[str, int]:
         """Every registered store's rows about ``user``, deleted in one transaction: all or nothing."""
+        return self._in_every_store(lambda store, tx: store.delete_user_data(tx, user))
+
+    def _in_every_store(self, delete: Callable[[HoldsUserData, Connection], dict[str, int]]) -> dict[str, int]:
         deleted: dict[str, int] = {}
         with self.transaction() as tx:
             for store in self._holders:
-                deleted.update(store.delete_user_data(tx, user))
+                deleted.update(delete(store, tx))
         return deleted
 
     def apply(self, schema: str) -> None:

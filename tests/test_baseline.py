@@ -154,14 +154,11 @@ def test_sera_analyze_judges_files_against_a_baseline_of_other_files(speech: lis
     assert refused.returncode == 2 and "--baseline" in refused.stderr and "Traceback" not in refused.stderr
 
 
-def test_a_live_speaker_is_judged_against_their_own_utterances_and_kept_only_if_they_learn(
-    pipeline: Pipeline, speech: list[Path], tmp_path: Path
-) -> None:
-    """In a session each speaker's utterances build their baseline for the rest of it (the first ones are
-    judged without); a speaker who turned learning on also has it stored, one who did not leaves nothing."""
-    from sera.audio import decode
+def learning_session(pipeline: Pipeline, tmp_path: Path) -> tuple:
+    """A live session on a fresh database in which alice has turned learning on: (store, baselines,
+    session info, its clock, the session)."""
     from sera.live import LiveSession
-    from tests.voice_sim import Clock, Turn, frames
+    from tests.voice_sim import Clock
 
     store = SessionStore(tmp_path / "sera.db")
     baselines = BaselineStore(store.db)
@@ -169,6 +166,18 @@ def test_a_live_speaker_is_judged_against_their_own_utterances_and_kept_only_if_
     info = store.start("guild", "voice", "alice", "text")
     clock = Clock()
     live = LiveSession(pipeline, store, info, LiveOptions(enabled=True), consents=lambda s: True, clock=clock, baselines=baselines)
+    return store, baselines, info, clock, live
+
+
+def test_a_live_speaker_is_judged_against_their_own_utterances_and_kept_only_if_they_learn(
+    pipeline: Pipeline, speech: list[Path], tmp_path: Path
+) -> None:
+    """In a session each speaker's utterances build their baseline for the rest of it (the first ones are
+    judged without); a speaker who turned learning on also has it stored, one who did not leaves nothing."""
+    from sera.audio import decode
+    from tests.voice_sim import Turn, frames
+
+    store, baselines, info, clock, live = learning_session(pipeline, tmp_path)
     needed = pipeline.baseline_info.min_clips
     turns = [Turn(speaker, 4.0 * i + (2.0 if speaker == "bob" else 0.0), decode(speech[i % len(speech)]))
              for i in range(needed + 2) for speaker in ("alice", "bob")]  # fmt: skip
@@ -190,15 +199,9 @@ def test_clearing_a_baseline_or_turning_learning_off_takes_effect_mid_session(pi
     ``/emotion baseline clear`` and ``learn enabled:False`` do): from her next utterance she is judged
     afresh and nothing more of hers is stored."""
     from sera.audio import decode
-    from sera.live import LiveSession
-    from tests.voice_sim import Clock, Turn, frames
+    from tests.voice_sim import Turn, frames
 
-    store = SessionStore(tmp_path / "sera.db")
-    baselines = BaselineStore(store.db)
-    baselines.set_learning("alice", True)
-    info = store.start("guild", "voice", "alice", "text")
-    clock = Clock()
-    live = LiveSession(pipeline, store, info, LiveOptions(enabled=True), consents=lambda s: True, clock=clock, baselines=baselines)
+    store, baselines, info, clock, live = learning_session(pipeline, tmp_path)
     needed = pipeline.baseline_info.min_clips
     before, after = needed + 1, 2
     turns = [Turn("alice", 4.0 * i, decode(speech[i % len(speech)])) for i in range(before + after)]

@@ -17,9 +17,9 @@ from sera.corpora import EMOTIONS, LABELS, Clip, load_corpora
 from sera.errors import SeraError
 from tests.conftest import ROOT, SHARED_DATA, say
 from tests.test_training import CODES, train
-from sera.training.folds import speaker_folds
+from sera.training.protocol import speaker_folds
 from sera.training.fit import masked_log_softmax
-from sera.training.folds import label_mask
+from sera.training.protocol import label_mask
 
 
 @pytest.fixture(scope="module")

@@ -72,6 +72,12 @@ def test_training_modules_import_no_circle() -> None:
     assert [m for m in graph if reaches(m, m)] == []
 
 
+def test_the_protocol_knows_no_learner() -> None:
+    """The evaluation protocol every model's training shares imports nothing of training and no torch: a
+    learner (the CNN's, the Whisper model's) supplies logits to it, never the other way round."""
+    assert sorted(m for m in imports(ROOT / "training" / "protocol.py") if within(m, ("sera.training", "torch"))) == []
+
+
 def test_the_layer_check_catches_a_forbidden_import(tmp_path: Path) -> None:
     """The rule above reads real imports: a core module importing the Discord adapter lazily is caught."""
     sneaky = tmp_path / "sneaky.py"

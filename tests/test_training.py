@@ -153,7 +153,7 @@ def test_the_recipe_learns_what_can_be_learnt() -> None:
     broken however well the smoke run writes its files."""
     from sera.features import FeatureParams
     from sera.training.fit import predict, train_one
-    from sera.training.folds import Split
+    from sera.training.protocol import Split
     from sera.training.recipe import FINAL
 
     params = FeatureParams()

@@ -12,22 +12,24 @@ difference.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from sera.corpora import LABELS, Clip
-from sera.emotions import UNSURE_BELOW
 from sera.metrics import score
 from sera.training.data import OFFSETS_PER_CONDITION
 from sera.training.fit import REFERENCE_CLIPS, Trained, predict, speaker_references, train_side_by_side, training_references
-from sera.training.folds import Split, corpus_ids, fit_temperature, label_mask, masked_probabilities, speaker_folds, spread
+from sera.training.protocol import (
+    CONDITIONS, ENROLMENT, Split, corpus_ids, fit_temperature, label_mask, masked_logits, masked_probabilities, never_heard,
+    speaker_folds, spread,
+)  # fmt: skip
 from sera.training.net import EmotionNet
 from sera.training.recipe import Recipe
 
-CONDITIONS = {"clean": 0, "opus24": OFFSETS_PER_CONDITION}  # centred window, as it is and as a voice note
-ENROLMENT_LABELS = {"neutral", "calm"}  # "record a few seconds of your ordinary voice"
+VARIANTS = {name: i * OFFSETS_PER_CONDITION for i, name in enumerate(CONDITIONS)}  # each condition's centred window
 
 
 def inputs(recipe: Recipe, clips: list[Clip], features: np.ndarray, seed: int) -> dict[str, np.ndarray]:
@@ -38,10 +40,10 @@ def inputs(recipe: Recipe, clips: list[Clip], features: np.ndarray, seed: int) -
     against its own mean: a voice heard for the first time)."""
     references = training_references(recipe, clips, features, seed)
     if references is None:
-        return {name: features[:, variant].astype(np.float32) for name, variant in CONDITIONS.items()}
-    enrolled = speaker_references(clips, features, 1, REFERENCE_CLIPS, seed, lambda c: c.label in ENROLMENT_LABELS)
+        return {name: features[:, variant].astype(np.float32) for name, variant in VARIANTS.items()}
+    enrolled = speaker_references(clips, features, 1, REFERENCE_CLIPS, seed, lambda c: c.label in ENROLMENT)
     scored = {}
-    for name, variant in CONDITIONS.items():
+    for name, variant in VARIANTS.items():
         condition = variant // OFFSETS_PER_CONDITION  # 0 clean, 1 Opus: as in speaker_references
         scored[name] = features[:, variant].astype(np.float32) - references[:, condition, 0, :, None]
     clean = features[:, 0].astype(np.float32)
@@ -131,7 +133,7 @@ class Plan:
                 values = [f[corpus][name] for f in result.folds]
                 result.summary.setdefault(corpus, {})[name] = spread(values, ("accuracy", "macro_f1", "ece"))
         clean, held = logits["clean"], np.flatnonzero(self.folds(clips) >= 0)
-        temperature = fit_temperature(clean[held].astype(np.float64) - np.where(mask[held], 0.0, 1e9), y[held])
+        temperature = fit_temperature(masked_logits(clean[held].astype(np.float64), mask[held]), y[held])
         for corpus in corpora:
             idx = np.flatnonzero([c.corpus == corpus for c in clips])
             before = score(y[idx], masked_probabilities(clean[idx], mask[idx]), labels)
@@ -145,43 +147,19 @@ class Plan:
                 "ece_calibrated": after.ece,
             }
         result.pooled["temperature"] = temperature
-        clean_x = scored["clean"]
+        clean_x, names = scored["clean"], np.array([c.corpus for c in clips])
+
+        def logits_of(model: EmotionNet) -> Callable[[np.ndarray], np.ndarray]:
+            return lambda keep: predict(model, clean_x[keep])
+
         for corpus in sorted(self.test_only & {c.corpus for c in clips}):
-            idx = np.flatnonzero([c.corpus == corpus for c in clips])
-            result.cross_corpus[corpus] = never_heard(
-                [(d.model, split.train) for d, split in zip(fold_models, folds)], clips, clean_x, y, labels, idx, temperature, "each fold's model"
-            )
+            idx = np.flatnonzero(names == corpus)
+            result.cross_corpus[corpus] = never_heard([(logits_of(d.model), split.train) for d, split in zip(fold_models, folds)],
+                                                      y, mask, names, idx, temperature, labels, "each fold's model")  # fmt: skip
         for (corpus, split), done in zip(sorted(left_out.items(), key=lambda kv: -len(kv[1].train)), corpus_models):
-            result.cross_corpus[corpus] = never_heard(
-                [(done.model, split.train)], clips, clean_x, y, labels, split.test, temperature, "one model trained on the others"
-            )
+            result.cross_corpus[corpus] = never_heard([(logits_of(done.model), split.train)], y, mask, names, split.test, temperature,
+                                                      labels, "one model trained on the others")  # fmt: skip
         return result
-
-
-def never_heard(
-    models: list[tuple[EmotionNet, np.ndarray]], clips: list[Clip], x: np.ndarray, y: np.ndarray, labels: tuple[str, ...],
-    idx: np.ndarray, temperature: float, how: str,
-) -> dict[str, Any]:
-    """A corpus scored by models that never heard it (clean, centred window, calibrated with the
-    out-of-fold temperature). Each model answers over the labels both the corpus and its training data
-    have; clips whose label its training data lacks (RAVDESS's calm for a model trained on nEMO alone)
-    are left out, since no model could name them. ``confident_wrong``: share of answers that are wrong
-    yet above the "unsure" threshold, so said with confidence."""
-    per_model = []
-    for model, train in models:
-        known = {clips[j].corpus for j in train}
-        allowed = np.array([any(label in LABELS.get(c, labels) for c in known) for label in labels])
-        mask = label_mask([clips[i] for i in idx], labels) & allowed
-        keep = idx[allowed[y[idx]]]
-        probs = masked_probabilities(predict(model, x[keep]), mask[allowed[y[idx]]], temperature)
-        s = score(y[keep], probs, labels)
-        wrong = probs.argmax(axis=1) != y[keep]
-        confident_wrong = float(np.mean(wrong & (probs.max(axis=1) >= UNSURE_BELOW)))
-        per_model.append({"n": s.n, "accuracy": s.accuracy, "macro_f1": s.macro_f1, "ece": s.ece, "confident_wrong": confident_wrong,
-                          "trained_on": sorted(known)})  # fmt: skip
-    return {"how": how, "n": per_model[0]["n"], "trained_on": per_model[0]["trained_on"]} | spread(
-        per_model, ("accuracy", "macro_f1", "ece", "confident_wrong")
-    )
 
 
 def cross_validate(

@@ -11,11 +11,11 @@ import torch
 
 from sera.model import INPUT_NAME, OUTPUT_NAME, ModelInfo
 from sera.shipped import record
+from sera.training.protocol import OPSET
 from sera.training.fit import predict
 from sera.training.net import EmotionNet
 
 
-OPSET = 17
 
 
 def export_onnx(model: EmotionNet, info: ModelInfo, path: Path) -> None:

@@ -21,7 +21,7 @@ from sera.metrics import score
 from sera.model import softmax
 from sera.progress import bar
 from sera.training.data import OFFSETS_PER_CONDITION
-from sera.training.folds import Split
+from sera.training.protocol import Split
 from sera.training.net import EmotionNet
 from sera.training.recipe import Recipe
 

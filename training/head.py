@@ -22,6 +22,7 @@ import torch
 
 from sera.model import softmax
 from sera.training.whisper import Heads
+from sera.training.protocol import masked_logits
 
 REFERENCE_CLIPS = 10  # clips in each training reference (what a user's first baseline holds)
 REFERENCE_DRAWS = 3  # references per training clip
@@ -74,10 +75,6 @@ def inner_folds(speaker: np.ndarray, k: int = INNER_FOLDS) -> np.ndarray:
     """Speakers dealt round-robin into ``k`` folds, in sorted order (deterministic)."""
     order = {s: i % k for i, s in enumerate(sorted(set(speaker.tolist())))}
     return np.array([order[s] for s in speaker])
-
-
-def masked_logits(logits: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    return np.where(mask, logits, -np.inf)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from sera.speech import VAD_MODEL
 from sera.training.data import build_features
 from sera.training.export import export_onnx, parity
 from sera.training.fit import held_out_scores, predict, train_side_by_side, training_references
-from sera.training.folds import Split, corpus_ids, fit_temperature, label_mask, split_by_speaker
+from sera.training.protocol import Split, corpus_ids, fit_temperature, label_mask, split_by_speaker
 from sera.training.recipe import ABLATION, FINAL
 from sera.training.results import Calibration, Speakers, TrainingRun
 

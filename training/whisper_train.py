@@ -31,26 +31,25 @@ import torch
 from sera.audio import decode
 from sera.baseline import Baseline
 from sera.corpora import Clip
-from sera.emotions import UNSURE_BELOW
 from sera.features import WhisperParams
 from sera.metrics import score
 from sera.model import WHISPER_MODEL_FILE, BaselineInfo, ModelInfo, WhisperEmotionModel, softmax, whisper_input
 from sera.progress import progress
 from sera.speech import SpeechDetector
 from sera.training.data import OPUS_BITRATE, opus_round_trip, speech_span
-from sera.training.folds import fit_temperature, label_mask, masked_probabilities, speaker_folds, spread
+from sera.training.protocol import (
+    CONDITIONS, ENROLMENT, OPSET, fit_temperature, label_mask, masked_logits, masked_probabilities, never_heard, speaker_folds,
+    spread, confidently_wrong,
+)  # fmt: skip
 from sera.training.head import (
-    REFERENCE_CLIPS, Data, baseline_logits, fit_baseline, fit_plain, masked_logits, pick_mixed, plain_logits,
+    REFERENCE_CLIPS, Data, baseline_logits, fit_baseline, fit_plain, pick_mixed, plain_logits,
 )  # fmt: skip
 from sera.training.whisper import Embedder, Heads, WhisperEmotionNet, Weights, export, load_weights, parity_with_ctranslate2
 
 log = logging.getLogger(__name__)
 
 TAPS = (1, 2, 3)  # hidden states after blocks 1, 2 and 3 (of tiny.en's 4): cross-validated against 2, 1+2, 3 and the last
-OPSET = 17
-CONDITIONS = ("clean", "opus24")
 MIN_CLIPS_GRID = (3, 5, 10, 20)  # baseline sizes cross-validated; the smallest that helps and never hurts is served
-ENROLMENT = {"neutral", "calm"}  # what "a few ordinary sentences" sound like
 SWEPT = ("mixed", "own emotion only")  # the kinds of baseline measured at every size of MIN_CLIPS_GRID
 RAVDESS_FOLDS = 7  # 3 actors a fold: the protocol of the side run that proposed this model
 
@@ -183,6 +182,10 @@ def cross_validate(embeddings: Embeddings, clips: list[Clip], labels: tuple[str,
     oof = {name: np.zeros((len(clips), len(labels))) for name in (*CONDITIONS, "mixed baseline")}
     heard = np.zeros(len(clips), dtype=int)
     pickers = kinds(clean, labels)
+
+    def heard_by(heads: Heads) -> Callable[[np.ndarray], np.ndarray]:
+        return lambda keep: plain_logits(heads, clean.x[keep])
+
     sweep: dict[tuple[str, int], list[dict[str, float]]] = {}
     fold_heads = []
     for f in range(k):
@@ -216,13 +219,15 @@ def cross_validate(embeddings: Embeddings, clips: list[Clip], labels: tuple[str,
     result.baseline = baseline_table(sweep, clean, oof["clean"], temperature, baseline_temperature, corpora, k)
     for corpus in sorted(test_only & {c.corpus for c in clips}):
         idx = np.flatnonzero(clean.corpus == corpus)
-        result.cross_corpus[corpus] = never_heard([(h, t) for h, t in fold_heads], clean, idx, temperature, labels, "each fold's model")
+        result.cross_corpus[corpus] = never_heard([(heard_by(h), t) for h, t in fold_heads], clean.y, clean.mask, clean.corpus, idx,
+                                                  temperature, labels, "each fold's model")  # fmt: skip
     if len(corpora) > 1:
         for corpus in corpora:
             rest = trained[clean.corpus[trained] != corpus]
             heads = fit_baseline(clean, rest, fit_plain(clean, rest), seed)
             idx = trained[clean.corpus[trained] == corpus]
-            result.cross_corpus[corpus] = never_heard([(heads, rest)], clean, idx, temperature, labels, "one model trained on the others")
+            result.cross_corpus[corpus] = never_heard([(heard_by(heads), rest)], clean.y, clean.mask, clean.corpus, idx, temperature,
+                                                      labels, "one model trained on the others")  # fmt: skip
     if "ravdess" in corpora:
         result.ravdess7 = ravdess_folds(clean, clips, trained, seed, temperature, baseline_temperature)
     result.minutes = (time.perf_counter() - started) / 60
@@ -243,10 +248,6 @@ def calibration(logits: np.ndarray, data: Data, idx: np.ndarray, temperature: fl
     present = [label for i, label in enumerate(labels) if data.mask[idx[0], i]]
     return {"n": before.n, "accuracy": before.accuracy, "recall": {label: before.per_class[label]["recall"] for label in present},
             "ece_raw": before.ece, "ece_calibrated": after.ece, "confident_wrong": confidently_wrong(probs, data.y[idx])}  # fmt: skip
-
-
-def confidently_wrong(probs: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean((probs.argmax(axis=1) != truth) & (probs.max(axis=1) >= UNSURE_BELOW)))
 
 
 def baseline_table(sweep: dict, data: Data, plain: np.ndarray, temperature: float, baseline_temperature: float, corpora: list[str], k: int) -> dict[str, Any]:
@@ -287,22 +288,6 @@ def baseline_table(sweep: dict, data: Data, plain: np.ndarray, temperature: floa
             table["min_clips"] = size
             break
     return table
-
-
-def never_heard(models: list[tuple[Heads, np.ndarray]], data: Data, idx: np.ndarray, temperature: float, labels: tuple[str, ...], how: str) -> dict[str, Any]:
-    """A corpus scored by models that never heard it, over the labels both it and their training data
-    have (clips whose label the training data lacks are left out: no model could name them)."""
-    per_model = []
-    for heads, train in models:
-        allowed = data.mask[train].any(axis=0)
-        keep = idx[allowed[data.y[idx]]]
-        mask = data.mask[keep] & allowed
-        probs = masked_probabilities(plain_logits(heads, data.x[keep]), mask, temperature)
-        s = score(data.y[keep], probs, labels)
-        per_model.append({"n": s.n, "accuracy": s.accuracy, "macro_f1": s.macro_f1, "ece": s.ece,
-                          "confident_wrong": confidently_wrong(probs, data.y[keep])})  # fmt: skip
-    trained_on = sorted(set(data.corpus[models[0][1]].tolist()))
-    return {"how": how, "n": per_model[0]["n"], "trained_on": trained_on} | spread(per_model, ("accuracy", "macro_f1", "ece", "confident_wrong"))
 
 
 def ravdess_folds(data: Data, clips: list[Clip], trained: np.ndarray, seed: int, temperature: float, baseline_temperature: float) -> dict[str, Any]:
