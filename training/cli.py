@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 from sera.errors import SeraError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from sera.config import Config
     from sera.training.crossval import Plan
 
@@ -60,9 +62,7 @@ def main(args: argparse.Namespace, config: Config) -> int:
         clips += load_corpora(args.test_corpus, data)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if args.model == "whisper":
-        return train_whisper(args, config, clips, out)
-    return train_cnn(args, config, clips, out)
+    return LEARNERS[args.model](args, config, clips, out)
 
 
 def train_whisper(args: argparse.Namespace, config: Config, clips: list, out: Path) -> int:
@@ -192,6 +192,10 @@ def write_crossval(args: argparse.Namespace, result: dict, out: Path) -> None:
     print(markdown(result))
 
 
+# The models ``sera train --model NAME`` trains, the default first: a new model is a new learner and a line here.
+LEARNERS: dict[str, Callable[[argparse.Namespace, Config, list, Path], int]] = {"whisper": train_whisper, "cnn": train_cnn}
+
+
 def reproduce(args: argparse.Namespace) -> str:
     """The command line that reruns this training, for the model card."""
     words = ["sera", "train", "--model", args.model, "--corpus", args.corpus, "--data", args.data, "--out", args.out]
@@ -213,7 +217,7 @@ def reproduce(args: argparse.Namespace) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", choices=("whisper", "cnn"), default="whisper",
+        "--model", choices=tuple(LEARNERS), default=next(iter(LEARNERS)),
         help="whisper (the default): the Whisper-encoder model, the default analyzer's (needs --cv); cnn: the seed paper's CNN",
     )  # fmt: skip
     parser.add_argument(
