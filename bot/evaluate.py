@@ -19,7 +19,7 @@ import numpy as np
 
 from sera.audio import encode_opus
 from sera.baseline import Baseline, Observation
-from sera.corpora import load_corpus
+from sera.corpora import load_corpora
 from sera.errors import SeraError
 from sera.metrics import Scores, score
 from sera.pipeline import Pipeline
@@ -51,6 +51,9 @@ class Evaluation:
     baseline: int = 0  # K: each clip against a baseline of K other clips of its speaker; 0: none
     baseline_size: float = 0.0  # the baselines' mean number of segments (a clip may hold several)
     heard_in_training: list[str] = field(default_factory=list)  # speakers the model was trained on
+    unsure_below: float = 0.0  # the analyzer's threshold: below it a clip's answer is "unsure"
+    answered: float = 1.0  # the share of clips answered with an emotion (not "unsure")
+    answered_accuracy: float = 0.0  # the accuracy of those answers: selective accuracy
 
     def accuracy_by(self, group: Callable[[Item], str]) -> dict[str, float]:
         """Accuracy per group of clips (per speaker, per gender...), groups named "" left out."""
@@ -71,6 +74,8 @@ class Evaluation:
             "baseline_clips": self.baseline,
             "speakers_heard_in_training": self.heard_in_training,
             **self.scores.to_dict(),
+            "selective": {"unsure_below": self.unsure_below, "answered": round(self.answered, 4),
+                          "accuracy_of_answered": round(self.answered_accuracy, 4)},  # fmt: skip
             "per_speaker_accuracy": {k: round(v, 4) for k, v in self.per_speaker.items()},
             "unreadable": self.unreadable,
             "no_speech": self.no_speech,
@@ -90,7 +95,8 @@ def from_manifest(path: Path) -> list[Item]:
 
 
 def from_corpus(name: str, root: Path) -> list[Item]:
-    return [Item(c.path, c.label, c.speaker, c.gender) for c in load_corpus(name, root)]
+    """A corpus's clips; ``root`` is its folder, or the folder holding it (``../shared/data``)."""
+    return [Item(c.path, c.label, c.speaker, c.gender) for c in load_corpora(name, root)]
 
 
 def emotion_analyzer(pipeline: Pipeline, name: str | None = None) -> EmotionAnalyzer:
@@ -155,8 +161,13 @@ def evaluate(
     if not rows:
         raise SeraError("no clip could be read")
     used = [b.count for b in baselines.values() if b is not None]
-    return Evaluation(score(truth, np.stack(rows), labels), predictions, unreadable, no_speech, chosen.name,
-                      baseline_clips, float(np.mean(used)) if used else 0.0, heard_in_training(chosen, items, corpus))  # fmt: skip
+    probs, truth_ = np.stack(rows), np.array(truth)
+    threshold = float(getattr(chosen.options, "unsure_below", 0.0))
+    sure = probs.max(axis=1) >= threshold  # what a user is told, not "unsure"
+    answered_accuracy = float(np.mean(probs[sure].argmax(axis=1) == truth_[sure])) if sure.any() else 0.0
+    return Evaluation(score(truth, probs, labels), predictions, unreadable, no_speech, chosen.name, baseline_clips,
+                      float(np.mean(used)) if used else 0.0, heard_in_training(chosen, items, corpus), threshold,
+                      float(np.mean(sure)), answered_accuracy)  # fmt: skip
 
 
 def heard_in_training(analyzer: EmotionAnalyzer, items: Sequence[Item], corpus: str | None) -> list[str]:
@@ -210,6 +221,8 @@ def format_text(evaluation: Evaluation) -> str:
            "(its card has the cross-validated ones)", ""] if trained else []),
         f"analyzer: {evaluation.analyzer}{against}",
         f"clips: {s.n}   accuracy: {s.accuracy:.1%}   macro-F1: {s.macro_f1:.3f}   ECE: {s.ece:.3f}",
+        f"answered (the rest \"unsure\", under {evaluation.unsure_below:.0%}): {evaluation.answered:.1%} of clips, "
+        f"{evaluation.answered_accuracy:.1%} of them right",
         "",
         "per-class recall:",
         *(f"  {label:<{width}}  {v['recall']:6.1%}  (n={v['support']})" if v["support"] else f"  {label:<{width}}       -  (none in the data)"

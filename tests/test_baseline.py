@@ -106,6 +106,18 @@ def test_evaluate_leaves_classes_absent_from_the_data_without_a_recall(tmp_path:
     done = sera("evaluate", "--manifest", str(manifest))
     assert done.returncode == 0 and "0.0% (n=0)" not in done.stdout
     assert "angry" in done.stdout and "-  (none in the data)" in done.stdout
+    assert 'answered (the rest "unsure", under 40%): ' in done.stdout
+
+
+def test_evaluate_reports_selective_accuracy(tmp_path: Path) -> None:
+    """How often the analyzer answers at all (not "unsure") and how often those answers are right: what
+    a member is told matters more than what is merely computed."""
+    manifest = tmp_path / "clips.csv"
+    manifest.write_text(f"path,label\n{SAMPLE_NOTE},calm\n{SAMPLE_NOTE},neutral\n")
+    done = sera("evaluate", "--manifest", str(manifest), "--json")
+    selective = json.loads(done.stdout)["selective"]
+    assert selective["unsure_below"] == 0.4 and selective["answered"] in (0.0, 1.0)  # both clips are the same note
+    assert selective["accuracy_of_answered"] == (0.5 if selective["answered"] else 0.0)
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "ravdess").is_dir(), reason="../shared/data/ravdess is not here: the training-speaker warning is not checked")
