@@ -7,7 +7,6 @@ go through discord-ext-voice-recv's own transport decryption, jitter buffer and 
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
@@ -18,8 +17,8 @@ import pytest
 pytest.importorskip("davey", reason="voice-channel tests need the [voice] extra: pip install -e '.[voice]'")
 from discord.opus import Encoder
 
-from sera.config import Config, LiveOptions
-from sera.adapters.discord.receive import SILENCE, FrameDecryptor, SeraSink
+from sera.config import LiveOptions
+from sera.adapters.discord.receive import FrameDecryptor, SeraSink
 from sera.live import LiveSession
 from sera.sessions import SessionStore
 from tests.dave_harness import FakeVoiceClient, Speaker, VoiceServer

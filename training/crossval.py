@@ -18,13 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from sera.corpora import LABELS, Clip
-from sera.metrics import score
+from sera.corpora import Clip
 from sera.training.data import OFFSETS_PER_CONDITION
 from sera.training.fit import REFERENCE_CLIPS, Trained, predict, speaker_references, train_side_by_side, training_references
 from sera.training.protocol import (
-    CONDITIONS, ENROLMENT, Split, corpus_ids, fit_temperature, label_mask, masked_logits, masked_probabilities, never_heard,
-    speaker_folds, spread,
+    CONDITIONS, ENROLMENT, Split, corpus_ids, fit_temperature, fold_scores, label_mask, masked_logits, never_heard, pooled,
+    speaker_folds, summarize,
 )  # fmt: skip
 from sera.training.net import EmotionNet
 from sera.training.recipe import Recipe
@@ -125,27 +124,14 @@ class Plan:
                 logits[name][split.test] = predict(done.model, x[split.test])
                 for corpus in corpora:
                     idx = split.test[[clips[j].corpus == corpus for j in split.test]]
-                    s = score(y[idx], masked_probabilities(logits[name][idx], mask[idx]), labels)
-                    row.setdefault(corpus, {})[name] = {"n": s.n, "accuracy": s.accuracy, "macro_f1": s.macro_f1, "ece": s.ece}
+                    row.setdefault(corpus, {})[name] = fold_scores(y[idx], logits[name][idx], mask[idx], labels)
             result.folds.append(row)
-        for corpus in corpora:
-            for name in scored:
-                values = [f[corpus][name] for f in result.folds]
-                result.summary.setdefault(corpus, {})[name] = spread(values, ("accuracy", "macro_f1", "ece"))
+        result.summary = summarize(result.folds, corpora, scored)
         clean, held = logits["clean"], np.flatnonzero(self.folds(clips) >= 0)
         temperature = fit_temperature(masked_logits(clean[held].astype(np.float64), mask[held]), y[held])
         for corpus in corpora:
             idx = np.flatnonzero([c.corpus == corpus for c in clips])
-            before = score(y[idx], masked_probabilities(clean[idx], mask[idx]), labels)
-            after = score(y[idx], masked_probabilities(clean[idx], mask[idx], temperature), labels)
-            present = [label for label in labels if label in LABELS.get(corpus, labels)]
-            result.pooled[corpus] = {
-                "n": before.n,
-                "accuracy": before.accuracy,
-                "recall": {label: before.per_class[label]["recall"] for label in present},
-                "ece_raw": before.ece,
-                "ece_calibrated": after.ece,
-            }
+            result.pooled[corpus] = pooled(clean[idx], y[idx], mask[idx], temperature, labels)
         result.pooled["temperature"] = temperature
         clean_x, names = scored["clean"], np.array([c.corpus for c in clips])
 

@@ -10,7 +10,7 @@ model of the fold ever heard. numpy only.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,6 +95,29 @@ def spread(values: list[dict[str, float]], metrics: tuple[str, ...]) -> dict[str
 def confidently_wrong(probs: np.ndarray, truth: np.ndarray) -> float:
     """The share of answers that are wrong yet above the "unsure" threshold: said with confidence."""
     return float(np.mean((probs.argmax(axis=1) != truth) & (probs.max(axis=1) >= UNSURE_BELOW)))
+
+
+def fold_scores(truth: np.ndarray, logits: np.ndarray, mask: np.ndarray, labels: tuple[str, ...]) -> dict[str, float]:
+    """One fold's figures on held-out clips, over the labels each clip's corpus has."""
+    s = score(truth, masked_probabilities(logits, mask), labels)
+    return {"n": s.n, "accuracy": s.accuracy, "macro_f1": s.macro_f1, "ece": s.ece}
+
+
+def summarize(folds: list[dict[str, Any]], corpora: list[str], conditions: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Per corpus and condition, each figure's mean and spread over the folds."""
+    names = list(conditions)
+    return {corpus: {name: spread([f[corpus][name] for f in folds], ("accuracy", "macro_f1", "ece")) for name in names} for corpus in corpora}
+
+
+def pooled(logits: np.ndarray, truth: np.ndarray, mask: np.ndarray, temperature: float, labels: tuple[str, ...]) -> dict[str, Any]:
+    """One corpus's pooled out-of-fold figures: recall per class it has, ECE before and after the
+    temperature, and the share of answers wrong yet above the "unsure" threshold."""
+    before = score(truth, masked_probabilities(logits, mask), labels)
+    probs = masked_probabilities(logits, mask, temperature)
+    after = score(truth, probs, labels)
+    present = [label for i, label in enumerate(labels) if mask[0, i]]
+    return {"n": before.n, "accuracy": before.accuracy, "recall": {label: before.per_class[label]["recall"] for label in present},
+            "ece_raw": before.ece, "ece_calibrated": after.ece, "confident_wrong": confidently_wrong(probs, truth)}  # fmt: skip
 
 
 Logits = Callable[[np.ndarray], np.ndarray]  # a model's logits for the clips at these indices

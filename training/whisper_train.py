@@ -32,14 +32,13 @@ from sera.audio import decode
 from sera.baseline import Baseline
 from sera.corpora import Clip
 from sera.features import WhisperParams
-from sera.metrics import score
 from sera.model import WHISPER_MODEL_FILE, BaselineInfo, ModelInfo, WhisperEmotionModel, softmax, whisper_input
 from sera.progress import progress
 from sera.speech import SpeechDetector
 from sera.training.data import OPUS_BITRATE, opus_round_trip, speech_span
 from sera.training.protocol import (
-    CONDITIONS, ENROLMENT, OPSET, fit_temperature, label_mask, masked_logits, masked_probabilities, never_heard, speaker_folds,
-    spread, confidently_wrong,
+    CONDITIONS, ENROLMENT, OPSET, fit_temperature, fold_scores, label_mask, masked_logits, masked_probabilities, never_heard,
+    pooled, speaker_folds, summarize,
 )  # fmt: skip
 from sera.training.head import (
     REFERENCE_CLIPS, Data, baseline_logits, fit_baseline, fit_plain, pick_mixed, plain_logits,
@@ -199,7 +198,7 @@ def cross_validate(embeddings: Embeddings, clips: list[Clip], labels: tuple[str,
         row: dict[str, Any] = {"fold": f + 1, "speakers": sorted({clips[i].speaker for i in held})}
         for corpus in corpora:
             idx = held[clean.corpus[held] == corpus]
-            row[corpus] = {name: accuracy(oof[name][idx], data[name], idx) for name in CONDITIONS}
+            row[corpus] = {name: fold_scores(data[name].y[idx], oof[name][idx], data[name].mask[idx], labels) for name in CONDITIONS}
         for kind, pick in pickers.items():
             for size in MIN_CLIPS_GRID if kind in SWEPT else (REFERENCE_CLIPS,):
                 against, counts = against_baselines(heads, clean, held, heard, pick, size, seed + f)
@@ -209,12 +208,10 @@ def cross_validate(embeddings: Embeddings, clips: list[Clip], labels: tuple[str,
         result.folds.append(row)
     temperature = fit_temperature(masked_logits(oof["clean"][trained], clean.mask[trained]), clean.y[trained])
     baseline_temperature = fit_temperature(masked_logits(oof["mixed baseline"][trained], clean.mask[trained]), clean.y[trained])
+    result.summary = summarize(result.folds, corpora, CONDITIONS)
     for corpus in corpora:
-        for name in CONDITIONS:
-            values = [f[corpus][name] for f in result.folds]
-            result.summary.setdefault(corpus, {})[name] = spread(values, ("accuracy", "macro_f1", "ece"))
         idx = trained[clean.corpus[trained] == corpus]
-        result.pooled[corpus] = calibration(oof["clean"][idx], clean, idx, temperature, labels)
+        result.pooled[corpus] = pooled(oof["clean"][idx], clean.y[idx], clean.mask[idx], temperature, labels)
     result.pooled |= {"temperature": temperature, "baseline_temperature": baseline_temperature}
     result.baseline = baseline_table(sweep, clean, oof["clean"], temperature, baseline_temperature, corpora, k)
     for corpus in sorted(test_only & {c.corpus for c in clips}):
@@ -232,22 +229,6 @@ def cross_validate(embeddings: Embeddings, clips: list[Clip], labels: tuple[str,
         result.ravdess7 = ravdess_folds(clean, clips, trained, seed, temperature, baseline_temperature)
     result.minutes = (time.perf_counter() - started) / 60
     return result
-
-
-def accuracy(logits: np.ndarray, data: Data, idx: np.ndarray) -> dict[str, float]:
-    s = score(data.y[idx], masked_probabilities(logits, data.mask[idx]), range(data.mask.shape[1]))
-    return {"n": s.n, "accuracy": s.accuracy, "macro_f1": s.macro_f1, "ece": s.ece}
-
-
-def calibration(logits: np.ndarray, data: Data, idx: np.ndarray, temperature: float, labels: tuple[str, ...]) -> dict[str, Any]:
-    """Pooled out-of-fold figures of one corpus: recall per class, ECE before and after the temperature,
-    and the share of answers that are wrong yet above the "unsure" threshold."""
-    before = score(data.y[idx], masked_probabilities(logits, data.mask[idx]), labels)
-    probs = masked_probabilities(logits, data.mask[idx], temperature)
-    after = score(data.y[idx], probs, labels)
-    present = [label for i, label in enumerate(labels) if data.mask[idx[0], i]]
-    return {"n": before.n, "accuracy": before.accuracy, "recall": {label: before.per_class[label]["recall"] for label in present},
-            "ece_raw": before.ece, "ece_calibrated": after.ece, "confident_wrong": confidently_wrong(probs, data.y[idx])}  # fmt: skip
 
 
 def baseline_table(sweep: dict, data: Data, plain: np.ndarray, temperature: float, baseline_temperature: float, corpora: list[str], k: int) -> dict[str, Any]:
