@@ -415,7 +415,6 @@ class VoiceNotes(commands.Cog):
         text = "Your baseline is deleted." if deleted else "You had no baseline."
         await interaction.response.send_message(text, ephemeral=True)
 
-
     def _labels(self) -> tuple[str, ...]:
         """The emotions of the analyzer whose baselines these are, in its output order."""
         return next((a.labels for a in self.pipeline.plugins.analyzers if isinstance(a, EmotionAnalyzer) and a.baseline_info), ())
