@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 
 GROUP = "sera.plugins"
 SETUP_TIMEOUT_SECONDS = 120.0  # setup loads models and warms them up: slower than one call, still bounded
-NOT_INSTALLED = "not installed"
-_TOLD_MISSING: set[tuple[str, str]] = set()  # (plugin, config file) whose absence the log has told  # a plugin named in the config that no installed package provides
+NOT_INSTALLED = "not installed"  # a plugin named in the config that no installed package provides
+_TOLD_MISSING: set[tuple[str, str]] = set()  # (plugin, config file) whose absence the log has told
 T = TypeVar("T")
 
 
