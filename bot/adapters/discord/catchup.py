@@ -7,10 +7,10 @@ bot has read it) and the channels servers enabled (with when each was enabled an
 back is bounded by ``discord.catch_up_hours``, the channel's enabling and its mark, and how many notes
 per channel by ``discord.catch_up_max``. A mark older than ``MARK_WINDOWS`` catch-up windows is dropped
 (nothing behind it could be answered), and at most ``MAX_CHANNELS`` channels, the most recently active
-first, are read per catch-up: the requests a start makes do not grow with every user who ever wrote. A message the bot already answered (or is answering) is never
-answered again, also when the live message event and the catch-up meet the same message. A backlog is
-not held to the per-user rate of live notes: it is answered one note at a time, waiting for a free
-slot rather than refused.
+first, are read per catch-up: the requests a start makes do not grow with every user who ever wrote.
+A message the bot already answered (or is answering) is never answered again, also when the live
+message event and the catch-up meet the same message. A backlog is not held to the per-user rate of
+live notes: it is answered one note at a time, waiting for a free slot rather than refused.
 """
 
 from __future__ import annotations
