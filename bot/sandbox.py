@@ -14,8 +14,9 @@ replaces itself with ffmpeg (``execv``), so ffmpeg starts already confined and c
   Landlock also refuses ``ptrace``-class access to every process outside its own domain, so two
   decodes at once cannot read each other's uploads through ``/proc/<pid>/fd``;
 - **seccomp**: no ``socket`` (so no network and no UNIX socket), no ``ptrace``, no reading another
-  process's memory, no signals to any process but itself, no namespaces, mounts, keyrings, BPF,
-  ``perf_event_open`` or ``io_uring``.
+  process's memory; every call that names a process (``kill``, ``rt_sigqueueinfo``, ``prlimit64``, the
+  ``sched_*`` family...) may name only itself; no namespaces, mounts, keyrings, BPF, ``perf_event_open``
+  or ``io_uring``.
 
 It fails closed: if any step cannot be taken it prints one ``sera-sandbox:`` line and exits with
 ``UNCONFINED_EXIT`` without running ffmpeg. It imports nothing but the standard library, since it runs
@@ -56,8 +57,9 @@ LD_W_ABS, JEQ_K, JGE_K, RET_K = 0x20, 0x15, 0x35, 0x06
 NR, ARCH, ARG0_LOW, ARG0_HIGH = 0, 4, 16, 20  # offsets in struct seccomp_data (little-endian)
 X32_BIT = 0x40000000
 
-# The calls refused with EPERM, and the signal calls allowed only towards the process itself, by
-# architecture: (audit arch, {name: number}). Unlisted architectures are refused (fail closed).
+# The calls the filter knows, by architecture: (audit arch, {name: number}). Each is refused with EPERM,
+# but those that name a process by their first argument, which are allowed towards this process only.
+# Unlisted architectures are refused (fail closed).
 SYSCALLS = {
     "x86_64": (0xC000003E, dict(
         socket=41, socketpair=53, connect=42, accept=43, accept4=288, bind=49, listen=50, ptrace=101,
@@ -65,7 +67,10 @@ SYSCALLS = {
         pidfd_send_signal=424, perf_event_open=298, bpf=321, userfaultfd=323, keyctl=250, add_key=248,
         request_key=249, mount=165, umount2=166, pivot_root=155, chroot=161, unshare=272, setns=308,
         io_uring_setup=425, io_uring_enter=426, io_uring_register=427, truncate=76, ftruncate=77,
-        open_by_handle_at=304, name_to_handle_at=303, tkill=200, kill=62, tgkill=234,
+        open_by_handle_at=304, name_to_handle_at=303, tkill=200, setpriority=141, getpriority=140, ioprio_set=251,
+        ioprio_get=252, kill=62, tgkill=234, rt_sigqueueinfo=129, rt_tgsigqueueinfo=297, prlimit64=302, sched_setparam=142,
+        sched_getparam=143, sched_setscheduler=144, sched_getscheduler=145, sched_rr_get_interval=148, sched_setaffinity=203,
+        sched_getaffinity=204, sched_setattr=314, sched_getattr=315, migrate_pages=256, move_pages=279,
     )),  # fmt: skip
     "aarch64": (0xC00000B7, dict(
         socket=198, socketpair=199, connect=203, accept=202, accept4=242, bind=200, listen=201, ptrace=117,
@@ -73,10 +78,20 @@ SYSCALLS = {
         pidfd_send_signal=424, perf_event_open=241, bpf=280, userfaultfd=282, keyctl=219, add_key=217,
         request_key=218, mount=40, umount2=39, pivot_root=41, chroot=51, unshare=97, setns=268,
         io_uring_setup=425, io_uring_enter=426, io_uring_register=427, truncate=45, ftruncate=46,
-        open_by_handle_at=265, name_to_handle_at=264, tkill=130, kill=129, tgkill=131,
+        open_by_handle_at=265, name_to_handle_at=264, tkill=130, setpriority=140, getpriority=141, ioprio_set=30,
+        ioprio_get=31, kill=129, tgkill=131, rt_sigqueueinfo=138, rt_tgsigqueueinfo=240, prlimit64=261, sched_setparam=118,
+        sched_getparam=121, sched_setscheduler=119, sched_getscheduler=120, sched_rr_get_interval=127, sched_setaffinity=122,
+        sched_getaffinity=123, sched_setattr=274, sched_getattr=275, migrate_pages=238, move_pages=239,
     )),  # fmt: skip
 }
-SELF_SIGNALS = ("kill", "tgkill")  # allowed when their first argument is this process (abort() raises SIGABRT)
+# Allowed when their first argument is this process: abort() raises SIGABRT at itself. Not 0, which means
+# the whole process group to kill(), the bot included.
+TOWARDS_SELF = ("kill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo")
+# Allowed towards this process or 0, which means "myself" to these (the C library asks its own limits and
+# CPU affinity): never another process's limits, scheduling or memory.
+TOWARDS_SELF_OR_0 = ("prlimit64", "sched_setparam", "sched_getparam", "sched_setscheduler", "sched_getscheduler",
+                     "sched_rr_get_interval", "sched_setaffinity", "sched_getaffinity", "sched_setattr", "sched_getattr",
+                     "migrate_pages", "move_pages")  # fmt: skip
 
 
 class Refused(Exception):
@@ -129,28 +144,38 @@ def landlock(binary: str) -> None:
 
 def seccomp_program(machine: str, pid: int) -> bytes:
     """The seccomp filter (classic BPF) for ``machine``: the wrong architecture kills, the refused calls
-    get EPERM, signals go only to ``pid``, everything else is allowed."""
+    get EPERM, the calls that name a process may name only ``pid`` (``TOWARDS_SELF``, ``TOWARDS_SELF_OR_0``),
+    everything else is allowed."""
     if machine not in SYSCALLS:
         raise Refused(f"no seccomp filter for the {machine} architecture")
     arch, numbers = SYSCALLS[machine]
-    refused = [number for name, number in numbers.items() if name not in SELF_SIGNALS]
-    signals = [numbers[name] for name in SELF_SIGNALS]
-    tail = [(RET_K, 0, 0, RET_EPERM), (RET_K, 0, 0, RET_ALLOW)]
-    checks = [  # a signal call: allowed (to the tail's last) when its first argument, 64 bits, is this process
-        (LD_W_ABS, 0, 0, ARG0_HIGH), (JEQ_K, 0, 2, 0), (LD_W_ABS, 0, 0, ARG0_LOW), (JEQ_K, 1, 0, pid),
-    ]
-    # Jumps count instructions forward from the next one; positions are within body + checks + tail.
-    check_at = len(refused) + len(signals) + 1  # after the tests and the body's own "allow"
-    refuse_at = check_at + len(checks)
-    body = [(JEQ_K, refuse_at - (i + 1), 0, number) for i, number in enumerate(refused)]
-    for number in signals:  # a signal call goes to the pid check
-        body.append((JEQ_K, check_at - (len(body) + 1), 0, number))
-    body.append((RET_K, 0, 0, RET_ALLOW))  # no test matched
-    head = [(LD_W_ABS, 0, 0, ARCH), (JEQ_K, 1, 0, arch), (RET_K, 0, 0, RET_KILL_PROCESS), (LD_W_ABS, 0, 0, NR)]
-    if machine == "x86_64":  # the x32 ABI's numbers would slip past every test above
-        head.append((JGE_K, len(body) + len(checks), 0, X32_BIT))
-    program = head + body + checks + tail
-    return b"".join(struct.pack("=HBBI", *instruction) for instruction in program)
+    guarded = {**dict.fromkeys(TOWARDS_SELF, "self"), **dict.fromkeys(TOWARDS_SELF_OR_0, "self or 0")}
+    first_argument = [(LD_W_ABS, 0, 0, ARG0_HIGH), (JEQ_K, 0, "refuse", 0), (LD_W_ABS, 0, 0, ARG0_LOW)]  # a pid: 32 bits
+    program: list[tuple[int, int | str, int | str, int] | str] = [
+        (LD_W_ABS, 0, 0, ARCH), (JEQ_K, 1, 0, arch), (RET_K, 0, 0, RET_KILL_PROCESS), (LD_W_ABS, 0, 0, NR),
+        *([(JGE_K, "refuse", 0, X32_BIT)] if machine == "x86_64" else []),  # the x32 ABI's numbers would slip past every test
+        *((JEQ_K, guarded.get(name, "refuse"), 0, number) for name, number in numbers.items()),
+        (RET_K, 0, 0, RET_ALLOW),
+        "self or 0", *first_argument, (JEQ_K, "allow", 0, 0), (JEQ_K, "allow", "refuse", pid),
+        "self", *first_argument, (JEQ_K, "allow", "refuse", pid),
+        "refuse", (RET_K, 0, 0, RET_EPERM),
+        "allow", (RET_K, 0, 0, RET_ALLOW),
+    ]  # fmt: skip
+    return assemble(program)
+
+
+def assemble(program: list[tuple[int, int | str, int | str, int] | str]) -> bytes:
+    """Classic BPF from instructions and the labels among them: a jump to a label becomes the count of
+    instructions it skips, as the kernel reads it."""
+    instructions = [step for step in program if not isinstance(step, str)]
+    at, count = {}, 0
+    for step in program:
+        if isinstance(step, str):
+            at[step] = count
+        else:
+            count += 1
+    offset = lambda target, here: at[target] - here - 1 if isinstance(target, str) else target  # noqa: E731
+    return b"".join(struct.pack("=HBBI", code, offset(jt, i), offset(jf, i), k) for i, (code, jt, jf, k) in enumerate(instructions))
 
 
 def seccomp(program: bytes) -> None:

@@ -155,3 +155,42 @@ def test_a_stranger_cannot_make_sera_quote_a_tag(tmp_path: Path) -> None:
     with pytest.raises(AudioError) as refused:
         decode(forged)
     assert str(refused.value) == "could not read this audio: 384,000 Hz with 8 channels is no recording (at most 192,000 Hz and 8 channels)"
+
+
+SIGNALLER = """#!/usr/bin/python3
+import ctypes, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+target, calls = int(sys.argv[1]), {"x86_64": (129, 302), "aarch64": (138, 261)}[os.uname().machine]
+info = ctypes.create_string_buffer(128)
+struct.pack_into("iii", info, 0, 15, 0, -1)  # SIGTERM, as sigqueue() sends it
+queued = libc.syscall(calls[0], target, 15, info)  # rt_sigqueueinfo: kill() by another name
+zero = (ctypes.c_uint64 * 2)(0, 0)
+limited = libc.syscall(calls[1], target, 7, zero, None)  # prlimit64: the target's RLIMIT_NOFILE to 0
+print(queued, limited, libc.syscall(calls[1], 0, 7, None, ctypes.byref(zero)), os.kill(os.getpid(), 0))
+"""
+
+
+@pytest.mark.skipif(not Path("/usr/bin/python3").is_file(), reason="the stand-in is a /usr/bin/python3 script (Debian's python3)")
+def test_a_compromised_ffmpeg_can_neither_signal_nor_limit_another_process(open_folder: Path) -> None:
+    """Not only kill(): rt_sigqueueinfo sends any signal too, and prlimit64 sets another process's limits.
+    Run directly as sera's user (the control) the stand-in kills a process of that user; confined, both
+    calls are refused, while its own limits and signals to itself still work."""
+    signaller = wrapper(open_folder, "")
+    signaller.write_text(SIGNALLER)
+    drop = without_capabilities()
+    for confined in (False, True):
+        target = subprocess.Popen([*drop, "sleep", "30"])
+        try:
+            through_sera = [sys.executable, "-c", "import sys\nfrom sera.audio import Limits, run_bounded\n"
+                            "print(run_bounded(sys.argv[2:], Limits(), binary=sys.argv[1])[1].decode())"]  # fmt: skip
+            done = run([*drop, *(through_sera if confined else []), str(signaller), str(target.pid)], cwd=ROOT)
+            queued, limited, own, _ = done.stdout.split()
+            if confined:
+                assert (queued, limited, own) == ("-1", "-1", "0"), done.stdout + done.stderr
+                assert target.poll() is None  # still running
+                assert " 0 " not in Path(f"/proc/{target.pid}/limits").read_text().split("Max open files")[1].splitlines()[0]
+            else:
+                assert queued == "0" and target.wait(10) == -15  # the control: the other process is gone
+        finally:
+            target.kill()
+            target.wait()
