@@ -18,13 +18,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sera.audio import OPEN_FILES, SANDBOX, SAMPLE_RATE, Limits, decode, ffmpeg_binary, memory_file
+from sera.audio import SAMPLE_RATE, Limits, decode, ffmpeg_binary, memory_file, sandboxed
 
 ROOT = Path(__file__).resolve().parent.parent
 ARGUMENTS = ["-nostdin", "-hide_banner", "-loglevel", "error", "-map", "0:a:0", "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "s16le", "pipe:1"]
@@ -39,16 +38,17 @@ def long_note(folder: Path, seconds: int) -> Path:
 
 def runners(data: bytes) -> dict[str, Callable[[], object]]:
     limits = Limits()
-    confine = [sys.executable, "-I", "-S", str(SANDBOX), "strict", str(limits.max_memory_bytes // 1024), "10", str(OPEN_FILES)]
 
-    def ffmpeg(prefix: list[str]) -> Callable[[], object]:
+    def ffmpeg(confined: bool) -> Callable[[], object]:
         def run() -> object:
             with memory_file(data) as (url, _, fd):
-                return subprocess.run([*prefix, ffmpeg_binary(), "-i", url, *ARGUMENTS], pass_fds=(fd,), capture_output=True, check=True)
+                command = [ffmpeg_binary(), "-i", url, *ARGUMENTS]
+                return subprocess.run(sandboxed(command[0], command[1:], limits) if confined else command, pass_fds=(fd,),
+                                      capture_output=True, check=True)  # fmt: skip
 
         return run
 
-    return {"bare": ffmpeg([]), "sandboxed": ffmpeg(confine), "decode": lambda: decode(data, limits)}
+    return {"bare": ffmpeg(False), "sandboxed": ffmpeg(True), "decode": lambda: decode(data, limits)}
 
 
 def main() -> None:

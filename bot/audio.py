@@ -278,12 +278,8 @@ def run_bounded(
     """
     if limits.confined and (reason := sandbox_refusal()):
         raise SandboxUnavailable(reason)
-    mode = "strict" if limits.confined else "lenient"
-    kib = max(limits.max_memory_bytes // 1024, 1)
-    command = [sys.executable, "-I", "-S", str(SANDBOX), mode, str(kib), str(max(1, round(limits.cpu_seconds))), str(OPEN_FILES),
-               binary or ffmpeg_binary(), *arguments]  # fmt: skip
     process = subprocess.Popen(
-        command, stdin=subprocess.DEVNULL if data is None else subprocess.PIPE, stdout=subprocess.PIPE,
+        sandboxed(binary or ffmpeg_binary(), arguments, limits), stdin=subprocess.DEVNULL if data is None else subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, env=child_environment(), pass_fds=tuple(pass_fds), close_fds=True,
     )  # fmt: skip
     out, err = bytearray(), bytearray()
@@ -327,13 +323,19 @@ def run_bounded(
     return code, bytes(out), bytes(err)
 
 
+def sandboxed(binary: str, arguments: Sequence[str], limits: Limits) -> list[str]:
+    """The command that runs ``binary`` inside ``sera.sandbox`` under ``limits`` (strict unless the
+    operator opted out)."""
+    return [sys.executable, "-I", "-S", str(SANDBOX), "strict" if limits.confined else "lenient", str(max(limits.max_memory_bytes // 1024, 1)),
+            str(max(1, round(limits.cpu_seconds))), str(OPEN_FILES), binary, *arguments]  # fmt: skip
+
+
 @functools.cache
 def sandbox_refusal() -> str | None:
     """Why the decoder sandbox cannot be set up on this machine, or None where it can: tried once, for
     real, around ``true``. Logged once for the operator; ``sera doctor`` shows it with the fix."""
     true = shutil.which("true", path=os.defpath) or "/bin/true"
-    done = subprocess.run([sys.executable, "-I", "-S", str(SANDBOX), "strict", str(1 << 20), "5", str(OPEN_FILES), true],
-                          stdin=subprocess.DEVNULL, capture_output=True, env=child_environment())  # fmt: skip
+    done = subprocess.run(sandboxed(true, [], Limits()), stdin=subprocess.DEVNULL, capture_output=True, env=child_environment())
     if done.returncode == 0:
         return None
     reason = done.stderr.decode(errors="replace").strip().removeprefix(PREFIX) or f"exit {done.returncode}"
