@@ -93,16 +93,16 @@ class ModelInfo:
     def check(self, outputs: int | None, path: Path) -> ModelInfo:
         """Refuse numbers no trained model has: they would divide by zero, mislabel every answer, or run
         a baseline from nothing. ``outputs``: the graph's number of classes, where it states one."""
+        problem = None
         temperatures = [self.temperature] + ([self.baseline.temperature] if self.baseline else [])
-        problem = (
-            "its temperature must be a finite number above 0" if not all(isinstance(t, float) and math.isfinite(t) and t > 0 for t in temperatures)
-            else "its labels must be distinct names" if not self.labels or len(set(self.labels)) != len(self.labels)
-            or not all(isinstance(label, str) and label for label in self.labels)
-            else f"it names {len(self.labels)} labels for {outputs} outputs" if outputs is not None and outputs != len(self.labels)
-            else "its baseline's min_clips must be a whole number, 0 (no baseline) or more"
-            if self.baseline and not (isinstance(self.baseline.min_clips, int) and self.baseline.min_clips >= 0)
-            else None
-        )  # fmt: skip
+        if not all(isinstance(t, float) and math.isfinite(t) and t > 0 for t in temperatures):
+            problem = "its temperature must be a finite number above 0"
+        elif not self.labels or len(set(self.labels)) != len(self.labels) or not all(isinstance(label, str) and label for label in self.labels):
+            problem = "its labels must be distinct names"
+        elif outputs is not None and outputs != len(self.labels):
+            problem = f"it names {len(self.labels)} labels for {outputs} outputs"
+        elif self.baseline and not (isinstance(self.baseline.min_clips, int) and self.baseline.min_clips >= 0):
+            problem = "its baseline's min_clips must be a whole number, 0 (no baseline) or more"
         if problem:
             raise ModelError(f"{path} is not a usable sera emotion model: {problem}")
         return self
