@@ -35,7 +35,6 @@ import os
 import selectors
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import time
@@ -48,6 +47,7 @@ import numpy as np
 from pydub import AudioSegment
 
 from sera.errors import AudioError
+from sera.files import NotRegular, open_regular
 from sera.sandbox import PREFIX, UNCONFINED_EXIT
 
 log = logging.getLogger(__name__)
@@ -138,23 +138,17 @@ def read(source: bytes | str | Path, limits: Limits = Limits()) -> bytes:
         return data
     path = Path(source)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block the open
+        with open_regular(path) as file:
+            _check_size(os.fstat(file.fileno()).st_size, limits)
+            data = file.read(limits.max_bytes + 1)
     except FileNotFoundError:
         raise AudioError(f"no such audio file: {path}") from None
+    except NotRegular as refused:
+        if refused.kind == "folder":
+            raise AudioError(f"{path} is a folder, not an audio file") from None
+        raise AudioError(f"{path} is not a file but a {refused.kind}: sera reads audio files") from None
     except OSError as exc:
         raise AudioError(f"cannot read {path}: {exc.strerror}") from None
-    kind = os.fstat(fd).st_mode
-    if not stat.S_ISREG(kind):
-        os.close(fd)
-        if stat.S_ISDIR(kind):
-            raise AudioError(f"{path} is a folder, not an audio file")
-        raise AudioError(f"{path} is not a file but a {'pipe' if stat.S_ISFIFO(kind) else 'device or socket'}: sera reads audio files")
-    with os.fdopen(fd, "rb") as file:
-        _check_size(os.fstat(fd).st_size, limits)
-        try:
-            data = file.read(limits.max_bytes + 1)
-        except OSError as exc:
-            raise AudioError(f"cannot read {path}: {exc.strerror}") from None
     _check_size(len(data), limits)
     return data
 

@@ -12,7 +12,6 @@ import dataclasses
 import importlib.resources
 import math
 import os
-import stat
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from sera.audio import Limits
 from sera.bounds import BOUNDS, bounded
 from sera.database import POSTGRES_SCHEMES
 from sera.errors import ConfigError
+from sera.files import NotRegular, open_regular
 
 T = TypeVar("T")
 
@@ -198,12 +198,11 @@ def load(path: str | Path | None = None) -> Config:
 def read_config(path: Path) -> str:
     """The text of a config file: a regular file (a FIFO would hang, ``/dev/zero`` never end) of at most
     ``MAX_CONFIG_BYTES``, checked on the open file itself, so nothing swapped in between is read."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise ConfigError(f"{path} is not a regular file: a config file is a YAML file")
-    with os.fdopen(fd, "rb") as file:
-        data = file.read(MAX_CONFIG_BYTES + 1)
+    try:
+        with open_regular(path) as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)
+    except NotRegular:
+        raise ConfigError(f"{path} is not a regular file: a config file is a YAML file") from None
     if len(data) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{path} is larger than {MAX_CONFIG_BYTES // 1_000_000} MB: that is no config file")
     return data.decode("utf-8")
