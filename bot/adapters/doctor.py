@@ -105,7 +105,7 @@ def _database(config: Config) -> list[Check]:
     """The database: reachable and writable, its schema (looked at, never changed: ``sera db upgrade`` and
     ``sera run`` migrate), and any ``/forget`` whose plugins have not deleted their share yet. A SQLite
     file that does not exist yet is not created: its folder is checked instead."""
-    from sera.adapters.discord.store import COMPONENT, MIGRATIONS, PENDING_FORGETS_SCHEMA
+    from sera.adapters.discord.store import COMPONENT, MIGRATIONS, PENDING_FORGETS_SCHEMA, pending_forgets
     from sera.database import connect
 
     path = config.database_path()
@@ -121,8 +121,7 @@ def _database(config: Config) -> list[Check]:
         db = connect(path)
         try:
             schema = db.version(COMPONENT)
-            with db.read() as tx:
-                rows = tx.execute("SELECT user_id, plugin FROM pending_forgets").fetchall() if schema >= PENDING_FORGETS_SCHEMA else []
+            pending = pending_forgets(db) if schema >= PENDING_FORGETS_SCHEMA else {}
         finally:
             db.close()
         if isinstance(path, Path):
@@ -134,9 +133,9 @@ def _database(config: Config) -> list[Check]:
     state = "up to date" if schema >= latest else f"sera run (or sera db upgrade) brings it to {latest}"
     where = f"PostgreSQL {db}: reachable" if isinstance(path, str) else f"{path} is writable (WAL)"
     checks = [Check("database", True, f"{where}; schema {schema} of {latest}, {state}")]
-    if rows:
-        users, plugins = {user for user, _ in rows}, sorted({plugin for _, plugin in rows})
-        checks.append(Check("pending deletions", False, f"{len(users)} users' /forget still waits on {', '.join(plugins)}",
+    if pending:
+        plugins = sorted({plugin for waiting in pending.values() for plugin in waiting})
+        checks.append(Check("pending deletions", False, f"{len(pending)} users' /forget still waits on {', '.join(plugins)}",
                             "enable those plugins and fix what stops their setup: each start asks them again"))  # fmt: skip
     return checks
 

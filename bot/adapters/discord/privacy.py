@@ -61,7 +61,8 @@ class Privacy(commands.Cog):
     @app_commands.describe(analysis_by_others="Whether other members may analyse your voice notes (where admins enabled it)")
     async def privacy(self, interaction: discord.Interaction, analysis_by_others: bool | None = None) -> None:
         if analysis_by_others is None:
-            waiting = (await asyncio.to_thread(self.store.pending_forgets)).get(str(interaction.user.id))
+            user = str(interaction.user.id)
+            waiting = (await asyncio.to_thread(self.store.pending_forgets, user)).get(user)
             text = privacy(self.bot.config.discord.retention_days) + (
                 f"\n• **Still to delete:** what the {', '.join(waiting)} plugin{'s' if len(waiting) > 1 else ''} "
                 "kept about you, from your `/forget`; I ask again at each start until it is gone." if waiting else "")  # fmt: skip

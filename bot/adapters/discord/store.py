@@ -252,12 +252,9 @@ class Store:
             tx.executemany("INSERT INTO pending_forgets (user_id, plugin, since) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                            [(user, plugin, time.time()) for plugin in plugins])  # fmt: skip
 
-    def pending_forgets(self) -> dict[str, list[str]]:
-        with self.db.read() as db:
-            pending: dict[str, list[str]] = {}
-            for user, plugin in db.execute("SELECT user_id, plugin FROM pending_forgets ORDER BY since"):
-                pending.setdefault(user, []).append(plugin)
-        return pending
+    def pending_forgets(self, user: str | None = None) -> dict[str, list[str]]:
+        """User -> the plugins whose share of their ``/forget`` is still to delete (``user``'s alone, if given)."""
+        return pending_forgets(self.db, user)
 
     def forgotten_by(self, user: str, plugins: list[str]) -> None:
         with self.db.transaction() as tx:
@@ -306,6 +303,17 @@ class CatchUpChannel:
         """Whether a note posted at ``when`` (Unix time) may be answered: always in a direct message; in a
         server's channel only while the channel was enabled."""
         return self.guild_id is None or any(start <= when and (end is None or when < end) for start, end in self.windows)
+
+
+def pending_forgets(db: Database, user: str | None = None) -> dict[str, list[str]]:
+    """The pending deletions in ``db``, read without opening a ``Store`` (which would migrate it: ``sera
+    doctor`` only looks)."""
+    where, values = ("WHERE user_id = ? ", (user,)) if user is not None else ("", ())
+    pending: dict[str, list[str]] = {}
+    with db.read() as tx:
+        for row_user, plugin in tx.execute(f"SELECT user_id, plugin FROM pending_forgets {where}ORDER BY since", values):
+            pending.setdefault(row_user, []).append(plugin)
+    return pending
 
 
 def _advance(tx: Connection, channel_id: int, guild_id: int | None, message_id: int) -> None:
