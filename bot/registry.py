@@ -162,14 +162,15 @@ class PluginSet:
         set up (``sera analyze`` uses one; the others, matplotlib's among them, cost nothing)."""
         self._reporters = reporters
         context = PluginContext(models_dir=config.models_dir, sample_rate=sample_rate)
+        every = list(entry_points(group=GROUP))
         found: dict[str, list[EntryPoint]] = {}
-        for ep in entry_points(group=GROUP):
+        for ep in every:
             if only is None or ep.name in only:
                 found.setdefault(ep.name, []).append(ep)
         self.infos: list[PluginInfo] = []
+        builtins = {ep.value.replace(" ", "") for ep in every if _is_builtin(ep)}  # the built-ins' classes, "module:Class"
         # Built-ins that are off by default come after the others: with both emotion analyzers on, the
         # reply headlines the default one's answer (``Report.emotion`` takes the first).
-        builtins = {ep.value.replace(" ", "") for ep in entry_points(group=GROUP) if _is_builtin(ep)}
         for name, eps in sorted(found.items(), key=lambda item: item[0] in DEFAULT_PLUGINS):
             chosen, refused = _resolve_clash(eps)
             if chosen is not None and not _is_builtin(chosen) and chosen.value.replace(" ", "") in builtins:
