@@ -87,10 +87,6 @@ class Baseline:
         sources = (self.sources + ((source,) if source else ()))[-SOURCES_KEPT:]
         return Baseline(self.space, count, mean, heard, sources)
 
-    @property
-    def weight(self) -> int:
-        """How many clips the statistics stand for: the count, up to the window."""
-        return min(self.count, WINDOW_CLIPS)
 
     @property
     def heard_share(self) -> np.ndarray:
