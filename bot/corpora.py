@@ -78,19 +78,27 @@ class Corpus:
     licence: str  # the card's line: the corpus, its citation, its terms
     load: Callable[[Path], list[Clip]]
     test_only: bool = False  # evaluation of a language never heard: never trained or tuned on
+    speech: str = ""  # what is spoken, by whom: the card's limits name it
+
+    @property
+    def described(self) -> str:
+        return self.speech or self.language
 
 
-def metadata_corpus(name: str, language: str, labels: tuple[str, ...], licence: str, test_only: bool = False) -> Corpus:
-    return Corpus(name, language, labels, licence, from_metadata(name, labels), test_only)
+def metadata_corpus(name: str, language: str, labels: tuple[str, ...], licence: str, test_only: bool = False, speech: str = "") -> Corpus:
+    return Corpus(name, language, labels, licence, from_metadata(name, labels), test_only, speech)
 
 
 CORPORA: dict[str, Corpus] = {corpus.name: corpus for corpus in (
     Corpus("ravdess", "English", EMOTIONS, "RAVDESS (Livingstone & Russo 2018, PLoS ONE 13(5): e0196391, doi:10.5281/zenodo.1188976), "
-           f"licensed **CC BY-NC-SA 4.0**. This model is trained on it and carries the same terms: {NON_COMMERCIAL}.", ravdess),
+           f"licensed **CC BY-NC-SA 4.0**. This model is trained on it and carries the same terms: {NON_COMMERCIAL}.", ravdess,
+           speech="English, 21 North-American actors, two sentences"),
     metadata_corpus("nemo", "Polish", ("neutral", "happy", "sad", "angry", "fearful", "surprised"),  # no calm, no disgust
-                    f"nEMO: Dataset of Emotional Speech in Polish (Christop, LREC-COLING 2024), licensed **CC BY-NC-SA 4.0**: {NON_COMMERCIAL}."),
+                    f"nEMO: Dataset of Emotional Speech in Polish (Christop, LREC-COLING 2024), licensed **CC BY-NC-SA 4.0**: {NON_COMMERCIAL}.",
+                    speech="Polish, 7 young adult speakers, many sentences"),
     metadata_corpus("emospeech", "Indian English (phones)", ("calm", "happy", "angry", "fearful"),
-                    f"Indian EmoSpeech Command Dataset v0.1 (Banga et al., arXiv:1910.13801), licensed **CC BY-NC-SA 4.0**: {NON_COMMERCIAL}."),
+                    f"Indian EmoSpeech Command Dataset v0.1 (Banga et al., arXiv:1910.13801), licensed **CC BY-NC-SA 4.0**: {NON_COMMERCIAL}.",
+                    speech="Indian English one-word commands on phones"),
     metadata_corpus("emovo", "Italian", ("neutral", "happy", "sad", "angry", "fearful", "disgust", "surprised"),
                     "EMOVO (Costantini et al., LREC 2014): non-commercial research with acknowledgement; evaluation only.", True),
     metadata_corpus("casia", "Mandarin", ("neutral", "happy", "sad", "angry", "fearful", "surprised"),

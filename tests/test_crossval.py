@@ -15,11 +15,10 @@ torch = pytest.importorskip("torch", reason="the training tests need the [train]
 
 from sera.corpora import EMOTIONS, LABELS, Clip, load_corpora
 from sera.errors import SeraError
-from tests.conftest import ROOT, SHARED_DATA, say
+from tests.conftest import SHARED_DATA, say
 from tests.test_training import CODES, train
-from sera.training.protocol import speaker_folds
-from sera.training.fit import masked_log_softmax
-from sera.training.protocol import label_mask
+from sera.training.learners.cnn.fit import masked_log_softmax
+from sera.training.protocol import label_mask, speaker_folds
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +104,7 @@ def test_sera_train_cross_validates_pooled_corpora(tiny_data: Path, tmp_path: Pa
     done = train("--corpus", "ravdess,nemo", "--data", str(tiny_data), "--out", str(tmp_path), "--smoke",
                "--no-cache", "--cv", "2", "--cv-only")  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads((tmp_path / "crossval-results.json").read_text())
+    result = json.loads((tmp_path / "cnn-results.json").read_text())["crossval"]
     assert result["k"] == 2 and len(result["folds"]) == 2
     held_out = [set(f["speakers"]) for f in result["folds"]]
     assert not held_out[0] & held_out[1] and held_out[0] | held_out[1] == {"01", "02", "03", "04", "AA0", "BB0"}
@@ -130,16 +129,16 @@ def test_the_shipped_model_trains_beside_the_folds_and_takes_their_temperature(t
     from sera.model import EmotionModel
 
     done = train("--corpus", "ravdess", "--test-corpus", "nemo", "--data", str(tiny_data), "--out", str(tmp_path),
-               "--smoke", "--no-cache", "--cv", "2", "--val-speakers", "", "--test-speakers", "")  # fmt: skip
+               "--smoke", "--no-cache", "--cv", "2")  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads((tmp_path / "crossval-results.json").read_text())
+    training = json.loads((tmp_path / "cnn-results.json").read_text())
+    result = training["crossval"]
     assert set(result["summary"]) == {"ravdess"}  # nEMO is in no fold
     assert {s for f in result["folds"] for s in f["speakers"]} == {"01", "02", "03", "04"}
     assert result["cross_corpus"]["nemo"]["how"] == "each fold's model" and result["cross_corpus"]["nemo"]["n"] == 12
-    training = json.loads((tmp_path / "training-results.json").read_text())
-    assert training["speakers"]["train"] == ["01", "02", "03", "04"] and training["split_sizes"]["train"] == 32
+    assert training["speakers"] == ["01", "02", "03", "04"] and training["clips"] == 32
     assert EmotionModel(tmp_path / "sera-emotion.onnx").info.temperature == pytest.approx(result["pooled"]["temperature"])
-    card = (tmp_path / "MODEL_CARD.md").read_text()
+    card = (tmp_path / "MODEL_CARD_CNN.md").read_text()
     assert "## Cross-validation (voices never heard)" in card and "| nemo | ravdess | each fold's model | 12 |" in card
     assert "fitted on the cross-validation's pooled out-of-fold logits" in card and "never trained on: nemo" in card
     assert "- nEMO: Dataset of Emotional Speech in Polish" in card  # a corpus only scored on is attributed too
@@ -147,7 +146,7 @@ def test_the_shipped_model_trains_beside_the_folds_and_takes_their_temperature(t
 
 
 def test_batches_give_every_corpus_an_equal_share() -> None:
-    from sera.training.fit import balanced_batches
+    from sera.training.learners.cnn.fit import balanced_batches
 
     corpus_of = np.array([0] * 30 + [1] * 90)
     train = np.arange(120)
@@ -161,7 +160,7 @@ def test_batches_give_every_corpus_an_equal_share() -> None:
 
 
 def test_a_personal_baseline_never_uses_the_clip_itself() -> None:
-    from sera.training.fit import speaker_references
+    from sera.training.learners.cnn.fit import speaker_references
 
     clips = [Clip(Path(str(i)), "neutral" if i % 4 == 0 else "sad", f"s{i // 4}", "female", "ravdess") for i in range(8)]
     features = np.zeros((8, 6, 4, 10), dtype=np.float16)
@@ -179,25 +178,8 @@ def test_a_personal_baseline_never_uses_the_clip_itself() -> None:
 @pytest.mark.slow
 def test_sera_train_cross_validates_the_personal_baseline(tiny_data: Path, tmp_path: Path) -> None:
     done = train("--corpus", "ravdess", "--data", str(tiny_data), "--out", str(tmp_path), "--smoke",
-               "--no-cache", "--cv", "2", "--cv-only", "--reference", "speaker")  # fmt: skip
+               "--no-cache", "--cv", "2", "--cv-only", "--recipe", "personal")  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads((tmp_path / "crossval-results.json").read_text())
+    result = json.loads((tmp_path / "cnn-results.json").read_text())["crossval"]
     assert set(result["summary"]["ravdess"]) == {"clean", "opus24", "clean, neutral enrolment", "clean, no baseline"}
     assert "- ravdess, clean, no baseline: accuracy" in (tmp_path / "CROSSVAL.md").read_text()
-
-
-def test_training_one_model_keeps_the_others_cross_validation(tmp_path: Path) -> None:
-    """The README's two reproduce commands in either order leave one CROSSVAL.md with both models: the
-    CNN's run used to replace the side-by-side table with a CNN-only one."""
-    import shutil
-
-    from sera.adapters.cli import build_parser
-    from sera.training.cli import write_crossval
-
-    models = ROOT / "models"
-    shutil.copy(models / "whisper-training-results.json", tmp_path)
-    args = build_parser().parse_args(["train", "--model", "cnn", "--data", "../shared/data", "--cv", "3", "--out", str(tmp_path)])
-    write_crossval(args, json.loads((models / "crossval-results.json").read_text()), tmp_path)
-    table = (tmp_path / "CROSSVAL.md").read_text()
-    assert "| ravdess | emotion_whisper |" in table and "| ravdess | emotion_cnn |" in table
-    assert "## emotion_whisper (the default)" in table and "Reproduce: `sera train --model cnn" in table

@@ -48,7 +48,15 @@ def test_adapters_reach_plugins_only_through_the_registry(path: Path) -> None:
 
 
 PLUGIN_FILES = sorted((ROOT / "plugins").glob("*.py"))
-TRAINING_FILES = sorted((ROOT / "training").glob("*.py"))
+TRAINING_FILES = sorted((ROOT / "training").rglob("*.py"))
+LEARNER_FOLDERS = sorted(p for p in (ROOT / "training" / "learners").iterdir() if (p / "learner.py").is_file())
+PROTOCOL_INTERFACES = ("sera.training.protocol", "sera.training.data", "sera.training.results")  # what a learner may import of training
+
+
+def module_of(path: Path) -> str:
+    """``training/learners/cnn/fit.py`` -> ``sera.training.learners.cnn.fit``."""
+    parts = path.relative_to(ROOT / "training").with_suffix("").parts
+    return ".".join(("sera", "training", *(parts[:-1] if parts[-1] == "__init__" else parts)))
 
 
 @pytest.mark.parametrize("path", PLUGIN_FILES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -63,8 +71,8 @@ def test_training_imports_no_plugin_and_no_adapter(path: Path) -> None:
 
 
 def test_training_modules_import_no_circle() -> None:
-    """The recipe, the fitting, the export and the runs import one another one way only."""
-    graph = {p.stem: {m.split(".")[2] for m in imports(p) if m.startswith("sera.training.")} for p in TRAINING_FILES}
+    """The protocol, the learners' parts and the command import one another one way only."""
+    graph = {module_of(p): {m for m in imports(p) if m.startswith("sera.training.")} for p in TRAINING_FILES}
 
     def reaches(start: str, goal: str, seen: frozenset[str] = frozenset()) -> bool:
         return any(n == goal or (n not in seen and reaches(n, goal, seen | {n})) for n in graph.get(start, ()))
@@ -73,9 +81,30 @@ def test_training_modules_import_no_circle() -> None:
 
 
 def test_the_protocol_knows_no_learner() -> None:
-    """The evaluation protocol every model's training shares imports nothing of training and no torch: a
-    learner (the CNN's, the Whisper model's) supplies logits to it, never the other way round."""
-    assert sorted(m for m in imports(ROOT / "training" / "protocol.py") if within(m, ("sera.training", "torch"))) == []
+    """The protocol every model's training shares imports no learner and no torch (of training, only the
+    results record it returns): a learner supplies logits to it, never the other way round. The card
+    writer and the results record import no torch either (a card is rebuilt without the [train] extra)."""
+    assert sorted(m for m in imports(ROOT / "training" / "protocol.py") if within(m, ("sera.training", "torch"))) == ["sera.training.results"]
+    for shared in ("card.py", "results.py", "data.py", "cli.py"):
+        assert not sorted(m for m in imports(ROOT / "training" / shared) if within(m, ("sera.training.learners", "torch"))
+                          and m != "sera.training.learners.cnn.recipe"), shared  # fmt: skip
+
+
+@pytest.mark.parametrize("folder", LEARNER_FOLDERS, ids=lambda p: p.name)
+def test_a_learner_imports_the_protocols_interfaces_and_its_own_folder_only(folder: Path) -> None:
+    """Learners are peers: each imports, of training, the protocol's interfaces and its own modules,
+    never another learner; its ``card`` module (read to write any card) imports no torch."""
+    own = f"sera.training.learners.{folder.name}"
+    for path in folder.glob("*.py"):
+        foreign = sorted(m for m in imports(path) if within(m, ("sera.training",)) and not within(m, (own, *PROTOCOL_INTERFACES)))
+        assert foreign == [], path.name
+    assert not sorted(m for m in imports(folder / "card.py") if within(m, ("torch", "onnx", "onnxruntime")))
+
+
+def test_every_learner_folder_is_a_line_of_sera_train() -> None:
+    from sera.training.cli import LEARNERS
+
+    assert set(LEARNERS) == {p.name for p in LEARNER_FOLDERS} == {"whisper", "cnn"}
 
 
 def test_the_layer_check_catches_a_forbidden_import(tmp_path: Path) -> None:

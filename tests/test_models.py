@@ -1,5 +1,6 @@
-"""The model files themselves: the shipped ones are the bytes sera shipped, and a model whose metadata
-no trained model could have, or a broken onnxruntime, is refused in one line, never run or a traceback."""
+"""The model files themselves: the shipped ones are the bytes sera shipped, described by the records and
+cards their training wrote, and a model whose metadata no trained model could have, or a broken
+onnxruntime, is refused in one line, never run or a traceback."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -117,3 +119,42 @@ def test_languages_kept_for_testing_are_read_and_never_trained_on(tmp_path: Path
     clips = load_corpora(",".join(test_only), data)
     assert {c.corpus for c in clips} == set(test_only) and all(c.path.is_file() for c in clips[:50])
     assert len({c.speaker for c in clips if c.corpus == "casia"}) == 4
+
+
+def test_training_one_model_keeps_the_others_cross_validation(tmp_path: Path) -> None:
+    """The README's two reproduce commands in either order leave one CROSSVAL.md with both models (each
+    run rebuilds it from every record in the folder), the default model first."""
+    from sera.training import card
+    from sera.training.cli import LEARNERS
+    from sera.training.results import Results
+
+    whisper, cnn = Results.read(ROOT / "models" / "whisper-results.json"), Results.read(ROOT / "models" / "cnn-results.json")
+    for first, second in ((whisper, cnn), (cnn, whisper)):
+        out = tmp_path / first.model
+        out.mkdir()
+        for results in (first, second):
+            card.write(out, replace(results, shipped=None), tuple(LEARNERS))
+        table = (out / "CROSSVAL.md").read_text()
+        assert "| ravdess | emotion_whisper |" in table and "| ravdess | emotion_cnn |" in table
+        assert table.index("## emotion_whisper (the default)") < table.index("## emotion_cnn: the seed paper's CNN")
+        assert f"Reproduce: `{cnn.command}`" in table and f"Reproduce: `{whisper.command}`" in table
+
+
+@pytest.mark.parametrize("model", ["whisper", "cnn"])
+def test_the_shipped_card_is_what_the_card_writer_makes_of_the_shipped_record(model: str, tmp_path: Path) -> None:
+    """Nobody edits a card or CROSSVAL.md by hand: rebuilt from the shipped records they are the same
+    text; the file is the one the record describes, and its metadata carries the record's calibration."""
+    from sera.model import load_emotion_model
+    from sera.training import card
+    from sera.training.cli import LEARNERS
+    from sera.training.results import Results, every_results
+
+    models = ROOT / "models"
+    results, records = Results.read(models / f"{model}-results.json"), every_results(models)
+    assert {r.model for r in records} == set(LEARNERS)
+    assert card.card(results, records, tuple(LEARNERS)) == (models / card.card_file(model)).read_text()
+    assert card.crossval_file(records, tuple(LEARNERS)) == (models / card.CV_TABLE_FILE).read_text()
+    loaded = load_emotion_model(models / results.shipped.model_file)
+    assert results.shipped.temperature == results.crossval["pooled"]["temperature"]
+    assert loaded.info.temperature == pytest.approx(results.shipped.temperature)
+    assert (models / results.shipped.model_file).stat().st_size / 1e6 == pytest.approx(results.shipped.size_mb)

@@ -1,234 +1,181 @@
-"""The model card, written by the training run from the numbers it measured (never by hand)."""
+"""The model card and ``CROSSVAL.md``, written from the results records alone (never by hand), one writer
+for every model. What is the same for every model (the file, calibration, data, the cross-validation,
+the cells of a corpus never heard, reproduce, limits, licences) is written here; what a model adds
+(its architecture, its own measurements) comes from its learner's ``card`` module, which like this
+one imports no torch.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import importlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import ModuleType
+from typing import Any
 
 from sera.corpora import CORPORA
+from sera.training.protocol import CONDITIONS
+from sera.training.results import Results, every_results, meanstd
 
-if TYPE_CHECKING:
-    from sera.evaluate import Evaluation
-    from sera.training.results import HeldOut, ShippedModel, TrainingRun
+CV_TABLE_FILE = "CROSSVAL.md"
 
-CARD_FILE = "MODEL_CARD.md"
-CONFUSION_FILE = "confusion.png"
+
+def card_file(model: str) -> str:
+    return f"MODEL_CARD_{model.upper()}.md"
+
+
+def learner_card(model: str) -> ModuleType:
+    """The learner's card module: ``PLUGIN``, ``TITLE``, and ``summary``, ``crossval``, ``sections``,
+    ``limits``, ``licences`` (each a list of lines)."""
+    return importlib.import_module(f"sera.training.learners.{model}.card")
 
 
 def licence(corpus: str) -> str:
-    """What the card says of a corpus's licence: ``sera.corpora`` knows each corpus's terms."""
     return CORPORA[corpus].licence if corpus in CORPORA else f"{corpus}: see the corpus licence."
 
-def confusion_png(evaluation: Evaluation, path: Path, title: str) -> None:
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    labels = evaluation.scores.labels
-    matrix = np.array(evaluation.scores.confusion, dtype=float)
-    rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(6.5, 5.5), dpi=110)
-    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    for i in range(len(labels)):
-        for j in range(len(labels)):
-            ax.text(j, i, int(matrix[i, j]), ha="center", va="center", color="white" if rates[i, j] > 0.5 else "black")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+def write(out: Path, results: Results, order: tuple[str, ...]) -> list[Path]:
+    """The results record, ``CROSSVAL.md`` rebuilt from every model's record in ``out`` (``order``: the
+    models' names, the default first) and, for a shipped model, its card."""
+    written = [results.write(out), out / CV_TABLE_FILE]
+    (out / CV_TABLE_FILE).write_text(crossval_file(every_results(out), order))
+    if results.shipped:
+        written.append(out / card_file(results.model))
+        written[-1].write_text(card(results, every_results(out), order))
+    return written
 
 
-SPEECH = {
-    "ravdess": "English, 21 North-American actors, two sentences",
-    "nemo": "Polish, 7 young adult speakers, many sentences",
-    "emospeech": "Indian English one-word commands on phones",
-}
+def ordered(records: list[Results], order: tuple[str, ...]) -> list[Results]:
+    return sorted(records, key=lambda r: (order.index(r.model) if r.model in order else len(order), r.model))
 
 
-def pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1%}"
+def crossval_file(records: list[Results], order: tuple[str, ...]) -> str:
+    """``CROSSVAL.md``: every model's cross-validation, side by side and then each in full. Every run
+    writes it from every record present, so training one model never drops another's table."""
+    records = ordered(records, order)
+    lines = ["# Cross-validation", ""]
+    if len(records) > 1:
+        seeds = sorted({r.crossval["seed"] for r in records})
+        lines += [f"Every emotion model, on speaker-grouped folds (seed {', '.join(map(str, seeds))}): every speaker held out once; "
+                  "mean ± standard deviation over folds.", "", *side_by_side(records), ""]  # fmt: skip
+    for r in records:
+        learner = learner_card(r.model)
+        default = " (the default)" if order and r.model == order[0] else ""
+        lines += [f"## {learner.PLUGIN}{default}: {learner.TITLE}", "", *crossval_section(r.crossval, learner), f"Reproduce: `{r.command}`", ""]
+    return "\n".join(lines) + "\n"
 
 
-def summary(run: TrainingRun, model: ShippedModel) -> list[str]:
-    return [
-        "## Summary",
-        "",
-        f"- File: `{model.model_file}` ({model.size_mb:.2f} MB, {run.parameters:,} parameters), ONNX opset {model.opset}.",
-        f"- Task: {len(run.labels)}-class speech emotion: {', '.join(run.labels)}.",
-        f"- Input: log-Mel windows, parameters in the file's metadata: `{asdict(run.features)}`.",
-        calibration_line(run),
-        f"- Inference: {model.ms_per_window:.2f} ms per {run.features.window_seconds:.0f} s window on one CPU core "
-        "(onnxruntime, one thread, median of 200 runs).",
-        f"- torch vs onnxruntime logits, max abs diff over the {'test' if run.speakers.test else 'training'} windows: "
-        f"{run.parity_max_abs_diff:.2e}.",
-        "",
+def side_by_side(records: list[Results]) -> list[str]:
+    rows = [
+        "| corpus | model | accuracy clean | macro-F1 clean | accuracy Opus 24k | ECE calibrated (pooled) |",
+        "|---|---|---|---|---|---|",
     ]
+    corpora = sorted({corpus for r in records for corpus in r.crossval["summary"]})
+    for corpus in corpora:
+        for r in records:
+            if corpus not in r.crossval["summary"]:
+                continue
+            clean, opus = r.crossval["summary"][corpus]["clean"], r.crossval["summary"][corpus]["opus24"]
+            rows.append(f"| {corpus} | {learner_card(r.model).PLUGIN} | {meanstd(clean['accuracy'])} | {clean['macro_f1']['mean']:.3f} ± "
+                        f"{clean['macro_f1']['std']:.3f} | {meanstd(opus['accuracy'])} | {r.crossval['pooled'][corpus]['ece_calibrated']:.3f} |")  # fmt: skip
+    return rows
 
 
-def calibration_line(run: TrainingRun) -> str:
-    if run.speakers.val:
-        return f"- Calibration: temperature {run.temperature:.3f} (fitted on the validation speakers)."
-    if run.crossval:
-        return f"- Calibration: temperature {run.temperature:.3f}, fitted on the cross-validation's pooled out-of-fold logits."
-    return "- Calibration: none (no validation speakers were held out)."
-
-
-def data_and_split(run: TrainingRun) -> list[str]:
-    s = run.speakers
+def crossval_section(cv: dict[str, Any], learner: ModuleType) -> list[str]:
+    corpora = list(cv["summary"])
     lines = [
-        "## Data and split",
+        f"Speaker-grouped {cv['k']}-fold cross-validation, seed {cv['seed']}. Argmax over the labels each corpus has; Opus: the same "
+        "clips sent as 24 kbit/s voice notes. Confidently wrong: wrong answers above the \"unsure\" threshold (pooled out-of-fold, "
+        "calibrated).",
         "",
-        f"- Corpus: {run.corpus} ({run.clips} clips), read from `{run.data_root}`"
-        + (f"; scored on, never trained on: {run.test_corpus}." if run.test_corpus else "."),
-        f"- Speaker-independent split (whole actors): train {', '.join(s.train)}; "
-        f"validation {', '.join(s.val) or 'none'}; test {', '.join(s.test) or 'none'}.",
-        f"- Clips: train {run.split_sizes['train']}, validation {run.split_sizes['val']}, test {run.split_sizes['test']}.",
-    ]
-    if s.val:
-        lines += ["- Validation speakers set the temperature and are scored after every epoch (`history` in",
-                  "  `training-results.json`); they do not pick the epoch."]  # fmt: skip
-    if s.test:
-        lines += ["- Test speakers are used once, below."]
-    if not s.val and not s.test:
-        lines += ["- Every speaker is trained on; the figures on voices the model never heard are the cross-validation's."]
-    return [*lines, ""]
-
-
-def held_out(run: TrainingRun, tested: HeldOut | None) -> list[str]:
-    if not tested:
-        calib = run.val_before_after_calibration
-        if calib.ece_raw is None:
-            return []
-        return [f"Validation ECE before / after temperature scaling: {calib.ece_raw:.3f} / {calib.ece_calibrated:.3f}.", ""]
-    clean, opus = tested.clean, tested.opus
-    cs, os_ = clean.scores, opus.scores
-    lines = [
-        "## Results on the held-out test speakers",
-        "",
-        "Measured with `sera evaluate` (the shipped pipeline: decode, speech detection, windows, ONNX, mean over segments).",
-        "",
-        "| condition | clips | accuracy | macro-F1 | ECE |",
-        "|---|---|---|---|---|",
-        f"| clean (FLAC, 16 kHz) | {cs.n} | {pct(cs.accuracy)} | {cs.macro_f1:.3f} | {cs.ece:.3f} |",
-        f"| Opus 24 kbit/s voice note | {os_.n} | {pct(os_.accuracy)} | {os_.macro_f1:.3f} | {os_.ece:.3f} |",
-        "",
-        "Per-class recall (clean / Opus):",
-        "",
-        "| emotion | recall clean | recall Opus | support |",
-        "|---|---|---|---|",
-        *(f"| {k} | {pct(v['recall'])} | {pct(os_.per_class[k]['recall'])} | {v['support']} |" for k, v in cs.per_class.items()),
-        "",
-        "Per-speaker accuracy (clean): " + ", ".join(f"actor {k} {pct(v)}" for k, v in clean.per_speaker.items()),
-        "",
-        "Per-gender accuracy (clean): " + ", ".join(f"{k} {pct(v)}" for k, v in clean.accuracy_by(lambda item: item.gender).items()),
-        "",
-        f"Confusion matrix (clean): ![confusion]({CONFUSION_FILE})",
-        "",
-    ]
-    if clean.no_speech or clean.unreadable:
-        lines += [f"No speech heard in {len(clean.no_speech)} clips, {len(clean.unreadable)} unreadable.", ""]
-    calib = run.val_before_after_calibration
-    if calib.ece_raw is not None:
-        lines += [f"Validation ECE before / after temperature scaling: {calib.ece_raw:.3f} / {calib.ece_calibrated:.3f}.", ""]
-    return lines
-
-
-def ablation(run: TrainingRun) -> list[str]:
-    if not run.ablation:
-        return []
-    n_test = run.split_sizes["test"]
-    lines = [
-        "## Ablation",
-        "",
-        f"Each row adds one idea to the row above, trained for {run.ablation[0]['epochs']} epochs with the same seed and split;",
-        "the last row is the shipped model at its full epoch count. All are scored on the test speakers at feature",
-        "level (one centred window per clip, no calibration), clean and after an Opus round trip. Steps that",
-        "regularise (SpecAugment, mixup, Opus) slow early training and pay off, if at all, over the full",
-        "schedule: read the short rows as what each step does at equal short training, and the last row as what",
-        f"the full recipe reaches. {n_test} test clips: one clip is {100 / max(n_test, 1):.1f} points, and runs that differ",
-        "only in their seed differ by several points.",
-        "",
-        "| recipe | epochs | acc clean | F1 clean | acc Opus | F1 Opus | minutes |",
+        "| corpus | clips | accuracy clean | macro-F1 clean | accuracy Opus 24k | ECE raw -> calibrated | confidently wrong |",
         "|---|---|---|---|---|---|---|",
     ]
-    for row in run.ablation:
-        c, o = row.get("clean", {}), row.get("opus24", {})
-        lines.append(
-            f"| {row['recipe']} | {row['epochs']} | {pct(c.get('accuracy'))} | {c.get('macro_f1', 0):.3f} | "
-            f"{pct(o.get('accuracy'))} | {o.get('macro_f1', 0):.3f} | {row['minutes']:.1f} |"
-        )
+    for corpus in corpora:
+        s, p = cv["summary"][corpus], cv["pooled"][corpus]
+        lines.append(f"| {corpus} | {p['n']} | {meanstd(s['clean']['accuracy'])} | {s['clean']['macro_f1']['mean']:.3f} ± "
+                     f"{s['clean']['macro_f1']['std']:.3f} | {meanstd(s['opus24']['accuracy'])} | {p['ece_raw']:.3f} -> "
+                     f"{p['ece_calibrated']:.3f} | {p['confident_wrong']:.1%} |")  # fmt: skip
+    others = [(corpus, name, values) for corpus in corpora for name, values in cv["summary"][corpus].items() if name not in CONDITIONS]
+    lines += [""] if others else []
+    for corpus, name, values in others:
+        lines.append(f"- {corpus}, {name}: accuracy {meanstd(values['accuracy'])}, "
+                     f"macro-F1 {values['macro_f1']['mean']:.3f} ± {values['macro_f1']['std']:.3f}.")  # fmt: skip
+    lines += learner.crossval(cv)
+    if cv["cross_corpus"]:
+        lines += [
+            "",
+            "Cross-corpus: each corpus scored by models that never heard it (clean, calibrated; over the labels both it and the "
+            "training data have).",
+            "",
+            "| corpus | trained on | scored by | clips | accuracy | macro-F1 | ECE | confidently wrong |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for corpus, c in cv["cross_corpus"].items():
+            lines.append(f"| {corpus} | {' + '.join(c['trained_on'])} | {c['how']} | {c['n']} | {meanstd(c['accuracy'])} | "
+                         f"{c['macro_f1']['mean']:.3f} | {c['ece']['mean']:.3f} | {c['confident_wrong']['mean']:.1%} |")  # fmt: skip
+    lines += ["", f"Temperature fitted on the pooled out-of-fold logits: {cv['pooled']['temperature']:.2f}.", ""]
+    for corpus in corpora:
+        recall = ", ".join(f"{label} {value:.0%}" for label, value in cv["pooled"][corpus]["recall"].items())
+        lines.append(f"- {corpus}, out-of-fold recall per class: {recall}.")
+    lines += ["", "| fold | held-out speakers | " + " | ".join(f"{c} accuracy" for c in corpora) + " |", "|---|---|" + "---|" * len(corpora)]
+    for row in cv["folds"]:
+        cells = " | ".join(f"{row[c]['clean']['accuracy']:.1%}" if c in row else "-" for c in corpora)
+        shown = ", ".join(row["speakers"][:12]) + (f" (+{len(row['speakers']) - 12})" if len(row["speakers"]) > 12 else "")
+        lines.append(f"| {row['fold']} | {shown} | {cells} |")
     return [*lines, ""]
 
 
-def crossval(run: TrainingRun) -> list[str]:
-    if not run.crossval:
-        return []
-    from sera.training.crossval import markdown
-
-    return ["## Cross-validation (voices never heard)", "", markdown(run.crossval), ""]
-
-
-def architecture(run: TrainingRun) -> list[str]:
-    rec = run.recipe
-    heads = {"stats": "statistics pooling: mean and std over time", "flatten": "flatten and dense, as in the paper"}
-    inputs = ["each Mel band's mean over the window subtracted"] if rec.band_norm else []
-    inputs += ["standardised (mean 0, standard deviation 1)"]
-    inputs += [f"frames averaged in groups of {rec.time_pool}"] if rec.time_pool > 1 else []
-    return [
-        "## Architecture and training",
+def card(results: Results, records: list[Results], order: tuple[str, ...]) -> str:
+    shipped, cv, learner = results.shipped, results.crossval, learner_card(results.model)
+    assert shipped is not None
+    trained = [n.strip() for n in results.corpus.split(",") if n.strip()]
+    lines = [
+        f"# sera emotion model: {learner.TITLE}",
         "",
-        f"- Inside the graph, each log-Mel window is first: {'; '.join(inputs)}.",
-        f"- Four conv blocks (3x3 conv, batch norm, 2x2 max-pool, ELU, dropout {rec.dropout}), channels {rec.channels},",
-        f"  head `{rec.head}` ({heads[rec.head]}).",
-        f"- AdamW, lr {rec.lr} (one-cycle), weight decay {rec.weight_decay}, batch {rec.batch_size} "
-        f"({'an equal share from each corpus, ' if ',' in run.corpus else ''}each clip's loss over its corpus's labels), "
-        f"{rec.epochs} epochs, categorical cross-entropy; the final weights are kept (no epoch is picked on validation).",
-        f"- Augmentation: time shift {rec.shift}, Opus 24 kbit/s round trip {rec.opus}, "
-        f"SpecAugment {rec.specaugment}, mixup alpha {rec.mixup}.",
-        f"- Seed {run.seed}; on {run.machine}: features {run.feature_minutes:.1f} min (cached after the first run), "
-        f"training{' and ablation side by side' if run.ablation else ''} {run.train_minutes:.1f} min, "
-        f"the whole run {run.total_minutes:.1f} min.",
+        f"*Written by `sera train --model {results.model}` from the numbers it measured; rerun the command below to reproduce it.*",
         "",
-    ]
-
-
-def limits_and_licence(run: TrainingRun, command: str) -> list[str]:
-    return [
+        "## Summary",
+        "",
+        f"- File: `{shipped.model_file}` ({shipped.size_mb:.2f} MB), served by the `{learner.PLUGIN}` analyzer.",
+        *learner.summary(results),
+        f"- Calibration: temperature {shipped.temperature:.3f}, fitted on the cross-validation's pooled out-of-fold logits.",
+        f"- torch vs onnxruntime, largest difference in any output: {shipped.parity_onnx:.2e}.",
+        "",
+        "## Data and split",
+        "",
+        f"- Trained on {results.corpus} ({results.clips} clips), every speaker: {', '.join(results.speakers)}; read from "
+        f"`{results.data_root}`" + (f"; scored on, never trained on: {results.test_corpus}." if results.test_corpus else "."),
+        "- The figures on voices the model never heard are the cross-validation's: each fold's model trained without its speakers.",
+        "- Each clip trimmed to its speech by the pipeline's own speech detector; heard as it is and after a 24 kbit/s Opus round trip.",
+        "",
+        "## Cross-validation (voices never heard)",
+        "",
+        *(side_by_side(ordered(records, order)) + [""] if len(records) > 1 else []),
+        *crossval_section(cv, learner),
+        *learner.sections(results),
         "## Reproduce",
         "",
         "```",
-        command,
+        results.command,
         "```",
+        "",
+        f"On {results.machine}: inputs {results.minutes['prepare']:.1f} min (cached per corpus after the first run), fitting "
+        f"{results.minutes['fit']:.1f} min, the whole run {results.minutes['total']:.1f} min.",
         "",
         "## Limits",
         "",
-        f"- Trained on acted speech read in a studio ({', '.join(SPEECH.get(n.strip(), n) for n in run.corpus.split(','))}):",
-        "  real, spontaneous voices are harder, and confidence on them is lower than these figures suggest (see the",
-        "  cross-corpus cells). Below the configured confidence the bot answers \"unsure\" rather than naming an emotion.",
+        f"- Trained on acted speech read in a studio ({', '.join(CORPORA[n].described if n in CORPORA else n for n in trained)}): real, "
+        "spontaneous voices are harder, and confidence on them is lower than these figures suggest (see the cross-corpus cells). "
+        "Below the configured confidence the bot answers \"unsure\" rather than naming an emotion.",
+        *learner.limits(results),
         "- Emotion recognition is not a measure of anyone's state of mind; do not use it to judge people.",
         "",
         "## Licence",
         "",
-        *[f"- {licence(name)}" for name in run.corpora],
-        "The model carries the corpora's terms: CC BY-NC-SA 4.0.",
+        *learner.licences(results),
+        *[f"- {licence(name)}" for name in results.corpora],
+        "",
+        "The model is trained on the corpora, so the file as a whole carries their terms: CC BY-NC-SA 4.0 (non-commercial).",
         "",
     ]
-
-
-def write(out_dir: Path, run: TrainingRun, model: ShippedModel, tested: HeldOut | None, command: str) -> Path:
-    """``MODEL_CARD.md`` (and the confusion matrix when test speakers were held out) in ``out_dir``."""
-    header = ["# sera emotion model", "", "*Written by `sera train` from the numbers it measured; rerun the command below to reproduce it.*", ""]
-    sections = [summary(run, model), data_and_split(run), held_out(run, tested), ablation(run), crossval(run),
-                architecture(run), limits_and_licence(run, command)]  # fmt: skip
-    path = out_dir / CARD_FILE
-    path.write_text("\n".join(header + [line for section in sections for line in section]))
-    if tested:
-        confusion_png(tested.clean, out_dir / CONFUSION_FILE, "held-out speakers, clean")
-    return path
+    return "\n".join(lines)

@@ -1,31 +1,31 @@
-"""Turning a corpus into training tensors with the runtime's own functions.
-
-Each clip is decoded (``sera.audio.decode``), trimmed to its speech by the same speech detector the
-pipeline uses, and featurised with the runtime's own ``sera.model.model_input`` at several time offsets, as it is and after an Opus
-round trip at voice-note bitrate (Discord voice notes are Opus). Training then draws one of those
-variants per clip and epoch. The result is cached on disk, keyed by everything it depends on.
+"""What every learner hears, computed once and shared: each clip decoded by the runtime's own
+``sera.audio.decode``, trimmed to its speech by the pipeline's own speech detector, as it is and as an
+Opus voice note (Discord voice notes are Opus). Decoding is most of the cost of a first run (five
+sandboxed ffmpeg runs a clip), so the trimmed audio is cached per corpus and every learner's inputs
+(log-Mel windows, embeddings) are computed from it and cached in turn, keyed by everything they depend
+on: pooling a new corpus with ones already done computes only the new one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from sera.audio import Limits, decode, encode_opus
+from sera.audio import SAMPLE_RATE, Limits, decode, encode_opus
 from sera.corpora import Clip
-from sera.features import FeatureParams
-from sera.model import model_input
 from sera.progress import progress
-from sera.speech import SpeechDetector
+from sera.speech import VAD_MODEL, SpeechDetector
 
 log = logging.getLogger(__name__)
 
 OPUS_BITRATE = "24k"
-OFFSETS_PER_CONDITION = 3  # centred, then random placements of the speech in its window
+CACHE_WORKERS = 2  # clips worked on at once (ffmpeg, onnxruntime and torch release the GIL)
 
 
 def opus_round_trip(samples: np.ndarray, bitrate: str = OPUS_BITRATE) -> np.ndarray:
@@ -39,50 +39,57 @@ def speech_span(samples: np.ndarray, detector: SpeechDetector) -> tuple[int, int
     return (spans[0][0], spans[-1][1]) if spans else (0, samples.size)
 
 
-def clip_features(clip: Clip, params: FeatureParams, detector: SpeechDetector, seed: int) -> np.ndarray:
-    """``(2 * OFFSETS_PER_CONDITION, n_mels, frames)``: clean variants first, then Opus ones."""
-    rng = np.random.default_rng(seed)
-    samples = decode(clip.path)
-    start, end = speech_span(samples, detector)
-    variants = []
-    for audio in (samples, opus_round_trip(samples)):
-        utterance = audio[start:end]
-        free = max(params.window_samples - utterance.size, 0)
-        for k in range(OFFSETS_PER_CONDITION):
-            offset = -1 if k == 0 else int(rng.integers(0, free + 1))
-            batch = model_input(utterance, params, offset)
-            variants.append(batch[len(batch) // 2] if k == 0 else batch[rng.integers(len(batch))])
-    return np.stack(variants).astype(np.float16)
 
-
-def build_features(
-    clips: list[Clip], params: FeatureParams, vad_model: Path, cache_dir: Path | None, seed: int, workers: int = 2
-) -> np.ndarray:
-    """Features of every clip, ``(clips, variants, n_mels, frames)`` float16, cached per corpus by content
-    key, so pooling a new corpus with ones already featurised computes only the new one."""
+def per_corpus(clips: list[Clip], what: str, key: list[str], compute: Callable[[int, Clip], dict[str, np.ndarray]],
+               cache_dir: Path | None) -> dict[str, list[np.ndarray]]:  # fmt: skip
+    """``compute`` over every clip, a list per name in the clips' order; each corpus cached as
+    ``{what}-{hash}.npz`` under a hash of ``key`` and its clips' paths (arrays may differ in length from
+    clip to clip). Clips must come grouped by corpus, as ``load_corpora`` gives them."""
     corpora = [c.corpus for c in clips]
     order = list(dict.fromkeys(corpora))
     if corpora != sorted(corpora, key=order.index):
         raise ValueError("clips must come grouped by corpus, as load_corpora gives them")
-    detector: list[SpeechDetector] = []  # loaded once, and only when something is not cached
-    parts = []
+    out: dict[str, list[np.ndarray]] = {}
     for corpus in order:
         group = [c for c in clips if c.corpus == corpus]
-        key = hashlib.sha256(
-            "|".join([params.to_json(), OPUS_BITRATE, str(OFFSETS_PER_CONDITION), str(seed)] + [str(c.path) for c in group]).encode()
-        ).hexdigest()[:16]
-        cache = cache_dir / f"features-{key}.npy" if cache_dir else None
+        digest = hashlib.sha256("|".join(key + [str(c.path) for c in group]).encode()).hexdigest()[:16]
+        cache = cache_dir / f"{what}-{digest}.npz" if cache_dir else None
         if cache and cache.is_file():
-            log.info("%s features from cache %s", corpus or "corpus", cache)
-            parts.append(np.load(cache))
-            continue
-        detector = detector or [SpeechDetector(vad_model)]
-        log.info("%s: featurising %d clips", corpus or "corpus", len(group))
-        with ThreadPoolExecutor(workers) as pool:
-            work = pool.map(lambda ic: clip_features(ic[1], params, detector[0], seed + ic[0]), enumerate(group))
-            done = list(progress(work, f"{corpus or 'corpus'}: features", total=len(group)))
-        parts.append(np.stack(done))
-        if cache:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            np.save(cache, parts[-1])
-    return np.concatenate(parts)
+            log.info("%s %s from cache %s", corpus, what, cache)
+            with np.load(cache) as stored:
+                done = {name: np.split(stored[name], np.cumsum(stored[f"{name}.lengths"])[:-1]) for name in stored if "." not in name}
+        else:
+            log.info("%s: %s of %d clips", corpus, what, len(group))
+            with ThreadPoolExecutor(CACHE_WORKERS) as pool:
+                rows = list(progress(pool.map(lambda ic: compute(*ic), enumerate(group)), f"{corpus}: {what}", total=len(group)))
+            done = {name: [row[name] for row in rows] for name in rows[0]}
+            if cache:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                np.savez(cache, **{name: np.concatenate(arrays) for name, arrays in done.items()},
+                         **{f"{name}.lengths": np.array([len(a) for a in arrays]) for name, arrays in done.items()})  # fmt: skip
+        for name, arrays in done.items():
+            out.setdefault(name, []).extend(arrays)
+    return out
+
+
+@dataclass(frozen=True)
+class Heard:
+    """A clip's speech (from the first to the last speech sample), at ``SAMPLE_RATE``: as recorded, and
+    as it arrives after a round trip through Opus at voice-note bitrate."""
+
+    clean: np.ndarray
+    opus24: np.ndarray
+
+
+def hear(clips: list[Clip], models_dir: Path, cache_dir: Path | None) -> list[Heard]:
+    """Every clip as the bot would hear it, trimmed to its speech; cached per corpus."""
+    detector: list[SpeechDetector] = []  # loaded once, and only when something is not cached
+
+    def one(_: int, clip: Clip) -> dict[str, np.ndarray]:
+        detector[:] = detector or [SpeechDetector(models_dir / VAD_MODEL)]
+        samples = decode(clip.path)
+        start, end = speech_span(samples, detector[0])
+        return {"clean": samples[start:end], "opus24": opus_round_trip(samples)[start:end]}
+
+    heard = per_corpus(clips, "speech", [OPUS_BITRATE, str(SAMPLE_RATE), VAD_MODEL], one, cache_dir)
+    return [Heard(clean, opus) for clean, opus in zip(heard["clean"], heard["opus24"])]

@@ -1,18 +1,24 @@
-"""The evaluation protocol every emotion model's training shares, written once: how a model is judged
-on voices, corpora and languages it never heard.
+"""The protocol every emotion model's training follows, written once: how a model is judged on voices,
+corpora and languages it never heard, and how the shipped one is trained beside that judgement.
 
-A learner (the CNN's process pool of fits, the Whisper model's embeddings and linear heads) supplies
-logits; the protocol decides the rest: speakers dealt into folds by corpus and gender, the labels each
-clip's corpus has (a pooled model compares a clip only with those), the conditions a clip is scored in,
-calibration on pooled out-of-fold logits, a figure's spread over folds, and the cells for a corpus no
-model of the fold ever heard. numpy only.
+A learner (``training/learners/NAME``: the CNN's process pool of fits, the Whisper model's embeddings
+and linear heads) supplies only what differs: its inputs, a fit on some clips, logits per condition,
+its own extra measurements and the export. The protocol decides the rest: speakers dealt into folds by
+corpus and gender, one model per fold, per corpus left out and on every speaker, all fitted in one
+call (so a learner can run them side by side); the labels each clip's corpus has (a pooled model
+compares a clip only with those); the conditions a clip is scored in; calibration on pooled
+out-of-fold logits; a figure's spread over folds; the cells for a corpus no model of the fold ever
+heard. numpy only, as speechbrain's ``Brain.fit`` holds the loop and a recipe the parts.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -20,6 +26,9 @@ from sera.corpora import LABELS, Clip
 from sera.emotions import UNSURE_BELOW
 from sera.metrics import score
 from sera.model import softmax
+from sera.training.results import Shipped
+
+log = logging.getLogger(__name__)
 
 CONDITIONS = ("clean", "opus24")  # every held-out clip as it is, and as a 24 kbit/s Opus voice note
 ENROLMENT = frozenset({"neutral", "calm"})  # what "a few ordinary sentences" of a user's voice sound like
@@ -28,17 +37,10 @@ OPSET = 17  # the ONNX opset every model is exported with
 
 @dataclass(frozen=True)
 class Split:
+    """Clip indices: a model is fitted on ``train`` and scored on ``test`` (whole speakers or corpora)."""
+
     train: np.ndarray
-    val: np.ndarray
     test: np.ndarray
-
-
-def split_by_speaker(clips: list[Clip], val: set[str], test: set[str]) -> Split:
-    speakers = np.array([c.speaker for c in clips])
-    if val & test:
-        raise ValueError("a speaker cannot be both validation and test")
-    in_val, in_test = np.isin(speakers, list(val)), np.isin(speakers, list(test))
-    return Split(np.flatnonzero(~in_val & ~in_test), np.flatnonzero(in_val), np.flatnonzero(in_test))
 
 
 def speaker_folds(clips: list[Clip], k: int, seed: int) -> np.ndarray:
@@ -139,3 +141,114 @@ def never_heard(models: list[tuple[Logits, np.ndarray]], y: np.ndarray, mask: np
                           "confident_wrong": confidently_wrong(probs, y[keep])})  # fmt: skip
     trained_on = sorted(set(corpus[models[0][1]].tolist()))
     return {"how": how, "n": per_model[0]["n"], "trained_on": trained_on} | spread(per_model, ("accuracy", "macro_f1", "ece", "confident_wrong"))
+
+
+# -- the learner's part, and the protocol around it ----------------------------------------------------
+
+
+class Learner(Protocol):
+    """What a model brings to the protocol (``make`` in ``training/learners/NAME/learner.py`` makes one). A fitted
+    model is whatever the learner's ``fit`` returns; the protocol only hands it back."""
+
+    name: str  # ``sera train --model NAME``; its results file is ``NAME-results.json``
+    conditions: tuple[str, ...]  # what held-out clips are scored in: ``CONDITIONS``, then the learner's own
+
+    def prepare(self, clips: list[Clip], labels: tuple[str, ...]) -> None:
+        """Compute, or read from its cache, what it learns from (features, embeddings) for every clip."""
+
+    def fit(self, jobs: list[np.ndarray]) -> list[Any]:
+        """One model per set of clip indices, in the order given (the learner may fit them side by side)."""
+
+    def logits(self, model: Any, condition: str, idx: np.ndarray) -> np.ndarray:
+        """A model's logits over every label for the clips at ``idx``, heard in ``condition``."""
+
+    def measure(self, folds: list[tuple[Any, Split]], cv: dict[str, Any]) -> dict[str, Any]:
+        """The learner's own cross-validated figures (the Whisper model's personal baselines), added to
+        the record; ``{}`` when it has none."""
+
+    def describe(self) -> dict[str, Any]:
+        """What it trains, for the results record and the card (architecture, options)."""
+
+    def export(self, model: Any, trained: np.ndarray, cv: dict[str, Any], out: Path) -> Shipped:
+        """The model fitted on every trained clip, written to ``out`` with the calibration ``cv`` fitted."""
+
+
+def splits(clips: list[Clip], k: int, seed: int, test_only: frozenset[str]) -> tuple[np.ndarray, list[Split], dict[str, Split]]:
+    """Each clip's fold (-1 for the test-only corpora, never trained on), the ``k`` fold splits, and for
+    two or more trained corpora, per corpus X the split trained on the others and scored on X."""
+    fold = np.full(len(clips), -1)
+    trained = np.array([c.corpus not in test_only for c in clips])
+    if not trained.any():
+        raise ValueError("every corpus given is test-only: nothing to train on")
+    fold[trained] = speaker_folds([c for c, t in zip(clips, trained) if t], k, seed)
+    corpus = np.array([c.corpus for c in clips])
+    folds = [Split(np.flatnonzero(trained & (fold != i)), np.flatnonzero(fold == i)) for i in range(k)]
+    names = sorted(set(corpus[trained]))
+    left_out = {} if len(names) < 2 else {x: Split(np.flatnonzero(trained & (corpus != x)), np.flatnonzero(corpus == x)) for x in names}
+    return fold, folds, left_out
+
+
+def cross_validate(learner: Learner, clips: list[Clip], labels: tuple[str, ...], k: int, seed: int, test_only: frozenset[str],
+                   fold: np.ndarray, folds: list[tuple[Any, Split]], left_out: dict[str, tuple[Any, Split]]) -> dict[str, Any]:  # fmt: skip
+    """The record of how the learner's models did on what they never heard: per fold, corpus and
+    condition; mean and spread per corpus; pooled out-of-fold recall and calibration; the temperature;
+    the cross-corpus cells (test-only corpora by every fold's model, each trained corpus by the model
+    trained without it); then the learner's own figures."""
+    y = np.array([labels.index(c.label) for c in clips])
+    mask = label_mask(clips, labels)
+    corpus = np.array([c.corpus for c in clips])
+    corpora = sorted(set(corpus[fold >= 0]))
+    oof = {name: np.zeros((len(clips), len(labels))) for name in learner.conditions}
+    rows: list[dict[str, Any]] = []
+    for i, (model, split) in enumerate(folds):
+        row: dict[str, Any] = {"fold": i + 1, "speakers": sorted({clips[j].speaker for j in split.test})}
+        for name in learner.conditions:
+            oof[name][split.test] = learner.logits(model, name, split.test)
+            for c in corpora:
+                idx = split.test[corpus[split.test] == c]
+                row.setdefault(c, {})[name] = fold_scores(y[idx], oof[name][idx], mask[idx], labels)
+        rows.append(row)
+    held = np.flatnonzero(fold >= 0)
+    temperature = fit_temperature(masked_logits(oof["clean"][held], mask[held]), y[held])
+    cv: dict[str, Any] = {"k": k, "seed": seed, "folds": rows, "summary": summarize(rows, corpora, learner.conditions), "pooled": {}}
+    for c in corpora:
+        idx = np.flatnonzero(corpus == c)
+        cv["pooled"][c] = pooled(oof["clean"][idx], y[idx], mask[idx], temperature, labels)
+    cv["pooled"]["temperature"] = temperature
+
+    def heard_by(model: Any) -> Logits:
+        return lambda keep: learner.logits(model, "clean", keep)
+
+    cv["cross_corpus"] = {}
+    for c in sorted(test_only & set(corpus.tolist())):
+        cv["cross_corpus"][c] = never_heard([(heard_by(m), s.train) for m, s in folds], y, mask, corpus, np.flatnonzero(corpus == c),
+                                            temperature, labels, "each fold's model")  # fmt: skip
+    for c, (model, split) in sorted(left_out.items()):
+        cv["cross_corpus"][c] = never_heard([(heard_by(model), split.train)], y, mask, corpus, split.test, temperature, labels,
+                                            "one model trained on the others")  # fmt: skip
+    return cv | learner.measure(folds, cv)
+
+
+def train(learner: Learner, clips: list[Clip], labels: tuple[str, ...], k: int, seed: int, test_only: frozenset[str],
+          out: Path | None) -> tuple[dict[str, Any], Shipped | None, dict[str, float]]:  # fmt: skip
+    """The whole protocol: the learner's inputs; the fold models, the models that leave a corpus out and
+    (with ``out``) the model on every trained speaker, in one ``fit``; the cross-validation record; the
+    export. Returns the record, the shipped file (None without ``out``) and the minutes each step took."""
+    started = time.perf_counter()
+    learner.prepare(clips, labels)
+    prepared = time.perf_counter()
+    fold, fold_splits, left_out = splits(clips, k, seed, test_only)
+    trained = np.flatnonzero(fold >= 0)
+    corpus_splits = sorted(left_out.items(), key=lambda kv: -len(kv[1].train))  # the longest fits first
+    jobs = ([trained] if out else []) + [s.train for s in fold_splits] + [s.train for _, s in corpus_splits]
+    log.info("%s: %d models to fit (%d folds, %d corpora left out%s)", learner.name, len(jobs), k, len(left_out),
+             ", every trained speaker" if out else "")  # fmt: skip
+    models = learner.fit(jobs)
+    final = models.pop(0) if out else None
+    fitted = time.perf_counter()
+    cv = cross_validate(learner, clips, labels, k, seed, test_only, fold, list(zip(models[:k], fold_splits)),
+                        {c: (m, s) for (c, s), m in zip(corpus_splits, models[k:])})  # fmt: skip
+    shipped = learner.export(final, trained, cv, out) if out else None
+    done = time.perf_counter()
+    return cv, shipped, {"prepare": (prepared - started) / 60, "fit": (fitted - prepared) / 60, "score and export": (done - fitted) / 60,
+                         "total": (done - started) / 60}  # fmt: skip

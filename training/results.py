@@ -1,88 +1,69 @@
-"""What one ``sera train`` run measured, typed: ``training-results.json`` and the model card are written
-from these, so a field the card reads cannot be misspelt or silently missing.
-
-Kept free of torch, so that the card writer and its tests can be used without the [train] extra.
-"""
+"""What one ``sera train`` run measured, typed, for every model alike: ``NAME-results.json`` is this
+record, and the model card and ``CROSSVAL.md`` are written from it alone (so a test can rebuild the
+shipped card from the shipped record and compare). Free of torch, as the card writer is."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
-if TYPE_CHECKING:
-    from sera.evaluate import Evaluation
-    from sera.features import FeatureParams
-    from sera.training.recipe import Recipe
+RESULTS_SUFFIX = "-results.json"
 
 
 @dataclass(frozen=True)
-class Speakers:
-    train: list[str]
-    val: list[str]
-    test: list[str]
+class Shipped:
+    """The exported file, as the bot loads it."""
 
-
-@dataclass(frozen=True)
-class Calibration:
-    """Expected calibration error on the validation speakers, before and after temperature scaling
-    (``None`` when the run held none out)."""
-
-    ece_raw: float | None = None
-    ece_calibrated: float | None = None
-
-
-@dataclass(frozen=True)
-class TrainingRun:
-    """The shipped model's training: data, split, recipe, calibration, timings, and the cross-validation
-    that ran beside it."""
-
-    corpus: str  # trained on, comma-separated
-    test_corpus: str  # scored only, never trained on
-    data_root: str
-    clips: int  # trained-on corpora
-    speakers: Speakers
-    split_sizes: dict[str, int]
-    recipe: Recipe
-    features: FeatureParams
-    labels: tuple[str, ...]
+    model_file: str
+    size_mb: float
+    ms_per_3s: float  # 3 s of speech through the graph on one core (onnxruntime, one thread)
+    parity_onnx: float  # torch vs onnxruntime, the largest absolute difference in the logits
     temperature: float
-    val_before_after_calibration: Calibration
-    parameters: int
-    history: list[dict[str, float]]
-    ablation: list[dict[str, Any]]
-    seed: int
-    feature_minutes: float
-    train_minutes: float
-    total_minutes: float
+    details: dict[str, Any]  # the learner's own facts about the file (an encoder's provenance, a baseline size)
+
+
+@dataclass(frozen=True)
+class Results:
+    """One run: what it read and trained, the cross-validation record (``protocol.cross_validate``), the
+    exported file (None with ``--cv-only``), the minutes each step took and the command that reruns it."""
+
+    model: str  # the learner's name: ``sera train --model NAME``
+    corpus: str  # trained on, comma-separated
+    test_corpus: str  # only scored, never trained on
+    data_root: str
+    clips: int  # of the trained corpora
+    speakers: list[str]  # every trained speaker
+    recipe: dict[str, Any]  # the learner's description of what it trains
+    crossval: dict[str, Any]
+    shipped: Shipped | None
+    minutes: dict[str, float]
     machine: str
-    crossval: dict[str, Any] | None
-    parity_max_abs_diff: float
+    command: str
 
     @property
     def corpora(self) -> list[str]:
         """Every corpus the run read: trained on, then only scored on."""
         return [n.strip() for n in f"{self.corpus},{self.test_corpus}".split(",") if n.strip()]
 
+    @classmethod
+    def read(cls, path: Path) -> Results:
+        values = json.loads(path.read_text())
+        shipped = values.get("shipped")
+        return cls(**{**values, "shipped": Shipped(**shipped) if shipped else None})
 
-@dataclass(frozen=True)
-class ShippedModel:
-    """The exported file, as the bot will load it."""
-
-    model_file: str
-    size_mb: float
-    opset: int
-    ms_per_window: float
-
-
-@dataclass(frozen=True)
-class HeldOut:
-    """The test speakers through the shipped pipeline, clean and as Opus voice notes."""
-
-    clean: Evaluation
-    opus: Evaluation
+    def write(self, out: Path) -> Path:
+        path = out / f"{self.model}{RESULTS_SUFFIX}"
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        return path
 
 
-def results_json(run: TrainingRun, model: ShippedModel, held_out: HeldOut | None) -> dict[str, Any]:
-    """``training-results.json``: every field of the run and the file, and the held-out evaluations."""
-    tested = {"test_clean": held_out.clean.to_dict(), "test_opus24": held_out.opus.to_dict()} if held_out else {}
-    return asdict(run) | asdict(model) | tested
+def every_results(out: Path) -> list[Results]:
+    """The record of every model trained into ``out``."""
+    return [Results.read(path) for path in sorted(out.glob(f"*{RESULTS_SUFFIX}"))]
+
+
+def meanstd(value: dict[str, float]) -> str:
+    """A figure's mean and spread over folds, as every table shows it."""
+    return f"{value['mean']:.1%} ± {value['std']:.1%}"

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from sera.model import softmax
-from sera.training.whisper import Heads
+from sera.training.learners.whisper.encoder import Heads
 from sera.training.protocol import masked_logits
 
 REFERENCE_CLIPS = 10  # clips in each training reference (what a user's first baseline holds)
@@ -173,7 +173,7 @@ def fit_baseline(data: Data, idx: np.ndarray, plain: Plain, seed: int) -> Heads:
                 rows.append(i)
     rows = np.array(rows)
     w, b = fit_linear(np.stack(inputs), data.y[rows], data.mask[rows], corpus_weights(data.corpus[rows]), plain.l2)
-    return Heads(plain.center, plain.scale, plain.w, plain.b, w, b, shifts)
+    return Heads(plain.center, plain.scale, plain.w, plain.b, w, b, shifts, plain.l2)
 
 
 def baseline_logits(heads: Heads, x: np.ndarray, reference_mean: np.ndarray, heard_share: np.ndarray) -> np.ndarray:

@@ -49,3 +49,10 @@ ABLATION = (
     Recipe("+ mixup", opus=False),
     FINAL,
 )  # fmt: skip
+
+
+# ``sera train --model cnn --recipe NAME``: the shipped recipe, its personal-baseline variant, and each
+# step of the ablation, so any of them can be cross-validated beside the others.
+RECIPES: dict[str, Recipe] = {"sera": FINAL, "personal": PERSONAL} | dict(
+    zip(("paper", "stats", "frames", "band-norm", "shift", "specaugment", "mixup"), ABLATION[:-1])
+)

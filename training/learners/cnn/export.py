@@ -11,11 +11,9 @@ import torch
 
 from sera.model import INPUT_NAME, OUTPUT_NAME, ModelInfo
 from sera.shipped import record
+from sera.training.learners.cnn.fit import predict
+from sera.training.learners.cnn.net import EmotionNet
 from sera.training.protocol import OPSET
-from sera.training.fit import predict
-from sera.training.net import EmotionNet
-
-
 
 
 def export_onnx(model: EmotionNet, info: ModelInfo, path: Path) -> None:

@@ -220,6 +220,7 @@ class Heads:
     baseline_w: np.ndarray
     baseline_b: np.ndarray
     shifts: np.ndarray  # (labels, dims): each emotion's mean offset from its speaker's mean, standardised
+    l2: float = 0.0  # the plain head's L2 strength, as chosen by the inner cross-validation (the card says it)
 
 
 class WhisperEmotionNet(torch.nn.Module):
@@ -228,8 +229,8 @@ class WhisperEmotionNet(torch.nn.Module):
     def __init__(self, embedder: Embedder, heads: Heads) -> None:
         super().__init__()
         self.embedder = embedder
-        for name, value in heads.__dict__.items():
-            self.register_buffer(name, torch.from_numpy(np.asarray(value, dtype=np.float32)))
+        for name in ("center", "scale", "plain_w", "plain_b", "baseline_w", "baseline_b", "shifts"):
+            self.register_buffer(name, torch.from_numpy(np.asarray(getattr(heads, name), dtype=np.float32)))
 
     def forward(self, mel: torch.Tensor, baseline_mean: torch.Tensor, baseline_heard: torch.Tensor) -> tuple[torch.Tensor, ...]:
         embedding = self.embedder(mel)[None]

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from queue import Empty
 from typing import TYPE_CHECKING
 
@@ -17,13 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from sera.corpora import Clip
-from sera.metrics import score
-from sera.model import softmax
 from sera.progress import bar
-from sera.training.data import OFFSETS_PER_CONDITION
-from sera.training.protocol import Split
-from sera.training.net import EmotionNet
-from sera.training.recipe import Recipe
+from sera.training.learners.cnn.features import OFFSETS_PER_CONDITION
+from sera.training.learners.cnn.net import EmotionNet
+from sera.training.learners.cnn.recipe import Recipe
 
 if TYPE_CHECKING:
     from multiprocessing.queues import Queue
@@ -130,14 +125,12 @@ def with_reference(x: torch.Tensor, reference: torch.Tensor | None) -> torch.Ten
 
 
 def train_one(
-    recipe: Recipe, features: np.ndarray, y: np.ndarray, split: Split, n_labels: int, seed: int, mask: np.ndarray | None = None,
+    recipe: Recipe, features: np.ndarray, y: np.ndarray, train: np.ndarray, n_labels: int, seed: int, mask: np.ndarray | None = None,
     references: np.ndarray | None = None, corpus_of: np.ndarray | None = None, on_epoch: Callable[[], None] | None = None,
-) -> tuple[EmotionNet, list[dict]]:
-    """Train for the whole schedule and keep the final weights.
-
-    The validation speakers are scored after every epoch for the log and the card, but do not pick the
-    epoch: 120 clips are too few to choose among 120 epochs (one seed's best-F1 epoch scored 54 % on the
-    test speakers where its final weights, at the end of the one-cycle decay, scored 62 %). ``mask``
+) -> EmotionNet:
+    """Train on the clips at ``train`` for the whole schedule and keep the final weights (no epoch is
+    picked on held-out speakers: one seed's best-F1 epoch on 120 validation clips scored 54 % on the test
+    speakers where its final weights, at the end of the one-cycle decay, scored 62 %). ``mask``
     (``label_mask``) limits each clip's loss to its corpus's labels; None means every clip has them all.
     ``corpus_of`` (an id per clip) makes batches corpus-balanced (``balanced_batches``). An epoch is as
     many batches as one pass over the training clips would take.
@@ -154,14 +147,10 @@ def train_one(
                        recipe.band_norm)
     optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     model = model.to(memory_format=torch.channels_last)  # about 1.3x faster on one CPU thread, same model
-    steps_per_epoch = -(-len(split.train) // recipe.batch_size)
+    steps_per_epoch = -(-len(train) // recipe.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=recipe.lr, total_steps=recipe.epochs * steps_per_epoch)
     allowed = variants_of(recipe)
-    val_x = features[split.val, 0].astype(np.float32)
-    if recipe.reference == "speaker":  # validation without a baseline: each window against its own mean
-        val_x = val_x - val_x.mean(axis=2, keepdims=True)
-    history = []
-    batches = balanced_batches(split.train, corpus_of, recipe.batch_size, rng)
+    batches = balanced_batches(train, corpus_of, recipe.batch_size, rng)
     for epoch in range(recipe.epochs):
         model.train()
         losses = []
@@ -191,22 +180,11 @@ def train_one(
             optimiser.step()
             schedule.step()
             losses.append(loss.item())
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses))})
-        if len(split.val):
-            val = score(y[split.val], softmax(predict(model, val_x)), range(n_labels))
-            history[-1].update(val_acc=val.accuracy, val_f1=val.macro_f1)
-        log.info("%s, %d training clips, epoch %d/%d: %s", recipe.name, len(split.train), epoch + 1, recipe.epochs, history[-1])
+        log.info("%s, %d training clips, epoch %d/%d: loss %.4f", recipe.name, len(train), epoch + 1, recipe.epochs, np.mean(losses))
         if on_epoch:
             on_epoch()
     model.eval()
-    return model, history
-
-
-@dataclass(frozen=True)
-class Trained:
-    model: EmotionNet
-    history: list[dict]
-    minutes: float
+    return model
 
 
 _worker: dict = {}
@@ -222,24 +200,23 @@ def _start_worker(
                    epochs_done=epochs_done)  # fmt: skip
 
 
-def _train_in_worker(recipe: Recipe, split: Split, seed: int) -> Trained:
-    started = time.perf_counter()
+def _train_in_worker(recipe: Recipe, train: np.ndarray, seed: int) -> EmotionNet:
     w = _worker
-    model, history = train_one(recipe, w["features"], w["y"], split, w["n_labels"], seed, w["mask"], w["references"], w["corpus_of"],
-                               lambda: w["epochs_done"].put(1))  # fmt: skip
-    return Trained(model, history, (time.perf_counter() - started) / 60)
+    return train_one(recipe, w["features"], w["y"], train, w["n_labels"], seed, w["mask"], w["references"], w["corpus_of"],
+                     lambda: w["epochs_done"].put(1))  # fmt: skip
 
 
 def train_side_by_side(
-    jobs: list[tuple[Recipe, Split]], features: np.ndarray, y: np.ndarray, n_labels: int, seed: int, workers: int,
+    recipe: Recipe, jobs: list[np.ndarray], features: np.ndarray, y: np.ndarray, n_labels: int, seed: int, workers: int,
     mask: np.ndarray | None = None, references: np.ndarray | None = None, corpus_of: np.ndarray | None = None,
-) -> list[Trained]:
-    """Train each (recipe, split) in a single-threaded process, ``workers`` at a time, in the order given.
+) -> list[EmotionNet]:
+    """Train ``recipe`` on each set of clip indices in a single-threaded process, ``workers`` at a time,
+    in the order given.
 
     A net this small keeps a second thread poorly busy (one epoch: 17.4 s on one thread, 12.9 s on
-    two), so the shipped recipe on one core and the ablation rows on the others finish sooner than one
-    after the other with all cores each. Single-threaded and seeded, a job's result does not depend on
-    how many cores the machine has or how the jobs are scheduled.
+    two), so one model per core finishes sooner than one after the other with all cores each.
+    Single-threaded and seeded, a job's result does not depend on how many cores the machine has or
+    how the jobs are scheduled.
     """
     context = multiprocessing.get_context("spawn")  # a fork of a process that has run torch can deadlock
     epochs_done = context.Queue()  # one item per finished epoch, for the progress bar
@@ -249,20 +226,11 @@ def train_side_by_side(
         initializer=_start_worker,
         initargs=(features, y, mask, references, corpus_of, n_labels, log.getEffectiveLevel(), epochs_done),
     ) as pool:
-        running = [pool.submit(_train_in_worker, recipe, split, seed) for recipe, split in jobs]
-        with bar(sum(recipe.epochs for recipe, _ in jobs), f"training {len(jobs)} models", unit="epoch") as drawn:
+        running = [pool.submit(_train_in_worker, recipe, train, seed) for train in jobs]
+        with bar(recipe.epochs * len(jobs), f"training {len(jobs)} models", unit="epoch") as drawn:
             while not all(job.done() for job in running):
                 try:
                     drawn.update(epochs_done.get(timeout=0.5))
                 except Empty:
                     pass
         return [job.result() for job in running]
-
-
-def held_out_scores(model: EmotionNet, features: np.ndarray, y: np.ndarray, idx: np.ndarray, n_labels: int) -> dict:
-    """Quick feature-level figures (centred window, clean and Opus) used for the ablation table."""
-    out = {}
-    for name, variant in (("clean", 0), ("opus24", OFFSETS_PER_CONDITION)):
-        s = score(y[idx], softmax(predict(model, features[idx, variant])), range(n_labels))
-        out[name] = {"accuracy": s.accuracy, "macro_f1": s.macro_f1}
-    return out

@@ -1,0 +1,1 @@
+"""The Whisper-encoder model (the default analyzer's): ``learner.py`` is what the protocol calls."""

