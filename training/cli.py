@@ -86,6 +86,8 @@ def reproduce(args: argparse.Namespace) -> str:
              "--seed", str(args.seed), "--cv", str(args.cv)]  # fmt: skip
     words += ["--cv-only"] if args.cv_only else []
     words += ["--test-corpus", args.test_corpus] if args.test_corpus else []
+    words += ["--encoder", args.encoder] if args.encoder else []
+    words += ["--taps", args.taps] if args.taps else []
     words += ["--recipe", args.recipe] if args.recipe else []
     words += ["--smoke"] if args.smoke else ["--epochs", str(args.epochs)] if args.epochs else []
     return " ".join(shlex.quote(w) for w in words)
@@ -109,6 +111,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-corpus", metavar="NAMES", help="corpora never trained on, only scored (emospeech; emovo, casia, turev)")
     parser.add_argument("--cache", help="feature and embedding cache folder (default: the user's cache folder, ~/.cache/sera)")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
+    whisper = parser.add_argument_group("the Whisper model's options (--model whisper)")
+    whisper.add_argument("--encoder", help="whose encoder: tiny.en (English, the default) or base (99 languages)")
+    whisper.add_argument("--taps", metavar="BLOCKS", help="the blocks whose hidden states are pooled, e.g. 1,2,3 (tiny.en's default)")
     cnn = parser.add_argument_group("the CNN's options (--model cnn)")
     cnn.add_argument("--recipe", choices=tuple(RECIPES),
                      help="sera (the shipped recipe, the default), personal (its personal-baseline variant, with --cv-only), or a "

@@ -93,6 +93,9 @@ class CNN:
 def make(args: Namespace, models_dir: Path, cache_dir: Path | None) -> CNN:
     """The learner ``sera train --model cnn`` asked for: ``--recipe`` (the shipped one by default),
     ``--epochs`` or ``--smoke`` (one epoch) instead of the recipe's."""
+    given = [flag for flag, value in (("--encoder", args.encoder), ("--taps", args.taps)) if value]
+    if given:
+        raise SeraError(f"{', '.join(given)}: the Whisper model's (--model whisper); the CNN learns from log-Mel windows")
     recipe = RECIPES[args.recipe or "sera"]
     if recipe.reference == "speaker" and not args.cv_only:
         raise SeraError("--recipe personal is measured, not served (the bot has no per-window baseline input for the CNN): add --cv-only")

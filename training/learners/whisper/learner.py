@@ -29,14 +29,14 @@ from sera.features import WhisperParams
 from sera.model import WHISPER_MODEL_FILE, BaselineInfo, ModelInfo, WhisperEmotionModel, whisper_input
 from sera.training.data import OPUS_BITRATE, hear, per_corpus
 from sera.training.learners.whisper import baseline
-from sera.training.learners.whisper.encoder import Embedder, Heads, WhisperEmotionNet, export, load_weights, parity_with_ctranslate2
+from sera.training.learners.whisper.encoder import ENCODERS, Embedder, Heads, WhisperEmotionNet, export, load_weights, parity_with_ctranslate2
 from sera.training.learners.whisper.head import L2_GRID, REFERENCE_CLIPS, REFERENCE_DRAWS, Data, fit_baseline, fit_plain, plain_logits
 from sera.training.protocol import CONDITIONS, OPSET, Split, label_mask
 from sera.training.results import Shipped
 
 log = logging.getLogger(__name__)
 
-TAPS = (1, 2, 3)  # hidden states after blocks 1, 2 and 3 (of tiny.en's 4): cross-validated against 2, 1+2, 3 and the last
+DEFAULT_TAPS = {"tiny.en": (1, 2, 3)}  # tiny.en: after blocks 1, 2 and 3 of 4, cross-validated against 2, 1+2, 3 and the last
 
 
 class Whisper:
@@ -45,14 +45,17 @@ class Whisper:
     name = "whisper"
     conditions = CONDITIONS
 
-    def __init__(self, models_dir: Path, cache_dir: Path | None, seed: int) -> None:
+    def __init__(self, models_dir: Path, cache_dir: Path | None, seed: int, encoder: str = "tiny.en", taps: tuple[int, ...] = (1, 2, 3)) -> None:
         self.models_dir, self.cache_dir, self.seed = models_dir, cache_dir, seed
+        self.encoder, self.taps = encoder, taps
         self.params = WhisperParams()
 
     def prepare(self, clips: list[Clip], labels: tuple[str, ...]) -> None:
         self.clips, self.labels = clips, labels
-        self.weights = load_weights()
-        embedder = Embedder(self.weights, TAPS).eval()
+        self.weights = load_weights(self.encoder)
+        if max(self.taps) > self.weights.depth:
+            raise SeraError(f"--taps {','.join(map(str, self.taps))}: Whisper {self.encoder} has {self.weights.depth} blocks")
+        embedder = Embedder(self.weights, self.taps).eval()
         torch.set_num_threads(1)
 
         heard = dict(zip((c.path for c in clips), hear(clips, self.models_dir, self.cache_dir)))
@@ -62,7 +65,7 @@ class Whisper:
                 return {name: embedder(torch.from_numpy(whisper_input(getattr(heard[clip.path], name), self.params))).numpy()[None]
                         for name in CONDITIONS}  # fmt: skip
 
-        key = [self.weights.sha256, repr(TAPS), self.params.to_json(), OPUS_BITRATE]
+        key = [self.weights.sha256, repr(self.taps), self.params.to_json(), OPUS_BITRATE]
         embedded = per_corpus(clips, "whisper", key, embed, self.cache_dir)
         y, mask = np.array([labels.index(c.label) for c in clips]), label_mask(clips, labels)
         speaker, corpus = np.array([c.speaker for c in clips]), np.array([c.corpus for c in clips])
@@ -83,21 +86,21 @@ class Whisper:
         return baseline.measure(self.data["clean"], self.clips, self.labels, folds, cv)
 
     def describe(self) -> dict[str, Any]:
-        return {"encoder": "Whisper tiny.en", "taps": list(TAPS), "dims": len(TAPS) * 768, "l2_grid": list(L2_GRID),
+        return {"encoder": f"Whisper {self.encoder}", "taps": list(self.taps), "dims": int(self.data["clean"].x.shape[1]), "l2_grid": list(L2_GRID),
                 "reference_clips": REFERENCE_CLIPS, "reference_draws": REFERENCE_DRAWS, "min_clips_grid": list(baseline.MIN_CLIPS_GRID)}  # fmt: skip
 
     def export(self, heads: Heads, trained: np.ndarray, cv: dict[str, Any], out: Path) -> Shipped:
         """Both heads with the encoder as one graph; temperatures and the baseline size from ``cv``."""
         clean, params, weights = self.data["clean"], self.params, self.weights
         temperature, min_clips = cv["pooled"]["temperature"], cv["baseline"]["min_clips"]
-        space = hashlib.sha256(f"{weights.sha256}|{TAPS}|{params.to_json()}".encode()).hexdigest()[:16]
+        space = hashlib.sha256(f"{weights.sha256}|{self.taps}|{params.to_json()}".encode()).hexdigest()[:16]
         trained_on: dict[str, set[str]] = {}
         for i in trained:
             trained_on.setdefault(self.clips[i].corpus, set()).add(self.clips[i].speaker)
-        info = ModelInfo(params, self.labels, temperature, weights.provenance(TAPS), BaselineInfo(space, min_clips, cv["baseline"]["temperature"]),
+        info = ModelInfo(params, self.labels, temperature, weights.provenance(self.taps), BaselineInfo(space, min_clips, cv["baseline"]["temperature"]),
                          {corpus: sorted(speakers) for corpus, speakers in trained_on.items()})  # fmt: skip
         path = out / WHISPER_MODEL_FILE
-        net = WhisperEmotionNet(Embedder(weights, TAPS).eval(), heads)
+        net = WhisperEmotionNet(Embedder(weights, self.taps).eval(), heads)
         export(net, info.metadata(), path, OPSET, params.n_mels, clean.x.shape[1], len(self.labels))
         model = WhisperEmotionModel(path)
         probe = np.random.default_rng(self.seed).normal(0, 0.1, 3 * params.sample_rate).astype(np.float32)
@@ -114,8 +117,21 @@ class Whisper:
 
 
 def make(args: Namespace, models_dir: Path, cache_dir: Path | None) -> Whisper:
-    """The learner ``sera train --model whisper`` asked for; the CNN's options are refused by name."""
+    """The learner ``sera train --model whisper`` asked for: ``--encoder`` (tiny.en unless told) and
+    ``--taps``, the blocks whose states are pooled (an encoder without a cross-validated default needs
+    them given); the CNN's options are refused by name."""
     given = [flag for flag, value in (("--recipe", args.recipe), ("--epochs", args.epochs), ("--smoke", args.smoke)) if value]
     if given:
         raise SeraError(f"{', '.join(given)}: the CNN's (--model cnn); the Whisper model's heads have no epochs or recipe steps")
-    return Whisper(models_dir, cache_dir, args.seed)
+    encoder = args.encoder or "tiny.en"
+    if encoder not in ENCODERS:
+        raise SeraError(f"--encoder {encoder}: sera reads {', '.join(ENCODERS)}")
+    if not args.taps and encoder not in DEFAULT_TAPS:
+        raise SeraError(f"--encoder {encoder} has no cross-validated taps yet: give --taps (the blocks to pool, e.g. 2,3,4)")
+    try:
+        taps = tuple(sorted({int(t) for t in args.taps.split(",")})) if args.taps else DEFAULT_TAPS[encoder]
+    except ValueError:
+        raise SeraError(f"--taps {args.taps}: block numbers, comma-separated (1 is the first block)") from None
+    if min(taps) < 1:
+        raise SeraError(f"--taps {args.taps}: block numbers count from 1")
+    return Whisper(models_dir, cache_dir, args.seed, encoder, taps)
