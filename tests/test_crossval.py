@@ -120,6 +120,10 @@ def test_sera_train_cross_validates_pooled_corpora(tiny_data: Path, tmp_path: Pa
     assert cross["nemo"]["trained_on"] == ["ravdess"] and cross["nemo"]["n"] == 12
     assert cross["ravdess"]["trained_on"] == ["nemo"] and cross["ravdess"]["n"] == 24  # no calm or disgust to learn from nEMO
     assert "| nemo | ravdess | one model trained on the others | 12 |" in table
+    # selective accuracy where no model was: the answers given (not "unsure") and how many are right
+    assert 0 <= cross["nemo"]["answered"]["mean"] <= 1 and 0 <= cross["nemo"]["answered_accuracy"]["mean"] <= 1
+    assert result["pooled"]["ravdess"]["answered"] > 0 and "right when answered" in table
+    assert 0.25 <= result["pooled"]["temperature_unheard"] <= 8  # the calibration a corpus never heard would want
 
 
 @pytest.mark.slow
@@ -183,3 +187,11 @@ def test_sera_train_cross_validates_the_personal_baseline(tiny_data: Path, tmp_p
     result = json.loads((tmp_path / "cnn-results.json").read_text())["crossval"]
     assert set(result["summary"]["ravdess"]) == {"clean", "opus24", "clean, neutral enrolment", "clean, no baseline"}
     assert "- ravdess, clean, no baseline: accuracy" in (tmp_path / "CROSSVAL.md").read_text()
+
+
+def test_selective_accuracy_counts_only_the_answers_given() -> None:
+    from sera.training.protocol import selective
+
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.55, 0.45], [0.35, 0.3]])  # the last one is "unsure" (below 0.4)
+    assert selective(probs, np.array([0, 0, 0, 1])) == {"answered": 0.75, "answered_accuracy": 2 / 3}
+    assert selective(np.full((2, 3), 1 / 3), np.array([0, 1])) == {"answered": 0.0, "answered_accuracy": 0.0}

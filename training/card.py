@@ -105,15 +105,19 @@ def crossval_section(cv: dict[str, Any], learner: ModuleType) -> list[str]:
         lines += [
             "",
             "Cross-corpus: each corpus scored by models that never heard it (clean, calibrated; over the labels both it and the "
-            "training data have).",
+            "training data have). Answered: the share of clips given an emotion rather than \"unsure\", and how many of those "
+            "answers are right (selective accuracy).",
             "",
-            "| corpus | trained on | scored by | clips | accuracy | macro-F1 | ECE | confidently wrong |",
-            "|---|---|---|---|---|---|---|---|",
+            "| corpus | trained on | scored by | clips | accuracy | macro-F1 | ECE | confidently wrong | answered | right when answered |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for corpus, c in cv["cross_corpus"].items():
             lines.append(f"| {corpus} | {' + '.join(c['trained_on'])} | {c['how']} | {c['n']} | {meanstd(c['accuracy'])} | "
-                         f"{c['macro_f1']['mean']:.3f} | {c['ece']['mean']:.3f} | {c['confident_wrong']['mean']:.1%} |")  # fmt: skip
-    lines += ["", f"Temperature fitted on the pooled out-of-fold logits: {cv['pooled']['temperature']:.2f}.", ""]
+                         f"{c['macro_f1']['mean']:.3f} | {c['ece']['mean']:.3f} | {c['confident_wrong']['mean']:.1%} | "
+                         f"{c['answered']['mean']:.1%} | {c['answered_accuracy']['mean']:.1%} |")  # fmt: skip
+    unheard = cv["pooled"].get("temperature_unheard")
+    lines += ["", f"Temperature fitted on the pooled out-of-fold logits: {cv['pooled']['temperature']:.2f}"
+              + (f" (fitted instead on each corpus by the model that never heard it: {unheard:.2f})." if unheard else "."), ""]  # fmt: skip
     for corpus in corpora:
         recall = ", ".join(f"{label} {value:.0%}" for label, value in cv["pooled"][corpus]["recall"].items())
         lines.append(f"- {corpus}, out-of-fold recall per class: {recall}.")

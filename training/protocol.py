@@ -99,6 +99,13 @@ def confidently_wrong(probs: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean((probs.argmax(axis=1) != truth) & (probs.max(axis=1) >= UNSURE_BELOW)))
 
 
+def selective(probs: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Selective accuracy: the share of clips answered with an emotion (the rest "unsure", below the
+    threshold) and how many of those answers are right, as ``sera evaluate`` reports it."""
+    sure = probs.max(axis=1) >= UNSURE_BELOW
+    return {"answered": float(np.mean(sure)), "answered_accuracy": float(np.mean(probs[sure].argmax(axis=1) == truth[sure])) if sure.any() else 0.0}
+
+
 def fold_scores(truth: np.ndarray, logits: np.ndarray, mask: np.ndarray, labels: tuple[str, ...]) -> dict[str, float]:
     """One fold's figures on held-out clips, over the labels each clip's corpus has."""
     s = score(truth, masked_probabilities(logits, mask), labels)
@@ -119,10 +126,11 @@ def pooled(logits: np.ndarray, truth: np.ndarray, mask: np.ndarray, temperature:
     after = score(truth, probs, labels)
     present = [label for i, label in enumerate(labels) if mask[0, i]]
     return {"n": before.n, "accuracy": before.accuracy, "recall": {label: before.per_class[label]["recall"] for label in present},
-            "ece_raw": before.ece, "ece_calibrated": after.ece, "confident_wrong": confidently_wrong(probs, truth)}  # fmt: skip
+            "ece_raw": before.ece, "ece_calibrated": after.ece, "confident_wrong": confidently_wrong(probs, truth)} | selective(probs, truth)  # fmt: skip
 
 
 Logits = Callable[[np.ndarray], np.ndarray]  # a model's logits for the clips at these indices
+CELL_FIGURES = ("accuracy", "macro_f1", "ece", "confident_wrong", "answered", "answered_accuracy")  # of a corpus never heard
 
 
 def never_heard(models: list[tuple[Logits, np.ndarray]], y: np.ndarray, mask: np.ndarray, corpus: np.ndarray, idx: np.ndarray,
@@ -138,9 +146,9 @@ def never_heard(models: list[tuple[Logits, np.ndarray]], y: np.ndarray, mask: np
         probs = masked_probabilities(logits_of(keep), mask[keep] & allowed, temperature)
         s = score(y[keep], probs, labels)
         per_model.append({"n": s.n, "accuracy": s.accuracy, "macro_f1": s.macro_f1, "ece": s.ece,
-                          "confident_wrong": confidently_wrong(probs, y[keep])})  # fmt: skip
+                          "confident_wrong": confidently_wrong(probs, y[keep])} | selective(probs, y[keep]))  # fmt: skip
     trained_on = sorted(set(corpus[models[0][1]].tolist()))
-    return {"how": how, "n": per_model[0]["n"], "trained_on": trained_on} | spread(per_model, ("accuracy", "macro_f1", "ece", "confident_wrong"))
+    return {"how": how, "n": per_model[0]["n"], "trained_on": trained_on} | spread(per_model, CELL_FIGURES)
 
 
 # -- the learner's part, and the protocol around it ----------------------------------------------------
@@ -223,9 +231,15 @@ def cross_validate(learner: Learner, clips: list[Clip], labels: tuple[str, ...],
     for c in sorted(test_only & set(corpus.tolist())):
         cv["cross_corpus"][c] = never_heard([(heard_by(m), s.train) for m, s in folds], y, mask, corpus, np.flatnonzero(corpus == c),
                                             temperature, labels, "each fold's model")  # fmt: skip
+    unheard: list[tuple[np.ndarray, np.ndarray]] = []  # (masked logits, truth) of each corpus by the model that never heard it
     for c, (model, split) in sorted(left_out.items()):
         cv["cross_corpus"][c] = never_heard([(heard_by(model), split.train)], y, mask, corpus, split.test, temperature, labels,
                                             "one model trained on the others")  # fmt: skip
+        allowed = mask[split.train].any(axis=0)
+        keep = split.test[allowed[y[split.test]]]
+        unheard.append((masked_logits(heard_by(model)(keep), mask[keep] & allowed), y[keep]))
+    if unheard:  # the temperature a corpus never heard would want: what calibrating "where it has never been" starts from
+        cv["pooled"]["temperature_unheard"] = fit_temperature(np.concatenate([x for x, _ in unheard]), np.concatenate([t for _, t in unheard]))
     return cv | learner.measure(folds, cv)
 
 
