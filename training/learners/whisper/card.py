@@ -18,7 +18,7 @@ def summary(results: Results) -> list[str]:
     details, encoder, taps = shipped.details, shipped.details["encoder"], recipe["taps"]
     return [
         "- One ONNX graph: Whisper log-Mel of one utterance -> its pooled embedding, the logits, and the logits against a speaker's baseline.",
-        f"- Front end: the encoder of OpenAI's {recipe['encoder']}, blocks 1-{max(taps)}, frozen; the embedding is the mean and "
+        f"- Front end: the encoder of OpenAI's {recipe['encoder']}, blocks 1-{max(taps)} of {recipe['blocks']}, frozen; the embedding is the mean and "
         f"standard deviation over time of the hidden states after blocks {', '.join(map(str, taps))} ({recipe['dims']} numbers).",
         f"- Weights from the `{encoder['package']}` {encoder['version']} package, file `{encoder['file']}`, sha256 `{encoder['sha256']}`, "
         f"{encoder['precision']}, read by `training/learners/whisper/encoder.py` (no CTranslate2 at run time). Rebuilt encoder vs "

@@ -86,8 +86,9 @@ class Whisper:
         return baseline.measure(self.data["clean"], self.clips, self.labels, folds, cv)
 
     def describe(self) -> dict[str, Any]:
-        return {"encoder": f"Whisper {self.encoder}", "taps": list(self.taps), "dims": int(self.data["clean"].x.shape[1]), "l2_grid": list(L2_GRID),
-                "reference_clips": REFERENCE_CLIPS, "reference_draws": REFERENCE_DRAWS, "min_clips_grid": list(baseline.MIN_CLIPS_GRID)}  # fmt: skip
+        return {"encoder": f"Whisper {self.encoder}", "blocks": self.weights.depth, "taps": list(self.taps),
+                "dims": int(self.data["clean"].x.shape[1]), "l2_grid": list(L2_GRID), "reference_clips": REFERENCE_CLIPS,
+                "reference_draws": REFERENCE_DRAWS, "min_clips_grid": list(baseline.MIN_CLIPS_GRID)}  # fmt: skip
 
     def export(self, heads: Heads, trained: np.ndarray, cv: dict[str, Any], out: Path) -> Shipped:
         """Both heads with the encoder as one graph; temperatures and the baseline size from ``cv``."""
