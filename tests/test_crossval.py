@@ -83,6 +83,8 @@ def test_folds_hold_each_speaker_once_balanced_by_corpus_and_gender() -> None:
         counts = [per_fold[(f, corpus, gender)] for f in range(3)]
         assert max(counts) - min(counts) <= 1, (corpus, gender, counts)
     assert (speaker_folds(clips, 3, seed=0) == fold).all() and not (speaker_folds(clips, 3, seed=1) == fold).all()
+    with pytest.raises(SeraError, match="needs from 2 to 28 folds here"):
+        speaker_folds(clips, 29, seed=0)  # said before any clip is decoded: sera train checks its folds first
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "nemo").is_dir(), reason="../shared/data is not here: the real corpora's loaders are not checked")

@@ -24,6 +24,7 @@ import numpy as np
 
 from sera.corpora import LABELS, Clip
 from sera.emotions import UNSURE_BELOW
+from sera.errors import SeraError
 from sera.metrics import score
 from sera.model import softmax
 from sera.training.results import Shipped
@@ -50,7 +51,7 @@ def speaker_folds(clips: list[Clip], k: int, seed: int) -> np.ndarray:
     group to the next, so each fold gets a like number of each corpus's women and men."""
     speakers = sorted({(c.corpus, c.gender, c.speaker) for c in clips})
     if k < 2 or k > len(speakers):
-        raise ValueError(f"{k} folds need between 2 and {len(speakers)} speakers' worth of folds")
+        raise SeraError(f"{k} folds: speaker-grouped cross-validation needs from 2 to {len(speakers)} folds here (a speaker or more held out in each)")
     rng = np.random.default_rng(seed)
     fold_of: dict[str, int] = {}
     dealt = 0
@@ -249,9 +250,9 @@ def train(learner: Learner, clips: list[Clip], labels: tuple[str, ...], k: int, 
     (with ``out``) the model on every trained speaker, in one ``fit``; the cross-validation record; the
     export. Returns the record, the shipped file (None without ``out``) and the minutes each step took."""
     started = time.perf_counter()
+    fold, fold_splits, left_out = splits(clips, k, seed, test_only)  # first: a wrong K is said before any work
     learner.prepare(clips, labels)
     prepared = time.perf_counter()
-    fold, fold_splits, left_out = splits(clips, k, seed, test_only)
     trained = np.flatnonzero(fold >= 0)
     corpus_splits = sorted(left_out.items(), key=lambda kv: -len(kv[1].train))  # the longest fits first
     jobs = ([trained] if out else []) + [s.train for s in fold_splits] + [s.train for _, s in corpus_splits]
