@@ -120,11 +120,16 @@ def load_corpus(name: str, root: Path) -> list[Clip]:
     return clips
 
 
+def corpus_names(text: str | None) -> list[str]:
+    """The corpus names a comma-separated list (``--corpus ravdess,nemo``) gives, in its order."""
+    return [n.strip() for n in (text or "").split(",") if n.strip()]
+
+
 def load_corpora(names: str, root: Path, training: bool = False) -> list[Clip]:
     """``names`` comma-separated; ``root`` is the corpus folder for one name, or the folder that holds
     each corpus in a folder of its name (``../shared/data``) for one or several. ``training``: a
     test-only corpus is refused (it measures languages never heard; training on it would end that)."""
-    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    wanted = corpus_names(names)
     barred = [name for name in wanted if training and name in CORPORA and CORPORA[name].test_only]
     if barred:
         raise SeraError(f"{', '.join(barred)} {'is' if len(barred) == 1 else 'are'} test only (a language never heard): "

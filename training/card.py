@@ -12,7 +12,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from sera.corpora import CORPORA
+from sera.corpora import CORPORA, corpus_names
 from sera.training.protocol import CONDITIONS
 from sera.training.results import Results, every_results, meanstd
 
@@ -132,7 +132,7 @@ def crossval_section(cv: dict[str, Any], learner: ModuleType) -> list[str]:
 def card(results: Results, records: list[Results], order: tuple[str, ...]) -> str:
     shipped, cv, learner = results.shipped, results.crossval, learner_card(results.model)
     assert shipped is not None
-    trained = [n.strip() for n in results.corpus.split(",") if n.strip()]
+    trained = corpus_names(results.corpus)
     lines = [
         f"# sera emotion model: {learner.TITLE}",
         "",

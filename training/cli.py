@@ -42,16 +42,12 @@ def cache_folder(args: argparse.Namespace) -> Path | None:
     return Path(args.cache).expanduser() if args.cache else platformdirs.user_cache_path("sera")
 
 
-def names(text: str | None) -> list[str]:
-    return [n.strip() for n in (text or "").split(",") if n.strip()]
-
-
 def main(args: argparse.Namespace, config: Config) -> int:
     try:
         importlib.import_module("torch")  # training imports it where it is used; this says at once what is missing
     except ImportError as exc:
         raise SeraError(f"training needs the [train] extra (pip install 'sera-voice[train]'; -e '.[train]' in a checkout): {exc}") from None
-    from sera.corpora import load_corpora
+    from sera.corpora import corpus_names, load_corpora
     from sera.emotions import EMOTIONS
     from sera.training import card, protocol
     from sera.training.results import Results
@@ -62,9 +58,9 @@ def main(args: argparse.Namespace, config: Config) -> int:
     learner = importlib.import_module(f"sera.training.learners.{args.model}.learner").make(args, config.models_dir, cache_folder(args))
     data = Path(args.data)
     clips = load_corpora(args.corpus, data, training=True)
-    test_only = frozenset(names(args.test_corpus))
-    if test_only & set(names(args.corpus)):
-        raise SeraError(f"{', '.join(sorted(test_only & set(names(args.corpus))))}: in --corpus and --test-corpus; a corpus is trained on or only scored")
+    test_only = frozenset(corpus_names(args.test_corpus))
+    if test_only & set(corpus_names(args.corpus)):
+        raise SeraError(f"{', '.join(sorted(test_only & set(corpus_names(args.corpus))))}: in --corpus and --test-corpus; a corpus is trained on or only scored")
     clips += load_corpora(args.test_corpus, data) if test_only else []
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

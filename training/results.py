@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from sera.corpora import corpus_names
+
 RESULTS_SUFFIX = "-results.json"
 
 
@@ -45,7 +47,7 @@ class Results:
     @property
     def corpora(self) -> list[str]:
         """Every corpus the run read: trained on, then only scored on."""
-        return [n.strip() for n in f"{self.corpus},{self.test_corpus}".split(",") if n.strip()]
+        return corpus_names(f"{self.corpus},{self.test_corpus}")
 
     @classmethod
     def read(cls, path: Path) -> Results:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sera.corpora import CORPORA
+from sera.corpora import CORPORA, corpus_names
 from sera.training.results import Results, meanstd
 
 PLUGIN = "emotion_whisper"
@@ -56,7 +56,7 @@ def sections(results: Results) -> list[str]:
 
 def limits(results: Results) -> list[str]:
     english = results.recipe["encoder"].endswith(".en")
-    heads = " and ".join(dict.fromkeys(CORPORA[n].language for n in results.corpus.split(",") if n in CORPORA))
+    heads = " and ".join(dict.fromkeys(CORPORA[n].language for n in corpus_names(results.corpus) if n in CORPORA))
     return [f"- {results.recipe['encoder']} was trained on {'English' if english else '99 languages'}, the heads on {heads}. "
             "On languages they never heard the model is worse and more often confidently wrong (the cross-corpus cells)."]  # fmt: skip
 
