@@ -8,6 +8,7 @@ faster, above 1 is faster than real time) and the process's peak RSS after each 
 in one process, side by side, so their ratios are comparable even on a noisy machine.
 
     python bench/analyze_bench.py --seconds 60 --repeat 3
+    python bench/analyze_bench.py --compare old.onnx  # e.g. git show v1:models/sera-emotion-whisper.onnx > old.onnx
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 
 from sera.audio import SAMPLE_RATE, decode
 from sera.config import Config
-from sera.model import model_input, whisper_input
+from sera.model import WhisperEmotionModel, model_input, whisper_input
 from sera.pipeline import Pipeline
 from sera.plugin import Segment
 
@@ -65,11 +66,20 @@ def best_of(repeat: int, work: Callable[[], object]) -> float:
     return min(times)
 
 
+def compared(path: Path | None, segments: list[Segment]) -> list[tuple[str, Callable[[], object]]]:
+    """The stage of another Whisper model file, log-Mel and graph, on the same segments."""
+    if path is None:
+        return []
+    other = WhisperEmotionModel(path)
+    return [(f"{path.name}: log-Mel and graph", lambda: [other.run(whisper_input(s.samples, other.info.features)) for s in segments])]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="audio length to analyse")
     parser.add_argument("--repeat", type=int, default=3, help="runs per stage; the fastest counts")
     parser.add_argument("--all-cores", action="store_true", help="do not pin the process to one core")
+    parser.add_argument("--compare", type=Path, help="another Whisper model file (e.g. a previous release's), timed on the same segments")
     args = parser.parse_args()
     if not args.all_cores and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
@@ -92,6 +102,7 @@ def main() -> None:
             ("speech detection (Silero VAD)", lambda: pipeline.detector.segments(samples)),
             ("emotion_whisper: Whisper log-Mel", lambda: [whisper_input(s.samples, whisper_params) for s in segments]),
             (f"emotion_whisper: graph ({len(segments)} segments)", lambda: [whisper.model.run(m) for m in whisper_mels]),
+            *compared(args.compare, segments),
             ("emotion_cnn: log-Mel", lambda: [model_input(s.samples, cnn_params) for s in segments]),
             (f"emotion_cnn: network ({len(mels)} windows)", lambda: cnn.model.probabilities(mels)),
             ("prosody analyzer", lambda: prosody.analyze(segments)),
@@ -100,9 +111,15 @@ def main() -> None:
         cores = "all cores" if args.all_cores else "one core"
         print(f"{args.seconds:.0f} s of audio, {len(segments)} speech segments, best of {args.repeat}, {cores}")
         print(f"{'stage':<50} {'wall s':>8} {'audio s / wall s':>17} {'peak RSS MB':>12}")
+        walls = {}
         for name, work in stages:
-            wall = best_of(args.repeat, work)
+            walls[name] = wall = best_of(args.repeat, work)
             print(f"{name:<50} {wall:8.3f} {args.seconds / wall:17.1f} {peak_rss_mb():12.0f}")
+        decoding = walls[stages[0][0]]
+        emotion = walls[stages[2][0]] + walls[stages[3][0]]
+        print(f"emotion_whisper (log-Mel and graph) / decode: {emotion / decoding:.2f}")
+        if args.compare:
+            print(f"{args.compare.name} (log-Mel and graph) / decode: {walls[stages[4][0]] / decoding:.2f}")
         print(f"emotion_whisper front end, one 3 s utterance (log-Mel and graph): {whisper.model.latency_ms(3.0):.1f} ms (median of 50)")
         print(f"emotion_cnn, one {cnn_params.window_seconds:.0f} s window through the network: {cnn.model.window_latency_ms():.2f} ms (median of 200)")
     default.close()

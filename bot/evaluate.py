@@ -188,6 +188,9 @@ def personal_baselines(
     """For each item, a baseline of ``k`` other clips of its speaker, drawn with ``seed``; never the item."""
     if analyzer.baseline_info is None:
         raise SeraError(f"the {analyzer.name} analyzer does not serve personal baselines")
+    if not analyzer.baseline_info.min_clips:
+        raise SeraError(f"the {analyzer.name} model in use uses no personal baseline (its cross-validation found no size that helps "
+                        f"without ever hurting): set plugins.{analyzer.name}.baseline_from to measure one")  # fmt: skip
     if any(not item.speaker for item in items):
         raise SeraError("--baseline draws each clip's baseline from other clips of its speaker: the manifest needs a speaker column")
     observed: dict[int, list[Observation]] = {}

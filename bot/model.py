@@ -29,6 +29,7 @@ MODEL_FILE = "sera-emotion.onnx"  # the seed paper's CNN, in the models folder
 WHISPER_MODEL_FILE = "sera-emotion-whisper.onnx"  # the Whisper-encoder model, in the models folder
 LABELS_KEY = "sera.labels"
 TEMPERATURE_KEY = "sera.temperature"
+SLOPE_KEY = "sera.temperature_slope"  # how the temperature grows with an utterance's unfamiliarity (``ModelInfo.temperature_for``)
 ENCODER_KEY = "sera.encoder"  # where the encoder's weights came from (package, version, sha256, blocks)
 BASELINE_KEY = "sera.baseline"  # how the model serves a personal baseline (``BaselineInfo``)
 TRAINED_ON_KEY = "sera.trained_on"  # corpus -> the speakers the model was trained on (``sera evaluate`` warns on them)
@@ -38,6 +39,8 @@ OUTPUT_NAME = "logits"  # (batch, n_labels) float32
 # the utterance's pooled embedding and its logits against that baseline out.
 BASELINE_MEAN, BASELINE_HEARD = "baseline_mean", "baseline_heard"
 EMBEDDING, BASELINE_LOGITS = "embedding", "logits_baseline"
+UNFAMILIAR = "unfamiliar"  # the Whisper model's (1,): how far the utterance lies from its training clips, 1 for a typical one
+UNFAMILIAR_RANGE = (0.1, 100.0)  # unfamiliarity is clipped to this before it scales the temperature
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,11 @@ class BaselineInfo:
     min_clips: int
     temperature: float = 1.0
 
+    def serves(self, baseline: Baseline | None) -> bool:
+        """Whether a baseline is of this space and rests on enough clips to be used (a model whose
+        cross-validation found no size that helps, ``min_clips`` 0, uses none)."""
+        return baseline is not None and baseline.space == self.space and 0 < self.min_clips <= baseline.count
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -61,12 +69,21 @@ class ModelInfo:
     encoder: dict | None = None  # provenance of a pretrained encoder's weights
     baseline: BaselineInfo | None = None
     trained_on: dict[str, list[str]] | None = None  # corpus -> speakers
+    temperature_slope: float = 0.0  # 0: one temperature for every utterance
+
+    def temperature_for(self, unfamiliar: float = 1.0) -> float:
+        """The calibration temperature of an utterance ``unfamiliar`` times as far from the training clips
+        as a typical one: ``temperature * unfamiliar ** temperature_slope``, fitted by training on voices
+        and corpora its models never heard. A language or microphone the model never met gets flatter
+        probabilities, so that it says "unsure" rather than a confident wrong emotion."""
+        return self.temperature * float(np.clip(unfamiliar, *UNFAMILIAR_RANGE)) ** self.temperature_slope
 
     def metadata(self) -> dict[str, str]:
         values = {
             METADATA_KEY: self.features.to_json(),
             LABELS_KEY: json.dumps(list(self.labels)),
             TEMPERATURE_KEY: repr(self.temperature),
+            SLOPE_KEY: repr(self.temperature_slope),
         }
         if self.encoder is not None:
             values[ENCODER_KEY] = json.dumps(self.encoder, sort_keys=True)
@@ -86,6 +103,7 @@ class ModelInfo:
                 encoder=json.loads(values[ENCODER_KEY]) if ENCODER_KEY in values else None,
                 baseline=BaselineInfo(**json.loads(values[BASELINE_KEY])) if BASELINE_KEY in values else None,
                 trained_on=json.loads(values[TRAINED_ON_KEY]) if TRAINED_ON_KEY in values else None,
+                temperature_slope=float(values.get(SLOPE_KEY, "0.0")),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise ModelError(f"{path} is not a sera emotion model: its metadata is missing or bad ({exc})") from None
@@ -97,6 +115,8 @@ class ModelInfo:
         temperatures = [self.temperature] + ([self.baseline.temperature] if self.baseline else [])
         if not all(isinstance(t, float) and math.isfinite(t) and t > 0 for t in temperatures):
             problem = "its temperature must be a finite number above 0"
+        elif not (math.isfinite(self.temperature_slope) and self.temperature_slope >= 0):
+            problem = "its temperature slope must be a finite number, 0 or more"
         elif not self.labels or len(set(self.labels)) != len(self.labels) or not all(isinstance(label, str) and label for label in self.labels):
             problem = "its labels must be distinct names"
         elif outputs is not None and outputs != len(self.labels):
@@ -162,6 +182,16 @@ class EmotionModel:
         return float(np.median(times) * 1000)
 
 
+@dataclass(frozen=True)
+class Heard:
+    """The Whisper model's answer for one utterance."""
+
+    embedding: np.ndarray  # (dims,): what a personal baseline averages
+    logits: np.ndarray  # (labels,)
+    against: np.ndarray | None  # (labels,) logits against the baseline given, None without one
+    unfamiliar: float  # how far from the training clips, 1 for a typical one (``ModelInfo.temperature_for``)
+
+
 class WhisperEmotionModel:
     """The Whisper-encoder model: one graph from an utterance's log-Mel to its pooled embedding, its
     logits, and its logits against a speaker's baseline. Utterances go one at a time (each at its own
@@ -176,21 +206,17 @@ class WhisperEmotionModel:
         self.path = path
         self.dims = int(self.session.get_inputs()[1].shape[1])
         self.baseline: BaselineInfo = self.info.baseline
+        names = {o.name for o in self.session.get_outputs()}  # a model from before unfamiliarity has no such output
+        self.outputs = [EMBEDDING, OUTPUT_NAME, BASELINE_LOGITS] + ([UNFAMILIAR] if UNFAMILIAR in names else [])
 
-    def run(self, mel: np.ndarray, baseline: Baseline | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """(embedding, logits, logits against ``baseline`` or None) for one utterance's ``(1, mels, frames)``."""
+    def run(self, mel: np.ndarray, baseline: Baseline | None = None) -> Heard:
+        """What the graph hears in one utterance's ``(1, mels, frames)``."""
         mean = np.zeros((1, self.dims), np.float32) if baseline is None else baseline.mean[None].astype(np.float32)
         heard = np.zeros((1, len(self.info.labels)), np.float32) if baseline is None else baseline.heard_share[None].astype(np.float32)
-        embedding, logits, against = self.session.run(
-            [EMBEDDING, OUTPUT_NAME, BASELINE_LOGITS], {INPUT_NAME: mel, BASELINE_MEAN: mean, BASELINE_HEARD: heard}
-        )
-        return embedding[0], logits[0], None if baseline is None else against[0]
-
-    def usable(self, baseline: Baseline | None) -> bool:
-        """Whether a baseline is of this model's space and rests on enough clips to be used (a model whose
-        cross-validation found no size that helps, ``min_clips`` 0, uses none)."""
-        needed = self.baseline.min_clips
-        return baseline is not None and baseline.space == self.baseline.space and 0 < needed <= baseline.count
+        outputs = self.session.run(self.outputs, {INPUT_NAME: mel, BASELINE_MEAN: mean, BASELINE_HEARD: heard})
+        embedding, logits, against = (o[0] for o in outputs[:3])
+        unfamiliar = float(outputs[3][0]) if len(outputs) > 3 else 1.0
+        return Heard(embedding, logits, None if baseline is None else against, unfamiliar)
 
     def latency_ms(self, seconds: float = 3.0, runs: int = 50) -> float:
         """Median time of one utterance of ``seconds`` through features and graph on one thread, after a warm-up."""

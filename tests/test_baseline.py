@@ -14,10 +14,11 @@ from sera.baseline import Baseline, Observation
 from sera.baseline_store import BaselineStore
 from sera.config import Config, LiveOptions
 from sera.evaluate import Item, personal_baselines
+from sera.model import BaselineInfo
 from sera.pipeline import Pipeline
 from sera.plugin import EmotionResult, PluginOutput, Report, Segment
 from sera.sessions import SessionStore
-from tests.conftest import SAMPLE_NOTE, SHARED_DATA, say, sera
+from tests.conftest import BASELINE_FROM, SAMPLE_NOTE, SHARED_DATA, say, sera
 from tests.postgres import postgres_server, postgres_url, target  # noqa: F401  (fixtures)
 
 
@@ -81,7 +82,7 @@ class Recorder:
 
 def test_evaluate_draws_each_baseline_from_k_other_clips_of_the_speaker_never_the_clip_itself() -> None:
     items = [Item(Path(f"/clips/{speaker}-{n}.ogg"), "calm", speaker) for speaker in ("a", "b") for n in range(6)]
-    analyzer = type("Analyzer", (), {"name": "emotion_whisper", "baseline_info": object(), "labels": ("calm", "sad")})()
+    analyzer = type("Analyzer", (), {"name": "emotion_whisper", "baseline_info": BaselineInfo("space", BASELINE_FROM), "labels": ("calm", "sad")})()
     baselines = personal_baselines(Recorder(items), analyzer, items, 4, None, seed=0)
     for i, item in enumerate(items):
         members = np.flatnonzero(baselines[i].mean > 0)
@@ -93,11 +94,15 @@ def test_evaluate_draws_each_baseline_from_k_other_clips_of_the_speaker_never_th
     assert {b.count for b in few.values()} == {5}  # all the others there are
 
 
-def test_evaluate_baseline_needs_a_speaker_column(tmp_path: Path) -> None:
+def test_evaluate_baseline_needs_a_speaker_column_and_a_model_that_uses_baselines(tmp_path: Path) -> None:
     manifest = tmp_path / "clips.csv"
     manifest.write_text(f"path,label\n{SAMPLE_NOTE},calm\n")
-    done = sera("evaluate", "--manifest", str(manifest), "--baseline", "5")
+    config = tmp_path / "sera.yaml"
+    config.write_text(f"plugins:\n  emotion_whisper:\n    baseline_from: {BASELINE_FROM}\n")
+    done = sera("-c", str(config), "evaluate", "--manifest", str(manifest), "--baseline", "5")
     assert done.returncode == 2 and "the manifest needs a speaker column" in done.stderr
+    shipped = sera("evaluate", "--manifest", str(manifest), "--baseline", "5")
+    assert shipped.returncode == 2 and "uses no personal baseline" in shipped.stderr and "baseline_from" in shipped.stderr
 
 
 def test_evaluate_leaves_classes_absent_from_the_data_without_a_recall(tmp_path: Path) -> None:
@@ -156,12 +161,32 @@ def test_the_analyzer_serves_a_baseline_once_it_rests_on_enough_clips(pipeline: 
     assert "observation" not in printed and '"baseline_clips": ' in printed
 
 
-def test_sera_analyze_judges_files_against_a_baseline_of_other_files(speech: list[Path]) -> None:
-    done = sera("analyze", str(SAMPLE_NOTE), "--json", "--baseline", *map(str, speech * 3))
+def test_the_shipped_model_serves_no_baseline_unless_the_operator_sets_a_size(pipeline: Pipeline, speech: list[Path]) -> None:
+    """The shipped model's cross-validation found no baseline size that never hurts (min_clips 0): its
+    baselines are kept and learned, never applied; ``baseline_from`` applies them from that many clips."""
+
+    shipped = Pipeline(Config())
+    try:
+        assert shipped.baseline_info.min_clips == 0 and pipeline.baseline_info.min_clips == BASELINE_FROM
+        assert shipped.baseline_info.space == pipeline.baseline_info.space
+        baseline = Baseline.of([o for path in speech for o in shipped.analyze(path).observations()] * BASELINE_FROM)
+        assert shipped.analyze(SAMPLE_NOTE, baseline=baseline).emotion().baseline_clips == 0
+        assert pipeline.analyze(SAMPLE_NOTE, baseline=baseline).emotion().baseline_clips == baseline.count
+    finally:
+        shipped.close()
+
+
+def test_sera_analyze_judges_files_against_a_baseline_of_other_files(speech: list[Path], tmp_path: Path) -> None:
+    config = tmp_path / "sera.yaml"
+    config.write_text(f"plugins:\n  emotion_whisper:\n    baseline_from: {BASELINE_FROM}\n")
+    done = sera("-c", str(config), "analyze", str(SAMPLE_NOTE), "--json", "--baseline", *map(str, speech * 3))
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["analyzers"]["emotion_whisper"]["overall"]["baseline_clips"] >= len(speech) * 3
     assert "a baseline of" in done.stderr
+    shipped = sera("analyze", str(SAMPLE_NOTE), "--json", "--baseline", *map(str, speech * 3))  # the shipped model's own choice: none
+    assert shipped.returncode == 0 and json.loads(shipped.stdout)["analyzers"]["emotion_whisper"]["overall"]["baseline_clips"] == 0
+    assert "the model in use uses no baseline (plugins.emotion_whisper.baseline_from sets a size)" in shipped.stderr
     refused = sera("analyze", str(SAMPLE_NOTE), "--baseline", str(SAMPLE_NOTE.parent / "nothing.ogg"))
     assert refused.returncode == 2 and "--baseline" in refused.stderr and "Traceback" not in refused.stderr
 

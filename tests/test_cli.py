@@ -197,7 +197,8 @@ def test_sera_config_fills_in_every_default_plugins_included() -> None:
     done = run("config")
     assert done.returncode == 0, done.stderr
     effective = yaml.safe_load(done.stdout)
-    assert effective["plugins"]["emotion_whisper"] == {"enabled": True, "model": "sera-emotion-whisper.onnx", "unsure_below": 0.4}
+    assert effective["plugins"]["emotion_whisper"] == {"enabled": True, "model": "sera-emotion-whisper.onnx", "unsure_below": 0.4,
+                                                           "baseline_from": None}
     assert effective["plugins"]["emotion_cnn"] == {"enabled": False, "model": "sera-emotion.onnx", "unsure_below": 0.4}
     assert {"prosody", "text", "json", "embed", "chart"} <= effective["plugins"].keys()
 

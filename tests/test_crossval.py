@@ -146,7 +146,7 @@ def test_the_shipped_model_trains_beside_the_folds_and_takes_their_temperature(t
     assert EmotionModel(tmp_path / "sera-emotion.onnx").info.temperature == pytest.approx(result["pooled"]["temperature"])
     card = (tmp_path / "MODEL_CARD_CNN.md").read_text()
     assert "## Cross-validation (voices never heard)" in card and "| nemo | ravdess | each fold's model | 12 |" in card
-    assert "fitted on the cross-validation's pooled out-of-fold logits" in card and "never trained on: nemo" in card
+    assert f"- Calibration: temperature {result['pooled']['temperature']:.2f}, fitted on the pooled out-of-fold logits" in card and "never trained on: nemo" in card
     assert "- nEMO: Dataset of Emotional Speech in Polish" in card  # a corpus only scored on is attributed too
     assert "--test-corpus nemo" in (tmp_path / "CROSSVAL.md").read_text()
 
@@ -197,3 +197,34 @@ def test_selective_accuracy_counts_only_the_answers_given() -> None:
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.55, 0.45], [0.35, 0.3]])  # the last one is "unsure" (below 0.4)
     assert selective(probs, np.array([0, 0, 0, 1])) == {"answered": 0.75, "answered_accuracy": 2 / 3}
     assert selective(np.full((2, 3), 1 / 3), np.array([0, 1])) == {"answered": 0.0, "answered_accuracy": 0.0}
+
+
+def test_calibration_flattens_what_lies_far_from_the_training_clips() -> None:
+    """Clips far from the training data (unfamiliarity 4) are right half as often but as confident as the
+    near ones: one temperature cannot fit both, a temperature growing with unfamiliarity can."""
+    from sera.training.protocol import fit_calibration, fit_temperature, nll, unfamiliar_scale
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    far = np.arange(n) >= n // 2
+    truth = rng.integers(0, 4, n)
+    logits = rng.normal(0, 0.5, (n, 4))
+    right = np.where(far, rng.random(n) < 0.45, rng.random(n) < 0.9)
+    logits[np.arange(n), np.where(right, truth, (truth + 1) % 4)] += 3.0
+    unfamiliar = np.where(far, 4.0, 1.0) * rng.uniform(0.9, 1.1, n)
+    temperature, slope = fit_calibration(logits, truth, unfamiliar)
+    assert slope > 0.3
+    one = fit_temperature(logits, truth)
+    assert nll(logits / unfamiliar_scale(unfamiliar, slope), truth, temperature) < nll(logits, truth, one) - 0.05
+    for part in (far, ~far):  # each part's confidence now near its accuracy; with one temperature the far part is overconfident
+        probs = softmax_rows(logits[part] / unfamiliar_scale(unfamiliar[part], slope) / temperature)
+        assert abs(probs.max(axis=1).mean() - right[part].mean()) < 0.05
+    assert softmax_rows(logits[far] / one).max(axis=1).mean() - right[far].mean() > 0.15
+    same = np.ones(n)  # no unfamiliarity to go by: the slope does nothing, the temperature is the one temperature
+    assert fit_calibration(logits, truth, same)[0] == pytest.approx(one)
+
+
+def softmax_rows(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+

@@ -55,6 +55,8 @@ def test_a_changed_model_file_is_refused_in_one_line(tmp_path: Path) -> None:
         (ModelInfo(WhisperParams(), ("happy", "")), 2, "labels must be distinct names"),
         (ModelInfo(WhisperParams(), LABELS), 7, "it names 8 labels for 7 outputs"),
         (ModelInfo(WhisperParams(), LABELS, baseline=BaselineInfo("s", -1)), 8, "min_clips must be a whole number"),
+        (ModelInfo(WhisperParams(), LABELS, temperature_slope=-0.5), 8, "temperature slope must be a finite number, 0 or more"),
+        (ModelInfo(WhisperParams(), LABELS, temperature_slope=math.inf), 8, "temperature slope must be a finite number, 0 or more"),
     ],
 )
 def test_metadata_no_trained_model_has_is_refused(info: ModelInfo, outputs: int, why: str) -> None:
@@ -157,4 +159,31 @@ def test_the_shipped_card_is_what_the_card_writer_makes_of_the_shipped_record(mo
     loaded = load_emotion_model(models / results.shipped.model_file)
     assert results.shipped.temperature == results.crossval["pooled"]["temperature"]
     assert loaded.info.temperature == pytest.approx(results.shipped.temperature)
+    assert loaded.info.temperature_slope == pytest.approx(results.crossval["pooled"].get("temperature_slope", 0.0))
     assert (models / results.shipped.model_file).stat().st_size / 1e6 == pytest.approx(results.shipped.size_mb)
+
+
+def test_the_temperature_grows_with_unfamiliarity_as_the_metadata_says() -> None:
+    info = ModelInfo.from_metadata(ModelInfo(WhisperParams(), LABELS, 1.5, temperature_slope=0.5).metadata(), Path("m.onnx"))
+    assert (info.temperature, info.temperature_slope) == (1.5, 0.5)
+    assert info.temperature_for(1.0) == 1.5 and info.temperature_for(4.0) == pytest.approx(3.0)
+    assert info.temperature_for(1e9) == pytest.approx(15.0) and info.temperature_for(0.0) == pytest.approx(1.5 * 0.1**0.5)  # clipped
+    older = ModelInfo(WhisperParams(), LABELS, 1.5).metadata()
+    del older["sera.temperature_slope"]  # a file from before unfamiliarity: one temperature
+    assert ModelInfo.from_metadata(older, Path("m.onnx")).temperature_for(50.0) == 1.5
+
+
+def test_the_shipped_whisper_model_hears_a_tone_as_far_more_unfamiliar_than_speech(speech_wav: Path) -> None:
+    """The graph's own unfamiliarity, as served: speech (even espeak-ng's) nearer what the model was
+    trained on than a steady tone, and the temperature, so the doubt, growing with it."""
+    import numpy as np
+
+    from sera.audio import decode
+    from sera.model import WHISPER_MODEL_FILE, WhisperEmotionModel, whisper_input
+
+    model = WhisperEmotionModel(DEFAULT_MODELS_DIR / WHISPER_MODEL_FILE)
+    params, info = model.info.features, model.info
+    speech = model.run(whisper_input(decode(speech_wav), params)).unfamiliar
+    tone = model.run(whisper_input((0.3 * np.sin(2 * np.pi * 440 * np.arange(48_000) / 16_000)).astype(np.float32), params)).unfamiliar
+    assert info.temperature_slope > 0 and 3 * speech < tone
+    assert info.temperature_for(tone) > 1.5 * info.temperature_for(speech)

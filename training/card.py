@@ -115,9 +115,7 @@ def crossval_section(cv: dict[str, Any], learner: ModuleType) -> list[str]:
             lines.append(f"| {corpus} | {' + '.join(c['trained_on'])} | {c['how']} | {c['n']} | {meanstd(c['accuracy'])} | "
                          f"{c['macro_f1']['mean']:.3f} | {c['ece']['mean']:.3f} | {c['confident_wrong']['mean']:.1%} | "
                          f"{c['answered']['mean']:.1%} | {c['answered_accuracy']['mean']:.1%} |")  # fmt: skip
-    unheard = cv["pooled"].get("temperature_unheard")
-    lines += ["", f"Temperature fitted on the pooled out-of-fold logits: {cv['pooled']['temperature']:.2f}"
-              + (f" (fitted instead on each corpus by the model that never heard it: {unheard:.2f})." if unheard else "."), ""]  # fmt: skip
+    lines += ["", calibration(cv), ""]
     for corpus in corpora:
         recall = ", ".join(f"{label} {value:.0%}" for label, value in cv["pooled"][corpus]["recall"].items())
         lines.append(f"- {corpus}, out-of-fold recall per class: {recall}.")
@@ -127,6 +125,18 @@ def crossval_section(cv: dict[str, Any], learner: ModuleType) -> list[str]:
         shown = ", ".join(row["speakers"][:12]) + (f" (+{len(row['speakers']) - 12})" if len(row["speakers"]) > 12 else "")
         lines.append(f"| {row['fold']} | {shown} | {cells} |")
     return [*lines, ""]
+
+
+def calibration(cv: dict[str, Any]) -> str:
+    """How the served probabilities are calibrated, in words."""
+    pooled = cv["pooled"]
+    unheard, slope = pooled.get("temperature_unheard"), pooled.get("temperature_slope", 0.0)
+    if slope:
+        return (f"temperature {pooled['temperature']:.2f} x unfamiliarity ^ {slope:.2f} (unfamiliarity: how far an utterance lies "
+                "from the training clips, 1 for a typical one), fitted on the pooled out-of-fold logits together with each trained "
+                "corpus as scored by the model that never heard it" + (f" (one temperature for those alone: {unheard:.2f})." if unheard else "."))  # fmt: skip
+    return (f"temperature {pooled['temperature']:.2f}, fitted on the pooled out-of-fold logits"
+            + (f" (fitted instead on each corpus by the model that never heard it: {unheard:.2f})." if unheard else "."))
 
 
 def card(results: Results, records: list[Results], order: tuple[str, ...]) -> str:
@@ -142,7 +152,7 @@ def card(results: Results, records: list[Results], order: tuple[str, ...]) -> st
         "",
         f"- File: `{shipped.model_file}` ({shipped.size_mb:.2f} MB), served by the `{learner.PLUGIN}` analyzer.",
         *learner.summary(results),
-        f"- Calibration: temperature {shipped.temperature:.3f}, fitted on the cross-validation's pooled out-of-fold logits.",
+        f"- Calibration: {calibration(cv)}",
         f"- torch vs onnxruntime, largest difference in any output: {shipped.parity_onnx:.2e}.",
         "",
         "## Data and split",

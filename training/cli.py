@@ -106,7 +106,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", help="feature and embedding cache folder (default: the user's cache folder, ~/.cache/sera)")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     whisper = parser.add_argument_group("the Whisper model's options (--model whisper)")
-    whisper.add_argument("--encoder", help="whose encoder: tiny.en (English, the default) or base (99 languages)")
+    whisper.add_argument("--encoder", help="whose encoder: base (99 languages, the default) or tiny.en (English)")
     whisper.add_argument("--taps", metavar="BLOCKS", help="the blocks whose hidden states are pooled, e.g. 1,2,3 (tiny.en's default)")
     cnn = parser.add_argument_group("the CNN's options (--model cnn)")
     cnn.add_argument("--recipe", choices=tuple(RECIPES),

@@ -7,7 +7,8 @@ its own extra measurements and the export. The protocol decides the rest: speake
 corpus and gender, one model per fold, per corpus left out and on every speaker, all fitted in one
 call (so a learner can run them side by side); the labels each clip's corpus has (a pooled model
 compares a clip only with those); the conditions a clip is scored in; calibration on pooled
-out-of-fold logits; a figure's spread over folds; the cells for a corpus no model of the fold ever
+out-of-fold logits and on corpora left out (a temperature that grows with how unfamiliar a clip is, for
+a learner that can say); a figure's spread over folds; the cells for a corpus no model of the fold ever
 heard. numpy only, as speechbrain's ``Brain.fit`` holds the loop and a recipe the parts.
 """
 
@@ -26,7 +27,7 @@ from sera.corpora import LABELS, Clip
 from sera.emotions import UNSURE_BELOW
 from sera.errors import SeraError
 from sera.metrics import score
-from sera.model import softmax
+from sera.model import UNFAMILIAR_RANGE, softmax
 from sera.training.results import Shipped
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 CONDITIONS = ("clean", "opus24")  # every held-out clip as it is, and as a 24 kbit/s Opus voice note
 ENROLMENT = frozenset({"neutral", "calm"})  # what "a few ordinary sentences" of a user's voice sound like
 OPSET = 17  # the ONNX opset every model is exported with
+SLOPE_GRID = np.round(np.arange(0.0, 1.51, 0.05), 2)  # how fast the temperature may grow with unfamiliarity
 
 
 @dataclass(frozen=True)
@@ -83,11 +85,36 @@ def masked_probabilities(logits: np.ndarray, mask: np.ndarray, temperature: floa
     return softmax(masked_logits(logits, mask), temperature)
 
 
+def nll(logits: np.ndarray, truth: np.ndarray, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood of ``truth``."""
+    return float(-np.mean(np.log(softmax(logits, temperature)[np.arange(len(truth)), truth] + 1e-12)))
+
+
 def fit_temperature(logits: np.ndarray, truth: np.ndarray) -> float:
     """Temperature minimising the negative log-likelihood of ``truth`` (Guo et al. 2017), by grid search."""
     grid = np.exp(np.linspace(np.log(0.25), np.log(8.0), 200))
-    nll = [-np.mean(np.log(softmax(logits, t)[np.arange(len(truth)), truth] + 1e-12)) for t in grid]
-    return float(grid[int(np.argmin(nll))])
+    return float(grid[int(np.argmin([nll(logits, truth, t) for t in grid]))])
+
+
+def unfamiliar_scale(unfamiliar: np.ndarray, slope: float) -> np.ndarray:
+    """``(clips, 1)``: what each clip's logits are divided by before the temperature, ``unfamiliar **
+    slope`` (as ``sera.model.ModelInfo.temperature_for`` serves it): a clip far from everything the model
+    was trained on (a language, a microphone, a voice it never heard) gets flatter probabilities."""
+    return np.clip(unfamiliar, *UNFAMILIAR_RANGE)[:, None] ** slope
+
+
+def fit_calibration(logits: np.ndarray, truth: np.ndarray, unfamiliar: np.ndarray) -> tuple[float, float]:
+    """``(temperature, slope)`` minimising the negative log-likelihood of ``truth`` when each clip's
+    logits are divided by ``temperature * unfamiliar ** slope``; the slope by grid search, each with its
+    best temperature. Fitted on clips of corpora the scoring model never heard as well as on voices it
+    never heard, it is calibration "where the model has never been" without touching a test-only corpus."""
+    fits = []
+    for slope in SLOPE_GRID:
+        scaled = logits / unfamiliar_scale(unfamiliar, slope)
+        t = fit_temperature(scaled, truth)
+        fits.append((nll(scaled, truth, t), t, float(slope)))
+    _, temperature, slope = min(fits)
+    return temperature, slope
 
 
 def spread(values: list[dict[str, float]], metrics: tuple[str, ...]) -> dict[str, dict[str, float]]:
@@ -171,6 +198,11 @@ class Learner(Protocol):
     def logits(self, model: Any, condition: str, idx: np.ndarray) -> np.ndarray:
         """A model's logits over every label for the clips at ``idx``, heard in ``condition``."""
 
+    def unfamiliarity(self, model: Any, idx: np.ndarray) -> np.ndarray | None:
+        """How far each clip at ``idx`` (clean) lies from the clips ``model`` was trained on, 1 for a
+        typical training clip; None for a learner with no such measure (its temperature is then one
+        number, fitted on voices never heard in the corpora it was trained on)."""
+
     def measure(self, folds: list[tuple[Any, Split]], cv: dict[str, Any]) -> dict[str, Any]:
         """The learner's own cross-validated figures (the Whisper model's personal baselines), added to
         the record; ``{}`` when it has none."""
@@ -200,9 +232,11 @@ def splits(clips: list[Clip], k: int, seed: int, test_only: frozenset[str]) -> t
 def cross_validate(learner: Learner, clips: list[Clip], labels: tuple[str, ...], k: int, seed: int, test_only: frozenset[str],
                    fold: np.ndarray, folds: list[tuple[Any, Split]], left_out: dict[str, tuple[Any, Split]]) -> dict[str, Any]:  # fmt: skip
     """The record of how the learner's models did on what they never heard: per fold, corpus and
-    condition; mean and spread per corpus; pooled out-of-fold recall and calibration; the temperature;
-    the cross-corpus cells (test-only corpora by every fold's model, each trained corpus by the model
-    trained without it); then the learner's own figures."""
+    condition; mean and spread per corpus; pooled out-of-fold recall and calibration error; the
+    calibration itself (a temperature, growing with each clip's unfamiliarity where the learner
+    measures one, fitted on voices never heard and on each trained corpus as scored by the model that
+    never heard it); the cross-corpus cells (test-only corpora by every fold's model, each trained
+    corpus by the model trained without it); then the learner's own figures."""
     y = np.array([labels.index(c.label) for c in clips])
     mask = label_mask(clips, labels)
     corpus = np.array([c.corpus for c in clips])
@@ -218,29 +252,44 @@ def cross_validate(learner: Learner, clips: list[Clip], labels: tuple[str, ...],
                 row.setdefault(c, {})[name] = fold_scores(y[idx], oof[name][idx], mask[idx], labels)
         rows.append(row)
     held = np.flatnonzero(fold >= 0)
-    temperature = fit_temperature(masked_logits(oof["clean"][held], mask[held]), y[held])
+    signal = all(learner.unfamiliarity(m, s.test[:1]) is not None for m, s in folds + list(left_out.values()))
+
+    def unfamiliar(model: Any, keep: np.ndarray) -> np.ndarray:
+        return learner.unfamiliarity(model, keep) if signal else np.ones(len(keep))
+
+    oof_unfamiliar = np.ones(len(clips))
+    for model, split in folds:
+        oof_unfamiliar[split.test] = unfamiliar(model, split.test)
+    unheard: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # each trained corpus by the model that never heard it
+    for c, (model, split) in sorted(left_out.items()):
+        allowed = mask[split.train].any(axis=0)
+        keep = split.test[allowed[y[split.test]]]
+        unheard.append((masked_logits(learner.logits(model, "clean", keep), mask[keep] & allowed), y[keep], unfamiliar(model, keep)))
+    in_language = (masked_logits(oof["clean"][held], mask[held]), y[held], oof_unfamiliar[held])
+    if signal and unheard:  # voices and corpora never heard, together: calibrated where the model has never been
+        temperature, slope = fit_calibration(*(np.concatenate(parts) for parts in zip(in_language, *unheard)))
+    else:
+        temperature, slope = fit_temperature(*in_language[:2]), 0.0
     cv: dict[str, Any] = {"k": k, "seed": seed, "folds": rows, "summary": summarize(rows, corpora, learner.conditions), "pooled": {}}
+    calibrated = oof["clean"] / unfamiliar_scale(oof_unfamiliar, slope)
     for c in corpora:
         idx = np.flatnonzero(corpus == c)
-        cv["pooled"][c] = pooled(oof["clean"][idx], y[idx], mask[idx], temperature, labels)
-    cv["pooled"]["temperature"] = temperature
+        cv["pooled"][c] = pooled(calibrated[idx], y[idx], mask[idx], temperature, labels)
+    cv["pooled"] |= {"temperature": temperature, "temperature_slope": slope}
 
     def heard_by(model: Any) -> Logits:
-        return lambda keep: learner.logits(model, "clean", keep)
+        return lambda keep: learner.logits(model, "clean", keep) / unfamiliar_scale(unfamiliar(model, keep), slope)
 
+    cv["test_only"] = sorted(test_only & set(corpus.tolist()))
     cv["cross_corpus"] = {}
-    for c in sorted(test_only & set(corpus.tolist())):
+    for c in cv["test_only"]:
         cv["cross_corpus"][c] = never_heard([(heard_by(m), s.train) for m, s in folds], y, mask, corpus, np.flatnonzero(corpus == c),
                                             temperature, labels, "each fold's model")  # fmt: skip
-    unheard: list[tuple[np.ndarray, np.ndarray]] = []  # (masked logits, truth) of each corpus by the model that never heard it
     for c, (model, split) in sorted(left_out.items()):
         cv["cross_corpus"][c] = never_heard([(heard_by(model), split.train)], y, mask, corpus, split.test, temperature, labels,
                                             "one model trained on the others")  # fmt: skip
-        allowed = mask[split.train].any(axis=0)
-        keep = split.test[allowed[y[split.test]]]
-        unheard.append((masked_logits(heard_by(model)(keep), mask[keep] & allowed), y[keep]))
-    if unheard:  # the temperature a corpus never heard would want: what calibrating "where it has never been" starts from
-        cv["pooled"]["temperature_unheard"] = fit_temperature(np.concatenate([x for x, _ in unheard]), np.concatenate([t for _, t in unheard]))
+    if unheard:  # one temperature for a corpus never heard, for comparison: what a learner without unfamiliarity could do
+        cv["pooled"]["temperature_unheard"] = fit_temperature(np.concatenate([x for x, _, _ in unheard]), np.concatenate([t for _, t, _ in unheard]))
     return cv | learner.measure(folds, cv)
 
 

@@ -270,7 +270,8 @@ def personal_baseline(pipeline: Pipeline, paths: list[str]) -> Baseline:
     if not observations:
         raise SeraError("--baseline: no speech heard in those files")
     baseline = Baseline.of(observations)
-    unused = f"; the model needs {info.min_clips}, so it is not used" if baseline.count < info.min_clips else ""
+    unused = ("; the model in use uses no baseline (plugins.emotion_whisper.baseline_from sets a size)" if not info.min_clips else
+              f"; the model needs {info.min_clips}, so it is not used" if baseline.count < info.min_clips else "")  # fmt: skip
     print(f"sera: a baseline of {baseline.count} clips from {len(paths)} files{unused}", file=sys.stderr)
     return baseline
 

@@ -403,7 +403,8 @@ class VoiceNotes(commands.Cog):
         if info is None:
             text = "The emotion analyzer in use keeps no baseline."
         elif baseline is None:
-            text = f"You have no baseline yet. `/emotion baseline add` a few recordings of your ordinary voice (I use it from {info.min_clips} clips on)."
+            text = "You have no baseline yet. `/emotion baseline add` a few recordings of your ordinary voice" + (
+                f" (I use it from {info.min_clips} clips on)." if info.min_clips else " (the model in use does not use baselines yet; it is kept for one that does).")  # fmt: skip
         else:
             text = baseline_words(baseline.count, info.min_clips, learning) + heard_mix(baseline, self._labels())
         await interaction.response.send_message(text, ephemeral=True)

@@ -70,6 +70,9 @@ class CNN:
     def logits(self, model: EmotionNet, condition: str, idx: np.ndarray) -> np.ndarray:
         return predict(model, self.scored[condition][idx])
 
+    def unfamiliarity(self, model: EmotionNet, idx: np.ndarray) -> None:
+        return None  # the CNN measures none: one temperature
+
     def measure(self, folds: list[tuple[EmotionNet, Split]], cv: dict[str, Any]) -> dict[str, Any]:
         return {}
 

@@ -13,8 +13,11 @@ import numpy as np
 from sera.corpora import Clip
 from sera.model import softmax
 from sera.training.learners.whisper.encoder import Heads
-from sera.training.learners.whisper.head import REFERENCE_CLIPS, Data, baseline_logits, fit_baseline, fit_plain, pick_mixed, plain_logits
-from sera.training.protocol import ENROLMENT, Split, fit_temperature, masked_logits, masked_probabilities, speaker_folds
+from sera.metrics import expected_calibration_error
+from sera.training.learners.whisper.head import (
+    REFERENCE_CLIPS, Data, baseline_logits, fit_baseline, fit_plain, pick_mixed, plain_logits, unfamiliarity,
+)  # fmt: skip
+from sera.training.protocol import ENROLMENT, Split, fit_temperature, masked_logits, masked_probabilities, speaker_folds, spread, unfamiliar_scale
 
 MIN_CLIPS_GRID = (3, 5, 10, 20)  # baseline sizes cross-validated; the smallest that helps and never hurts is served
 SWEPT = ("mixed", "own emotion only")  # the kinds of baseline measured at every size of MIN_CLIPS_GRID
@@ -65,7 +68,7 @@ def measure(data: Data, clips: list[Clip], labels: tuple[str, ...], folds: list[
     """Every fold's heads against baselines of every kind and size drawn from its held-out speakers; the
     baseline head's temperature (pooled out-of-fold, a mixed baseline of ``REFERENCE_CLIPS``); the table
     and the size served; RAVDESS alone in 7 folds, as the side run that proposed this model measured it."""
-    seed, temperature, corpora = cv["seed"], cv["pooled"]["temperature"], list(cv["summary"])
+    seed, temperature, slope, corpora = cv["seed"], cv["pooled"]["temperature"], cv["pooled"]["temperature_slope"], list(cv["summary"])
     pickers = kinds(data, labels)
     plain = np.zeros((len(data.y), len(labels)))
     mixed = np.zeros((len(data.y), len(labels)))
@@ -73,7 +76,7 @@ def measure(data: Data, clips: list[Clip], labels: tuple[str, ...], folds: list[
     sweep: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for f, (heads, split) in enumerate(folds):
         held = split.test
-        plain[held] = plain_logits(heads, data.x[held])
+        plain[held] = calibrated_plain(heads, data.x[held], slope)
         heard[held] = plain[held].argmax(axis=1)  # what the plain head hears, unmasked, as when serving
         for kind, pick in pickers.items():
             for size in MIN_CLIPS_GRID if kind in SWEPT else (REFERENCE_CLIPS,):
@@ -86,9 +89,42 @@ def measure(data: Data, clips: list[Clip], labels: tuple[str, ...], folds: list[
     table = baseline_table(sweep, data, plain, temperature, baseline_temperature, corpora, len(folds))
     table |= {"temperature": baseline_temperature, "reference_clips": REFERENCE_CLIPS}
     result: dict[str, Any] = {"baseline": table}
+    table["unheard"] = {c: unheard_language(data, [heads for heads, _ in folds], np.flatnonzero(data.corpus == c), slope, temperature,
+                                            baseline_temperature, seed) for c in cv["test_only"]}  # fmt: skip
     if "ravdess" in corpora:
-        result["ravdess7"] = ravdess_folds(data, clips, np.sort(trained), seed, temperature, baseline_temperature)
+        result["ravdess7"] = ravdess_folds(data, clips, np.sort(trained), seed, temperature, baseline_temperature, slope)
     return result
+
+
+def calibrated_plain(heads: Heads, x: np.ndarray, slope: float) -> np.ndarray:
+    """The plain head's logits divided by each clip's unfamiliarity to the power ``slope``: what the
+    temperature then applies to, as served."""
+    return plain_logits(heads, x) / unfamiliar_scale(unfamiliarity(heads, x), slope)
+
+
+def unheard_language(data: Data, fold_heads: list[Heads], idx: np.ndarray, slope: float, temperature: float, baseline_temperature: float,
+                     seed: int) -> dict[str, Any]:  # fmt: skip
+    """A test-only corpus (a language never heard) by every fold's heads: no baseline, a baseline of
+    ``REFERENCE_CLIPS`` mixed clips of the speaker, and one of the clip's own emotion only; the served
+    answer's accuracy and ECE, mean and spread over the fold models."""
+    cells: dict[str, list[dict[str, float]]] = {}
+    pickers = {"mixed": pick_mixed, "own emotion only": kinds(data, ())["own emotion only"]}
+    mask, truth = data.mask[idx], data.y[idx]
+    for f, heads in enumerate(fold_heads):
+        plain = calibrated_plain(heads, data.x[idx], slope)
+        heard = np.zeros(len(data.y), dtype=int)
+        heard[idx] = plain.argmax(axis=1)
+        probs = softmax(masked_logits(plain, mask), temperature)
+        cells.setdefault("none", []).append(figures(truth, probs))
+        for kind, pick in pickers.items():
+            against, counts = against_baselines(heads, data, idx, heard, pick, REFERENCE_CLIPS, seed + f)
+            served = (probs + softmax(masked_logits(against, mask), baseline_temperature)) / 2
+            cells.setdefault(kind, []).append(figures(truth, np.where((counts > 0)[:, None], served, probs)))
+    return {kind: spread(values, ("accuracy", "ece")) for kind, values in cells.items()}
+
+
+def figures(truth: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    return {"accuracy": float(np.mean(probs.argmax(axis=1) == truth)), "ece": expected_calibration_error(truth, probs)}
 
 
 def baseline_table(sweep: dict, data: Data, plain: np.ndarray, temperature: float, baseline_temperature: float, corpora: list[str], k: int) -> dict[str, Any]:
@@ -131,7 +167,8 @@ def baseline_table(sweep: dict, data: Data, plain: np.ndarray, temperature: floa
     return table
 
 
-def ravdess_folds(data: Data, clips: list[Clip], trained: np.ndarray, seed: int, temperature: float, baseline_temperature: float) -> dict[str, Any]:
+def ravdess_folds(data: Data, clips: list[Clip], trained: np.ndarray, seed: int, temperature: float, baseline_temperature: float,
+                  slope: float) -> dict[str, Any]:  # fmt: skip
     """RAVDESS alone in 7 folds of 3 actors, without a baseline and with one of 10 mixed clips: the
     protocol of the side run that proposed this front end, to read beside its table."""
     idx = trained[data.corpus[trained] == "ravdess"]
@@ -141,7 +178,7 @@ def ravdess_folds(data: Data, clips: list[Clip], trained: np.ndarray, seed: int,
     for f in range(k):
         train, held = idx[fold != f], idx[fold == f]
         heads = fit_baseline(data, train, fit_plain(data, train), seed)
-        logits = plain_logits(heads, data.x[held])
+        logits = calibrated_plain(heads, data.x[held], slope)
         plain_acc.append(float(np.mean(logits.argmax(axis=1) == data.y[held])))
         heard = np.zeros(len(data.y), dtype=int)
         heard[held] = logits.argmax(axis=1)

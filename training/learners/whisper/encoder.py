@@ -245,7 +245,9 @@ class Heads:
     """The two linear heads over the standardised embedding ``z = (e - center) / scale``: ``logits = z @
     plain_w + plain_b``; against a baseline (its mean embedding ``m`` and heard-emotion shares ``h``),
     ``logits_baseline = (z - r) @ baseline_w + baseline_b`` with ``r = (m - center) / scale - h @ shifts``:
-    the baseline's offset from the population, less what the emotions heard in it explain."""
+    the baseline's offset from the population, less what the emotions heard in it explain. And how
+    unfamiliar the utterance is: the mean square of ``z`` outside the training clips' principal subspace,
+    over a typical training clip's (a language the model never heard lies far outside it)."""
 
     center: np.ndarray  # (dims,)
     scale: np.ndarray  # (dims,)
@@ -254,30 +256,34 @@ class Heads:
     baseline_w: np.ndarray
     baseline_b: np.ndarray
     shifts: np.ndarray  # (labels, dims): each emotion's mean offset from its speaker's mean, standardised
+    subspace: np.ndarray  # (FAMILIAR_DIMS, dims): the principal directions of the training clips' z
+    typical: float  # a typical training clip's energy outside them: ``unfamiliar`` is relative to it
     l2: float = 0.0  # the plain head's L2 strength, as chosen by the inner cross-validation (the card says it)
 
 
 class WhisperEmotionNet(torch.nn.Module):
-    """What ships: ``(mel, baseline_mean, baseline_heard) -> (embedding, logits, logits_baseline)``."""
+    """What ships: ``(mel, baseline_mean, baseline_heard) -> (embedding, logits, logits_baseline, unfamiliar)``."""
 
     def __init__(self, embedder: Embedder, heads: Heads) -> None:
         super().__init__()
         self.embedder = embedder
-        for name in ("center", "scale", "plain_w", "plain_b", "baseline_w", "baseline_b", "shifts"):
+        for name in ("center", "scale", "plain_w", "plain_b", "baseline_w", "baseline_b", "shifts", "subspace", "typical"):
             self.register_buffer(name, torch.from_numpy(np.asarray(getattr(heads, name), dtype=np.float32)))
 
     def forward(self, mel: torch.Tensor, baseline_mean: torch.Tensor, baseline_heard: torch.Tensor) -> tuple[torch.Tensor, ...]:
         embedding = self.embedder(mel)[None]
         z = (embedding - self.center) / self.scale
         reference = (baseline_mean - self.center) / self.scale - baseline_heard @ self.shifts
-        return embedding, z @ self.plain_w + self.plain_b, (z - reference) @ self.baseline_w + self.baseline_b
+        outside = z - (z @ self.subspace.T) @ self.subspace
+        unfamiliar = (outside**2).mean(dim=1) / self.typical
+        return embedding, z @ self.plain_w + self.plain_b, (z - reference) @ self.baseline_w + self.baseline_b, unfamiliar
 
 
 def export(net: WhisperEmotionNet, metadata_props: dict[str, str], path: Path, opset: int, n_mels: int, dims: int, labels: int) -> None:
     """One ONNX graph with a dynamic number of frames and sera's metadata."""
     import onnx
 
-    from sera.model import BASELINE_HEARD, BASELINE_LOGITS, BASELINE_MEAN, EMBEDDING, INPUT_NAME, OUTPUT_NAME
+    from sera.model import BASELINE_HEARD, BASELINE_LOGITS, BASELINE_MEAN, EMBEDDING, INPUT_NAME, OUTPUT_NAME, UNFAMILIAR
     from sera.shipped import record
 
     dummy = (torch.zeros(1, n_mels, 300), torch.zeros(1, dims), torch.zeros(1, labels))
@@ -286,7 +292,7 @@ def export(net: WhisperEmotionNet, metadata_props: dict[str, str], path: Path, o
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(
             net.eval(), dummy, str(path), dynamo=False, opset_version=opset,
-            input_names=[INPUT_NAME, BASELINE_MEAN, BASELINE_HEARD], output_names=[EMBEDDING, OUTPUT_NAME, BASELINE_LOGITS],
+            input_names=[INPUT_NAME, BASELINE_MEAN, BASELINE_HEARD], output_names=[EMBEDDING, OUTPUT_NAME, BASELINE_LOGITS, UNFAMILIAR],
             dynamic_axes={INPUT_NAME: {2: "frames"}},
         )  # fmt: skip
     graph = onnx.load(str(path))
@@ -295,6 +301,30 @@ def export(net: WhisperEmotionNet, metadata_props: dict[str, str], path: Path, o
     graph.producer_name = "sera"
     onnx.save(graph, str(path))
     record(path)  # its sha256 beside it: serving refuses the file if it ever changes
+
+
+def quantize(fp32: Path, path: Path) -> None:
+    """``fp32`` with the encoder's weight matrices in int8 (onnxruntime's dynamic quantization: each
+    call quantizes its activations), written to ``path``; the heads, the standardisation and the
+    unfamiliarity stay float32, as does the metadata."""
+    import logging
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from sera.shipped import record
+
+    trunk = [node.name for node in onnx.load(str(fp32)).graph.node if node.name.startswith("/embedder/") and node.op_type == "MatMul"]
+    root = logging.getLogger()
+    was, root.disabled = root.disabled, True  # its advice to pre-process the graph first: the root logger, every time
+    try:
+        quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8, nodes_to_quantize=trunk)
+    finally:
+        root.disabled = was
+    graph = onnx.load(str(path))
+    graph.producer_name = "sera"
+    onnx.save(graph, str(path))
+    record(path)
 
 
 def parity_with_ctranslate2(weights: Weights, mel: np.ndarray) -> float:
