@@ -252,7 +252,8 @@ def cross_validate(learner: Learner, clips: list[Clip], labels: tuple[str, ...],
                 row.setdefault(c, {})[name] = fold_scores(y[idx], oof[name][idx], mask[idx], labels)
         rows.append(row)
     held = np.flatnonzero(fold >= 0)
-    signal = all(learner.unfamiliarity(m, s.test[:1]) is not None for m, s in folds + list(left_out.values()))
+    model, split = folds[0]
+    signal = learner.unfamiliarity(model, split.test[:1]) is not None  # whether the learner measures it at all
 
     def unfamiliar(model: Any, keep: np.ndarray) -> np.ndarray:
         return learner.unfamiliarity(model, keep) if signal else np.ones(len(keep))

@@ -89,8 +89,9 @@ def measure(data: Data, clips: list[Clip], labels: tuple[str, ...], folds: list[
     table = baseline_table(sweep, data, plain, temperature, baseline_temperature, corpora, len(folds))
     table |= {"temperature": baseline_temperature, "reference_clips": REFERENCE_CLIPS}
     result: dict[str, Any] = {"baseline": table}
-    table["unheard"] = {c: unheard_language(data, [heads for heads, _ in folds], np.flatnonzero(data.corpus == c), slope, temperature,
-                                            baseline_temperature, seed) for c in cv["test_only"]}  # fmt: skip
+    swept = {kind: pickers[kind] for kind in SWEPT}
+    table["unheard"] = {c: unheard_language(data, [heads for heads, _ in folds], np.flatnonzero(data.corpus == c), swept, slope,
+                                            temperature, baseline_temperature, seed) for c in cv["test_only"]}  # fmt: skip
     if "ravdess" in corpora:
         result["ravdess7"] = ravdess_folds(data, clips, np.sort(trained), seed, temperature, baseline_temperature, slope)
     return result
@@ -102,13 +103,19 @@ def calibrated_plain(heads: Heads, x: np.ndarray, slope: float) -> np.ndarray:
     return plain_logits(heads, x) / unfamiliar_scale(unfamiliarity(heads, x), slope)
 
 
-def unheard_language(data: Data, fold_heads: list[Heads], idx: np.ndarray, slope: float, temperature: float, baseline_temperature: float,
-                     seed: int) -> dict[str, Any]:  # fmt: skip
-    """A test-only corpus (a language never heard) by every fold's heads: no baseline, a baseline of
-    ``REFERENCE_CLIPS`` mixed clips of the speaker, and one of the clip's own emotion only; the served
-    answer's accuracy and ECE, mean and spread over the fold models."""
+def served(probs: np.ndarray, against: np.ndarray, mask: np.ndarray, counts: np.ndarray, baseline_temperature: float) -> np.ndarray:
+    """The answer as served: the plain probabilities averaged with those against the baseline, where the
+    clip had one (``counts`` > 0)."""
+    with_baseline = (probs + softmax(masked_logits(against, mask), baseline_temperature)) / 2
+    return np.where((counts > 0)[:, None], with_baseline, probs)
+
+
+def unheard_language(data: Data, fold_heads: list[Heads], idx: np.ndarray, pickers: dict[str, Picker], slope: float, temperature: float,
+                     baseline_temperature: float, seed: int) -> dict[str, Any]:  # fmt: skip
+    """A test-only corpus (a language never heard) by every fold's heads: no baseline, and a baseline of
+    ``REFERENCE_CLIPS`` clips of the speaker drawn by each of ``pickers``; the served answer's accuracy
+    and ECE, mean and spread over the fold models."""
     cells: dict[str, list[dict[str, float]]] = {}
-    pickers = {"mixed": pick_mixed, "own emotion only": kinds(data, ())["own emotion only"]}
     mask, truth = data.mask[idx], data.y[idx]
     for f, heads in enumerate(fold_heads):
         plain = calibrated_plain(heads, data.x[idx], slope)
@@ -118,8 +125,7 @@ def unheard_language(data: Data, fold_heads: list[Heads], idx: np.ndarray, slope
         cells.setdefault("none", []).append(figures(truth, probs))
         for kind, pick in pickers.items():
             against, counts = against_baselines(heads, data, idx, heard, pick, REFERENCE_CLIPS, seed + f)
-            served = (probs + softmax(masked_logits(against, mask), baseline_temperature)) / 2
-            cells.setdefault(kind, []).append(figures(truth, np.where((counts > 0)[:, None], served, probs)))
+            cells.setdefault(kind, []).append(figures(truth, served(probs, against, mask, counts, baseline_temperature)))
     return {kind: spread(values, ("accuracy", "ece")) for kind, values in cells.items()}
 
 
@@ -149,9 +155,8 @@ def baseline_table(sweep: dict, data: Data, plain: np.ndarray, temperature: floa
                 rows = np.flatnonzero(data.corpus[held] == corpus)
                 idx = held[rows]
                 probs = softmax(masked_logits(plain[idx], data.mask[idx]), temperature)
-                with_baseline = (probs + softmax(masked_logits(against[rows], data.mask[idx]), baseline_temperature)) / 2
-                served = np.where((counts[rows] > 0)[:, None], with_baseline, probs)
-                values.append(float(np.mean(served.argmax(axis=1) == data.y[idx])))
+                answer = served(probs, against[rows], data.mask[idx], counts[rows], baseline_temperature)
+                values.append(float(np.mean(answer.argmax(axis=1) == data.y[idx])))
                 used.append(float(np.mean(counts[rows])))
             cells[corpus] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "clips": float(np.mean(used))}
         if kind in SWEPT:
