@@ -3,10 +3,11 @@
 # with sera and its test tools, then the main job (analysing the bundled voice note on the shipped
 # model). No Discord token needed. Works where the system's python3 is "externally managed" (PEP 668:
 # Debian 12, Ubuntu 23.04 and later): nothing is installed into it.
-usage="usage: ./setup.sh [--no-run] [--train]
-  (none)     set up, then analyse examples/voice-note.ogg on the shipped model
-  --no-run   set up only
-  --train    also the [train] extra (PyTorch, CPU build): for \`sera train\` and the training tests
+usage="usage: ./setup.sh [--no-run] [--train] [--transcripts]
+  (none)         set up, then analyse examples/voice-note.ogg on the shipped model
+  --no-run       set up only
+  --train        also the [train] extra (PyTorch, CPU build): for \`sera train\` and the training tests
+  --transcripts  also the [transcripts] extra (faster-whisper, Whisper tiny.en and base): the transcript plugin
 Afterwards: .venv/bin/sera ..., or \`source .venv/bin/activate\` once per shell and then sera ..."
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -17,6 +18,7 @@ for option in "$@"; do
   case "$option" in
     --no-run) run=no ;;
     --train) extras="$extras,train" ;;
+    --transcripts) extras="$extras,transcripts" ;;
     -h|--help) echo "$usage"; exit 0 ;;
     *) echo "setup.sh: unknown option $option" >&2; echo "$usage" >&2; exit 2 ;;
   esac

@@ -115,7 +115,7 @@ class LiveOptions:
 
 # Built-ins that are off unless the config turns them on: the seed paper's CNN stays one line away
 # (``plugins: {emotion_cnn: {enabled: true}}``) since the Whisper-encoder analyzer became the default.
-DEFAULT_PLUGINS: dict[str, dict[str, Any]] = {"emotion_cnn": {"enabled": False}}
+DEFAULT_PLUGINS: dict[str, dict[str, Any]] = {"emotion_cnn": {"enabled": False}, "transcript": {"enabled": False}}
 EMOTION_ANALYZERS = ("emotion_whisper", "emotion_cnn")  # the built-in emotion analyzers, the default first
 
 
@@ -294,6 +294,11 @@ def _convert(value: Any, hint: Any, file: str, key: str) -> Any:
         (inner,) = typing.get_args(hint)
         return [_convert(v, inner, file, f"{key}[{i}]") for i, v in enumerate(value)]
     if hint is Any:
+        return value
+    if origin is typing.Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"{file}: '{key}' must be one of {', '.join(map(str, choices))}, not {value!r}")
         return value
     if hint is Path:
         return Path(_convert(value, str, file, key))

@@ -162,12 +162,16 @@ class LiveSession:
         on_results: Callable[[list[Utterance]], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         baselines: BaselineStore | None = None,
+        transcribes: Callable[[str], bool] = lambda speaker: False,
     ) -> None:
+        """``consents``: whether a speaker agreed to be analysed (others' audio is dropped as it arrives);
+        ``transcribes``: whether they agreed to have their words written down too (asked per utterance)."""
         self.pipeline = pipeline
         self.store = store
         self.info = info
         self.options = options
         self.consents = consents
+        self.transcribes = transcribes
         self.skip = skip
         self.on_results = on_results
         self.clock = clock
@@ -244,7 +248,7 @@ class LiveSession:
     def _analyze(self, found: list[Utterance], samples: list[np.ndarray]) -> list[Utterance]:
         known = {u.speaker: self._baseline(u.speaker) for u in found}
         segments = [Segment(s, SAMPLE_RATE, u.start, u.end, u.speaker, known[u.speaker].baseline) for u, s in zip(found, samples)]
-        outputs, notices = self.pipeline.analyze_segments(segments, self.skip)
+        outputs, notices = self.pipeline.analyze_segments(segments, self.skip, [self.transcribes(u.speaker) for u in found])
         for notice in notices:
             log.warning("session %d: %s", self.info.id, notice)
         self._learn(found, outputs)

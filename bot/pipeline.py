@@ -60,24 +60,27 @@ class Pipeline:
         )
 
     def analyze(
-        self, source: bytes | str | Path, name: str | None = None, skip: Collection[str] = frozenset(), baseline: Baseline | None = None
-    ) -> Report:
+        self, source: bytes | str | Path, name: str | None = None, skip: Collection[str] = frozenset(), baseline: Baseline | None = None,
+        transcribe: bool = False,
+    ) -> Report:  # fmt: skip
         """Decode and analyse one source; raises ``AudioError`` for input that cannot be used.
 
         ``skip`` names analyzers not to run (a guild can turn plugins off for itself); ``baseline`` is
-        the speaker's personal baseline, for the analyzers that serve one.
+        the speaker's personal baseline, for the analyzers that serve one; ``transcribe``: whether the
+        speaker agreed to transcripts (analyzers that transcribe run only then).
         """
         if name is None:
             name = Path(source).name if isinstance(source, (str, Path)) else "audio"
-        return self.analyze_samples(decode(source, self.limits, SAMPLE_RATE), name, skip=skip, baseline=baseline)
+        return self.analyze_samples(decode(source, self.limits, SAMPLE_RATE), name, skip, baseline, transcribe)
 
     async def analyze_async(
-        self, source: bytes | str | Path, name: str | None = None, skip: Collection[str] = frozenset(), baseline: Baseline | None = None
-    ) -> Report:
+        self, source: bytes | str | Path, name: str | None = None, skip: Collection[str] = frozenset(), baseline: Baseline | None = None,
+        transcribe: bool = False,
+    ) -> Report:  # fmt: skip
         """``analyze`` on the worker pool, awaited without blocking the event loop."""
         loop = asyncio.get_running_loop()
         work = self.analyze if self._in_process else _analyze_in_worker
-        return await loop.run_in_executor(self.workers, work, source, name, skip, baseline)
+        return await loop.run_in_executor(self.workers, work, source, name, skip, baseline, transcribe)
 
     @property
     def baseline_info(self) -> BaselineInfo | None:
@@ -91,10 +94,12 @@ class Pipeline:
             for done in [self.workers.submit(_analyze_in_worker, None, None, ()) for _ in range(self.config.workers)]:
                 done.result()
 
-    def analyze_samples(self, samples: np.ndarray, name: str, skip: Collection[str] = frozenset(), baseline: Baseline | None = None) -> Report:
+    def analyze_samples(
+        self, samples: np.ndarray, name: str, skip: Collection[str] = frozenset(), baseline: Baseline | None = None, transcribe: bool = False
+    ) -> Report:
         spans = self.detector.segments(samples)
         segments = [Segment(samples[a:b], SAMPLE_RATE, a / SAMPLE_RATE, b / SAMPLE_RATE, baseline=baseline) for a, b in spans]
-        outputs, notices = self.analyze_segments(segments, skip) if segments else ({}, [])
+        outputs, notices = self.analyze_segments(segments, skip, [transcribe] * len(segments)) if segments else ({}, [])
         log.debug("analysed %.1f s of audio: %d speech segments, %d analyzers, %d notices", samples.size / SAMPLE_RATE,
                   len(segments), len(outputs), len(notices))  # fmt: skip
         return Report(
@@ -106,16 +111,33 @@ class Pipeline:
         )
 
     def analyze_segments(
-        self, segments: Sequence[Segment], skip: Collection[str] = frozenset()
+        self, segments: Sequence[Segment], skip: Collection[str] = frozenset(), transcribe: Sequence[bool] | None = None
     ) -> tuple[dict[str, PluginOutput], list[str]]:
-        """Every enabled analyzer on segments already cut (a voice note's, or a live speaker's utterances)."""
+        """Every enabled analyzer on segments already cut (a voice note's, or a live speaker's utterances).
+        ``transcribe`` says, segment by segment, whether its speaker agreed to transcripts (none by
+        default): an analyzer that transcribes sees only those segments, and the others get None."""
         outputs: dict[str, PluginOutput] = {}
         notices: list[str] = []
+        agreed = [i for i, yes in enumerate(transcribe or ()) if yes]
         for analyzer in (a for a in self.plugins.analyzers if a.name not in skip):
+            chosen = [segments[i] for i in agreed] if analyzer.transcribes else segments
+            if not chosen:
+                continue
             try:
-                outputs[analyzer.name] = self.plugins.call(analyzer, "analyze", _call, analyzer, segments)
+                if analyzer.transcribes:  # a recogniser's cost grows with the words: each call bounded on its own
+                    parts = [self.plugins.call(analyzer, "analyze", _call, analyzer, [segment], False).segments[0] for segment in chosen]
+                    output = PluginOutput(parts, self.plugins.call(analyzer, "summarize", _summarize, analyzer, parts))
+                else:
+                    output = self.plugins.call(analyzer, "analyze", _call, analyzer, chosen)
             except PluginFailure as failure:
                 notices.append(f"{analyzer.name} failed ({failure}); its results are left out")
+                continue
+            if analyzer.transcribes:
+                spread: list[Result | None] = [None] * len(segments)
+                for i, result in zip(agreed, output.segments):
+                    spread[i] = result
+                output = PluginOutput(spread, output.overall)
+            outputs[analyzer.name] = output
         return outputs, notices
 
     def close(self) -> None:
@@ -142,21 +164,27 @@ def _start_worker(config: Config) -> None:
 
 
 def _analyze_in_worker(
-    source: bytes | str | Path | None, name: str | None, skip: Collection[str], baseline: Baseline | None = None
+    source: bytes | str | Path | None, name: str | None, skip: Collection[str], baseline: Baseline | None = None, transcribe: bool = False
 ) -> Report | None:
     """``Pipeline.analyze`` in a worker process; ``None`` source: only make sure the worker is up."""
-    return None if source is None else _worker[0].analyze(source, name, skip, baseline)
+    return None if source is None else _worker[0].analyze(source, name, skip, baseline, transcribe)
 
 
-def _call(analyzer: Analyzer, segments: Sequence[Segment]) -> PluginOutput:
+def _call(analyzer: Analyzer, segments: Sequence[Segment], whole: bool = True) -> PluginOutput:
+    """The analyzer's checked results for ``segments`` and, where they are the ``whole`` source, its
+    summary of them."""
     results = list(analyzer.analyze(segments))
     if len(results) != len(segments):
         raise PluginFailure(f"it gave {len(results)} results for {len(segments)} segments")
     for result in results:
         _check(result)
+    return PluginOutput(segments=results, overall=_summarize(analyzer, results) if whole else None)
+
+
+def _summarize(analyzer: Analyzer, results: Sequence[Result | None]) -> Result | None:
     overall = analyzer.summarize([r for r in results if r is not None])
     _check(overall)
-    return PluginOutput(segments=results, overall=overall)
+    return overall
 
 
 def _check(result: object) -> None:

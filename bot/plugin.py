@@ -32,7 +32,10 @@ sera does not have yet). 1.1 added baselines (``Segment.baseline``, ``EmotionRes
 and ``observation``), ``EmotionAnalyzer``, ``requires``/``extra`` and the re-exports. 1.2 added
 ``load_emotion_model`` (any emotion model file, as the kind its metadata names; ``EmotionAnalyzer.load``
 takes that kind's name): the two concrete model classes 1.1 re-exported are no longer part of this API
-(no plugin outside sera used them; ``sera.model`` still has them).
+(no plugin outside sera used them; ``sera.model`` still has them). 1.3 added ``Analyzer.transcribes``
+(an analyzer whose results hold the words people said runs only on the speech of those who agreed to
+transcripts), ``TranscriptResult``, ``whisper_files`` (Whisper's weights from their packages, for
+faster-whisper) and ``ConfigError`` (an option refused in ``setup``).
 """
 
 from __future__ import annotations
@@ -49,11 +52,12 @@ import numpy as np
 from sera.baseline import Baseline, Observation
 from sera.bounds import bounded
 from sera.emotions import EMOTIONS, UNSURE, UNSURE_BELOW, color, emoji
-from sera.errors import ModelError, SeraError
+from sera.errors import ConfigError, ModelError, SeraError
 from sera.model import (
     MODEL_FILE, WHISPER_MODEL_FILE, BaselineInfo, EmotionModelKind, load_emotion_model, model_input, softmax, whisper_input,
 )  # fmt: skip
-from sera.summary import SessionInfo, SessionSummary, Utterance, clock
+from sera.summary import TRANSCRIPT, SessionInfo, SessionSummary, Utterance, clock
+from sera.whisper_weights import whisper_files
 
 __all__ = [
     "EMOTIONS",
@@ -64,6 +68,7 @@ __all__ = [
     "Analyzer",
     "Baseline",
     "BaselineInfo",
+    "ConfigError",
     "EmotionAnalyzer",
     "EmotionResult",
     "ModelError",
@@ -79,6 +84,7 @@ __all__ = [
     "SeraError",
     "SessionInfo",
     "SessionSummary",
+    "TranscriptResult",
     "Utterance",
     "api_mismatch",
     "bounded",
@@ -88,10 +94,11 @@ __all__ = [
     "load_emotion_model",
     "model_input",
     "softmax",
+    "whisper_files",
     "whisper_input",
 ]
 
-SERA_PLUGIN_API = (1, 2)  # (major, minor): a new minor adds, a new major breaks
+SERA_PLUGIN_API = (1, 3)  # (major, minor): a new minor adds, a new major breaks
 
 OptionsT = TypeVar("OptionsT")
 
@@ -184,6 +191,26 @@ class EmotionResult(Result):
 
 
 @dataclass(frozen=True)
+class TranscriptResult(Result):
+    """What was said in a segment (or, from ``summarize``, in the whole source): the words, the language
+    they were heard in, and how sure the recogniser was of them (0-1)."""
+
+    text: str = ""
+    language: str = ""
+    confidence: float = 0.0
+
+    kind: ClassVar[str] = TRANSCRIPT
+
+    def headline(self) -> str:
+        return f"“{self.text}”"
+
+    def to_dict(self) -> dict[str, Any]:
+        values = super().to_dict()
+        values["confidence"] = round(self.confidence, 4)
+        return values
+
+
+@dataclass(frozen=True)
 class NoOptions:
     """For plugins that take no settings."""
 
@@ -233,7 +260,14 @@ class Plugin(Generic[OptionsT]):
 
 
 class Analyzer(Plugin[OptionsT], ABC):
-    """Turns speech segments into results: one ``Result`` (or None) per segment, in order."""
+    """Turns speech segments into results: one ``Result`` (or None) per segment, in order.
+
+    One that ``transcribes`` (its results hold the words people said) is given only the segments of
+    speakers who agreed to transcripts, a consent of its own beside that of being analysed: the host
+    decides whose (``Pipeline.analyze_segments``), and the others' segments get None without it being
+    asked."""
+
+    transcribes: ClassVar[bool] = False
 
     @abstractmethod
     def analyze(self, segments: Sequence[Segment]) -> Sequence[Result | None]:

@@ -216,6 +216,15 @@ class PluginSet:
         except PluginFailure as failure:
             raise SeraError(f"the {name} reporter failed ({failure})") from None
 
+    def render_summary(self, name: str, summary: SessionSummary) -> Any:
+        """Reporter ``name``'s rendering of a session summary; ``SeraError`` (a short reason) if it is
+        missing or fails."""
+        reporter = self.reporter(name)
+        try:
+            return self.call(reporter, "render_session", reporter.render_session, summary)
+        except PluginFailure as failure:
+            raise SeraError(f"the {name} reporter failed ({failure})") from None
+
     def notify(self, hook: str, *args: object) -> None:
         """Call a session hook (``session_started``/``session_ended``) on every plugin; failures are logged."""
         for plugin in self.loaded:

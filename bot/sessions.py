@@ -1,5 +1,9 @@
 """Live sessions in SQLite (WAL): one row per session, one per analysed utterance, written as they happen.
 
+An utterance row keeps every analyzer's result for it, a transcript's words too where its speaker agreed
+to transcripts (a consent of its own, ``transcript_consent``); ``/forget`` and retention delete them with
+the row.
+
 A session row is written when listening starts and each utterance is committed the moment its analysis
 returns, so a crash or a dropped voice connection loses nothing already analysed. Each session names the
 process that runs it, which says every ``HEARTBEAT_SECONDS`` that it still does. A session still marked
@@ -67,7 +71,15 @@ CREATE TABLE IF NOT EXISTS consent (
     Migration(2, "which process runs each live session, and when it last said so", """
 ALTER TABLE sessions ADD COLUMN owner TEXT;
 ALTER TABLE sessions ADD COLUMN heartbeat {real}"""),
+    Migration(3, "who agreed to transcripts, per space", """
+CREATE TABLE IF NOT EXISTS transcript_consent (
+    space TEXT NOT NULL,
+    speaker TEXT NOT NULL,
+    since {real} NOT NULL,
+    PRIMARY KEY (space, speaker)
+)"""),
 )  # fmt: skip
+CONSENTS = {"analysis": "consent", "transcripts": "transcript_consent"}  # what a speaker may agree to, and its table
 
 HEARTBEAT_SECONDS = 30.0  # how often a process says its live sessions are still running
 STALE_SECONDS = 4 * HEARTBEAT_SECONDS  # a live session nobody vouched for in this long was cut short
@@ -255,19 +267,27 @@ class SessionStore:
             indent=2,
         )
 
-    def set_consent(self, space: str, speaker: str, consents: bool) -> None:
-        """Remember (or revoke) a speaker's opt-in to live analysis in one space."""
+    def set_consent(self, space: str, speaker: str, consents: bool, to: str = "analysis") -> None:
+        """Remember (or revoke) a speaker's opt-in, in one space, to live analysis or (``to="transcripts"``)
+        to having their words written down: two consents, each given and taken back on its own."""
+        table = CONSENTS[to]
         with self.db.transaction() as tx:
             if consents:
                 tx.execute(
-                    "INSERT INTO consent (space, speaker, since) VALUES (?, ?, ?) ON CONFLICT DO NOTHING", (space, speaker, time.time())
+                    f"INSERT INTO {table} (space, speaker, since) VALUES (?, ?, ?) ON CONFLICT DO NOTHING", (space, speaker, time.time())
                 )
             else:
-                tx.execute("DELETE FROM consent WHERE space = ? AND speaker = ?", (space, speaker))
+                tx.execute(f"DELETE FROM {table} WHERE space = ? AND speaker = ?", (space, speaker))
 
-    def consenting(self, space: str) -> set[str]:
+    def consenting(self, space: str, to: str = "analysis") -> set[str]:
+        """Who opted in, in one space, to live analysis or to transcripts."""
         with self.db.read() as db:
-            return {r[0] for r in db.execute("SELECT speaker FROM consent WHERE space = ?", (space,))}
+            return {r[0] for r in db.execute(f"SELECT speaker FROM {CONSENTS[to]} WHERE space = ?", (space,))}
+
+    def agrees(self, space: str, speaker: str, to: str = "analysis") -> bool:
+        """Whether one speaker opted in, in one space, to live analysis or to transcripts."""
+        with self.db.read() as db:
+            return db.execute(f"SELECT 1 FROM {CONSENTS[to]} WHERE space = ? AND speaker = ?", (space, speaker)).fetchone() is not None
 
     def delete_older_than(self, cutoff: float) -> int:
         """Sessions that ended before ``cutoff``, with their utterances (``discord.retention_days``);
@@ -286,7 +306,8 @@ class SessionStore:
         """Inside the caller's transaction: the speaker's utterances and opt-ins go, and the sessions they
         started no longer name them."""
         utterances = tx.execute("DELETE FROM utterances WHERE speaker = ?", (speaker,)).rowcount
-        tx.execute("DELETE FROM consent WHERE speaker = ?", (speaker,))
+        for table in CONSENTS.values():
+            tx.execute(f"DELETE FROM {table} WHERE speaker = ?", (speaker,))
         started = tx.execute("UPDATE sessions SET started_by = ? WHERE started_by = ?", (FORGOTTEN, speaker)).rowcount
         return {"utterances": utterances, "sessions_started": started}
 

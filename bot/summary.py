@@ -12,6 +12,7 @@ from typing import Any
 
 from sera.emotions import NEGATIVE
 
+TRANSCRIPT = "transcript"  # the type of a result that holds the words said (``TranscriptResult.kind``)
 SHARP_CHANGE_GAP_SECONDS = 20.0  # two utterances further apart than this are not one "change of mood"
 SHARP_CHANGE_MIN_CONFIDENCE = 0.5
 MAX_MOMENTS = 5
@@ -43,6 +44,14 @@ class Utterance:
     @property
     def duration(self) -> float:
         return self.end - self.start
+
+    @property
+    def words(self) -> str | None:
+        """What was said, where an analyzer that transcribes wrote it down (its speaker agreed)."""
+        for result in self.outputs.values():
+            if isinstance(result, Mapping) and result.get("type") == TRANSCRIPT and result.get("text"):
+                return str(result["text"])
+        return None
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,23 @@ class SessionSummary:
     def talk_seconds(self) -> float:
         return sum(s.talk_seconds for s in self.speakers)
 
+    @property
+    def transcribed(self) -> bool:
+        """Whether any utterance has its words (someone who agreed to transcripts spoke)."""
+        return any(row.words for row in self.timeline)
+
+    def name(self, speaker: str) -> str:
+        return next((s.name for s in self.speakers if s.speaker == speaker), speaker)
+
+    def notes(self) -> list[dict[str, Any]]:
+        """The meeting notes: every utterance in time order, who said it, how it sounded and, where they
+        agreed to transcripts, what they said."""
+        return [
+            {"start_s": round(r.start, 1), "end_s": round(r.end, 1), "speaker": r.speaker, "name": self.name(r.speaker),
+             "emotion": r.label, "confidence": None if r.confidence is None else round(r.confidence, 4), "text": r.words}
+            for r in self.timeline
+        ]  # fmt: skip
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "session": self.session.id,
@@ -99,6 +125,7 @@ class SessionSummary:
             ],
             "group": {k: round(v, 4) for k, v in self.group.items()},
             "moments": [{"start_s": round(m.start, 1), "end_s": round(m.end, 1), "text": m.text} for m in self.moments],
+            "notes": self.notes(),
         }
 
 

@@ -1,6 +1,8 @@
 """The text reporter: what ``sera analyze`` prints for a person.
 
-A headline, every class probability as a bar, and a timeline with one row per speech segment.
+A headline, every class probability as a bar, the other analyzers' answers for the whole source (what
+was said, where the transcript plugin ran), and a timeline with one row per speech segment; for a live
+session, its summary and, where anyone agreed to transcripts, its meeting notes.
 Results of analyzers it does not know are shown by their ``headline()``, so third-party analyzers
 appear without any change here.
 """
@@ -48,7 +50,7 @@ class TextReporter(Reporter[NoOptions]):
         status = "" if summary.status == "ended" else f" ({summary.status})"
         lines = [
             f"session {summary.session.id}{status}: {clock(summary.duration)} long, "
-            f"{clock(summary.talk_seconds)} of speech from {len(summary.speakers)} speakers"
+            f"{clock(summary.talk_seconds)} of speech from {len(summary.speakers)} speaker{'' if len(summary.speakers) == 1 else 's'}"
         ]
         width = max((len(s.name) for s in summary.speakers), default=0)
         for s in summary.speakers:
@@ -57,6 +59,11 @@ class TextReporter(Reporter[NoOptions]):
         if summary.group:
             lines.append("  group: " + ", ".join(f"{k} {v:.0%}" for k, v in list(summary.group.items())[:4]))
         lines += [f"  • {m.text}" for m in summary.moments]
+        if summary.transcribed:
+            lines.append("  notes:")
+            for row in summary.timeline:
+                mood = f"{row.label} {row.confidence:.0%}" if row.label and row.confidence is not None else "—"
+                lines.append(f"    {clock(row.start):>7}  {summary.name(row.speaker):<{width}}  {mood:<13}" + (f"  “{row.words}”" if row.words else ""))
         if summary.shed:
             lines.append(f"  note: {summary.shed} pieces of audio were skipped because analysis fell behind")
         return "\n".join(lines)

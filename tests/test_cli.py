@@ -151,7 +151,7 @@ def test_plugins_lists_builtins() -> None:
         assert done.returncode == 0
         header, *rows = done.stdout.split("\n\n")[0].splitlines()
         assert header.split() == ["NAME", "KIND", "ORIGIN", "ENABLED", "STATUS"]
-        assert done.stdout.endswith("\nsera 0.1.0, plugin API 1.2\n")
+        assert done.stdout.endswith("\nsera 0.1.0, plugin API 1.3\n")
         names = {row.split()[0]: row for row in rows}
         assert {"emotion_whisper", "prosody", "text", "json"} <= names.keys()
         assert all(names[n].split()[2:] == ["built-in", "yes", status] for n in ("emotion_whisper", "prosody", "text", "json"))
@@ -218,7 +218,7 @@ def test_sera_doctor_on_a_fresh_folder_creates_nothing(tmp_path: Path) -> None:
     assert f"✔ database: {tmp_path / 'data' / 'sera.db'} does not exist yet; sera run creates it" in done.stdout
     assert not (tmp_path / "data").exists()
     status = run("--config", str(config), "db", "status").stdout
-    assert "discord: schema 0 of 3" in status and "sessions: schema 0 of 2" in status
+    assert "discord: schema 0 of 3" in status and "sessions: schema 0 of 3" in status
 
 
 def test_help_says_what_train_makes_and_that_a_plugin_action_is_optional() -> None:

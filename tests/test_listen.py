@@ -269,7 +269,7 @@ def test_a_study_session_from_start_to_summary(tmp_path: Path, pipeline: Pipelin
         assert summary["embed"].title.startswith("📋 Session summary")
         talk = summary["embed"].fields[0].value
         assert "<@1001>" in talk and "<@1002>" in talk and "<@1003>" not in talk and "<@1004>" not in talk
-        assert summary["file"].filename == "session-1.png"
+        assert [f.filename for f in summary["files"]] == ["session-1.png"]  # no notes: nobody agreed to transcripts
         rows = world.harness.bot.sessions.utterances(1)
         assert {r.speaker for r in rows} == {str(ALICE), str(BOB)}
 
@@ -282,7 +282,7 @@ def test_a_study_session_from_start_to_summary(tmp_path: Path, pipeline: Pipelin
         exported = world.interaction(ALICE)
         await invoke(world.history.export, exported, 1)
         names = [f.filename for f in exported.sent()[-1]["files"]]
-        assert names == ["session-1.csv", "session-1.json"]
+        assert names == ["session-1.csv", "session-1.json", "session-1-notes.md"]
         for command in (world.history.show, world.history.export):  # Carol neither spoke nor started it
             carol = world.interaction(CAROL)
             await invoke(command, carol, 1)
@@ -637,7 +637,8 @@ def test_a_large_export_is_compressed_or_refused_never_a_failed_upload(tmp_path:
         return asked
 
     compressed = asyncio.run(export(100_000))
-    assert [f.filename for f in compressed.sent()[-1]["files"]] == [f"session-{info.id}.csv.gz", f"session-{info.id}.json.gz"]
+    assert [f.filename for f in compressed.sent()[-1]["files"]] == [f"session-{info.id}.csv.gz", f"session-{info.id}.json.gz",
+                                                                    f"session-{info.id}-notes.md.gz"]  # fmt: skip
     refused = asyncio.run(export(1_000))
     assert "too long to export through Discord" in sent_texts(refused) and "files" not in refused.sent()[-1]
     world.harness.close()

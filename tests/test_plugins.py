@@ -132,8 +132,8 @@ def test_broken_plugins_are_isolated_and_reported(bad_distribution: Path, speech
         assert "cannot open my model" in infos["bad_setup"].status
         assert "not an Analyzer or Reporter" in infos["not_a_plugin"].status
         assert "No module named 'no_such_module'" in infos["missing_module"].status
-        assert infos["future_api"].status == "failed: written for plugin API 2.0; this sera has 1.2"
-        assert infos["newer_minor"].status == "failed: written for plugin API 1.99; this sera has 1.2"
+        assert infos["future_api"].status == "failed: written for plugin API 2.0; this sera has 1.3"
+        assert infos["newer_minor"].status == "failed: written for plugin API 1.99; this sera has 1.3"
         assert infos["current_api"].status == "loaded"
         report = pipeline.analyze(speech_wav)
     finally:
@@ -477,7 +477,7 @@ def test_a_plugin_for_another_api_is_refused_before_its_code_runs(tmp_path: Path
     plugins = PluginSet(config, SAMPLE_RATE, only={"future", "computed"})
     try:
         status = {info.name: info.status for info in plugins.infos}
-        assert status["future"] == "failed: written for plugin API 2.0; this sera has 1.2"
+        assert status["future"] == "failed: written for plugin API 2.0; this sera has 1.3"
         assert status["computed"] == "failed: its api attribute must be written as (major, minor), not 'tuple([2, 0])'"
         assert not marker.exists() and "future_plugins" not in sys.modules
     finally:

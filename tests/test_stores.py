@@ -113,13 +113,15 @@ def test_migrations_are_versioned_and_sera_db_reports_them(target: str | Path, t
     config.write_text(f"discord:\n  database: '{target}'\n")
     before = sera("--config", str(config), "db", "status")
     assert before.returncode == 0, before.stderr
-    assert "sessions: schema 0 of 2; pending: 1 (live sessions, utterances, consent), 2 (which process runs each" in before.stdout
+    assert "sessions: schema 0 of 3; pending: 1 (live sessions, utterances, consent), 2 (which process runs each" in before.stdout
+    assert "3 (who agreed to transcripts, per space)" in before.stdout
     assert "discord: schema 0 of 3; pending: 1 (guild settings" in before.stdout
     assert "baselines: schema 0 of 1; pending: 1 (personal baselines" in before.stdout
     upgraded = sera("--config", str(config), "db", "upgrade")
     assert "discord: applied 2 (answered messages, for the catch-up after a restart)" in upgraded.stdout
     assert "discord: applied 3 (when channels were enabled, where each catch-up got to, whose notes were answered, forgets to retry)" in upgraded.stdout
-    assert "sessions: schema 2 of 2, up to date" in upgraded.stdout and "discord: schema 3 of 3, up to date" in upgraded.stdout
+    assert "sessions: applied 3 (who agreed to transcripts, per space)" in upgraded.stdout
+    assert "sessions: schema 3 of 3, up to date" in upgraded.stdout and "discord: schema 3 of 3, up to date" in upgraded.stdout
     assert "baselines: schema 1 of 1, up to date" in upgraded.stdout
     again = sera("--config", str(config), "db", "upgrade")
     assert "applied" not in again.stdout  # nothing twice
@@ -156,12 +158,13 @@ def test_a_database_from_todays_schema_upgrades_in_place_with_its_rows(tmp_path:
     old.close()
     db = SQLiteDatabase(path)
     store, sessions = Store(db), SessionStore(db)
-    assert (db.version("discord"), db.version("sessions")) == (3, 2)
+    assert (db.version("discord"), db.version("sessions")) == (3, 3)
     assert store.settings(7).channels == {8} and store.settings(7).chart
     (enabled,) = next(c for c in store.catch_up_channels() if c.channel_id == 8).windows  # enabled from the upgrade on
     assert enabled[1] is None and time.time() - enabled[0] < 60
     assert store.analyses_of(ALICE) == 1 and not store.analysis_by_others_allowed(BOB)
     assert [u.speaker for u in sessions.utterances(1)] == ["alice"] and sessions.consenting("g") == {"alice"}
+    assert sessions.consenting("g", "transcripts") == set()  # agreeing to analysis never meant agreeing to transcripts
     store.mark_answered(5, 6, None)  # the new table is there
     assert store.was_answered(5)
     db.close()

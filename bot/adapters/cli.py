@@ -134,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
                           help="judge each clip against a personal baseline of K other clips of its speaker (never itself)")
     evaluate.add_argument("--seed", type=int, default=0, help="which other clips --baseline draws (default 0)")
 
+    listen = command("listen", cmd_listen, "a live session on this machine: the microphone, or a file or stream played in real time")
+    listen.add_argument("input", nargs="?", metavar="INPUT", help="a file or stream URL ffmpeg reads (default: the microphone)")
+    listen.add_argument("--name", help="who is speaking, as the summary and notes name them (default: your user name)")
+    listen.add_argument("--speed", type=float, default=1.0, help="play a file this many times faster than real time (default 1)")
+    listen.add_argument("-o", "--output", metavar="DIR", help="write the session's chart, meeting notes (Markdown) and summary (JSON) there")
+
     run = command("run", cmd_run, "start the Discord bot (token from $DISCORD_TOKEN or discord.token_env)")
     run.add_argument("--shard-count", type=int, metavar="N", help="shards across every process (discord.shard_count)")
     run.add_argument("--shard-ids", metavar="IDS", help="this process's shards, comma-separated: 0,1 (discord.shard_ids)")
@@ -185,7 +191,7 @@ def _analyze_each(args: argparse.Namespace, pipeline: Pipeline, reporter: str, o
     try:
         for path in args.files:
             try:
-                report = pipeline.analyze(path, baseline=baseline)
+                report = pipeline.analyze(path, baseline=baseline, transcribe=True)  # your own files: enabling the plugin is your consent
             except SeraError as error:
                 log.info("could not analyse %s: %s", path, error)
                 print(f"sera: {path}: {error}", file=sys.stderr)
@@ -367,6 +373,42 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               "these figures are not on voices it never heard (its model card has the cross-validated ones)", file=sys.stderr)
     print(json.dumps(result.to_dict()) if args.json else format_text(result))
     return EXIT_OK
+
+
+def user_name() -> str:
+    """Who is at this machine, as a session names its speaker; "me" where the system cannot say (a
+    container's user without a name)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "me"
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sera.adapters.listen import listen
+    from sera.audio import SAMPLE_RATE
+    from sera.pipeline import Pipeline
+    from sera.registry import PluginSet, check_options
+
+    if not 0 < args.speed <= 100:
+        raise SeraError(f"--speed must be more than 0 and at most 100, not {args.speed:g}")
+    config = config_of(args)
+    check_options(config)
+    pipeline = Pipeline(config, PluginSet(config, SAMPLE_RATE, reporters={"text", "chart"}))
+    try:
+        status = EXIT_OK
+        for failed in pipeline.plugins.failures():
+            print(f"sera: plugin {failed.name} is not loaded: {failed.error}", file=sys.stderr)
+            status = EXIT_PLUGIN_FAILED
+        summary = listen(config, pipeline, args.input, args.name or user_name(), args.speed, Path(args.output) if args.output else None)
+        print(pipeline.plugins.render_summary("text", summary))
+        return status
+    finally:
+        pipeline.close()
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -1,6 +1,7 @@
-"""``/sessions``: past listening sessions, their summaries and their per-utterance history, for those
-who spoke in a session, who started it, and members with Manage Server; and the summary of a session
-from its stored rows, which ``Listening`` posts when a session ends (or is found cut short)."""
+"""``/sessions``: past listening sessions, their summaries, per-utterance history and meeting notes, for
+those who spoke in a session, who started it, and members with Manage Server; and the summary of a
+session from its stored rows, which ``Listening`` posts when a session ends (or is found cut short),
+with its meeting notes attached where anyone's words were written down."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from sera.adapters.discord.people import who
+from sera.minutes import markdown
 from sera.pipeline import Pipeline
 from sera.sessions import INTERRUPTED, SessionStore, StoredSession
 from sera.summary import SessionSummary, clock, summarize
@@ -45,11 +47,13 @@ async def summary_message(pipeline: Pipeline, summary: SessionSummary, reason: s
     for name, text in rendered.items():  # other reporters (third-party ones too) that answer in words
         if isinstance(text, str) and name not in BUILTIN_TEXT_REPORTERS:
             embed.setdefault("fields", []).append({"name": name, "value": text[:1024], "inline": False})
-    kwargs: dict[str, Any] = {"embed": discord.Embed.from_dict(embed)}
+    files = []
     png = rendered.get("chart")
     if isinstance(png, bytes):
-        kwargs["file"] = discord.File(io.BytesIO(png), filename=f"session-{summary.session.id}.png")
-    return kwargs
+        files.append(discord.File(io.BytesIO(png), filename=f"session-{summary.session.id}.png"))
+    if summary.transcribed:  # meeting notes: what was said, by whom, how it sounded
+        files.append(discord.File(io.BytesIO(markdown(summary).encode()), filename=f"session-{summary.session.id}-notes.md"))
+    return {"embed": discord.Embed.from_dict(embed), **({"files": files} if files else {})}
 
 
 def stored_summary(sessions: SessionStore, known: StoredSession, guild: discord.Guild | None, cut_short: bool = False) -> SessionSummary:
@@ -108,15 +112,18 @@ class SessionHistory(commands.Cog):
         summary = await asyncio.to_thread(stored_summary, self.sessions, known, interaction.guild)
         await interaction.followup.send(**await summary_message(self.pipeline, summary, None), ephemeral=True)
 
-    @history.command(name="export", description="A past session's utterances as CSV and JSON")
+    @history.command(name="export", description="A past session's utterances as CSV and JSON, and its meeting notes as Markdown")
     async def export(self, interaction: discord.Interaction, session_id: int) -> None:
-        if await self._visible_session(interaction, session_id) is None:
+        known = await self._visible_session(interaction, session_id)
+        if known is None:
             return
         csv_text = await asyncio.to_thread(self.sessions.export_csv, session_id)
         json_text = await asyncio.to_thread(self.sessions.export_json, session_id)
-        files = {f"session-{session_id}.csv": csv_text.encode(), f"session-{session_id}.json": json_text.encode()}
+        summary = await asyncio.to_thread(stored_summary, self.sessions, known, interaction.guild)
+        files = {f"session-{session_id}.csv": csv_text.encode(), f"session-{session_id}.json": json_text.encode(),
+                 f"session-{session_id}-notes.md": markdown(summary).encode()}  # fmt: skip
         limit = getattr(interaction.guild, "filesize_limit", DEFAULT_UPLOAD_LIMIT)
-        note = "one row per utterance"
+        note = "one row per utterance, and the meeting notes"
         if sum(map(len, files.values())) > limit:  # too big to attach as they are: gzip shrinks them ~10x
             files = {f"{name}.gz": await asyncio.to_thread(gzip.compress, data) for name, data in files.items()}
             note += ", gzipped to fit Discord's upload limit"

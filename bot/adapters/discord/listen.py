@@ -2,8 +2,10 @@
 
 Consent comes first: the notice posted on ``/listen start`` says who started it, what is analysed and
 that nothing is recorded, with buttons to opt in or out (remembered per server; ``/listen optout``
-works too). Audio of anyone who has not opted in is dropped in the receive sink before it is even
-decrypted. A session ends with ``/listen stop``, when the channel empties, after
+works too). Where the server has transcripts on, a third button also agrees to having one's words
+written down (a consent of its own: ``/privacy transcripts``); only those members' utterances carry
+their words, and the summary's meeting notes show them. Audio of anyone who has not opted in is
+dropped in the receive sink before it is even decrypted. A session ends with ``/listen stop``, when the channel empties, after
 ``live.max_session_minutes``, or when the voice connection drops (then it is marked interrupted);
 each way ends in the same summary. Sessions a crash left open are summarised when the bot is back.
 
@@ -41,10 +43,27 @@ log = logging.getLogger(__name__)
 
 OPT_IN_ID = "sera:listen:optin"
 OPT_OUT_ID = "sera:listen:optout"
+TRANSCRIBE_ID = "sera:listen:transcribe"
 CONNECT_TIMEOUT_SECONDS = 20.0
+TRANSCRIPTS_NOTICE = (
+    "\n\n**Transcripts are on in this server:** members who agree (the last button, or `/privacy transcripts:True`) "
+    "also have their words written down, kept with each utterance for the meeting notes. Nobody else's words are."
+)
 
 
-def notice(starter: discord.abc.User, channel: discord.abc.GuildChannel, minutes: float) -> discord.Embed:
+@dataclass
+class Transcribing:
+    """Whose words a session writes down: members who agreed, while the server has transcripts on; both
+    can change mid-session (``/privacy transcripts``, ``/sera transcripts``) and count from the next utterance."""
+
+    on: bool
+    agreed: set[str]
+
+    def __call__(self, speaker: str) -> bool:
+        return self.on and speaker in self.agreed
+
+
+def notice(starter: discord.abc.User, channel: discord.abc.GuildChannel, minutes: float, transcripts: bool = False) -> discord.Embed:
     embed = discord.Embed(
         title=f"🎧 sera is listening in {channel.mention}",
         description=(
@@ -57,6 +76,7 @@ def notice(starter: discord.abc.User, channel: discord.abc.GuildChannel, minutes
             "(`/sessions show|export`) only to those who spoke, who started it, and members with Manage Server.\n\n"
             "Opt in or out below (remembered in this server; `/listen optout` works too). "
             f"The session ends with `/listen stop`, when the channel empties, or after {minutes:.0f} minutes."
+            + (TRANSCRIPTS_NOTICE if transcripts else "")
         ),
         color=0x5865F2,
     )
@@ -65,11 +85,14 @@ def notice(starter: discord.abc.User, channel: discord.abc.GuildChannel, minutes
 
 
 class ConsentView(discord.ui.View):
-    """The opt-in/opt-out buttons; persistent (fixed custom ids), so they keep working after a restart."""
+    """The opt-in/opt-out buttons, and where the server has transcripts on, one that also agrees to them;
+    persistent (fixed custom ids), so they keep working after a restart."""
 
-    def __init__(self, cog: Listening) -> None:
+    def __init__(self, cog: Listening, transcripts: bool = True) -> None:
         super().__init__(timeout=None)
         self.cog = cog
+        if not transcripts:
+            self.remove_item(self.transcribe)
 
     @discord.ui.button(label="Analyse me", style=discord.ButtonStyle.success, custom_id=OPT_IN_ID)
     async def opt_in(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
@@ -78,6 +101,10 @@ class ConsentView(discord.ui.View):
     @discord.ui.button(label="Don't analyse me", style=discord.ButtonStyle.secondary, custom_id=OPT_OUT_ID)
     async def opt_out(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
         await self.cog.set_consent(interaction, False)
+
+    @discord.ui.button(label="Analyse me and write down what I say", style=discord.ButtonStyle.primary, custom_id=TRANSCRIBE_ID)
+    async def transcribe(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        await self.cog.set_consent(interaction, True, transcripts=True)
 
 
 @dataclass
@@ -89,6 +116,7 @@ class Active:
     channel: discord.abc.Messageable  # where the notice, feedback and summary go
     guild: discord.Guild
     consenting: set[str]
+    transcribing: Transcribing
     loop: asyncio.AbstractEventLoop  # receive and worker threads hand results back to it
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task | None = None
@@ -174,12 +202,13 @@ class Listening(commands.Cog):
         space = str(guild.id)
         consenting = await asyncio.to_thread(self.sessions.consenting, space)
         settings = await asyncio.to_thread(self.store.settings, guild.id)
+        transcribing = Transcribing(settings.transcripts, await asyncio.to_thread(self.sessions.consenting, space, "transcripts"))
         info = await asyncio.to_thread(self.sessions.start, space, str(channel.id), str(interaction.user.id), str(interaction.channel_id))
         loop = asyncio.get_running_loop()
         live = await asyncio.to_thread(  # plugins hear session_started here, off the loop
             LiveSession, self.pipeline, self.sessions, info, self.options, consents=consenting.__contains__,
             skip=settings.disabled_plugins, on_results=self._results_callback(loop, guild.id), clock=self.clock,
-            baselines=self.bot.baselines,
+            baselines=self.bot.baselines, transcribes=transcribing,
         )  # fmt: skip
         try:
             voice_client = await self.connect(channel)
@@ -194,11 +223,13 @@ class Listening(commands.Cog):
                 f"I couldn't join {channel.mention}. Check that I can see and connect to it, then try again."
             )
             return
-        active = Active(live, voice_client, interaction.channel, guild, consenting, loop)
+        active = Active(live, voice_client, interaction.channel, guild, consenting, transcribing, loop)
         self.active[guild.id] = active
         active.task = asyncio.create_task(self._run(guild.id, active))
         log.info("session %d: listening in channel %s of guild %s", info.id, channel.id, guild.id)
-        await interaction.followup.send(embed=notice(interaction.user, channel, self.options.max_session_minutes), view=self.view)
+        transcripts = transcribing.on and any(a.transcribes for a in self.pipeline.plugins.analyzers)
+        await interaction.followup.send(embed=notice(interaction.user, channel, self.options.max_session_minutes, transcripts),
+                                        view=ConsentView(self, transcripts))  # fmt: skip
 
     async def _run(self, guild_id: int, active: Active) -> None:
         await active.live.run(active.stopped, self.workers)
@@ -339,16 +370,21 @@ class Listening(commands.Cog):
 
     # -- consent -------------------------------------------------------------------------------------------
 
-    async def set_consent(self, interaction: discord.Interaction, consents: bool) -> None:
+    async def set_consent(self, interaction: discord.Interaction, consents: bool, transcripts: bool = False) -> None:
+        """Opt in to live analysis (with ``transcripts``, to having one's words written down too) or out of it."""
         if interaction.guild_id is None:
             await interaction.response.send_message("Consent is per server; use this in a server.", ephemeral=True)
             return
         speaker = str(interaction.user.id)
         try:
             await asyncio.to_thread(self.sessions.set_consent, str(interaction.guild_id), speaker, consents)
+            if transcripts:
+                await asyncio.to_thread(self.sessions.set_consent, str(interaction.guild_id), speaker, True, "transcripts")
         except SeraError as error:  # nothing was stored: say so, rather than "you're out" that a restart undoes
             await interaction.response.send_message(f"Nothing was changed: {error}.", ephemeral=True)
             return
+        if transcripts:
+            self.transcripts_changed(interaction.guild_id, speaker, True)
         active = self.active.get(interaction.guild_id)
         if active is not None and consents:
             active.consenting.add(speaker)
@@ -361,6 +397,8 @@ class Listening(commands.Cog):
             if consents
             else "You're out: sera ignores your voice in this server from now on."
         )
+        if transcripts:
+            text += " What you say is written down too, for the meeting notes; `/privacy transcripts:False` stops that."
         await interaction.response.send_message(text, ephemeral=True)
 
     @listen.command(name="optin", description="Let sera analyse your voice when it listens in this server")
@@ -371,11 +409,24 @@ class Listening(commands.Cog):
     async def optout(self, interaction: discord.Interaction) -> None:
         await self.set_consent(interaction, False)
 
+    def transcripts_changed(self, guild_id: int, speaker: str, agrees: bool) -> None:
+        """A member agreed to transcripts in a server, or no longer does: a session running there follows."""
+        active = self.active.get(guild_id)
+        if active is not None:
+            (active.transcribing.agreed.add if agrees else active.transcribing.agreed.discard)(speaker)
+
+    def transcripts_switched(self, guild_id: int, on: bool) -> None:
+        """The server's admins turned transcripts on or off: a session running there follows."""
+        active = self.active.get(guild_id)
+        if active is not None:
+            active.transcribing.on = on
+
     async def forget_speaker(self, speaker: str) -> None:
         """``/forget`` while sessions run: the speaker is no longer heard, their queued audio and live mood
         go, and nothing more of theirs is stored (the stores then delete what was)."""
         for active in list(self.active.values()):
             active.consenting.discard(speaker)
+            active.transcribing.agreed.discard(speaker)
             active.moods.pop(speaker, None)
             await asyncio.to_thread(active.live.forget, speaker)
 

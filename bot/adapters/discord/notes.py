@@ -9,7 +9,8 @@ user the chart or the embed, never the answer.
 
 A person's own notes can always be analysed. Someone else's note only in a channel an admin enabled for
 analysis, only if its author has not declined (``/privacy analysis_by_others:False``), and the answer
-is shown to the caller alone.
+is shown to the caller alone. A note's words are written down (the transcript plugin) only in a server
+whose admins turned transcripts on, and only where the voice's author agreed to them there.
 """
 
 from __future__ import annotations
@@ -166,9 +167,10 @@ class VoiceNotes(commands.Cog):
             # nor says that there is one.
             own = origin.requested_by == origin.author_id
             baseline = await asyncio.to_thread(self.baselines.get, speaker, info.space) if info and own and not enrol else None
+            transcribe = not enrol and await self._transcribes(origin, settings)
             data = await attachment.read()
             work = asyncio.ensure_future(
-                self.pipeline.analyze_async(data, attachment.filename, skip=settings.disabled_plugins, baseline=baseline)
+                self.pipeline.analyze_async(data, attachment.filename, settings.disabled_plugins, baseline, transcribe)
             )
             self._work.add(work)
             work.add_done_callback(self._work.discard)
@@ -203,6 +205,13 @@ class VoiceNotes(commands.Cog):
         except SeraError as error:  # the analysis is done: the user still gets it, the operator is told
             log.error("could not store the analysis of a note of %s: %s", who(origin.author_id), error)
         return Outcome(report=report)
+
+    async def _transcribes(self, origin: Origin, settings: GuildSettings) -> bool:
+        """Whether the note's words are written down: in a server that has transcripts on, where the voice's
+        author agreed to them (whoever asked for the analysis)."""
+        if origin.guild_id is None or not settings.transcripts:
+            return False
+        return await asyncio.to_thread(self.bot.sessions.agrees, str(origin.guild_id), str(origin.author_id), "transcripts")
 
     def _closing(self) -> bool:
         return getattr(self.bot, "closing", False)

@@ -36,7 +36,12 @@ PRIVACY = (
     "• Your personal baseline, if you make one (`/emotion baseline add`): how many recordings it rests on, the average "
     "of the model's numbers for your voice and how often it heard each emotion in them; never audio. Only with "
     "`/emotion baseline learn` do your own voice notes and voice-session speech add to it.\n"
-    "• Server settings (enabled channels, reply style) and your opt-in are stored per server.\n"
+    "• **Transcripts** (what you say, written down) only where a server's admins turned them on (`/sera transcripts`) "
+    "**and** you agreed in that server (`/privacy transcripts:True`, or the button when sera starts listening). Then "
+    "your voice notes' answers show your words, and in voice channels your words are kept with each utterance for "
+    "the session's meeting notes, which those who can see the session's history see. `/privacy transcripts:False` "
+    "stops it; `/forget` deletes the words kept.\n"
+    "• Server settings (enabled channels, reply style) and your opt-ins are stored per server.\n"
     "• `/forget` deletes everything stored about you, at once and for good, in running sessions too (sessions "
     "you started keep no trace of you); only your choice not to be analysed by others is kept.\n"
     "• Emotion recognition from voice is uncertain; results are a hint, not a judgement about anyone."
@@ -47,7 +52,7 @@ def privacy(retention_days: float) -> str:
     """``PRIVACY``, with how long analyses are kept where the operator set ``discord.retention_days``."""
     if not retention_days:
         return PRIVACY
-    return PRIVACY + (f"\n• Analyses and voice-channel utterances are deleted after {retention_days:g} days, and a baseline "
+    return PRIVACY + (f"\n• Analyses and voice-channel utterances (transcripts included) are deleted after {retention_days:g} days, and a baseline "
                       f"{retention_days:g} days after it last changed, whatever you do.")
 
 
@@ -58,9 +63,10 @@ class Privacy(commands.Cog):
         self.store = store
 
     @app_commands.command(name="privacy", description="What sera processes and stores, and for how long")
-    @app_commands.describe(analysis_by_others="Whether other members may analyse your voice notes (where admins enabled it)")
-    async def privacy(self, interaction: discord.Interaction, analysis_by_others: bool | None = None) -> None:
-        if analysis_by_others is None:
+    @app_commands.describe(analysis_by_others="Whether other members may analyse your voice notes (where admins enabled it)",
+                           transcripts="Whether sera may write down what you say, in this server (where admins turned transcripts on)")  # fmt: skip
+    async def privacy(self, interaction: discord.Interaction, analysis_by_others: bool | None = None, transcripts: bool | None = None) -> None:
+        if analysis_by_others is None and transcripts is None:
             user = str(interaction.user.id)
             waiting = (await asyncio.to_thread(self.store.pending_forgets, user)).get(user)
             text = privacy(self.bot.config.discord.retention_days) + (
@@ -68,15 +74,39 @@ class Privacy(commands.Cog):
                 "kept about you, from your `/forget`; I ask again at each start until it is gone." if waiting else "")  # fmt: skip
             await interaction.response.send_message(text, ephemeral=True)
             return
-        # a refused write reaches the tree's on_error: "Nothing was changed: <why>."
-        await asyncio.to_thread(self.store.set_analysis_by_others, interaction.user.id, analysis_by_others)
-        log.info("%s %s analysis by others", who(interaction.user.id), "allowed" if analysis_by_others else "declined")
-        text = (
-            "Others may analyse your voice notes again, in channels where admins enabled it (only they see the answer)."
-            if analysis_by_others
-            else "Done: nobody else can analyse your voice notes with sera, in any server."
-        )
-        await interaction.response.send_message(text, ephemeral=True)
+        answers = []
+        if analysis_by_others is not None:
+            # a refused write reaches the tree's on_error: "Nothing was changed: <why>."
+            await asyncio.to_thread(self.store.set_analysis_by_others, interaction.user.id, analysis_by_others)
+            log.info("%s %s analysis by others", who(interaction.user.id), "allowed" if analysis_by_others else "declined")
+            answers.append(
+                "Others may analyse your voice notes again, in channels where admins enabled it (only they see the answer)."
+                if analysis_by_others
+                else "Done: nobody else can analyse your voice notes with sera, in any server."
+            )
+        if transcripts is not None:
+            answers.append(await self.set_transcripts(interaction.guild_id, interaction.user.id, transcripts))
+        await interaction.response.send_message("\n".join(answers), ephemeral=True)
+
+    async def set_transcripts(self, guild_id: int | None, user_id: int, agrees: bool) -> str:
+        """A member agrees (or no longer agrees) to have their words written down in one server; a session
+        running there follows from its next utterance. What to tell them."""
+        if guild_id is None:
+            return "Transcripts are agreed to per server; use this in a server."
+        user = str(user_id)
+        await asyncio.to_thread(self.bot.sessions.set_consent, str(guild_id), user, agrees, "transcripts")
+        listening = self.bot.get_cog("Listening")
+        if listening is not None:
+            listening.transcripts_changed(guild_id, user, agrees)
+        log.info("%s %s transcripts in guild %s", who(user), "agreed to" if agrees else "declined", guild_id)
+        if not agrees:
+            return "Done: sera no longer writes down what you say in this server. `/forget` deletes the words already kept."
+        if not any(a.transcribes for a in self.pipeline.plugins.analyzers):
+            return "Noted, but this bot makes no transcripts (its operator has not enabled them): nothing is written down."
+        if not (await asyncio.to_thread(self.store.settings, guild_id)).transcripts:
+            return "Noted; this server's admins have not turned transcripts on (`/sera transcripts`), so nothing is written down yet."
+        return ("You agreed: in this server, sera writes down what you say, in your voice notes' answers and, when it listens "
+                "in voice, in the session's meeting notes. `/privacy transcripts:False` stops it.")  # fmt: skip
 
     @app_commands.command(name="forget", description="Delete everything sera has stored about you")
     async def forget(self, interaction: discord.Interaction) -> None:

@@ -1,5 +1,5 @@
-"""``/sera ...``: a server's settings (channels analysed, reply style, analyzers on or off), for members
-with Manage Server."""
+"""``/sera ...``: a server's settings (channels analysed, reply style, analyzers on or off, whether members
+may agree to transcripts), for members with Manage Server."""
 
 from __future__ import annotations
 
@@ -95,6 +95,24 @@ class ServerSettings(commands.Cog):
         return [app_commands.Choice(name=n, value=n) for n in names if current.lower() in n.lower()][:25]
 
     @app_commands.check(server_admin)
+    @admin.command(name="transcripts", description="Let members agree to have their words written down in this server")
+    @app_commands.describe(enabled="Members who agree (/privacy transcripts:True) get transcripts and meeting notes")
+    async def set_transcripts(self, interaction: discord.Interaction, enabled: bool) -> None:
+        if enabled and not any(a.transcribes for a in self.pipeline.plugins.analyzers):
+            await interaction.response.send_message(
+                "This bot makes no transcripts: its operator has not enabled the transcript plugin "
+                "(`plugins.transcript.enabled`, with the `transcripts` extra installed).", ephemeral=True,
+            )  # fmt: skip
+            return
+        settings = await asyncio.to_thread(self.store.update_settings, interaction.guild_id, lambda s: replace(s, transcripts=enabled))
+        listening = interaction.client.get_cog("Listening") if interaction.client else None
+        if listening is not None:
+            listening.transcripts_switched(interaction.guild_id, enabled)
+        more = (" Each member still decides for themselves (`/privacy transcripts:True`); nobody's words are written "
+                "down without their agreement." if enabled else " Words already kept stay until retention or `/forget` removes them.")  # fmt: skip
+        await interaction.response.send_message(describe(settings) + "\n" + more.strip(), ephemeral=True)
+
+    @app_commands.check(server_admin)
     @admin.command(name="settings", description="Show sera's settings for this server")
     async def show_settings(self, interaction: discord.Interaction) -> None:
         settings = await asyncio.to_thread(self.store.settings, interaction.guild_id)
@@ -109,7 +127,7 @@ def describe(settings: GuildSettings) -> str:
         f"**Channels:** {channels}\n"
         f"**Reply:** {onoff[settings.reply]} · **Reaction:** {onoff[settings.reaction]} · "
         f"**Chart:** {onoff[settings.chart]} · **Ephemeral:** {onoff[settings.ephemeral]} · "
-        f"**Live feedback:** {onoff[settings.live_feedback]}\n"
+        f"**Live feedback:** {onoff[settings.live_feedback]} · **Transcripts:** {onoff[settings.transcripts]}\n"
         f"**Plugins off:** {', '.join(sorted(settings.disabled_plugins)) or 'none'}"
     )
 

