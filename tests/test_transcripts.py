@@ -186,7 +186,7 @@ def test_voice_notes_carry_words_only_where_the_server_turned_them_on_and_the_au
 
 
 @pytest.mark.slow
-def test_a_voice_session_keeps_the_words_of_those_who_agreed_and_its_notes_show_them(tmp_path: Path, transcribing: Pipeline, speech) -> None:
+def test_a_voice_session_keeps_the_words_of_those_who_agreed_and_its_notes_show_them(tmp_path: Path, transcribing: Pipeline, speech) -> None:  # noqa: F811
     from tests.test_listen import ALICE, BOB, LINES, Turn, World, sent_texts
 
     world = World(tmp_path, transcribing)
