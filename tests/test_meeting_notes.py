@@ -171,3 +171,16 @@ def test_ctrl_c_ends_a_live_session_with_its_summary(tmp_path: Path) -> None:
     (stored,) = store.latest("local")
     assert stored.status == "ended" and stored.duration < 8 * 4.5  # stopped well before the end of the input
     store.close()
+
+
+def test_doctor_names_an_enabled_transcript_plugin_whose_extra_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sera.adapters.doctor import _models
+    from sera.config import Config
+    from sera.plugins.transcript import Transcript
+
+    monkeypatch.setattr(Transcript, "requires", ("sera_test_no_such_module",))  # as where [transcripts] is not installed
+    checks = {c.name: c for c in _models(Config(plugins={"transcript": {"enabled": True}, "emotion_whisper": {"enabled": False},
+                                                         "prosody": {"enabled": False}}))}  # fmt: skip
+    check = checks["transcript analyzer"]
+    assert not check.ok and "pip install 'sera-voice[transcripts]'" in check.detail and "disable it" in check.fix
+    assert "transcript analyzer" not in {c.name for c in _models(Config(plugins={"emotion_whisper": {"enabled": False}}))}  # off: no concern

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -178,10 +179,19 @@ def test_voice_notes_carry_words_only_where_the_server_turned_them_on_and_the_au
     assert not has_words(guild_note(harness, guild, channel, alice))  # forgotten: the agreement went too
 
     asyncio.run(invoke(harness.privacy.privacy, harness.interaction(guild, channel, user=bob), transcripts=True))
+    assert has_words(guild_note(harness, guild, channel, bob))
     stop = harness.interaction(guild, channel, user=bob)
     asyncio.run(invoke(harness.privacy.privacy, stop, transcripts=False))
     assert "no longer writes down" in stop.sent()[0]["content"]
     assert not has_words(guild_note(harness, guild, channel, bob))
+
+    def kept_words() -> int:
+        with harness.store.db.read() as db:
+            return db.execute("SELECT COUNT(*) FROM analyses WHERE result LIKE '%\"transcript\"%'").fetchone()[0]
+
+    assert kept_words() == 1  # Bob's note from while he agreed
+    harness.store.db.expire(time.time() + 1)  # retention (discord.retention_days): the words go with their analyses
+    assert kept_words() == 0
     harness.close()
 
 

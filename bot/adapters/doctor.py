@@ -76,7 +76,9 @@ def _models(config: Config) -> list[Check]:
                 model = info.plugin.model
                 checks.append(Check(f"{info.name} model", True, f"{model.path}: {len(model.info.labels)} labels, "
                                                                f"{model.kind} features, temperature {model.info.temperature:.2f}"))  # fmt: skip
-            elif not info.active and not info.missing:
+            elif info.missing:  # enabled, but its extra is not installed (the transcript plugin without [transcripts])
+                checks.append(Check(f"{info.name} analyzer", False, info.status, "install what the line names, or disable it in the config"))
+            elif not info.active:
                 checks.append(Check(f"{info.name} analyzer", False, info.status, "fix what the line says (a model file: `sera train`, or restore models/)"))
     finally:
         plugins.close()

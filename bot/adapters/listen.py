@@ -166,7 +166,11 @@ def listen(config: Config, pipeline: Pipeline, source: str | None, speaker: str,
         live = LiveSession(pipeline, store, info, config.live, consents=lambda _: True, on_results=display.utterances,
                            clock=feed.seconds, transcribes=lambda _: True)  # fmt: skip
         log.info("session %d: listening to %s", info.id, what)
-        status = asyncio.run(_run(live, feed, speaker, display))
+        try:
+            status = asyncio.run(_run(live, feed, speaker, display))
+        except BaseException:  # a second Ctrl-C, or a failure: what was analysed is kept, the session closed as cut short
+            store.finish(info.id, INTERRUPTED, live.shed)
+            raise
         summary = live.finish(status, {speaker: speaker})
         display.end()
     finally:
