@@ -88,6 +88,11 @@ class Pipeline:
         a user's stored baselines applies; the clips one needs), or None."""
         return next((a.baseline_info for a in self.plugins.analyzers if isinstance(a, EmotionAnalyzer) and a.baseline_info), None)
 
+    @property
+    def transcribes(self) -> bool:
+        """Whether an analyzer that writes down words is loaded, so that transcripts can be offered at all."""
+        return any(a.transcribes for a in self.plugins.analyzers)
+
     def start_workers(self) -> None:
         """Start every worker process and load its models now, not on the first users' notes."""
         if not self._in_process:

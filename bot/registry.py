@@ -210,18 +210,17 @@ class PluginSet:
 
     def render(self, name: str, report: Report) -> Any:
         """Reporter ``name``'s output for ``report``; ``SeraError`` (a short reason) if it is missing or fails."""
-        reporter = self.reporter(name)
-        try:
-            return self.call(reporter, "render", reporter.render, report)
-        except PluginFailure as failure:
-            raise SeraError(f"the {name} reporter failed ({failure})") from None
+        return self._rendered(name, "render", report)
 
     def render_summary(self, name: str, summary: SessionSummary) -> Any:
         """Reporter ``name``'s rendering of a session summary; ``SeraError`` (a short reason) if it is
         missing or fails."""
+        return self._rendered(name, "render_session", summary)
+
+    def _rendered(self, name: str, method: str, what: Report | SessionSummary) -> Any:
         reporter = self.reporter(name)
         try:
-            return self.call(reporter, "render_session", reporter.render_session, summary)
+            return self.call(reporter, method, getattr(reporter, method), what)
         except PluginFailure as failure:
             raise SeraError(f"the {name} reporter failed ({failure})") from None
 

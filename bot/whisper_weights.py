@@ -80,9 +80,9 @@ def whisper_files(name: str) -> dict[str, bytes]:
     source = WHISPER[name]
     parts = source.files("transcripts")
     files = {"model.bin": model_bin(source, parts)}
-    for name in COMPANIONS:
-        path = parts[0].with_name(name)
+    for companion in COMPANIONS:
+        path = parts[0].with_name(companion)
         if not path.is_file():
-            raise SeraError(f"{source.parts[0][0]} is installed but has no {name} beside its model")
-        files[name] = path.read_bytes()
+            raise SeraError(f"{source.parts[0][0]} is installed but has no {companion} beside its model")
+        files[companion] = path.read_bytes()
     return files

@@ -22,6 +22,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import TextIO
@@ -71,16 +72,24 @@ def ffmpeg_command(source: str | None, speed: float) -> list[str]:
 
 
 class Input:
-    """The ffmpeg process and the frames read from it so far (the session's clock)."""
+    """The ffmpeg process and the frames read from it so far (the session's clock). Its messages go to a
+    temporary file, not a pipe: a long session's errors never fill a pipe nobody reads and stall it."""
 
     def __init__(self, command: list[str]) -> None:
-        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.messages = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.messages)
         self.frames = 0
         self.first = self.process.stdout.read(FRAME_BYTES)  # an input ffmpeg cannot read fails here, before any session
         if len(self.first) < FRAME_BYTES:
             self.process.wait()
-            reason = self.process.stderr.read().decode(errors="replace").strip().splitlines()
+            reason = self.said().splitlines()
+            self.close()
             raise SeraError(f"ffmpeg could not read it: {reason[-1] if reason else 'no audio in it'}")
+
+    def said(self) -> str:
+        """What ffmpeg wrote on stderr so far."""
+        self.messages.seek(0)
+        return self.messages.read().decode(errors="replace").strip()
 
     def seconds(self) -> float:
         return self.frames * FRAME_SECONDS
@@ -103,7 +112,7 @@ class Input:
             self.process.kill()
             self.process.wait()
         self.process.stdout.close()
-        self.process.stderr.close()
+        self.messages.close()
 
 
 class Display:
@@ -206,7 +215,7 @@ async def _run(live: LiveSession, feed: Input, speaker: str, display: Display) -
     pump.join(timeout=5)
     if not input_ended or feed.process.wait() == 0:
         return ENDED
-    log.warning("the input stopped early: %s", feed.process.stderr.read().decode(errors="replace").strip()[-300:])
+    log.warning("the input stopped early: %s", feed.said()[-300:])
     return INTERRUPTED  # a stream that broke off: summarised all the same, marked as cut short
 
 

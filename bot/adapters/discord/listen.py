@@ -227,7 +227,7 @@ class Listening(commands.Cog):
         self.active[guild.id] = active
         active.task = asyncio.create_task(self._run(guild.id, active))
         log.info("session %d: listening in channel %s of guild %s", info.id, channel.id, guild.id)
-        transcripts = transcribing.on and any(a.transcribes for a in self.pipeline.plugins.analyzers)
+        transcripts = transcribing.on and self.pipeline.transcribes
         await interaction.followup.send(embed=notice(interaction.user, channel, self.options.max_session_minutes, transcripts),
                                         view=ConsentView(self, transcripts))  # fmt: skip
 

@@ -101,7 +101,7 @@ class Privacy(commands.Cog):
         log.info("%s %s transcripts in guild %s", who(user), "agreed to" if agrees else "declined", guild_id)
         if not agrees:
             return "Done: sera no longer writes down what you say in this server. `/forget` deletes the words already kept."
-        if not any(a.transcribes for a in self.pipeline.plugins.analyzers):
+        if not self.pipeline.transcribes:
             return "Noted, but this bot makes no transcripts (its operator has not enabled them): nothing is written down."
         if not (await asyncio.to_thread(self.store.settings, guild_id)).transcripts:
             return "Noted; this server's admins have not turned transcripts on (`/sera transcripts`), so nothing is written down yet."

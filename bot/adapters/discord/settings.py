@@ -98,7 +98,7 @@ class ServerSettings(commands.Cog):
     @admin.command(name="transcripts", description="Let members agree to have their words written down in this server")
     @app_commands.describe(enabled="Members who agree (/privacy transcripts:True) get transcripts and meeting notes")
     async def set_transcripts(self, interaction: discord.Interaction, enabled: bool) -> None:
-        if enabled and not any(a.transcribes for a in self.pipeline.plugins.analyzers):
+        if enabled and not self.pipeline.transcribes:
             await interaction.response.send_message(
                 "This bot makes no transcripts: its operator has not enabled the transcript plugin "
                 "(`plugins.transcript.enabled`, with the `transcripts` extra installed).", ephemeral=True,
