@@ -240,3 +240,24 @@ def test_a_voice_session_keeps_the_words_of_those_who_agreed_and_its_notes_show_
     asyncio.run(scenario())
     world.harness.close()
 
+
+
+def test_whose_words_go_by_the_voice_not_by_who_asks(tmp_path: Path, transcribing: Pipeline) -> None:
+    """Through the message menu: Bob agreed to transcripts, Carol did not; Bob asking about Carol's note gets
+    no words, Carol asking about Bob's note gets his (he agreed to his words being written down)."""
+    harness = Harness(tmp_path, pipeline=transcribing)
+    asyncio.run(harness.start())
+    guild, channel, bob, carol = FakeGuild(), FakeChannel(), FakeUser(name="bob"), FakeUser(name="carol")
+    asyncio.run(invoke(harness.settings.set_channel, harness.interaction(guild, channel, admin=True), True))
+    asyncio.run(invoke(harness.settings.set_transcripts, harness.interaction(guild, channel, admin=True), True))
+    asyncio.run(invoke(harness.privacy.privacy, harness.interaction(guild, channel, user=bob), transcripts=True))
+
+    def menu(author: FakeUser, caller: FakeUser):
+        note = harness.message(harness.attachment(SAMPLE_NOTE.read_bytes()), guild=guild, channel=channel, author=author)
+        asked = harness.interaction(guild, channel, user=caller)
+        asyncio.run(harness.cog.menu.callback(asked, note))
+        return asked.sent()[-1]["embed"]
+
+    assert not has_words(menu(carol, bob))
+    assert has_words(menu(bob, carol))
+    harness.close()
