@@ -181,6 +181,11 @@ def test_a_whisper_training_run_end_to_end(tmp_path: Path) -> None:
     assert "CC BY-NC-SA 4.0" in card and "MIT" in card and "sha256 `d01c3014" in card and "int8: the encoder's weight matrices quantized" in card
     table = (out / "CROSSVAL.md").read_text()
     assert "## emotion_whisper (the default)" in table and "| ravdess | 32 |" in table and "Personal baseline:" in table
+    standardised = results["crossval"]["baseline"]["standardised"]  # the speaker-standardised heads, measured and not served
+    assert set(standardised) == {"mixed (trained on mixed)", "own emotion only (trained on mixed)",
+                                 "all of the speaker's other clips (trained on mixed)", "neutral enrolment (trained on neutral enrolment)"}  # fmt: skip
+    assert all(set(cells) == {"ravdess"} and 0 <= cells["ravdess"]["mean"] <= 1 for cells in standardised.values())
+    assert "Measured, not served:" in table and "| all of the speaker's other clips (trained on mixed) |" in table
     config = tmp_path / "sera.yaml"
     config.write_text(f"plugins:\n  emotion_whisper:\n    model: {out / WHISPER_MODEL_FILE}\n")
     analyzed = cli("-c", str(config), "analyze", "--json", str(SAMPLE_NOTE))

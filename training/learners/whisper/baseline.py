@@ -1,11 +1,11 @@
 """The personal baseline of the Whisper model, cross-validated: each held-out clip judged against a
 baseline drawn from other clips of its speaker (never the clip itself) of several kinds and sizes, the
 temperature of the baseline head fitted on those out-of-fold logits, and the smallest baseline size
-that helps and never hurts, which the shipped model's metadata carries (``min_clips``)."""
+that helps and never hurts, which the shipped model's metadata carries (``min_clips``). Beside it, what
+a speaker standardised by their own voice would reach, measured and not served (``standardised``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -15,16 +15,13 @@ from sera.model import softmax
 from sera.training.learners.whisper.encoder import Heads
 from sera.metrics import expected_calibration_error
 from sera.training.learners.whisper.head import (
-    REFERENCE_CLIPS, Data, baseline_logits, fit_baseline, fit_plain, pick_mixed, plain_logits, unfamiliarity,
+    REFERENCE_CLIPS, Data, Picker, Plain, baseline_logits, fit_baseline, fit_plain, pick_mixed, plain_logits, unfamiliarity,
 )  # fmt: skip
 from sera.training.protocol import ENROLMENT, Split, fit_temperature, masked_logits, masked_probabilities, speaker_folds, spread, unfamiliar_scale
 
 MIN_CLIPS_GRID = (3, 5, 10, 20)  # baseline sizes cross-validated; the smallest that helps and never hurts is served
 SWEPT = ("mixed", "own emotion only")  # the kinds of baseline measured at every size of MIN_CLIPS_GRID
 RAVDESS_FOLDS = 7  # 3 actors a fold: the protocol of the side run that proposed this model
-
-
-Picker = Callable[[np.ndarray, int, np.random.Generator, int], np.ndarray]
 
 
 def kinds(data: Data, labels: tuple[str, ...]) -> dict[str, Picker]:
@@ -92,9 +89,40 @@ def measure(data: Data, clips: list[Clip], labels: tuple[str, ...], folds: list[
     swept = {kind: pickers[kind] for kind in SWEPT}
     table["unheard"] = {c: unheard_language(data, [heads for heads, _ in folds], np.flatnonzero(data.corpus == c), swept, slope,
                                             temperature, baseline_temperature, seed) for c in cv["test_only"]}  # fmt: skip
+    table["standardised"] = standardised(data, folds, pickers, corpora, cv["test_only"], seed)
     if "ravdess" in corpora:
         result["ravdess7"] = ravdess_folds(data, clips, np.sort(trained), seed, temperature, baseline_temperature, slope)
     return result
+
+
+STANDARDISED = {  # the reference a head was trained against -> the references it is scored against
+    "mixed": ("mixed", "own emotion only", "all of the speaker's other clips"),
+    "neutral enrolment": ("neutral enrolment",),
+}
+
+
+def standardised(data: Data, folds: list[tuple[Heads, Split]], pickers: dict[str, Picker], corpora: list[str], test_only: list[str],
+                 seed: int) -> dict[str, Any]:  # fmt: skip
+    """What a speaker's own voice could give, measured and not served: a head trained on each clip minus
+    the plain mean of ``REFERENCE_CLIPS`` other clips of its speaker (no correction for the emotions in
+    them), answering alone. Trained on mixed references and scored with mixed ones, with ones all of
+    the clip's own emotion (the case the served design must survive) and with every other clip of the
+    speaker; trained and scored on a neutral enrolment. Held-out speakers of each trained corpus and every
+    test-only corpus, by each fold's heads; accuracy over the labels the corpus has, mean ± spread."""
+    pickers = pickers | {"all of the speaker's other clips": lambda others, clip, rng, k: others}
+    cells: dict[str, dict[str, list[float]]] = {}
+    for f, (heads, split) in enumerate(folds):
+        plain = Plain(heads.center, heads.scale, heads.plain_w, heads.plain_b, heads.l2)
+        groups = {c: split.test[data.corpus[split.test] == c] for c in corpora} | {c: np.flatnonzero(data.corpus == c) for c in test_only}
+        for trained, scored in STANDARDISED.items():
+            head = fit_baseline(data, split.train, plain, seed + f, pickers[trained], corrected=False)
+            for kind in scored:
+                for corpus, idx in groups.items():
+                    against, counts = against_baselines(head, data, idx, np.zeros(len(data.y), dtype=int), pickers[kind], REFERENCE_CLIPS, seed + f)
+                    logits = np.where((counts > 0)[:, None], against, plain_logits(heads, data.x[idx]))
+                    hits = masked_logits(logits, data.mask[idx]).argmax(axis=1) == data.y[idx]
+                    cells.setdefault(f"{kind} (trained on {trained})", {}).setdefault(corpus, []).append(float(hits.mean()))
+    return {kind: {c: {"mean": float(np.mean(v)), "std": float(np.std(v))} for c, v in per.items()} for kind, per in cells.items()}
 
 
 def calibrated_plain(heads: Heads, x: np.ndarray, slope: float) -> np.ndarray:

@@ -111,6 +111,22 @@ def baseline_section(cv: dict[str, Any], corpora: list[str]) -> list[str]:
         for corpus, cells in b["unheard"].items():
             lines.append(f"| {corpus} | " + " | ".join(f"{meanstd(cells[kind]['accuracy'])}, {cells[kind]['ece']['mean']:.3f}"
                                                        for kind in ("none", "mixed", "own emotion only")) + " |")  # fmt: skip
+    return lines + standardised_section(b)
+
+
+def standardised_section(b: dict[str, Any]) -> list[str]:
+    """The speaker-standardised heads: measured, not served (``baseline.standardised``)."""
+    if not b.get("standardised"):
+        return []
+    columns = list(next(iter(b["standardised"].values())))
+    none = {c: b["none"][c] if c in b["none"] else b["unheard"][c]["none"]["accuracy"] for c in columns}
+    lines = ["", f"Measured, not served: a head trained on each clip minus the plain mean of {b['reference_clips']} other clips of its "
+             "speaker (no correction for the emotions in them), answering alone; what a speaker's own voice could give, and what "
+             "a baseline of one emotion then costs. Accuracy, mean ± spread over the fold models (the test-only corpora by each):", "",
+             "| reference | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns),
+             "| none (the plain head) | " + " | ".join(meanstd(none[c]) for c in columns) + " |"]  # fmt: skip
+    for kind, cells in b["standardised"].items():
+        lines.append(f"| {kind} | " + " | ".join(meanstd(cells[c]) for c in columns) + " |")
     return lines
 
 

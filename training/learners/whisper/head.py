@@ -15,6 +15,7 @@ one emotion, the clip's own emotion, neutral enrolment) scored below no baseline
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,8 @@ REFERENCE_DRAWS = 3  # references per training clip
 L2_GRID = (100.0, 300.0, 1000.0)  # the plain head's L2 strength, chosen by speaker-grouped CV inside the training data
 INNER_FOLDS = 3
 FAMILIAR_DIMS = 128  # principal directions of the training clips that count as familiar (at most a quarter of the clips)
+
+Picker = Callable[[np.ndarray, int, np.random.Generator, int], np.ndarray]  # (speaker's other clips, clip, rng, k) -> a reference
 
 
 @dataclass(frozen=True)
@@ -156,19 +159,24 @@ def reference(plain: Plain, shifts: np.ndarray, x: np.ndarray, heard: np.ndarray
     return plain.standardise(x[clips].mean(axis=0)) - share @ shifts
 
 
-def fit_baseline(data: Data, idx: np.ndarray, plain: Plain, seed: int) -> Heads:
+def fit_baseline(data: Data, idx: np.ndarray, plain: Plain, seed: int, pick: Picker = pick_mixed, corrected: bool = True) -> Heads:
     """The baseline head on clips ``idx``, each seen against ``REFERENCE_DRAWS`` references of
-    ``REFERENCE_CLIPS`` of its speaker's other clips; returns both heads as the graph holds them."""
+    ``REFERENCE_CLIPS`` of its speaker's other clips drawn by ``pick``; returns both heads as the graph
+    holds them. ``corrected=False`` leaves out the emotion shifts (all zero): the reference is the plain
+    mean of the clips, a speaker standardised by their own voice, which is measured, not served."""
     labels = data.mask.shape[1]
     rng = np.random.default_rng(seed)
-    heard = heard_out_of_fold(data, idx, plain.l2)
     z = plain.standardise(data.x)
-    shifts = emotion_shifts(z[idx], data.y[idx], data.speaker[idx], labels)
+    if corrected:
+        heard = heard_out_of_fold(data, idx, plain.l2)
+        shifts = emotion_shifts(z[idx], data.y[idx], data.speaker[idx], labels)
+    else:
+        heard, shifts = np.zeros(len(data.y), dtype=int), np.zeros((labels, z.shape[1]))
     inputs, rows = [], []
     for _ in range(REFERENCE_DRAWS):
         for i in idx:
             others = idx[(data.speaker[idx] == data.speaker[i]) & (idx != i)]
-            chosen = pick_mixed(others, i, rng)
+            chosen = pick(others, i, rng, REFERENCE_CLIPS)
             if len(chosen):
                 inputs.append(z[i] - reference(plain, shifts, data.x, heard, chosen, labels))
                 rows.append(i)
