@@ -24,6 +24,8 @@ COLUMNS = ("ravdess", "nemo", "emovo", "casia", "turev", "emospeech")
 
 @dataclass(frozen=True)
 class Setting:
+    """Every corpus's clips, in the order of their embeddings' rows."""
+
     clips: list[Clip]
     data: Data
 

@@ -111,15 +111,17 @@ def standardised(data: Data, folds: list[tuple[Heads, Split]], pickers: dict[str
     test-only corpus, by each fold's heads; accuracy over the labels the corpus has, mean ± spread."""
     pickers = pickers | {"all of the speaker's other clips": lambda others, clip, rng, k: others}
     cells: dict[str, dict[str, list[float]]] = {}
+    unused = np.zeros(len(data.y), dtype=int)  # what the plain head heard: no correction uses it
     for f, (heads, split) in enumerate(folds):
         plain = Plain(heads.center, heads.scale, heads.plain_w, heads.plain_b, heads.l2)
         groups = {c: split.test[data.corpus[split.test] == c] for c in corpora} | {c: np.flatnonzero(data.corpus == c) for c in test_only}
+        alone = {corpus: plain.logits(data.x[idx]) for corpus, idx in groups.items()}  # where a speaker has no such clips
         for trained, scored in STANDARDISED.items():
             head = fit_baseline(data, split.train, plain, seed + f, pickers[trained], corrected=False)
             for kind in scored:
                 for corpus, idx in groups.items():
-                    against, counts = against_baselines(head, data, idx, np.zeros(len(data.y), dtype=int), pickers[kind], REFERENCE_CLIPS, seed + f)
-                    logits = np.where((counts > 0)[:, None], against, plain_logits(heads, data.x[idx]))
+                    against, counts = against_baselines(head, data, idx, unused, pickers[kind], REFERENCE_CLIPS, seed + f)
+                    logits = np.where((counts > 0)[:, None], against, alone[corpus])
                     hits = masked_logits(logits, data.mask[idx]).argmax(axis=1) == data.y[idx]
                     cells.setdefault(f"{kind} (trained on {trained})", {}).setdefault(corpus, []).append(float(hits.mean()))
     return {kind: {c: {"mean": float(np.mean(v)), "std": float(np.std(v))} for c, v in per.items()} for kind, per in cells.items()}
