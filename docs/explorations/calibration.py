@@ -41,6 +41,8 @@ if __name__ == "__main__":
     print(f"held-out voices of the trained corpora: median unfamiliarity {np.median(oof_u[held]):.2f}")
     never = {c: [(logits(h, idx), data.y[idx], unfamiliarity(h, data.x[idx])) for h in folds]
              for c in COLUMNS if c not in TRAINED for idx in [np.flatnonzero(data.corpus == c)]}  # fmt: skip
+    for c, runs in never.items():
+        print(f"{c}: median unfamiliarity {np.median(np.concatenate([u for _, _, u in runs])):.2f}")
     served = fit_calibration(*(np.concatenate(p) for p in zip(in_language, *[u[1:] for u in unheard])))
     recipes = {"as served": served, "left out alone": fit_calibration(*(np.concatenate(p) for p in zip(*[u[1:] for u in unheard])))}
     switch = fit_temperature(np.concatenate([u[1] for u in unheard]), np.concatenate([u[2] for u in unheard]))
