@@ -123,26 +123,20 @@ class Pipeline:
         default): an analyzer that transcribes sees only those segments, and the others get None."""
         outputs: dict[str, PluginOutput] = {}
         notices: list[str] = []
-        agreed = [i for i, yes in enumerate(transcribe or ()) if yes]
+        agreed = list(transcribe or ())
+        agreed += [False] * (len(segments) - len(agreed))  # nobody's unless said
         for analyzer in (a for a in self.plugins.analyzers if a.name not in skip):
-            chosen = [segments[i] for i in agreed] if analyzer.transcribes else segments
-            if not chosen:
+            if not (any(agreed) if analyzer.transcribes else segments):
                 continue
             try:
                 if analyzer.transcribes:  # a recogniser's cost grows with the words: each call bounded on its own
-                    parts = [self.plugins.call(analyzer, "analyze", _call, analyzer, [segment], False).segments[0] for segment in chosen]
-                    output = PluginOutput(parts, self.plugins.call(analyzer, "summarize", _summarize, analyzer, parts))
+                    parts = [self.plugins.call(analyzer, "analyze", _call, analyzer, [segment], False).segments[0] if yes else None
+                             for segment, yes in zip(segments, agreed)]  # fmt: skip
+                    outputs[analyzer.name] = PluginOutput(parts, self.plugins.call(analyzer, "summarize", _summarize, analyzer, parts))
                 else:
-                    output = self.plugins.call(analyzer, "analyze", _call, analyzer, chosen)
+                    outputs[analyzer.name] = self.plugins.call(analyzer, "analyze", _call, analyzer, segments)
             except PluginFailure as failure:
                 notices.append(f"{analyzer.name} failed ({failure}); its results are left out")
-                continue
-            if analyzer.transcribes:
-                spread: list[Result | None] = [None] * len(segments)
-                for i, result in zip(agreed, output.segments):
-                    spread[i] = result
-                output = PluginOutput(spread, output.overall)
-            outputs[analyzer.name] = output
         return outputs, notices
 
     def close(self) -> None:
