@@ -12,6 +12,8 @@ Every answer is the plain head's probabilities averaged with the baseline head's
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from common import TRAINED, groups, setting, table
 
@@ -20,7 +22,7 @@ from sera.model import softmax
 from sera.training.learners.whisper import baseline
 from sera.training.learners.whisper.encoder import Heads
 from sera.training.learners.whisper.head import (
-    REFERENCE_CLIPS, Data, Plain, corpus_weights, familiar, fit_baseline, fit_linear, fit_plain, heard_out_of_fold,
+    REFERENCE_CLIPS, Data, Plain, baseline_head, corpus_weights, familiar, fit_baseline, fit_linear, fit_plain, heard_out_of_fold,
 )  # fmt: skip
 from sera.training.protocol import masked_logits
 
@@ -69,7 +71,8 @@ if __name__ == "__main__":
         plain = fit_plain(data, split.train, 300.0)
         heads = {"shipped": fit_baseline(data, split.train, plain, 0)}
         heads |= {name: learned(data, split.train, plain, pickers, kinds, f) for name, kinds in MIXES.items()}
-        heads["enrolment"] = fit_baseline(data, split.train, plain, f, pickers["neutral enrolment"], corrected=False)
+        w, b, shifts = baseline_head(data, split.train, plain, f, pickers["neutral enrolment"], corrected=False)
+        heads["enrolment"] = replace(heads["shipped"], baseline_w=w, baseline_b=b, shifts=shifts)
         for c, idx in groups(data, split).items():
             mask, truth = data.mask[idx], data.y[idx]
             logits = baseline.calibrated_plain(heads["shipped"], data.x[idx], SLOPE)

@@ -6,6 +6,7 @@ a speaker standardised by their own voice would reach, measured and not served (
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,7 @@ from sera.model import softmax
 from sera.training.learners.whisper.encoder import Heads
 from sera.metrics import expected_calibration_error
 from sera.training.learners.whisper.head import (
-    REFERENCE_CLIPS, Data, Picker, Plain, baseline_logits, fit_baseline, fit_plain, pick_mixed, plain_logits, unfamiliarity,
+    REFERENCE_CLIPS, Data, Picker, Plain, baseline_head, baseline_logits, fit_baseline, fit_plain, pick_mixed, plain_logits, unfamiliarity,
 )  # fmt: skip
 from sera.training.protocol import ENROLMENT, Split, fit_temperature, masked_logits, masked_probabilities, speaker_folds, spread, unfamiliar_scale
 
@@ -117,7 +118,8 @@ def standardised(data: Data, folds: list[tuple[Heads, Split]], pickers: dict[str
         groups = {c: split.test[data.corpus[split.test] == c] for c in corpora} | {c: np.flatnonzero(data.corpus == c) for c in test_only}
         alone = {corpus: plain.logits(data.x[idx]) for corpus, idx in groups.items()}  # where a speaker has no such clips
         for trained, scored in STANDARDISED.items():
-            head = fit_baseline(data, split.train, plain, seed + f, pickers[trained], corrected=False)
+            w, b, shifts = baseline_head(data, split.train, plain, seed + f, pickers[trained], corrected=False)
+            head = replace(heads, baseline_w=w, baseline_b=b, shifts=shifts)
             for kind in scored:
                 for corpus, idx in groups.items():
                     against, counts = against_baselines(head, data, idx, unused, pickers[kind], REFERENCE_CLIPS, seed + f)

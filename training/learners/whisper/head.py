@@ -159,11 +159,19 @@ def reference(plain: Plain, shifts: np.ndarray, x: np.ndarray, heard: np.ndarray
     return plain.standardise(x[clips].mean(axis=0)) - share @ shifts
 
 
-def fit_baseline(data: Data, idx: np.ndarray, plain: Plain, seed: int, pick: Picker = pick_mixed, corrected: bool = True) -> Heads:
-    """The baseline head on clips ``idx``, each seen against ``REFERENCE_DRAWS`` references of
-    ``REFERENCE_CLIPS`` of its speaker's other clips drawn by ``pick``; returns both heads as the graph
-    holds them. ``corrected=False`` leaves out the emotion shifts (all zero): the reference is the plain
-    mean of the clips, a speaker standardised by their own voice, which is measured, not served."""
+def fit_baseline(data: Data, idx: np.ndarray, plain: Plain, seed: int) -> Heads:
+    """Both heads on clips ``idx`` as the graph holds them: the plain one, the baseline head
+    (``baseline_head``) and the familiar subspace."""
+    return Heads(plain.center, plain.scale, plain.w, plain.b, *baseline_head(data, idx, plain, seed), *familiar(plain.standardise(data.x[idx])),
+                 plain.l2)  # fmt: skip
+
+
+def baseline_head(data: Data, idx: np.ndarray, plain: Plain, seed: int, pick: Picker = pick_mixed,
+                  corrected: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """``(w, b, shifts)`` of the baseline head on clips ``idx``, each seen against ``REFERENCE_DRAWS``
+    references of ``REFERENCE_CLIPS`` of its speaker's other clips drawn by ``pick``. ``corrected=False``
+    leaves out the emotion shifts (all zero): the reference is the plain mean of the clips, a speaker
+    standardised by their own voice, which is measured, not served."""
     labels = data.mask.shape[1]
     rng = np.random.default_rng(seed)
     z = plain.standardise(data.x)
@@ -182,7 +190,7 @@ def fit_baseline(data: Data, idx: np.ndarray, plain: Plain, seed: int, pick: Pic
                 rows.append(i)
     rows = np.array(rows)
     w, b = fit_linear(np.stack(inputs), data.y[rows], data.mask[rows], corpus_weights(data.corpus[rows]), plain.l2)
-    return Heads(plain.center, plain.scale, plain.w, plain.b, w, b, shifts, *familiar(z[idx]), plain.l2)
+    return w, b, shifts
 
 
 def familiar(z: np.ndarray) -> tuple[np.ndarray, float]:
